@@ -1,0 +1,288 @@
+"""Data sources. Every loader returns an :class:`ImageDataset` holding uint8 images ``(N, C, H, W)``.
+
+Supported: Fashion-MNIST idx files (plain or .gz), sklearn's bundled ``load_digits`` resized to 28x28, a folder of
+the user's own images (PNG/JPEG through Pillow, class = sub-folder), CIFAR-10/100 python batches (read with a
+restricted unpickler that only rebuilds plain containers and numpy arrays), and NPZ arrays (``allow_pickle=False``).
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import struct
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+
+FMNIST_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                  "Ankle boot"]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+@dataclass
+class ImageDataset:
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor | None = None  # int64 (N,)
+    classes: list[str] = field(default_factory=list)
+    name: str = "data"
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise DataError(f"{self.name}: images must be a uint8 tensor (N, C, H, W), got "
+                            f"{self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels is not None and len(self.labels) != len(self.images):
+            raise DataError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels")
+        if len(self.images) == 0:
+            raise DataError(f"{self.name}: no images")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    def subset(self, idx, name: str | None = None) -> "ImageDataset":
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return ImageDataset(self.images[idx], None if self.labels is None else self.labels[idx], self.classes,
+                            name or self.name)
+
+
+# ----------------------------------------------------------------------------------------------- idx (MNIST family)
+def _open_maybe_gz(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an idx file (the MNIST format), gzipped or not."""
+    path = Path(path)
+    data = _open_maybe_gz(path)
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise DataError(f"{path} is not an idx file (bad magic number)")
+    dtype_code, ndim = data[2], data[3]
+    if dtype_code != 0x08:
+        raise DataError(f"{path}: only unsigned-byte idx files are supported (type code {dtype_code:#x})")
+    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    expected = int(np.prod(dims))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != expected:
+        raise DataError(f"{path}: truncated idx file ({body.size} of {expected} bytes)")
+    return body.reshape(dims)
+
+
+def _find(root: Path, stem: str) -> Path:
+    for cand in (root / stem, root / f"{stem}.gz"):
+        if cand.exists():
+            return cand
+    raise DataError(f"Fashion-MNIST file {stem}[.gz] not found in {root}. Install the data with "
+                    f"'sudo apt-get install dataset-fashion-mnist' or point data.root / SELFSUP_FMNIST_DIR at "
+                    f"a folder holding the idx files")
+
+
+def fashion_mnist(split: str = "train", root: str | Path | None = None) -> ImageDataset:
+    root = Path(root or os.environ.get("SELFSUP_FMNIST_DIR", FMNIST_DEFAULT_DIR))
+    if split not in ("train", "test"):
+        raise DataError(f"split must be 'train' or 'test', got {split!r}")
+    prefix = "train" if split == "train" else "t10k"
+    x = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
+    y = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
+    return ImageDataset(torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)),
+                        list(FMNIST_CLASSES), f"fashion-mnist/{split}")
+
+
+# ------------------------------------------------------------------------------------------------ sklearn digits
+def digits(split: str = "train", size: int = 28, test_fraction: float = 0.3, seed: int = 0) -> ImageDataset:
+    """sklearn's bundled 8x8 digits (values 0..16), resized bilinearly to ``size`` and scaled to uint8.
+    A fixed stratified split (``seed``) gives train/test."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    y = torch.from_numpy(d.target.astype(np.int64))
+    idx_tr, idx_te = train_test_split(np.arange(len(y)), test_size=test_fraction, random_state=seed, stratify=d.target)
+    idx = idx_tr if split == "train" else idx_te
+    return ImageDataset(x[idx], y[idx], [str(i) for i in range(10)], f"digits/{split}")
+
+
+# ------------------------------------------------------------------------------------------------- image folders
+def image_folder(path: str | Path, size: int | None = None, channels: int | None = None,
+                 skip_bad: bool = False) -> ImageDataset:
+    """Images under ``path``; when ``path`` has sub-folders, each sub-folder is a class. All images are resized
+    to ``size`` (default: the first image's size) and converted to ``channels`` (default: 1 if the first image is
+    greyscale, else 3). An unreadable file raises a :class:`DataError` naming it, or is skipped with a warning
+    when ``skip_bad``."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+    files: list[tuple[Path, int]] = []
+    classes = [d.name for d in subdirs]
+    if subdirs:
+        for ci, d in enumerate(subdirs):
+            files += [(f, ci) for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+    else:
+        files = [(f, -1) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {root}")
+    arrays, labels = [], []
+    for f, ci in files:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                if channels is None:
+                    channels = 1 if im.mode in ("L", "1", "I", "I;16", "F") else 3
+                im = im.convert("L" if channels == 1 else "RGB")
+                if size is None:
+                    size = im.size[0]
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                a = np.asarray(im, dtype=np.uint8)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            if skip_bad:
+                warnings.warn(f"skipping unreadable image {f}: {e}")
+                continue
+            raise DataError(f"cannot read image {f}: {e}") from None
+        arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+        labels.append(ci)
+    if not arrays:
+        raise DataError(f"no readable images in {root}")
+    x = torch.from_numpy(np.stack(arrays))
+    y = torch.tensor(labels, dtype=torch.long) if subdirs else None
+    return ImageDataset(x, y, classes, f"folder:{root.name}")
+
+
+# ---------------------------------------------------------------------------------------------- CIFAR python batches
+class _SafeUnpickler(pickle.Unpickler):
+    """Only rebuilds numpy arrays and plain containers: a CIFAR batch can't run code."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("builtins", "bytes"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"forbidden object {module}.{name} in pickle")
+
+
+def _load_batch(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            d = _SafeUnpickler(fh, encoding="bytes").load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise DataError(f"cannot read CIFAR batch {path}: {e}") from None
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
+
+
+def cifar(path: str | Path, split: str = "train") -> ImageDataset:
+    """CIFAR-10 (``data_batch_1..5``, ``test_batch``) or CIFAR-100 (``train``, ``test``) python batches."""
+    root = Path(path)
+    if (root / "data_batch_1").exists() or (root / "test_batch").exists():
+        names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        label_key, meta, meta_key = "labels", "batches.meta", "label_names"
+    elif (root / "train").exists() or (root / "test").exists():
+        names = [split]
+        label_key, meta, meta_key = "fine_labels", "meta", "fine_label_names"
+    else:
+        raise DataError(f"{root} holds no CIFAR python batches (data_batch_N/test_batch or train/test)")
+    xs, ys = [], []
+    for n in names:
+        if not (root / n).exists():
+            raise DataError(f"CIFAR batch {root / n} is missing")
+        d = _load_batch(root / n)
+        try:
+            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d[label_key], dtype=np.int64))
+        except (KeyError, ValueError) as e:
+            raise DataError(f"CIFAR batch {root / n} is malformed: {e}") from None
+    classes = []
+    if (root / meta).exists():
+        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in _load_batch(root / meta).get(meta_key, [])]
+    return ImageDataset(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)), classes,
+                        f"cifar:{root.name}/{split}")
+
+
+# ------------------------------------------------------------------------------------------------------------ NPZ
+def npz(path: str | Path) -> ImageDataset:
+    """An ``.npz`` with ``images`` (or ``x``) as uint8 N×H×W, N×H×W×C or N×C×H×W, and optional ``labels`` (or
+    ``y``)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            keys = set(f.files)
+            xk = next((k for k in ("images", "x") if k in keys), None)
+            if xk is None:
+                raise DataError(f"{path}: no 'images' or 'x' array (found {sorted(keys)})")
+            x = f[xk]
+            yk = next((k for k in ("labels", "y") if k in keys), None)
+            y = f[yk] if yk else None
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    if x.dtype != np.uint8:
+        if np.issubdtype(x.dtype, np.floating) and x.size and x.min() >= 0 and x.max() <= 1:
+            x = (x * 255).round().astype(np.uint8)
+        else:
+            raise DataError(f"{path}: images must be uint8 (or float in [0, 1]), got {x.dtype}")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    elif x.ndim != 4:
+        raise DataError(f"{path}: images must have 3 or 4 dimensions, got shape {x.shape}")
+    labels = torch.from_numpy(np.asarray(y, dtype=np.int64)) if y is not None else None
+    return ImageDataset(torch.from_numpy(np.ascontiguousarray(x)), labels, [], f"npz:{path.stem}")
+
+
+# ---------------------------------------------------------------------------------------------------- dispatcher
+def load_source(name: str, split: str = "train", root: str | None = None, **kw) -> ImageDataset:
+    """Load a data set by name: ``fashion_mnist``, ``digits``, ``folder``, ``cifar`` or ``npz``."""
+    if name == "fashion_mnist":
+        return fashion_mnist(split, root)
+    if name == "digits":
+        return digits(split)
+    if root is None:
+        raise DataError(f"data source {name!r} needs data.root (a path)")
+    if name == "folder":
+        p = Path(root)
+        if (p / split).is_dir():
+            p = p / split
+        return image_folder(p, **kw)
+    if name == "cifar":
+        return cifar(root, split)
+    if name == "npz":
+        p = Path(root)
+        if p.is_dir():
+            p = p / f"{split}.npz"
+        return npz(p)
+    raise DataError(f"unknown data source {name!r} (choose fashion_mnist, digits, folder, cifar, npz)")
+
+
+def train_val_split(n: int, val_fraction: float, seed: int, labels: torch.Tensor | None = None):
+    """Indices (train, val) of a seeded split held out from the training set, stratified when labels are given."""
+    g = np.random.default_rng(seed)
+    if labels is None:
+        perm = g.permutation(n)
+        k = int(round(n * val_fraction))
+        return np.sort(perm[k:]), np.sort(perm[:k])
+    y = labels.numpy()
+    tr, va = [], []
+    for c in np.unique(y):
+        idx = g.permutation(np.flatnonzero(y == c))
+        k = int(round(len(idx) * val_fraction))
+        va.append(idx[:k])
+        tr.append(idx[k:])
+    return np.sort(np.concatenate(tr)), np.sort(np.concatenate(va))

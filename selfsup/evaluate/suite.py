@@ -1,0 +1,127 @@
+"""The evaluation suite of a run: kNN and linear probe (and the raw-pixel baselines through the same code),
+transfer to sklearn digits, RankMe, alignment/uniformity, collapse alarm. Writes ``eval.json`` and the report."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import load_config
+from ..data import digits, train_val_split
+from . import diagnostics as diag
+from .probes import extract_features, linear_probe, raw_pixel_features, select_knn_k, knn_accuracy
+
+
+def _probe_all(f_train, y_train, tr, va, f_test, y_test, e) -> dict:
+    k, k_scores = select_knn_k(f_train[tr], y_train[tr], f_train[va], y_train[va], e.knn_k_grid, e.knn_temperature)
+    out = {"knn_k": k, "knn_val": k_scores[k],
+           "knn_test": knn_accuracy(f_train, y_train, f_test, y_test, k, e.knn_temperature)}
+    if e.linear:
+        lp = linear_probe(f_train[tr], y_train[tr], f_train[va], y_train[va], f_test, y_test, e.linear_l2_grid,
+                          e.linear_max_iter)
+        out.update(linear_test=lp["test_acc"], linear_val=lp["val_acc"], linear_l2=lp["l2"])
+    return out
+
+
+def evaluate_run(run_dir: str | Path, progress: bool = True, datasets=None, device: str = "cpu") -> dict:
+    from ..api import load
+    from ..report.report import write_report
+    from ..train.loop import build_view_recipe, load_datasets
+    from ..methods import METHODS
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    e = cfg.eval
+    backbone = load(run_dir, device)
+    train_ds, test_ds = datasets or load_datasets(cfg)
+    stages = ["features", "knn + linear probe", "raw-pixel baselines", "transfer (digits)", "diagnostics", "report"]
+    t_start = time.perf_counter()
+    results: dict = {"run": str(run_dir), "method": cfg.method["name"], "data": cfg.data.source}
+    with _StageProgress(stages, progress) as sp:
+        cl = cfg.train.channels_last
+        f_train = extract_features(backbone, train_ds.images, e.batch_size, device, cl)
+        tr, va = train_val_split(len(train_ds), cfg.data.val_fraction, cfg.seed, train_ds.labels)
+        if test_ds is None:  # no test split: score on the validation split, choose on a split of the rest
+            test_x, y_test = train_ds.images[va], train_ds.labels[va] if train_ds.labels is not None else None
+            f_test = f_train[va]
+            sub_tr, sub_va = train_val_split(len(tr), cfg.data.val_fraction, cfg.seed + 1,
+                                             None if train_ds.labels is None else train_ds.labels[tr])
+            f_train, y_train_all = f_train[tr], (train_ds.labels[tr] if train_ds.labels is not None else None)
+            tr, va = sub_tr, sub_va
+            results["note"] = "no test split: scored on the validation split"
+        else:
+            test_x, y_test = test_ds.images, test_ds.labels
+            f_test = extract_features(backbone, test_x, e.batch_size, device, cl)
+            y_train_all = train_ds.labels
+        sp.advance()
+        labelled = y_train_all is not None and y_test is not None
+        if labelled:
+            results["ssl"] = _probe_all(f_train, y_train_all, tr, va, f_test, y_test, e)
+        sp.advance()
+        if labelled and e.baselines and test_ds is not None:
+            results["raw_pixels"] = _probe_all(raw_pixel_features(train_ds.images), y_train_all, tr, va,
+                                               raw_pixel_features(test_x), y_test, e)
+        sp.advance()
+        if e.transfer:
+            results["transfer_digits"] = _transfer_digits(backbone, train_ds.channels, e, device, cl)
+        sp.advance()
+        n = min(len(f_test), 10000)
+        results["rankme"] = diag.rankme(f_test[:n])
+        results["collapse_std"] = diag.collapse_std(f_test[:n])
+        results["collapse_std_healthy"] = 1 / float(np.sqrt(f_test.shape[1]))
+        recipe = build_view_recipe(cfg, METHODS[cfg.method["name"]])
+        g = torch.Generator().manual_seed(cfg.seed + 12345)
+        sample = test_x[: min(2000, len(test_x))]
+        v1, v2 = recipe(sample.float() / 255, g)
+        z1 = extract_features(backbone, (v1 * 255).round().to(torch.uint8), e.batch_size, device, cl)
+        z2 = extract_features(backbone, (v2 * 255).round().to(torch.uint8), e.batch_size, device, cl)
+        results["alignment"] = diag.alignment(z1, z2)
+        results["uniformity"] = diag.uniformity(f_test[:2000])
+        sp.advance()
+        results["eval_seconds"] = time.perf_counter() - t_start
+        summary = run_dir / "train_summary.json"
+        if summary.exists():
+            results["train"] = json.loads(summary.read_text())
+        (run_dir / "eval.json").write_text(json.dumps(results, indent=1))
+        write_report(run_dir, results, f_test, y_test, test_ds.classes if test_ds is not None else train_ds.classes,
+                     e.embedding_plot, e.embedding_points, cfg.seed)
+        sp.advance()
+    return results
+
+
+def _transfer_digits(backbone, channels: int, e, device, cl) -> dict:
+    """Linear probe and kNN on sklearn digits (a distant domain) with the frozen backbone."""
+    tr_ds, te_ds = digits("train"), digits("test")
+    xs = [d.images if channels == 1 else d.images.repeat(1, channels, 1, 1) for d in (tr_ds, te_ds)]
+    f_tr = extract_features(backbone, xs[0], e.batch_size, device, cl)
+    f_te = extract_features(backbone, xs[1], e.batch_size, device, cl)
+    tr, va = train_val_split(len(tr_ds), 0.2, 0, tr_ds.labels)
+    return _probe_all(f_tr, tr_ds.labels, tr, va, f_te, te_ds.labels, e)
+
+
+class _StageProgress:
+    def __init__(self, stages, enabled):
+        self.stages, self.enabled, self.i = stages, enabled, 0
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.p = Progress(TextColumn("[bold]evaluate"), BarColumn(), TextColumn("{task.description}"),
+                              TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+            self.p.__enter__()
+            self.task = self.p.add_task(self.stages[0], total=len(self.stages))
+        return self
+
+    def advance(self):
+        self.i += 1
+        if self.enabled:
+            desc = self.stages[self.i] if self.i < len(self.stages) else "done"
+            self.p.update(self.task, advance=1, description=desc)
+
+    def __exit__(self, *a):
+        if self.enabled:
+            self.p.__exit__(*a)

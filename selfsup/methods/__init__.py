@@ -1,0 +1,21 @@
+"""The method zoo: one small file per method. ``METHODS`` maps a config name to its class."""
+from .barlow_twins import BarlowTwins
+from .base import SSLMethod
+from .byol import BYOL
+from .moco import MoCo
+from .simclr import SimCLR
+from .simsiam import SimSiam
+from .vicreg import VICReg
+
+METHODS: dict[str, type[SSLMethod]] = {m.name: m for m in (SimCLR, MoCo, BYOL, SimSiam, BarlowTwins, VICReg)}
+
+DESCRIPTIONS = {
+    "simclr": "NT-Xent contrastive loss over 2N views (Chen et al. 2020)",
+    "moco": "MoCo v2: momentum key encoder + queue of negatives (Chen et al. 2020)",
+    "byol": "BYOL: EMA target network + predictor, no negatives (Grill et al. 2020)",
+    "simsiam": "SimSiam: stop-gradient + predictor, no target network (Chen & He 2021)",
+    "barlow_twins": "Barlow Twins: cross-correlation matrix to identity (Zbontar et al. 2021)",
+    "vicreg": "VICReg: variance-invariance-covariance regularisation (Bardes et al. 2022)",
+}
+
+__all__ = ["METHODS", "DESCRIPTIONS", "SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "BarlowTwins", "VICReg"]

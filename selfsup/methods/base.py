@@ -1,0 +1,60 @@
+"""What the trainer knows about a method: ``loss = method(views)`` and ``method.on_step(progress)``.
+
+A method is an ``nn.Module`` that owns its backbone and heads. Its ``Params`` (a pydantic model, unknown keys
+forbidden) are the hyper-parameters a config may set. ``recipe`` names its view recipe (symmetric/asymmetric).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+
+class MethodParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    proj_hidden: int = 512
+    proj_dim: int = 128
+
+
+class SSLMethod(nn.Module):
+    name = "base"
+    recipe = "symmetric"
+    Params = MethodParams
+
+    def __init__(self, backbone: nn.Module, params: MethodParams):
+        super().__init__()
+        self.backbone = backbone
+        self.params = params
+
+    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def on_step(self, progress: float) -> None:
+        """Called after each optimiser step with ``progress`` = step / total_steps (EMA updates live here)."""
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A copy that receives no gradients (for EMA targets and momentum encoders)."""
+    m = copy.deepcopy(module)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, m: float) -> None:
+    """θ_target ← m·θ_target + (1 − m)·θ_online (parameters; buffers are copied)."""
+    for pt, po in zip(target.parameters(), online.parameters()):
+        pt.mul_(m).add_(po.detach(), alpha=1 - m)
+    for bt, bo in zip(target.buffers(), online.buffers()):
+        bt.copy_(bo)
+
+
+def cosine_momentum(base: float, progress: float) -> float:
+    """BYOL's schedule: m = 1 − (1 − base)·(cos(π·progress) + 1)/2, from ``base`` to 1."""
+    import math
+
+    return 1 - (1 - base) * (math.cos(math.pi * min(max(progress, 0.0), 1.0)) + 1) / 2

@@ -1,0 +1,65 @@
+"""MoCo v2 (Chen et al. 2020): query q = f_q(x¹), key k = f_k(x²) from a momentum encoder
+θ_k ← m·θ_k + (1−m)·θ_q; InfoNCE of q against its key (positive) and a FIFO queue of K past keys (negatives),
+symmetrised over the two views."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..distributed import gather
+from ..models.heads import projection_head
+from .base import MethodParams, SSLMethod, ema_update, frozen_copy
+
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+    """−log( exp(q·k/τ) / (exp(q·k/τ) + Σ_{n∈queue} exp(q·n/τ)) ), all vectors l2-normalised, mean over q."""
+    q = F.normalize(q.float(), dim=1)
+    k = F.normalize(k.float(), dim=1)
+    pos = (q * k).sum(1, keepdim=True)
+    neg = q @ queue.T
+    logits = torch.cat([pos, neg], 1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
+class MoCoParams(MethodParams):
+    temperature: float = 0.2
+    queue_size: int = 4096
+    momentum: float = 0.99
+
+
+class MoCo(SSLMethod):
+    name = "moco"
+    Params = MoCoParams
+
+    def __init__(self, backbone, params: MoCoParams):
+        super().__init__(backbone, params)
+        self.projector = projection_head(backbone.feat_dim, params.proj_hidden, params.proj_dim)
+        self.key_encoder = frozen_copy(nn.Sequential(self.backbone, self.projector))
+        self.register_buffer("queue", F.normalize(torch.randn(params.queue_size, params.proj_dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def _enqueue(self, keys: torch.Tensor) -> None:
+        keys = F.normalize(gather(keys.float()), dim=1)
+        k = self.queue.shape[0]
+        idx = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % k
+        self.queue[idx] = keys[: k] if len(keys) <= k else keys[-k:]
+        self.queue_ptr.copy_((self.queue_ptr + len(keys)) % k)
+
+    def forward(self, views):
+        x1, x2 = views
+        q1 = self.projector(self.backbone(x1))
+        q2 = self.projector(self.backbone(x2))
+        with torch.no_grad():
+            k1 = self.key_encoder(x1)
+            k2 = self.key_encoder(x2)
+        queue = self.queue.clone()
+        loss = 0.5 * (info_nce(q1, k2, queue, self.params.temperature) + info_nce(q2, k1, queue, self.params.temperature))
+        if self.training:
+            self._enqueue(torch.cat([k1, k2]))
+        return loss
+
+    @torch.no_grad()
+    def on_step(self, progress):
+        ema_update(self.key_encoder, nn.Sequential(self.backbone, self.projector), self.params.momentum)

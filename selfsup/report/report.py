@@ -1,0 +1,147 @@
+"""Run report: PNG plots (loss, kNN during training, 2-D embedding of test features) and ``report.md``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    p = Path(run_dir) / "metrics.jsonl"
+    if not p.exists():
+        return []
+    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+
+
+def plot_training(run_dir: Path) -> list[str]:
+    plt = _plt()
+    rows = read_metrics(run_dir)
+    made = []
+    loss = [(r["epoch"], r["loss"]) for r in rows if "loss" in r]
+    if loss:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(*zip(*loss))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training loss")
+        ax.set_title("SSL loss")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(run_dir / "loss.png", dpi=110)
+        plt.close(fig)
+        made.append("loss.png")
+    knn = [(r["epoch"], r["knn_val"]) for r in rows if "knn_val" in r]
+    if knn:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(*zip(*knn), marker="o")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("kNN accuracy (validation split)")
+        ax.set_title("kNN accuracy during training")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(run_dir / "knn.png", dpi=110)
+        plt.close(fig)
+        made.append("knn.png")
+    return made
+
+
+def plot_embedding(run_dir: Path, feats, labels, classes, kind: str, points: int, seed: int) -> str | None:
+    if kind == "none" or labels is None:
+        return None
+    plt = _plt()
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(feats), min(points, len(feats)), replace=False))
+    x = feats[idx].numpy()
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    y = labels[idx].numpy()
+    if kind == "tsne":
+        from sklearn.decomposition import PCA
+        from sklearn.manifold import TSNE
+
+        x = PCA(n_components=min(50, x.shape[1]), random_state=seed).fit_transform(x)
+        xy = TSNE(n_components=2, init="pca", random_state=seed, perplexity=30).fit_transform(x)
+    else:
+        from sklearn.decomposition import PCA
+
+        xy = PCA(n_components=2, random_state=seed).fit_transform(x)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    cmap = plt.get_cmap("tab10")
+    for c in np.unique(y):
+        m = y == c
+        ax.scatter(xy[m, 0], xy[m, 1], s=4, color=cmap(int(c) % 10),
+                   label=classes[c] if c < len(classes) else str(c))
+    ax.legend(markerscale=3, fontsize=7, loc="best")
+    ax.set_title(f"test features ({kind.upper()}, {len(idx)} points)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(run_dir / "embedding.png", dpi=110)
+    plt.close(fig)
+    return "embedding.png"
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.2f} %"
+
+
+def results_table(results: dict) -> list[tuple[str, str, str]]:
+    ssl, raw = results.get("ssl", {}), results.get("raw_pixels", {})
+    rows = [("kNN (test)", _pct(ssl.get("knn_test")), _pct(raw.get("knn_test"))),
+            ("linear probe (test)", _pct(ssl.get("linear_test")), _pct(raw.get("linear_test")))]
+    td = results.get("transfer_digits")
+    if td:
+        rows.append(("transfer: digits linear (test)", _pct(td.get("linear_test")), "–"))
+    rows += [("RankMe", f"{results['rankme']:.1f}", "–"),
+             ("alignment / uniformity", f"{results['alignment']:.3f} / {results['uniformity']:.3f}", "–"),
+             ("collapse std (healthy ≈ {:.3f})".format(results["collapse_std_healthy"]),
+              f"{results['collapse_std']:.4f}", "–")]
+    return rows
+
+
+def print_results(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"selfsup results — {results['method']} on {results['data']}")
+    t.add_column("metric")
+    t.add_column("SSL encoder", justify="right")
+    t.add_column("raw pixels", justify="right")
+    for r in results_table(results):
+        t.add_row(*r)
+    tr = results.get("train")
+    if tr:
+        t.caption = (f"pre-training {tr['train_seconds']:.0f} s, {tr['images_per_second']:.0f} img/s, "
+                     f"evaluation {results['eval_seconds']:.0f} s")
+    Console().print(t)
+
+
+def write_report(run_dir: Path, results: dict, f_test, y_test, classes, embedding: str, points: int, seed: int):
+    run_dir = Path(run_dir)
+    plots = plot_training(run_dir)
+    emb = plot_embedding(run_dir, f_test, y_test, classes, embedding, points, seed)
+    if emb:
+        plots.append(emb)
+    lines = [f"# selfsup run `{run_dir.name}`", "", f"method **{results['method']}**, data **{results['data']}**", ""]
+    tr = results.get("train")
+    if tr:
+        lines += [f"pre-training: {tr['steps']} steps in {tr['train_seconds']:.0f} s "
+                  f"({tr['images_per_second']:.0f} img/s, {tr['devices']} process(es), {tr['threads']} threads)", ""]
+    if "ssl" in results:
+        s = results["ssl"]
+        lines += ["| metric | SSL encoder | raw pixels |", "|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} |" for a, b, c in results_table(results)]
+        lines += ["", f"kNN: cosine, weighted exp(s/T), k={s['knn_k']} chosen on the validation split; linear probe: "
+                  f"standardised features, L-BFGS logistic regression, L2={s.get('linear_l2')} chosen on the "
+                  f"validation split, refit on all of train; test set used once.", ""]
+    lines += [f"![{p}]({p})" for p in plots]
+    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+    return plots

@@ -1,0 +1,319 @@
+"""The one training loop. It knows nothing about the method it runs: ``loss = method(views)``, backward, step,
+``method.on_step(progress)``.
+
+Reproducibility: the data order of epoch e is a permutation drawn from ``seed`` and ``e``; augmentation draws from
+one generator whose state is checkpointed; model init is seeded. A run resumed from a checkpoint therefore ends with
+exactly the weights of an uninterrupted run.
+
+Distributed: launched by torchrun (``selfsup pretrain --devices N`` re-executes itself under torchrun), DDP wraps
+the method, BatchNorm is synced, each rank takes every W-th sample of the same global batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import distributed as D
+from ..augment import build_recipe, to_float
+from ..augment.views import ViewRecipe
+from ..config import Config, dump_config, load_config
+from ..data import ImageDataset, load_source, train_val_split
+from ..errors import TrainingError
+from ..methods import METHODS, SSLMethod
+from ..models import build_backbone
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .optim import build_optimizer, lr_at
+
+
+# ------------------------------------------------------------------------------------------------ builders
+def backbone_kwargs(cfg: Config) -> dict:
+    m = cfg.model
+    if m.backbone == "cnn":
+        return {"widths": tuple(m.widths), "convs_per_stage": m.convs_per_stage, "pool": m.pool}
+    return {"width": m.width}
+
+
+def build_method(cfg: Config, in_channels: int) -> SSLMethod:
+    backbone = build_backbone(cfg.model.backbone, in_channels, **backbone_kwargs(cfg))
+    cls = METHODS[cfg.method["name"]]
+    return cls(backbone, cfg.method_params())
+
+
+def build_view_recipe(cfg: Config, method_cls: type[SSLMethod]) -> ViewRecipe:
+    a = cfg.augment
+    kind = method_cls.recipe if a.recipe == "auto" else a.recipe
+    return build_recipe(kind, crop_scale=tuple(a.crop_scale), flip_p=a.flip_p, jitter_p=a.jitter_p,
+                        brightness=a.brightness, contrast=a.contrast, grayscale_p=a.grayscale_p,
+                        blur_sigma=tuple(a.blur_sigma))
+
+
+def load_datasets(cfg: Config) -> tuple[ImageDataset, ImageDataset | None]:
+    kw = {"skip_bad": cfg.data.skip_bad_images} if cfg.data.source == "folder" else {}
+    train = load_source(cfg.data.source, "train", cfg.data.root, **kw)
+    if cfg.data.subset:
+        train = train.subset(np.arange(min(cfg.data.subset, len(train))))
+    try:
+        test = load_source(cfg.data.source, "test", cfg.data.root, **kw)
+    except Exception:  # a user's folder may have no test split: evaluation then uses the validation split
+        test = None
+    return train, test
+
+
+def autocast(device: torch.device, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps: int
+    train_seconds: float
+    images_per_second: float
+
+
+def _append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume drop rows logged after the checkpoint, so the history has no duplicates."""
+    if not path.exists():
+        return
+    rows = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(r + "\n" for r in rows))
+
+
+def make_run_dir(cfg: Config, resume: bool) -> Path:
+    run_dir = Path(cfg.output_dir) / cfg.name
+    if run_dir.exists() and not resume and latest_checkpoint(run_dir / "checkpoints") is not None:
+        raise TrainingError(f"run directory {run_dir} already holds a run: pass --resume to continue it, or choose "
+                            f"another name (name=...)")
+    if resume and latest_checkpoint(run_dir / "checkpoints") is None:
+        raise TrainingError(f"--resume: no checkpoint found in {run_dir / 'checkpoints'}")
+    return run_dir
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+def pretrain(config, overrides: list[str] | None = None, resume: bool = False, progress: bool = True,
+             evaluate: bool = True, interrupt_at: int | None = None) -> RunResult:
+    """Pre-train the configured method; write checkpoints, metrics, the backbone and (if ``evaluate``) the report.
+
+    ``interrupt_at`` stops the run right after that step without a final checkpoint, as a crash would (tests)."""
+    cfg = load_config(config, overrides)
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    distributed = D.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = D.init_from_env(t.device) if distributed else torch.device(t.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device is cuda but no CUDA device is available")
+    rank, world = D.rank(), D.world_size()
+
+    run_dir = make_run_dir(cfg, resume)
+    ckpt_dir = run_dir / "checkpoints"
+    metrics_path = run_dir / "metrics.jsonl"
+    if D.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+
+    train_ds, test_ds = load_datasets(cfg)
+    _, val_idx = train_val_split(len(train_ds), cfg.data.val_fraction, cfg.seed, train_ds.labels)
+
+    torch.manual_seed(cfg.seed)
+    method = build_method(cfg, train_ds.channels).to(device)
+    if t.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    recipe = build_view_recipe(cfg, type(method))
+
+    global_batch = t.batch_size
+    if global_batch % world:
+        raise TrainingError(f"train.batch_size {global_batch} is not divisible by the {world} processes")
+    local_batch = global_batch // world
+    steps_per_epoch = len(train_ds) // global_batch
+    if steps_per_epoch == 0:
+        raise TrainingError(f"train.batch_size {global_batch} is larger than the data set ({len(train_ds)} images)")
+    total_steps = t.max_steps or max(1, int(round(t.epochs * steps_per_epoch)))
+    warmup = int(round(t.warmup_epochs * steps_per_epoch))
+    base_lr = t.lr * global_batch / 256
+    optimizer = build_optimizer(method, t.optimizer, base_lr, t.momentum, t.weight_decay)
+    aug_gen = torch.Generator(device=device)
+    aug_gen.manual_seed(cfg.seed * 7919 + 17 + rank)
+
+    start_step = 0
+    if resume:
+        model_state, opt_state, extra, meta = load_checkpoint(latest_checkpoint(ckpt_dir))
+        method.load_state_dict(model_state)
+        if opt_state is not None:
+            optimizer.load_state_dict(opt_state)
+        aug_gen.set_state(extra[f"aug_rng_rank{rank}"] if f"aug_rng_rank{rank}" in extra else extra["aug_rng_rank0"])
+        start_step = int(meta["step"])
+        if D.is_main():
+            _truncate_metrics(metrics_path, start_step)
+    elif D.is_main() and metrics_path.exists():
+        metrics_path.unlink()
+
+    model: nn.Module = method
+    if distributed:
+        model = D.convert_sync_batchnorm(method, device)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        method = model.module
+    if t.compile:
+        model = torch.compile(model)
+
+    monitor_every = max(1, int(round(t.monitor_every_epochs * steps_per_epoch)))
+    monitor = _Monitor(train_ds, val_idx, cfg, device) if train_ds.labels is not None else None
+
+    def checkpoint(step: int):
+        states = [aug_gen.get_state()]
+        if distributed:
+            gathered = [torch.empty_like(states[0]) for _ in range(world)]
+            torch.distributed.all_gather_object(gathered, states[0])
+            states = gathered
+        if D.is_main():
+            save_checkpoint(ckpt_dir, step, method.state_dict(), optimizer.state_dict(),
+                            {f"aug_rng_rank{r}": s for r, s in enumerate(states)},
+                            {"epoch": step / steps_per_epoch, "config": cfg.model_dump(mode="json"),
+                             "in_channels": train_ds.channels}, keep=t.keep_checkpoints)
+
+    prog = _Progress(total_steps, start_step, enabled=progress and D.is_main())
+    method.train()
+    t0 = time.perf_counter()
+    seen = 0
+    perm_epoch, perm = -1, None
+    step = start_step
+    try:
+        with prog:
+            while step < total_steps:
+                epoch = step // steps_per_epoch
+                if epoch != perm_epoch:
+                    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+                    perm = torch.randperm(len(train_ds), generator=g)
+                    perm_epoch = epoch
+                pos = (step % steps_per_epoch) * global_batch
+                idx = perm[pos:pos + global_batch][rank::world]
+                x = to_float(train_ds.images[idx].to(device, non_blocking=True), t.channels_last)
+                lr = lr_at(step, total_steps, warmup, base_lr, t.min_lr_ratio)
+                for gr in optimizer.param_groups:
+                    gr["lr"] = lr
+                with torch.no_grad():
+                    views = recipe(x, aug_gen)
+                if t.channels_last:
+                    views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+                with autocast(device, t.amp):
+                    loss = model(views)
+                if not torch.isfinite(loss.detach()).all():
+                    last = latest_checkpoint(ckpt_dir)
+                    raise TrainingError(f"loss became {float(loss)} at step {step} (epoch {step / steps_per_epoch:.2f}); "
+                                        f"stopped. Last good checkpoint: {last or 'none'}. Try a lower train.lr or "
+                                        f"train.grad_clip")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if t.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(method.parameters(), t.grad_clip)
+                optimizer.step()
+                method.on_step((step + 1) / total_steps)
+                step += 1
+                seen += global_batch
+                elapsed = time.perf_counter() - t0
+                loss_v = float(loss.detach())
+                prog.update(step, loss_v)
+                if D.is_main() and (step % 10 == 0 or step == total_steps):
+                    _append_jsonl(metrics_path, {"step": step, "epoch": round(step / steps_per_epoch, 4),
+                                                 "loss": loss_v, "lr": lr, "img_per_s": seen / elapsed,
+                                                 "time_s": elapsed})
+                if monitor is not None and D.is_main() and (step % monitor_every == 0 or step == total_steps):
+                    acc = monitor(method.backbone)
+                    _append_jsonl(metrics_path, {"step": step, "epoch": round(step / steps_per_epoch, 4),
+                                                 "knn_val": acc})
+                    prog.note(f"kNN(val) {acc:.4f}")
+                if interrupt_at is not None and step >= interrupt_at:
+                    return RunResult(run_dir, step, elapsed, seen / max(elapsed, 1e-9))
+                if step % t.checkpoint_every_steps == 0 or step == total_steps:
+                    checkpoint(step)
+    except KeyboardInterrupt:
+        raise TrainingError(f"interrupted at step {step}; resume with --resume (last checkpoint: "
+                            f"{latest_checkpoint(ckpt_dir)})") from None
+    train_seconds = time.perf_counter() - t0
+    result = RunResult(run_dir, step, train_seconds, seen / max(train_seconds, 1e-9))
+    if D.is_main():
+        from ..api import save_backbone
+
+        save_backbone(run_dir, method.backbone, cfg, train_ds.channels)
+        with open(run_dir / "train_summary.json", "w") as fh:
+            json.dump({"steps": step, "train_seconds": train_seconds, "images_per_second": result.images_per_second,
+                       "devices": world, "device": str(device), "threads": torch.get_num_threads()}, fh, indent=1)
+        if evaluate:
+            from ..evaluate.suite import evaluate_run
+
+            evaluate_run(run_dir, progress=progress, datasets=(train_ds, test_ds))
+    if distributed:
+        torch.distributed.barrier()
+    return result
+
+
+class _Monitor:
+    """kNN accuracy on the validation split (bank: a fixed subset of the rest of train) during training."""
+
+    def __init__(self, ds: ImageDataset, val_idx, cfg: Config, device):
+        rng = np.random.default_rng(cfg.seed)
+        rest = np.setdiff1d(np.arange(len(ds)), val_idx)
+        bank = np.sort(rng.choice(rest, min(cfg.train.monitor_samples, len(rest)), replace=False))
+        self.bank_x, self.bank_y = ds.images[bank], ds.labels[bank]
+        q = np.sort(rng.choice(val_idx, min(len(val_idx), max(1000, cfg.train.monitor_samples // 5)), replace=False))
+        self.q_x, self.q_y = ds.images[q], ds.labels[q]
+        self.cfg, self.device = cfg, device
+
+    def __call__(self, backbone) -> float:
+        from ..evaluate.probes import extract_features, knn_accuracy
+
+        e = self.cfg.eval
+        cl = self.cfg.train.channels_last
+        fb = extract_features(backbone, self.bank_x, e.batch_size, self.device, cl)
+        fq = extract_features(backbone, self.q_x, e.batch_size, self.device, cl)
+        return knn_accuracy(fb, self.bank_y, fq, self.q_y, e.knn_k, e.knn_temperature)
+
+
+class _Progress:
+    """A rich progress bar with ETA (no-op when disabled)."""
+
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.enabled = enabled
+        self.total, self.start = total, start
+        self.extra = ""
+        if enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.p = Progress(TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                              TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                              TextColumn("{task.fields[info]}"))
+            self.task = self.p.add_task("train", total=total, completed=start, info="")
+
+    def __enter__(self):
+        if self.enabled:
+            self.p.__enter__()
+        return self
+
+    def __exit__(self, *a):
+        if self.enabled:
+            self.p.__exit__(*a)
+
+    def update(self, step: int, loss: float):
+        if self.enabled:
+            self.p.update(self.task, completed=step, info=f"loss {loss:.4f} {self.extra}")
+
+    def note(self, text: str):
+        self.extra = text
+
+
