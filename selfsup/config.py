@@ -31,6 +31,7 @@ class ModelConfig(Strict):
     widths: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
     convs_per_stage: int = Field(2, ge=1)
     pool: int = Field(2, ge=1)
+    downsample: Literal["max", "avg"] = "max"
     width: int = Field(64, ge=1, description="resnet18 base width")
 
 
@@ -77,15 +78,15 @@ class TrainConfig(Strict):
 class EvalConfig(Strict):
     knn_k: int = Field(20, gt=0)
     knn_temperature: float = Field(0.1, gt=0)
-    knn_k_grid: list[int] = Field(default_factory=lambda: [10, 20, 50, 100])
+    knn_k_grid: list[int] = Field(default_factory=lambda: [5, 10, 20, 50])
     linear: bool = True
-    linear_l2_grid: list[float] = Field(default_factory=lambda: [0.0, 1e-5, 1e-4, 1e-3])
-    linear_max_iter: int = Field(300, gt=0)
+    linear_l2_grid: list[float] = Field(default_factory=lambda: [1e-5, 1e-4, 1e-3])
+    linear_max_iter: int = Field(200, gt=0)
     baselines: bool = True
     transfer: bool = True
     embedding_plot: Literal["tsne", "pca", "none"] = "tsne"
     embedding_points: int = Field(2000, gt=10)
-    batch_size: int = Field(1024, gt=0)
+    batch_size: int = Field(256, gt=0)
 
 
 class Config(Strict):

@@ -8,6 +8,7 @@ global loss as every other rank (Barlow Twins / VICReg statistics). Tests compar
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -47,22 +48,40 @@ def init_from_env(device: str) -> torch.device:
     return torch.device(device)
 
 
+_AUX_GROUP = None
+
+
+def aux_group():
+    """A process group of its own for the collectives inside the model (loss gathers, BatchNorm statistics).
+    DDP's reducer all-reduces gradient buckets on the default group while autograd runs; our backward collectives
+    on that same group could be issued in a different order on different ranks and be paired wrongly. Created on
+    first use, which every rank reaches at the same point of the same forward pass."""
+    global _AUX_GROUP
+    if _AUX_GROUP is None:
+        _AUX_GROUP = dist.new_group(backend=dist.get_backend())
+    return _AUX_GROUP
+
+
 def gather(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from all ranks along dim 0, rank order, with gradients flowing back to every rank."""
     if not is_dist() or world_size() == 1:
         return x
-    import torch.distributed.nn.functional as dnn
+    with warnings.catch_warnings():  # deprecated in favour of a non-autograd API; this one is autograd-correct
+        warnings.simplefilter("ignore", FutureWarning)
+        import torch.distributed.nn.functional as dnn
 
-    return torch.cat(dnn.all_gather(x.contiguous()), 0)
+        return torch.cat(dnn.all_gather(x.contiguous(), group=aux_group()), 0)
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """Autograd-aware sum over ranks."""
     if not is_dist() or world_size() == 1:
         return x
-    import torch.distributed.nn.functional as dnn
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import torch.distributed.nn.functional as dnn
 
-    return dnn.all_reduce(x.contiguous(), op=dist.ReduceOp.SUM)
+        return dnn.all_reduce(x.contiguous(), op=dist.ReduceOp.SUM, group=aux_group())
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -106,8 +125,10 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
 def _convert_cpu(module: nn.Module) -> nn.Module:
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        ref = module.weight if module.affine else module.running_mean
+        kw = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
         out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                              module.track_running_stats)
+                              module.track_running_stats, **kw)
         if module.affine:
             with torch.no_grad():
                 out.weight.copy_(module.weight)

@@ -6,11 +6,11 @@ import torch
 
 from ..distributed import gather
 from ..models.heads import projection_head
-from .base import MethodParams, SSLMethod
+from .base import MethodParams, SSLMethod, upcast
 
 
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambda_offdiag: float, eps: float = 1e-5) -> torch.Tensor:
-    z1, z2 = gather(z1.float()), gather(z2.float())
+    z1, z2 = gather(upcast(z1)), gather(upcast(z2))
     n = z1.shape[0]
     z1 = (z1 - z1.mean(0)) / (z1.std(0, unbiased=False) + eps)
     z2 = (z2 - z2.mean(0)) / (z2.std(0, unbiased=False) + eps)
@@ -35,5 +35,5 @@ class BarlowTwins(SSLMethod):
         self.projector = projection_head(backbone.feat_dim, params.proj_hidden, params.proj_dim, layers=3)
 
     def forward(self, views):
-        z1, z2 = (self.projector(self.backbone(v)) for v in views)
+        z1, z2 = self.encode_joint(views, self.projector)
         return barlow_twins_loss(z1, z2, self.params.lambda_offdiag)

@@ -31,9 +31,20 @@ class SSLMethod(nn.Module):
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def encode_joint(self, views: list[torch.Tensor], head: nn.Module) -> list[torch.Tensor]:
+        """``head(backbone(v))`` for every view, computed as one concatenated batch (BatchNorm statistics over all
+        views, as in SimCLR's reference implementation; one large convolution call is faster than several)."""
+        z = head(self.backbone(torch.cat(views, 0)))
+        return list(z.chunk(len(views), 0))
+
     @torch.no_grad()
     def on_step(self, progress: float) -> None:
         """Called after each optimiser step with ``progress`` = step / total_steps (EMA updates live here)."""
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """Losses are computed in at least float32 (half-precision outputs of autocast are upcast; float64 stays)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

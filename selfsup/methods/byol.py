@@ -7,12 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.heads import prediction_head, projection_head
-from .base import MethodParams, SSLMethod, cosine_momentum, ema_update, frozen_copy
+from .base import MethodParams, SSLMethod, cosine_momentum, ema_update, frozen_copy, upcast
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """2 − 2·cos(p, sg(z)), averaged over the batch."""
-    return 2 - 2 * F.cosine_similarity(p.float(), z.detach().float(), dim=1).mean()
+    return 2 - 2 * F.cosine_similarity(upcast(p), upcast(z.detach()), dim=1).mean()
 
 
 class BYOLParams(MethodParams):

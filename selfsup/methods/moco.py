@@ -9,13 +9,13 @@ from torch import nn
 
 from ..distributed import gather
 from ..models.heads import projection_head
-from .base import MethodParams, SSLMethod, ema_update, frozen_copy
+from .base import MethodParams, SSLMethod, ema_update, frozen_copy, upcast
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
     """−log( exp(q·k/τ) / (exp(q·k/τ) + Σ_{n∈queue} exp(q·n/τ)) ), all vectors l2-normalised, mean over q."""
-    q = F.normalize(q.float(), dim=1)
-    k = F.normalize(k.float(), dim=1)
+    q = F.normalize(upcast(q), dim=1)
+    k = F.normalize(upcast(k), dim=1)
     pos = (q * k).sum(1, keepdim=True)
     neg = q @ queue.T
     logits = torch.cat([pos, neg], 1) / temperature
@@ -41,7 +41,7 @@ class MoCo(SSLMethod):
 
     @torch.no_grad()
     def _enqueue(self, keys: torch.Tensor) -> None:
-        keys = F.normalize(gather(keys.float()), dim=1)
+        keys = F.normalize(gather(upcast(keys)), dim=1)
         k = self.queue.shape[0]
         idx = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % k
         self.queue[idx] = keys[: k] if len(keys) <= k else keys[-k:]

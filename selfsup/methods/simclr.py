@@ -10,14 +10,14 @@ import torch.nn.functional as F
 
 from ..distributed import gather, rank
 from ..models.heads import projection_head
-from .base import MethodParams, SSLMethod
+from .base import MethodParams, SSLMethod, upcast
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, positive_in_denominator: bool = True) -> torch.Tensor:
     """NT-Xent of local anchors ``z1``/``z2`` (n×D, view pairs by row) against the views of every rank.
     ``positive_in_denominator=False`` gives DCL (Yeh et al. 2022)."""
-    z1 = F.normalize(z1.float(), dim=1)
-    z2 = F.normalize(z2.float(), dim=1)
+    z1 = F.normalize(upcast(z1), dim=1)
+    z2 = F.normalize(upcast(z2), dim=1)
     n = z1.shape[0]
     a1, a2 = gather(z1), gather(z2)  # (N, D) each
     big_n = a1.shape[0]
@@ -52,5 +52,5 @@ class SimCLR(SSLMethod):
         self.projector = projection_head(backbone.feat_dim, params.proj_hidden, params.proj_dim)
 
     def forward(self, views):
-        z1, z2 = (self.projector(self.backbone(v)) for v in views)
+        z1, z2 = self.encode_joint(views, self.projector)
         return nt_xent(z1, z2, self.params.temperature)

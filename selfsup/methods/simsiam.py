@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from ..models.heads import prediction_head, projection_head
-from .base import MethodParams, SSLMethod
+from .base import MethodParams, SSLMethod, upcast
 
 
 def simsiam_loss(p1, z2, p2, z1) -> torch.Tensor:
-    cos = lambda p, z: F.cosine_similarity(p.float(), z.detach().float(), dim=1).mean()  # noqa: E731
+    cos = lambda p, z: F.cosine_similarity(upcast(p), upcast(z.detach()), dim=1).mean()  # noqa: E731
     return -0.5 * cos(p1, z2) - 0.5 * cos(p2, z1)
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ..distributed import gather
 from ..models.heads import projection_head
-from .base import MethodParams, SSLMethod
+from .base import MethodParams, SSLMethod, upcast
 
 
 def variance_term(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
@@ -23,8 +23,8 @@ def covariance_term(z: torch.Tensor) -> torch.Tensor:
 
 def vicreg_terms(z1, z2) -> dict[str, torch.Tensor]:
     """The three terms separately (unweighted): invariance, variance, covariance."""
-    inv = F.mse_loss(z1.float(), z2.float())
-    g1, g2 = gather(z1.float()), gather(z2.float())
+    inv = F.mse_loss(upcast(z1), upcast(z2))
+    g1, g2 = gather(upcast(z1)), gather(upcast(z2))
     return {"invariance": inv, "variance": variance_term(g1) + variance_term(g2),
             "covariance": covariance_term(g1) + covariance_term(g2)}
 
@@ -51,6 +51,6 @@ class VICReg(SSLMethod):
         self.projector = projection_head(backbone.feat_dim, params.proj_hidden, params.proj_dim, layers=3)
 
     def forward(self, views):
-        z1, z2 = (self.projector(self.backbone(v)) for v in views)
+        z1, z2 = self.encode_joint(views, self.projector)
         p = self.params
         return vicreg_loss(z1, z2, p.sim_coeff, p.std_coeff, p.cov_coeff)

@@ -37,6 +37,7 @@ class SmallCNN(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, widths=(32, 64, 128), convs_per_stage: int = 2, pool: int = 2,
+                 downsample: str = "max",
                  mean: float = 0.5, std: float = 0.25):
         super().__init__()
         self.normalize = Normalize(mean, std)
@@ -44,7 +45,7 @@ class SmallCNN(nn.Module):
         cin = in_channels
         for s, w in enumerate(widths):
             if s > 0:
-                layers.append(nn.MaxPool2d(2))
+                layers.append(nn.MaxPool2d(2) if downsample == "max" else nn.AvgPool2d(2))
             for _ in range(convs_per_stage):
                 layers.append(conv_bn_relu(cin, w))
                 cin = w

@@ -37,7 +37,8 @@ from .optim import build_optimizer, lr_at
 def backbone_kwargs(cfg: Config) -> dict:
     m = cfg.model
     if m.backbone == "cnn":
-        return {"widths": tuple(m.widths), "convs_per_stage": m.convs_per_stage, "pool": m.pool}
+        return {"widths": tuple(m.widths), "convs_per_stage": m.convs_per_stage, "pool": m.pool,
+                "downsample": m.downsample}
     return {"width": m.width}
 
 
@@ -55,15 +56,23 @@ def build_view_recipe(cfg: Config, method_cls: type[SSLMethod]) -> ViewRecipe:
                         blur_sigma=tuple(a.blur_sigma))
 
 
+def has_test_split(cfg: Config) -> bool:
+    src, root = cfg.data.source, Path(cfg.data.root) if cfg.data.root else None
+    if src == "folder":
+        return root is not None and (root / "test").is_dir()
+    if src == "npz":
+        return root is not None and root.is_dir() and (root / "test.npz").exists()
+    return True
+
+
 def load_datasets(cfg: Config) -> tuple[ImageDataset, ImageDataset | None]:
+    """The training set (optionally its first ``data.subset`` images) and the test set, or None when the source
+    has no test split (a plain image folder or a single NPZ file)."""
     kw = {"skip_bad": cfg.data.skip_bad_images} if cfg.data.source == "folder" else {}
     train = load_source(cfg.data.source, "train", cfg.data.root, **kw)
     if cfg.data.subset:
         train = train.subset(np.arange(min(cfg.data.subset, len(train))))
-    try:
-        test = load_source(cfg.data.source, "test", cfg.data.root, **kw)
-    except Exception:  # a user's folder may have no test split: evaluation then uses the validation split
-        test = None
+    test = load_source(cfg.data.source, "test", cfg.data.root, **kw) if has_test_split(cfg) else None
     return train, test
 
 
@@ -166,7 +175,10 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
     model: nn.Module = method
     if distributed:
         model = D.convert_sync_batchnorm(method, device)
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # static_graph: every step runs the same graph; required for correct gradients when a method calls its
+        # backbone once per view with synced BatchNorm (tests/test_distributed.py checks it against one process)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                    static_graph=True)
         method = model.module
     if t.compile:
         model = torch.compile(model)

@@ -1,0 +1,67 @@
+"""The method table: every method with the same backbone and the same number of epochs on Fashion-MNIST,
+each through the full pipeline (pre-training, then the evaluation suite).
+
+    python benchmarks/methods.py [--epochs 8] [--methods simclr,byol,...] [--out runs/bench]
+
+Prints the table and writes the "methods" section of BENCHMARKS.md. Accuracies are on the Fashion-MNIST test set,
+with k (kNN) and L2 (linear probe) chosen on a validation split held out from train.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
+from selfsup.methods import METHODS  # noqa: E402
+from selfsup.train.loop import pretrain  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=float, default=8)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))
+    ap.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every method")
+    args = ap.parse_args()
+    out = Path(args.out)
+    rows, raw = [], None
+    for m in args.methods.split(","):
+        name = f"bench-{m}"
+        shutil.rmtree(out / name, ignore_errors=True)
+        t0 = time.perf_counter()
+        r = pretrain(ROOT / "configs" / f"{m}_fmnist.yaml",
+                     [f"name={name}", f"output_dir={out}", f"train.epochs={args.epochs}", "eval.transfer=true",
+                      "eval.embedding_plot=pca", *args.set], progress=sys.stdout.isatty())
+        ev = json.loads((r.run_dir / "eval.json").read_text())
+        raw = ev.get("raw_pixels", raw)
+        s = ev["ssl"]
+        row = [m, f"{args.epochs:g}", f"{r.train_seconds / 60:.1f}", f"{r.images_per_second:.0f}",
+               f"{100 * s['knn_test']:.2f}", f"{100 * s['linear_test']:.2f}",
+               f"{100 * ev['transfer_digits']['linear_test']:.2f}", f"{ev['rankme']:.1f}",
+               f"{(time.perf_counter() - t0) / 60:.1f}"]
+        rows.append(row)
+        print(" | ".join(row), flush=True)
+    header = ["method", "epochs", "pre-train min", "img/s", "kNN %", "linear %", "digits linear %", "RankMe",
+              "total min"]
+    body = [
+        "## Method table: Fashion-MNIST, same backbone and epochs for every method",
+        "",
+        f"Command: `{command()}` (commit {git_rev()}); machine: {machine()}.",
+        "Backbone and per-method settings: `configs/<method>_fmnist.yaml`. Test accuracy; k and L2 chosen on a "
+        "validation split carved from train. img/s = source images per second (two views each).",
+        "",
+        md_table(header, rows),
+    ]
+    if raw:
+        body += ["", f"Raw pixels through the same code: kNN {100 * raw['knn_test']:.2f} %, "
+                     f"linear {100 * raw['linear_test']:.2f} %."]
+    update_section("methods", "\n".join(body))
+
+
+if __name__ == "__main__":
+    main()

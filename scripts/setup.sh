@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set up selfsup on a fresh machine: the Fashion-MNIST data package, a virtual environment with the CPU build of
+# torch 2.13.0 (pinned: an unpinned torch would pull a multi-GB CUDA build), and the project itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
+if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ -z "${SELFSUP_FMNIST_DIR:-}" ]; then
+  echo "== installing Debian package dataset-fashion-mnist"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv"
+  $PY -m venv .venv
+fi
+echo "== installing torch==2.13.0 and selfsup into .venv"
+.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"

@@ -1,0 +1,81 @@
+"""The command line as a user meets it: one clear line and exit code 2 on bad input, never a traceback."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from .test_train import npz_data, tiny_cfg  # noqa: F401  (fixture)
+
+
+def run(*args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "selfsup.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout)
+
+
+def test_methods_lists_all():
+    r = run("methods")
+    assert r.returncode == 0
+    for name in ("simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg"):
+        assert name in r.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["pretrain", "--config", "configs/simclr_fmnist.yaml", "train.batch_size=0"], "train.batch_size"),
+    (["pretrain", "--config", "configs/simclr_fmnist.yaml", "method.name=magic"], "method.name"),
+    (["pretrain", "--config", "no/such.yaml"], "not found"),
+    (["pretrain", "--config", "configs/simclr_fmnist.yaml", "data.source=npz", "data.root=/nope"], "/nope"),
+    (["eval", "/tmp"], "not a selfsup run directory"),
+])
+def test_bad_input_one_line_exit_2(args, needle):
+    r = run(*args)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_missing_fmnist_says_what_to_install(tmp_path):
+    import os
+
+    env = dict(os.environ, SELFSUP_FMNIST_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "selfsup.cli", "pretrain", "--config", "configs/simclr_fmnist.yaml"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "apt-get install dataset-fashion-mnist" in r.stderr and "Traceback" not in r.stderr
+
+
+def _write_cfg(tmp_path, cfg):
+    import yaml
+
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_pretrain_eval_resume_roundtrip(npz_data, tmp_path):  # noqa: F811
+    p = _write_cfg(tmp_path, tiny_cfg(npz_data, tmp_path / "runs", "cli", max_steps=8))
+    r = run("pretrain", "--config", str(p))
+    assert r.returncode == 0, r.stderr
+    run_dir = tmp_path / "runs" / "cli"
+    assert "kNN (test)" in r.stdout and (run_dir / "eval.json").exists()
+    again = run("pretrain", "--config", str(p))
+    assert again.returncode == 2 and "--resume" in again.stderr
+    ev = run("eval", str(run_dir))
+    assert ev.returncode == 0 and "linear probe" in ev.stdout
+    resumed = run("pretrain", "--config", str(p), "--resume", "train.max_steps=12")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run_dir / "train_summary.json").read_text())["steps"] == 12
+
+
+@pytest.mark.slow
+def test_pretrain_on_two_cpu_processes_with_torchrun(npz_data, tmp_path):  # noqa: F811
+    cfg = tiny_cfg(npz_data, tmp_path / "runs", "ddp", max_steps=4, threads=1)
+    p = _write_cfg(tmp_path, cfg)
+    r = run("pretrain", "--config", str(p), "--devices", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((tmp_path / "runs" / "ddp" / "train_summary.json").read_text())
+    assert summary["devices"] == 2 and summary["steps"] == 4
+    import selfsup
+
+    feats = selfsup.embed(tmp_path / "runs" / "ddp", np.zeros((2, 16, 16), np.uint8))
+    assert feats.shape[0] == 2

@@ -1,0 +1,77 @@
+"""Two CPU processes (gloo, DDP, synced BatchNorm) must give the same loss and gradients as one process with the
+same global batch: the gathers in NT-Xent / Barlow Twins / VICReg / MoCo are autograd-correct (no 1/world_size
+error) and BatchNorm statistics are global."""
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from selfsup.config import load_config
+from selfsup.distributed import convert_sync_batchnorm
+from selfsup.train.loop import build_method
+
+METHODS = ["simclr", "barlow_twins", "vicreg", "moco", "byol", "simsiam"]
+GLOBAL_BATCH = 8
+
+
+def _setup(method):
+    cfg = load_config({"model": {"widths": [4, 8], "pool": 1},
+                       "method": {"name": method, "proj_hidden": 16, "proj_dim": 8,
+                                  **({"queue_size": 32} if method == "moco" else {})}})
+    torch.manual_seed(0)
+    m = build_method(cfg, 1).double()
+    g = torch.Generator().manual_seed(1)
+    x1 = torch.rand(GLOBAL_BATCH, 1, 12, 12, generator=g, dtype=torch.float64)
+    x2 = torch.rand(GLOBAL_BATCH, 1, 12, 12, generator=g, dtype=torch.float64)
+    return m, x1, x2
+
+
+def _grads(m):
+    return {n: p.grad.detach().clone() for n, p in m.named_parameters() if p.grad is not None}
+
+
+def _worker(rank, world, init_file, method, out):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    m, x1, x2 = _setup(method)
+    m = convert_sync_batchnorm(m, torch.device("cpu"))
+    ddp = torch.nn.parallel.DistributedDataParallel(m, static_graph=True)  # as the trainer
+    n = GLOBAL_BATCH // world
+    sl = slice(rank * n, (rank + 1) * n)
+    loss = ddp([x1[sl], x2[sl]])
+    loss.backward()
+    losses = [torch.zeros(1, dtype=torch.float64) for _ in range(world)]
+    dist.all_gather(losses, loss.detach().view(1))
+    if rank == 0:
+        torch.save({"loss": torch.cat(losses), "grads": _grads(m)}, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_ddp_two_processes_match_one_process(method, tmp_path):
+    out = tmp_path / "rank0.pt"
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), method, str(out)), nprocs=2, join=True)
+    res = torch.load(out, weights_only=True)
+    m, x1, x2 = _setup(method)
+    loss = m([x1, x2])
+    loss.backward()
+    ref = _grads(m)
+    # the global loss is the mean of the ranks' losses (DDP averages their gradients the same way)
+    assert float(res["loss"].mean()) == pytest.approx(float(loss.detach()), rel=1e-9, abs=1e-12)
+    assert ref.keys() == res["grads"].keys()
+    for k in ref:
+        torch.testing.assert_close(res["grads"][k], ref[k], rtol=1e-7, atol=1e-10, msg=k)
+
+
+def test_global_batchnorm_equals_batchnorm_in_one_process():
+    from selfsup.distributed import GlobalBatchNorm
+
+    bn = torch.nn.BatchNorm2d(3)
+    gbn = convert_sync_batchnorm(torch.nn.Sequential(bn), torch.device("cpu"))[0]
+    assert isinstance(gbn, GlobalBatchNorm)
+    x = torch.randn(5, 3, 4, 4)
+    torch.testing.assert_close(gbn(x), bn(x))
