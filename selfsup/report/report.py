@@ -23,34 +23,31 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
 
 
-def plot_training(run_dir: Path) -> list[str]:
+def _line_plot(run_dir: Path, name: str, points, ylabel: str, title: str, marker=None) -> str:
     plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(*zip(*points), marker=marker)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run_dir / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def plot_training(run_dir: Path) -> list[str]:
+    """``loss.png`` (training loss) and ``knn.png`` (kNN accuracy on the validation split during training)."""
     rows = read_metrics(run_dir)
     made = []
     loss = [(r["epoch"], r["loss"]) for r in rows if "loss" in r]
     if loss:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(*zip(*loss))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("training loss")
-        ax.set_title("SSL loss")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(run_dir / "loss.png", dpi=110)
-        plt.close(fig)
-        made.append("loss.png")
+        made.append(_line_plot(run_dir, "loss.png", loss, "training loss", "SSL loss"))
     knn = [(r["epoch"], r["knn_val"]) for r in rows if "knn_val" in r]
     if knn:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(*zip(*knn), marker="o")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("kNN accuracy (validation split)")
-        ax.set_title("kNN accuracy during training")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(run_dir / "knn.png", dpi=110)
-        plt.close(fig)
-        made.append("knn.png")
+        made.append(_line_plot(run_dir, "knn.png", knn, "kNN accuracy (validation split)",
+                               "kNN accuracy during training", marker="o"))
     return made
 
 

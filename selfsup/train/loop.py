@@ -84,6 +84,8 @@ def autocast(device: torch.device, enabled: bool):
 
 @dataclass
 class RunResult:
+    """``images_per_second``: source images per second of step time (data, augmentation, forward, backward,
+    optimiser), excluding monitoring and checkpoints; ``train_seconds`` is the wall time of the whole loop."""
     run_dir: Path
     steps: int
     train_seconds: float
@@ -202,11 +204,13 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
     method.train()
     t0 = time.perf_counter()
     seen = 0
+    step_time = 0.0  # seconds inside training steps (excludes monitoring and checkpoints)
     perm_epoch, perm = -1, None
     step = start_step
     try:
         with prog:
             while step < total_steps:
+                ts = time.perf_counter()
                 epoch = step // steps_per_epoch
                 if epoch != perm_epoch:
                     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -237,12 +241,13 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
                 method.on_step((step + 1) / total_steps)
                 step += 1
                 seen += global_batch
+                step_time += time.perf_counter() - ts
                 elapsed = time.perf_counter() - t0
                 loss_v = float(loss.detach())
                 prog.update(step, loss_v)
                 if D.is_main() and (step % 10 == 0 or step == total_steps):
                     _append_jsonl(metrics_path, {"step": step, "epoch": round(step / steps_per_epoch, 4),
-                                                 "loss": loss_v, "lr": lr, "img_per_s": seen / elapsed,
+                                                 "loss": loss_v, "lr": lr, "img_per_s": seen / step_time,
                                                  "time_s": elapsed})
                 if monitor is not None and D.is_main() and (step % monitor_every == 0 or step == total_steps):
                     acc = monitor(method.backbone)
@@ -250,20 +255,21 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
                                                  "knn_val": acc})
                     prog.note(f"kNN(val) {acc:.4f}")
                 if interrupt_at is not None and step >= interrupt_at:
-                    return RunResult(run_dir, step, elapsed, seen / max(elapsed, 1e-9))
+                    return RunResult(run_dir, step, elapsed, seen / max(step_time, 1e-9))
                 if step % t.checkpoint_every_steps == 0 or step == total_steps:
                     checkpoint(step)
     except KeyboardInterrupt:
         raise TrainingError(f"interrupted at step {step}; resume with --resume (last checkpoint: "
                             f"{latest_checkpoint(ckpt_dir)})") from None
     train_seconds = time.perf_counter() - t0
-    result = RunResult(run_dir, step, train_seconds, seen / max(train_seconds, 1e-9))
+    result = RunResult(run_dir, step, train_seconds, seen / max(step_time, 1e-9))
     if D.is_main():
         from ..api import save_backbone
 
         save_backbone(run_dir, method.backbone, cfg, train_ds.channels)
         with open(run_dir / "train_summary.json", "w") as fh:
-            json.dump({"steps": step, "train_seconds": train_seconds, "images_per_second": result.images_per_second,
+            json.dump({"steps": step, "train_seconds": train_seconds, "step_seconds": step_time,
+                       "images_per_second": result.images_per_second,
                        "devices": world, "device": str(device), "threads": torch.get_num_threads()}, fh, indent=1)
         if evaluate:
             from ..evaluate.suite import evaluate_run
