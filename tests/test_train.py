@@ -142,3 +142,10 @@ def test_short_real_run_beats_random_init_encoder(tmp_path):
 
     trained, untrained = acc(selfsup.load(r.run_dir)), acc(random_bb)
     assert trained > untrained + 0.02, (trained, untrained)
+
+
+def test_bad_data_fails_before_writing_the_run_directory(tmp_path):
+    cfg = tiny_cfg(tmp_path / "no-such-data", tmp_path / "runs", "bad")
+    with pytest.raises(DataError, match="no-such-data"):
+        pretrain(cfg, progress=False)
+    assert not (tmp_path / "runs" / "bad").exists()

@@ -134,11 +134,10 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
     run_dir = make_run_dir(cfg, resume)
     ckpt_dir = run_dir / "checkpoints"
     metrics_path = run_dir / "metrics.jsonl"
+    train_ds, test_ds = load_datasets(cfg)  # bad data fails here, before anything is written
     if D.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_config(cfg))
-
-    train_ds, test_ds = load_datasets(cfg)
     _, val_idx = train_val_split(len(train_ds), cfg.data.val_fraction, cfg.seed, train_ds.labels)
 
     torch.manual_seed(cfg.seed)

@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from selfsup.methods.base import cosine_momentum, ema_update, frozen_copy
+from selfsup.models import ResNet18, SmallCNN, prediction_head, projection_head
+
+
+def test_small_cnn_feature_dim_and_reference_size():
+    m = SmallCNN(1, (32, 64, 128), pool=2)
+    assert m(torch.rand(3, 1, 28, 28)).shape == (3, 128 * 4) and m.feat_dim == 512
+    conv_params = sum(p.numel() for n, p in m.named_parameters() if p.dim() == 4)
+    assert 280_000 < conv_params < 300_000  # the 6-conv 32-64-128 reference CNN of measured.md
+
+
+def test_resnet18_cifar_stem_and_shapes():
+    m = ResNet18(3)
+    assert m.stem[0].kernel_size == (3, 3) and m.stem[0].stride == (1, 1)
+    assert not any(isinstance(x, torch.nn.MaxPool2d) for x in m.modules())
+    m.eval()
+    assert m(torch.rand(2, 3, 32, 32)).shape == (2, 512)
+    assert 11_000_000 < sum(p.numel() for p in m.parameters()) < 11_300_000
+
+
+def test_heads_compose():
+    p = projection_head(16, 32, 8, layers=3, last_bn=True)
+    assert [type(x).__name__ for x in p] == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU",
+                                             "Linear", "BatchNorm1d"]
+    assert p(torch.rand(4, 16)).shape == (4, 8)
+    assert prediction_head(8, 4)(torch.rand(4, 8)).shape == (4, 8)
+
+
+def test_ema_update_and_cosine_momentum():
+    online = torch.nn.Linear(2, 1)
+    target = frozen_copy(online)
+    assert all(not p.requires_grad for p in target.parameters())
+    with torch.no_grad():
+        online.weight.fill_(1.0)
+        target.weight.fill_(0.0)
+    ema_update(target, online, 0.9)
+    assert torch.allclose(target.weight, torch.full_like(target.weight, 0.1))
+    assert cosine_momentum(0.99, 0.0) == pytest.approx(0.99)
+    assert cosine_momentum(0.99, 0.5) == pytest.approx(0.995)
+    assert cosine_momentum(0.99, 1.0) == pytest.approx(1.0)
