@@ -19,7 +19,7 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    source: Literal["fashion_mnist", "digits", "folder", "cifar", "npz"] = "fashion_mnist"
+    source: Literal["fashion_mnist", "digits", "folder", "cifar", "npz", "webdataset"] = "fashion_mnist"
     root: str | None = None
     val_fraction: float = Field(0.1, gt=0, lt=1)
     skip_bad_images: bool = False

@@ -268,7 +268,25 @@ def load_source(name: str, split: str = "train", root: str | None = None, **kw) 
         if p.is_dir():
             p = p / f"{split}.npz"
         return npz(p)
-    raise DataError(f"unknown data source {name!r} (choose fashion_mnist, digits, folder, cifar, npz)")
+    if name == "webdataset":
+        shards = shard_paths(root, split)
+        if not shards:
+            raise DataError(f"no {split} shards (*.tar) found at {root}")
+        parts = [webdataset_shard(s, **kw) for s in shards]
+        labels = None if any(p.labels is None for p in parts) else torch.cat([p.labels for p in parts])
+        return ImageDataset(torch.cat([p.images for p in parts]), labels, [], f"shards:{Path(root).name}/{split}")
+    raise DataError(f"unknown data source {name!r} (choose fashion_mnist, digits, folder, cifar, npz, webdataset)")
+
+
+def shard_paths(root: str | Path, split: str) -> list[Path]:
+    """Shards of a split: ``root`` itself if it is a .tar (train), else ``root/split/*.tar`` or
+    ``root/split*.tar``."""
+    p = Path(root)
+    if p.is_file():
+        return [p] if split == "train" else []
+    if (p / split).is_dir():
+        return sorted((p / split).glob("*.tar"))
+    return sorted(p.glob(f"{split}*.tar"))
 
 
 def train_val_split(n: int, val_fraction: float, seed: int, labels: torch.Tensor | None = None):
@@ -286,3 +304,58 @@ def train_val_split(n: int, val_fraction: float, seed: int, labels: torch.Tensor
         va.append(idx[:k])
         tr.append(idx[k:])
     return np.sort(np.concatenate(tr)), np.sort(np.concatenate(va))
+
+
+# ------------------------------------------------------------------------------------------ WebDataset tar shards
+def webdataset_shard(path: str | Path, size: int | None = None, channels: int | None = None,
+                     skip_bad: bool = False) -> ImageDataset:
+    """A WebDataset-style tar shard: members grouped by key (the path without its extension), one image
+    (``.png``/``.jpg``/...) per key and an optional ``.cls`` (integer label as text). A truncated or corrupt shard
+    raises a :class:`DataError` naming it; a bad member names the shard and the member (or is skipped)."""
+    import tarfile
+
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    samples: dict[str, dict[str, bytes]] = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.rpartition(".")
+                fh = tar.extractfile(member)
+                if fh is None or not key:
+                    continue
+                samples.setdefault(key, {})[ext.lower()] = fh.read()
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"cannot read shard {path}: {e}") from None
+    arrays, labels = [], []
+    for key in sorted(samples):
+        parts = samples[key]
+        ext = next((e for e in parts if f".{e}" in IMAGE_SUFFIXES), None)
+        if ext is None:
+            continue
+        try:
+            with Image.open(io.BytesIO(parts[ext])) as im:
+                im.load()
+                if channels is None:
+                    channels = 1 if im.mode in ("L", "1", "I", "I;16", "F") else 3
+                im = im.convert("L" if channels == 1 else "RGB")
+                size = size or im.size[0]
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                a = np.asarray(im, dtype=np.uint8)
+            label = int(parts["cls"].decode().strip()) if "cls" in parts else -1
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            if skip_bad:
+                warnings.warn(f"skipping bad sample {key}.{ext} in {path}: {e}")
+                continue
+            raise DataError(f"bad sample {key}.{ext} in shard {path}: {e}") from None
+        arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+        labels.append(label)
+    if not arrays:
+        raise DataError(f"shard {path} holds no images")
+    y = torch.tensor(labels, dtype=torch.long)
+    return ImageDataset(torch.from_numpy(np.stack(arrays)), y if bool((y >= 0).all()) else None, [],
+                        f"shard:{path.name}")

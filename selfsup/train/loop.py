@@ -62,13 +62,17 @@ def has_test_split(cfg: Config) -> bool:
         return root is not None and (root / "test").is_dir()
     if src == "npz":
         return root is not None and root.is_dir() and (root / "test.npz").exists()
+    if src == "webdataset":
+        from ..data.sources import shard_paths
+
+        return root is not None and bool(shard_paths(root, "test"))
     return True
 
 
 def load_datasets(cfg: Config) -> tuple[ImageDataset, ImageDataset | None]:
     """The training set (optionally its first ``data.subset`` images) and the test set, or None when the source
     has no test split (a plain image folder or a single NPZ file)."""
-    kw = {"skip_bad": cfg.data.skip_bad_images} if cfg.data.source == "folder" else {}
+    kw = {"skip_bad": cfg.data.skip_bad_images} if cfg.data.source in ("folder", "webdataset") else {}
     train = load_source(cfg.data.source, "train", cfg.data.root, **kw)
     if cfg.data.subset:
         train = train.subset(np.arange(min(cfg.data.subset, len(train))))
