@@ -119,13 +119,30 @@ def digits(split: str = "train", size: int = 28, test_fraction: float = 0.3, see
 
 
 # ------------------------------------------------------------------------------------------------- image folders
+def _decode_image(source, size: int | None, channels: int | None):
+    """Open one image (path or file object) with Pillow, convert to ``channels`` (1 or 3; default from the image)
+    and resize to ``size`` (default: its own width). Returns (C×H×W uint8 array, channels, size)."""
+    from PIL import Image
+
+    with Image.open(source) as im:
+        im.load()
+        if channels is None:
+            channels = 1 if im.mode in ("L", "1", "I", "I;16", "F") else 3
+        im = im.convert("L" if channels == 1 else "RGB")
+        size = size or im.size[0]
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.BILINEAR)
+        a = np.asarray(im, dtype=np.uint8)
+    return (a[None] if a.ndim == 2 else a.transpose(2, 0, 1)), channels, size
+
+
 def image_folder(path: str | Path, size: int | None = None, channels: int | None = None,
                  skip_bad: bool = False) -> ImageDataset:
     """Images under ``path``; when ``path`` has sub-folders, each sub-folder is a class. All images are resized
     to ``size`` (default: the first image's size) and converted to ``channels`` (default: 1 if the first image is
     greyscale, else 3). An unreadable file raises a :class:`DataError` naming it, or is skipped with a warning
     when ``skip_bad``."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     root = Path(path)
     if not root.is_dir():
@@ -143,22 +160,13 @@ def image_folder(path: str | Path, size: int | None = None, channels: int | None
     arrays, labels = [], []
     for f, ci in files:
         try:
-            with Image.open(f) as im:
-                im.load()
-                if channels is None:
-                    channels = 1 if im.mode in ("L", "1", "I", "I;16", "F") else 3
-                im = im.convert("L" if channels == 1 else "RGB")
-                if size is None:
-                    size = im.size[0]
-                if im.size != (size, size):
-                    im = im.resize((size, size), Image.BILINEAR)
-                a = np.asarray(im, dtype=np.uint8)
+            a, channels, size = _decode_image(f, size, channels)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
             if skip_bad:
                 warnings.warn(f"skipping unreadable image {f}: {e}")
                 continue
             raise DataError(f"cannot read image {f}: {e}") from None
-        arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+        arrays.append(a)
         labels.append(ci)
     if not arrays:
         raise DataError(f"no readable images in {root}")
@@ -314,7 +322,7 @@ def webdataset_shard(path: str | Path, size: int | None = None, channels: int | 
     raises a :class:`DataError` naming it; a bad member names the shard and the member (or is skipped)."""
     import tarfile
 
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     path = Path(path)
     samples: dict[str, dict[str, bytes]] = {}
@@ -337,22 +345,14 @@ def webdataset_shard(path: str | Path, size: int | None = None, channels: int | 
         if ext is None:
             continue
         try:
-            with Image.open(io.BytesIO(parts[ext])) as im:
-                im.load()
-                if channels is None:
-                    channels = 1 if im.mode in ("L", "1", "I", "I;16", "F") else 3
-                im = im.convert("L" if channels == 1 else "RGB")
-                size = size or im.size[0]
-                if im.size != (size, size):
-                    im = im.resize((size, size), Image.BILINEAR)
-                a = np.asarray(im, dtype=np.uint8)
+            a, channels, size = _decode_image(io.BytesIO(parts[ext]), size, channels)
             label = int(parts["cls"].decode().strip()) if "cls" in parts else -1
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
             if skip_bad:
                 warnings.warn(f"skipping bad sample {key}.{ext} in {path}: {e}")
                 continue
             raise DataError(f"bad sample {key}.{ext} in shard {path}: {e}") from None
-        arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+        arrays.append(a)
         labels.append(label)
     if not arrays:
         raise DataError(f"shard {path} holds no images")
