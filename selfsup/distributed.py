@@ -48,20 +48,6 @@ def init_from_env(device: str) -> torch.device:
     return torch.device(device)
 
 
-_AUX_GROUP = None
-
-
-def aux_group():
-    """A process group of its own for the collectives inside the model (loss gathers, BatchNorm statistics).
-    DDP's reducer all-reduces gradient buckets on the default group while autograd runs; our backward collectives
-    on that same group could be issued in a different order on different ranks and be paired wrongly. Created on
-    first use, which every rank reaches at the same point of the same forward pass."""
-    global _AUX_GROUP
-    if _AUX_GROUP is None:
-        _AUX_GROUP = dist.new_group(backend=dist.get_backend())
-    return _AUX_GROUP
-
-
 def gather(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from all ranks along dim 0, rank order, with gradients flowing back to every rank."""
     if not is_dist() or world_size() == 1:
@@ -70,7 +56,7 @@ def gather(x: torch.Tensor) -> torch.Tensor:
         warnings.simplefilter("ignore", FutureWarning)
         import torch.distributed.nn.functional as dnn
 
-        return torch.cat(dnn.all_gather(x.contiguous(), group=aux_group()), 0)
+        return torch.cat(dnn.all_gather(x.contiguous()), 0)
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +67,7 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
         warnings.simplefilter("ignore", FutureWarning)
         import torch.distributed.nn.functional as dnn
 
-        return dnn.all_reduce(x.contiguous(), op=dist.ReduceOp.SUM, group=aux_group())
+        return dnn.all_reduce(x.contiguous(), op=dist.ReduceOp.SUM)
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
