@@ -15,5 +15,5 @@ if [ ! -x .venv/bin/python ]; then
   $PY -m venv .venv
 fi
 echo "== installing torch==2.13.0 and selfsup into .venv"
-.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+.venv/bin/python -m pip install -q --no-compile --disable-pip-version-check torch==2.13.0
+.venv/bin/python -m pip install -q --no-compile --disable-pip-version-check -e ".[test]"

@@ -1,4 +1,4 @@
-"""Command line: ``selfsup demo | pretrain | eval | methods``.
+"""Command line: ``selfsup demo | pretrain | eval | methods | stream | sequence``.
 
 Every user error (bad config, missing data, corrupt file, unreadable checkpoint) ends in one line on stderr and exit
 code 2, never a traceback.
@@ -111,6 +111,56 @@ def methods():
         params = ", ".join(f"{k}={v}" for k, v in cls.Params().model_dump().items())
         t.add_row(name, cls.recipe, DESCRIPTIONS.get(name, ""), params)
     Console().print(t)
+
+
+@app.command()
+def stream(config: Path = typer.Option(..., "--config", "-c", help="YAML config (method, model, stream strategy)"),
+           source: Path = typer.Option(..., "--source", help="folder of chunks: image folders, .npz files, .tar shards"),
+           overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. stream.strategy=replay"),
+           watch: bool = typer.Option(False, "--watch", help="keep waiting for new chunks and train on each as it lands"),
+           idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout",
+                                                        help="--watch: stop after this many seconds without a new chunk")):
+    """Pre-train on the chunks of a folder in name order, checkpointing and evaluating after each; the same command
+    resumes after a crash (manifest.json records what was consumed)."""
+    from .train.stream import stream as run
+
+    try:
+        r = run(config, overrides or [], source, watch=watch, idle_timeout=idle_timeout)
+        _print_stream(r.run_dir, r.summary)
+    except KeyboardInterrupt:
+        typer.echo("stopped; run the same command to continue (manifest.json records the consumed chunks)")
+    except SelfsupError as e:
+        _fail(str(e))
+
+
+def _print_stream(run_dir: Path, summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"stream {run_dir}")
+    t.add_column("metric")
+    t.add_column("value")
+    for k, v in summary.items():
+        if isinstance(v, (int, float)):
+            t.add_row(k, f"{100 * v:.2f} %" if isinstance(v, float) and v <= 1 and k not in ("train_seconds",) else str(v))
+        elif k.endswith("_metrics"):
+            for mk, mv in v.items():
+                t.add_row(f"{k[:-8]} {mk}", f"{100 * mv:.2f}")
+    Console().print(t)
+    typer.echo(f"run directory: {run_dir}  (manifest.json, stream.json, metrics.jsonl, accuracy_vs_chunk.png)")
+
+
+@app.command()
+def sequence(config: Path = typer.Option(..., "--config", "-c", help="YAML config (see configs/stream_fmnist.yaml)"),
+             overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. sequence.kinds=[instance]")):
+    """The streaming study in one command: build the instance / random-class / distant-class / domain incremental
+    sequences from a labelled data set and run every strategy on each; prints the table, writes plots."""
+    from .train.stream import sequence as run
+
+    try:
+        run(config, overrides or [])
+    except SelfsupError as e:
+        _fail(str(e))
 
 
 @app.command()

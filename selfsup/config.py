@@ -89,6 +89,34 @@ class EvalConfig(Strict):
     batch_size: int = Field(256, gt=0)
 
 
+class StreamConfig(Strict):
+    """Streamed pre-training (``selfsup stream`` / ``selfsup sequence``)."""
+    strategy: Literal["sequential", "joint", "replay", "regularize", "distill"] = "sequential"
+    chunk_epochs: float = Field(1.0, gt=0, description="epochs over each chunk (steps = epochs x chunk / batch)")
+    chunk_steps: int | None = Field(None, gt=0, description="fixed steps per chunk (overrides chunk_epochs)")
+    buffer_size: int = Field(3000, gt=0, description="replay: images kept on disk")
+    replay_fraction: float = Field(0.5, gt=0, lt=1, description="replay: share of each batch drawn from the buffer")
+    regularizer: Literal["mas", "ewc"] = "mas"
+    reg_lambda: float = Field(1.0, ge=0)
+    importance_batches: int = Field(10, gt=0)
+    distill_weight: float = Field(1.0, ge=0)
+    distill_hidden: int = Field(512, gt=0)
+    evaluate: bool = True
+    eval_train_samples: int = Field(10000, gt=0, description="labelled training images for the probes after a chunk")
+    eval_test_samples: int = Field(10000, gt=0)
+    watch_interval: float = Field(5.0, gt=0, description="--watch: seconds between looks at the folder")
+
+
+class SequenceConfig(Strict):
+    """``selfsup sequence``: the benchmark sequences built from a labelled data set."""
+    kinds: list[Literal["instance", "random_class", "distant_class", "domain"]] = Field(
+        default_factory=lambda: ["instance", "random_class", "distant_class", "domain"], min_length=1)
+    chunks: int = Field(5, ge=2)
+    strategies: list[Literal["sequential", "joint", "replay", "regularize", "distill"]] = Field(
+        default_factory=lambda: ["joint", "sequential", "replay", "regularize", "distill"], min_length=1)
+    joint_every_chunk: bool = Field(False, description="joint: re-train after every chunk (else only after the last)")
+
+
 class Config(Strict):
     name: str = "run"
     seed: int = 0
@@ -99,6 +127,8 @@ class Config(Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    stream: StreamConfig = Field(default_factory=StreamConfig)
+    sequence: SequenceConfig = Field(default_factory=SequenceConfig)
 
     @model_validator(mode="after")
     def _check_method(self):

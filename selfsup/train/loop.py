@@ -94,6 +94,8 @@ class RunResult:
     steps: int
     train_seconds: float
     images_per_second: float
+    step_seconds: float = 0.0
+    interrupted: bool = False
 
 
 def _append_jsonl(path: Path, row: dict) -> None:
@@ -101,11 +103,18 @@ def _append_jsonl(path: Path, row: dict) -> None:
         fh.write(json.dumps(row) + "\n")
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume drop rows logged after the checkpoint, so the history has no duplicates."""
+def _truncate_metrics(path: Path, step: int, log: dict | None = None) -> None:
+    """On resume drop rows logged after the checkpoint, so the history has no duplicates. With ``log`` (a stream
+    chunk's fields), only that chunk's rows are truncated."""
     if not path.exists():
         return
-    rows = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+
+    def keep(row: dict) -> bool:
+        if log and any(row.get(k) != v for k, v in log.items()):
+            return True
+        return row.get("step", 0) <= step
+
+    rows = [ln for ln in path.read_text().splitlines() if ln.strip() and keep(json.loads(ln))]
     path.write_text("".join(r + "\n" for r in rows))
 
 
@@ -120,32 +129,74 @@ def make_run_dir(cfg: Config, resume: bool) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ the loop
+def setup_device(cfg: Config) -> tuple[torch.device, bool]:
+    """Threads, device and (under torchrun) the process group. Returns (device, distributed)."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    distributed = D.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = D.init_from_env(cfg.train.device) if distributed else torch.device(cfg.train.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device is cuda but no CUDA device is available")
+    return device, distributed
+
+
 def pretrain(config, overrides: list[str] | None = None, resume: bool = False, progress: bool = True,
              evaluate: bool = True, interrupt_at: int | None = None) -> RunResult:
     """Pre-train the configured method; write checkpoints, metrics, the backbone and (if ``evaluate``) the report.
 
     ``interrupt_at`` stops the run right after that step without a final checkpoint, as a crash would (tests)."""
     cfg = load_config(config, overrides)
-    t = cfg.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    distributed = D.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    device = D.init_from_env(t.device) if distributed else torch.device(t.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("train.device is cuda but no CUDA device is available")
-    rank, world = D.rank(), D.world_size()
-
+    device, _ = setup_device(cfg)
     run_dir = make_run_dir(cfg, resume)
-    ckpt_dir = run_dir / "checkpoints"
-    metrics_path = run_dir / "metrics.jsonl"
     train_ds, test_ds = load_datasets(cfg)  # bad data fails here, before anything is written
     if D.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_config(cfg))
     _, val_idx = train_val_split(len(train_ds), cfg.data.val_fraction, cfg.seed, train_ds.labels)
-
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, train_ds.channels).to(device)
+    monitor = _Monitor(train_ds, val_idx, cfg, device) if train_ds.labels is not None else None
+    result = fit(method, train_ds, cfg, device, run_dir / "checkpoints", run_dir / "metrics.jsonl", resume=resume,
+                 monitor=monitor, progress=progress, interrupt_at=interrupt_at)
+    if result.interrupted:
+        return result
+    if D.is_main():
+        from ..api import save_backbone
+
+        save_backbone(run_dir, method.backbone, cfg, train_ds.channels)
+        with open(run_dir / "train_summary.json", "w") as fh:
+            json.dump({"steps": result.steps, "train_seconds": result.train_seconds,
+                       "step_seconds": result.step_seconds, "images_per_second": result.images_per_second,
+                       "devices": D.world_size(), "device": str(device), "threads": torch.get_num_threads()}, fh,
+                      indent=1)
+        if evaluate:
+            from ..evaluate.suite import evaluate_run
+
+            evaluate_run(run_dir, progress=progress, datasets=(train_ds, test_ds))
+    if D.world_size() > 1:
+        torch.distributed.barrier()
+    return result
+
+
+def fit(method: SSLMethod, train_ds: ImageDataset, cfg: Config, device: torch.device, ckpt_dir: Path,
+        metrics_path: Path, *, resume: bool = False, strategy=None, monitor=None, progress: bool = True,
+        interrupt_at: int | None = None, total_steps: int | None = None, seed: int | None = None,
+        label: str = "pretrain", log: dict | None = None) -> RunResult:
+    """Train ``method`` on ``train_ds`` for ``total_steps`` (default: ``train.epochs`` over the data) with one
+    warm-up + cosine schedule; the step loop shared by joint pre-training and every chunk of a stream.
+
+    ``strategy`` (see :mod:`selfsup.train.strategies`) plugs into three places: ``batch`` may mix stored images
+    into the batch (replay), ``penalty`` adds a term to the method's loss (regularization, distillation), and
+    ``module`` holds extra trainable parameters (a distillation predictor), optimised and checkpointed with the
+    method. ``log`` is merged into every metrics row (e.g. the chunk index)."""
+    from .strategies import Strategy
+
+    t = cfg.train
+    strategy = strategy or Strategy()
+    seed = cfg.seed if seed is None else seed
+    rank, world = D.rank(), D.world_size()
+    distributed = world > 1
+    log = log or {}
     if t.channels_last:
         method = method.to(memory_format=torch.channels_last)
     recipe = build_view_recipe(cfg, type(method))
@@ -153,29 +204,39 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
     global_batch = t.batch_size
     if global_batch % world:
         raise TrainingError(f"train.batch_size {global_batch} is not divisible by the {world} processes")
-    local_batch = global_batch // world
     steps_per_epoch = len(train_ds) // global_batch
     if steps_per_epoch == 0:
         raise TrainingError(f"train.batch_size {global_batch} is larger than the data set ({len(train_ds)} images)")
-    total_steps = t.max_steps or max(1, int(round(t.epochs * steps_per_epoch)))
-    warmup = int(round(t.warmup_epochs * steps_per_epoch))
+    total_steps = total_steps or t.max_steps or max(1, int(round(t.epochs * steps_per_epoch)))
+    warmup = min(int(round(t.warmup_epochs * steps_per_epoch)), total_steps // 2)
     base_lr = t.lr * global_batch / 256
-    optimizer = build_optimizer(method, t.optimizer, base_lr, t.momentum, t.weight_decay)
+    extra = strategy.module
+    owner = method if extra is None else nn.ModuleList([method, extra])
+    optimizer = build_optimizer(owner, t.optimizer, base_lr, t.momentum, t.weight_decay)
     aug_gen = torch.Generator(device=device)
-    aug_gen.manual_seed(cfg.seed * 7919 + 17 + rank)
+    aug_gen.manual_seed(seed * 7919 + 17 + rank)
+    mix_gen = torch.Generator().manual_seed(seed * 104_729 + 5)
 
     start_step = 0
-    if resume:
-        model_state, opt_state, extra, meta = load_checkpoint(latest_checkpoint(ckpt_dir))
-        method.load_state_dict(model_state)
+    if resume and latest_checkpoint(ckpt_dir) is not None:
+        model_state, opt_state, extra_t, meta = load_checkpoint(latest_checkpoint(ckpt_dir))
+        owner_state = model_state if extra is None else {
+            **{f"0.{k}": v for k, v in model_state.items() if not k.startswith("strategy_module.")},
+            **{f"1.{k[len('strategy_module.'):]}": v for k, v in model_state.items() if k.startswith("strategy_module.")}}
+        owner.load_state_dict(owner_state)
         if opt_state is not None:
             optimizer.load_state_dict(opt_state)
-        aug_gen.set_state(extra[f"aug_rng_rank{rank}"] if f"aug_rng_rank{rank}" in extra else extra["aug_rng_rank0"])
+        aug_gen.set_state(extra_t[f"aug_rng_rank{rank}"] if f"aug_rng_rank{rank}" in extra_t else extra_t["aug_rng_rank0"])
+        if "mix_rng" in extra_t:
+            mix_gen.set_state(extra_t["mix_rng"])
         start_step = int(meta["step"])
         if D.is_main():
-            _truncate_metrics(metrics_path, start_step)
+            _truncate_metrics(metrics_path, start_step, log)
     elif D.is_main() and metrics_path.exists():
-        metrics_path.unlink()
+        if log:  # a stream's chunk restarted from its beginning: drop its rows from the failed attempt
+            _truncate_metrics(metrics_path, 0, log)
+        else:
+            metrics_path.unlink()
 
     model: nn.Module = method
     if distributed:
@@ -189,7 +250,6 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
         model = torch.compile(model)
 
     monitor_every = max(1, int(round(t.monitor_every_epochs * steps_per_epoch)))
-    monitor = _Monitor(train_ds, val_idx, cfg, device) if train_ds.labels is not None else None
 
     def checkpoint(step: int):
         states = [aug_gen.get_state()]
@@ -198,12 +258,15 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
             torch.distributed.all_gather_object(gathered, states[0])
             states = gathered
         if D.is_main():
-            save_checkpoint(ckpt_dir, step, method.state_dict(), optimizer.state_dict(),
-                            {f"aug_rng_rank{r}": s for r, s in enumerate(states)},
+            state = dict(method.state_dict())
+            if extra is not None:
+                state.update({f"strategy_module.{k}": v for k, v in extra.state_dict().items()})
+            save_checkpoint(ckpt_dir, step, state, optimizer.state_dict(),
+                            {**{f"aug_rng_rank{r}": s for r, s in enumerate(states)}, "mix_rng": mix_gen.get_state()},
                             {"epoch": step / steps_per_epoch, "config": cfg.model_dump(mode="json"),
-                             "in_channels": train_ds.channels}, keep=t.keep_checkpoints)
+                             "in_channels": train_ds.channels, **log}, keep=t.keep_checkpoints)
 
-    prog = _Progress(total_steps, start_step, enabled=progress and D.is_main())
+    prog = _Progress(total_steps, start_step, enabled=progress and D.is_main(), label=label)
     method.train()
     t0 = time.perf_counter()
     seen = 0
@@ -216,12 +279,13 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
                 ts = time.perf_counter()
                 epoch = step // steps_per_epoch
                 if epoch != perm_epoch:
-                    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+                    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
                     perm = torch.randperm(len(train_ds), generator=g)
                     perm_epoch = epoch
                 pos = (step % steps_per_epoch) * global_batch
-                idx = perm[pos:pos + global_batch][rank::world]
-                x = to_float(train_ds.images[idx].to(device, non_blocking=True), t.channels_last)
+                idx = perm[pos:pos + global_batch]
+                batch = strategy.batch(train_ds.images[idx], mix_gen)[rank::world]
+                x = to_float(batch.to(device, non_blocking=True), t.channels_last)
                 lr = lr_at(step, total_steps, warmup, base_lr, t.min_lr_ratio)
                 for gr in optimizer.param_groups:
                     gr["lr"] = lr
@@ -229,17 +293,19 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
                     views = recipe(x, aug_gen)
                 if t.channels_last:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-                with autocast(device, t.amp):
+                with autocast(device, t.amp), strategy.watching(method):
                     loss = model(views)
-                if not torch.isfinite(loss.detach()).all():
+                    penalty = strategy.penalty(method, views)
+                total = loss if penalty is None else loss + penalty
+                if not torch.isfinite(total.detach()).all():
                     last = latest_checkpoint(ckpt_dir)
-                    raise TrainingError(f"loss became {float(loss)} at step {step} (epoch {step / steps_per_epoch:.2f}); "
+                    raise TrainingError(f"loss became {float(total.detach())} at step {step} (epoch {step / steps_per_epoch:.2f}); "
                                         f"stopped. Last good checkpoint: {last or 'none'}. Try a lower train.lr or "
                                         f"train.grad_clip")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                total.backward()
                 if t.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(method.parameters(), t.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(owner.parameters(), t.grad_clip)
                 optimizer.step()
                 method.on_step((step + 1) / total_steps)
                 step += 1
@@ -249,38 +315,25 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
                 loss_v = float(loss.detach())
                 prog.update(step, loss_v)
                 if D.is_main() and (step % 10 == 0 or step == total_steps):
-                    _append_jsonl(metrics_path, {"step": step, "epoch": round(step / steps_per_epoch, 4),
-                                                 "loss": loss_v, "lr": lr, "img_per_s": seen / step_time,
-                                                 "time_s": elapsed})
+                    row = {**log, "step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss_v, "lr": lr,
+                           "img_per_s": seen / step_time, "time_s": elapsed}
+                    if penalty is not None:
+                        row["penalty"] = float(penalty.detach())
+                    _append_jsonl(metrics_path, row)
                 if monitor is not None and D.is_main() and (step % monitor_every == 0 or step == total_steps):
                     acc = monitor(method.backbone)
-                    _append_jsonl(metrics_path, {"step": step, "epoch": round(step / steps_per_epoch, 4),
+                    _append_jsonl(metrics_path, {**log, "step": step, "epoch": round(step / steps_per_epoch, 4),
                                                  "knn_val": acc})
                     prog.note(f"kNN(val) {acc:.4f}")
                 if interrupt_at is not None and step >= interrupt_at:
-                    return RunResult(run_dir, step, elapsed, seen / max(step_time, 1e-9))
+                    return RunResult(Path(ckpt_dir).parent, step, elapsed, seen / max(step_time, 1e-9), step_time,
+                                     interrupted=True)
                 if step % t.checkpoint_every_steps == 0 or step == total_steps:
                     checkpoint(step)
     except KeyboardInterrupt:
         raise TrainingError(f"interrupted at step {step}; resume with --resume (last checkpoint: "
                             f"{latest_checkpoint(ckpt_dir)})") from None
-    train_seconds = time.perf_counter() - t0
-    result = RunResult(run_dir, step, train_seconds, seen / max(step_time, 1e-9))
-    if D.is_main():
-        from ..api import save_backbone
-
-        save_backbone(run_dir, method.backbone, cfg, train_ds.channels)
-        with open(run_dir / "train_summary.json", "w") as fh:
-            json.dump({"steps": step, "train_seconds": train_seconds, "step_seconds": step_time,
-                       "images_per_second": result.images_per_second,
-                       "devices": world, "device": str(device), "threads": torch.get_num_threads()}, fh, indent=1)
-        if evaluate:
-            from ..evaluate.suite import evaluate_run
-
-            evaluate_run(run_dir, progress=progress, datasets=(train_ds, test_ds))
-    if distributed:
-        torch.distributed.barrier()
-    return result
+    return RunResult(Path(ckpt_dir).parent, step, time.perf_counter() - t0, seen / max(step_time, 1e-9), step_time)
 
 
 class _Monitor:
@@ -308,7 +361,7 @@ class _Monitor:
 class _Progress:
     """A rich progress bar with ETA (no-op when disabled)."""
 
-    def __init__(self, total: int, start: int, enabled: bool):
+    def __init__(self, total: int, start: int, enabled: bool, label: str = "pretrain"):
         self.enabled = enabled
         self.total, self.start = total, start
         self.extra = ""
@@ -316,7 +369,7 @@ class _Progress:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                        TimeRemainingColumn)
 
-            self.p = Progress(TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+            self.p = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                               TextColumn("{task.fields[info]}"))
             self.task = self.p.add_task("train", total=total, completed=start, info="")

@@ -1,0 +1,88 @@
+"""Plots and tables of streamed runs: accuracy vs chunk for every strategy on one chart, accuracy matrices as heat
+maps, and the sequence study's summary table."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .report import _plt
+
+
+def plot_stream(out_dir: Path, manifests: dict[str, dict], title: str = "stream") -> list[str]:
+    """``accuracy_vs_chunk.png`` (linear probe and kNN on the full test set after each chunk; chunk 0 = random
+    init) and ``R_<strategy>.png`` heat maps of the per-task linear accuracy matrix."""
+    plt = _plt()
+    out_dir = Path(out_dir)
+    written = []
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    any_line = False
+    for strat, man in manifests.items():
+        for ax, key in zip(axes, ("linear", "knn")):
+            xs, ys = [], []
+            if key in man.get("init_eval", {}):
+                xs.append(0)
+                ys.append(100 * man["init_eval"][key])
+            for i, c in enumerate(man.get("chunks", [])):
+                if key in c.get("eval", {}):
+                    xs.append(i + 1)
+                    ys.append(100 * c["eval"][key])
+            if len(xs) > 0:
+                any_line = True
+                ax.plot(xs, ys, marker="o", label=strat, linestyle="--" if strat == "joint" else "-")
+    if any_line:
+        for ax, key in zip(axes, ("linear probe", "kNN")):
+            ax.set_xlabel("chunks trained (0 = random init)")
+            ax.set_ylabel(f"{key} accuracy, full test set (%)")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(out_dir / "accuracy_vs_chunk.png", dpi=110)
+        written.append("accuracy_vs_chunk.png")
+    plt.close(fig)
+    for strat, man in manifests.items():
+        init = man.get("init_eval", {})
+        rows = [c.get("eval", {}).get("task_linear") for c in man.get("chunks", [])]
+        if "task_linear" not in init or not rows or any(r is None for r in rows):
+            continue
+        import numpy as np
+
+        R = 100 * np.array([init["task_linear"]] + rows)
+        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * R.shape[1], 1.0 + 0.7 * R.shape[0]))
+        im = ax.imshow(R, cmap="viridis", aspect="auto")
+        for i in range(R.shape[0]):
+            for j in range(R.shape[1]):
+                ax.text(j, i, f"{R[i, j]:.1f}", ha="center", va="center", color="w", fontsize=8)
+        ax.set_xticks(range(R.shape[1]), [f"task {j + 1}" for j in range(R.shape[1])])
+        ax.set_yticks(range(R.shape[0]), ["init"] + [f"after {i}" for i in range(1, R.shape[0])])
+        ax.set_title(f"R[i][j], linear probe (%) — {strat}")
+        fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        fig.savefig(out_dir / f"R_{strat}.png", dpi=110)
+        plt.close(fig)
+        written.append(f"R_{strat}.png")
+    return written
+
+
+def _p(v) -> str:
+    return "—" if v is None else f"{100 * v:.2f}"
+
+
+def sequence_table(results: dict) -> str:
+    """Markdown: one row per (sequence, strategy) with the final accuracies, continual metrics, cost, and the share
+    of the joint − sequential gap each strategy closes."""
+    lines = ["| sequence | strategy | linear % | kNN % | digits % | avg task acc % | forgetting | BWT | FWT | "
+             "steps | train s | retained MB | gap closed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for kind, per in results.items():
+        joint, seq = per.get("joint", {}).get("linear"), per.get("sequential", {}).get("linear")
+        for strat, r in per.items():
+            m = r.get("linear_metrics", {})
+            closed = "—"
+            if joint is not None and seq is not None and strat not in ("joint", "sequential") and "linear" in r:
+                gap = joint - seq
+                closed = f"{100 * (r['linear'] - seq) / gap:.0f} %" if abs(gap) > 1e-9 else "no gap"
+            lines.append(f"| {kind} | {strat} | {_p(r.get('linear'))} | {_p(r.get('knn'))} | "
+                         f"{_p(r.get('digits_linear'))} | {_p(m.get('average_accuracy'))} | "
+                         f"{_p(m.get('forgetting'))} | {_p(m.get('bwt'))} | {_p(m.get('fwt'))} | {r.get('steps', 0)} | "
+                         f"{r.get('train_seconds', 0):.0f} | {r.get('retained_bytes', 0) / 1e6:.2f} | {closed} |")
+    return "\n".join(lines)
