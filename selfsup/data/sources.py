@@ -7,6 +7,7 @@ restricted unpickler that only rebuilds plain containers and numpy arrays), and 
 from __future__ import annotations
 
 import gzip
+import zipfile
 import io
 import os
 import pickle
@@ -238,8 +239,8 @@ def npz(path: str | Path) -> ImageDataset:
             x = f[xk]
             yk = next((k for k in ("labels", "y") if k in keys), None)
             y = f[yk] if yk else None
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"cannot read {path}: {e or type(e).__name__} (truncated or not an .npz?)") from None
     if x.dtype != np.uint8:
         if np.issubdtype(x.dtype, np.floating) and x.size and x.min() >= 0 and x.max() <= 1:
             x = (x * 255).round().astype(np.uint8)

@@ -134,11 +134,12 @@ def _strip(ev: dict) -> dict:
 def run_stream(cfg: Config, run_dir: Path, chunks: Callable[[], list[Chunk]], *, tasks: list[EvalTask] | None = None,
                full: EvalTask | None = None, watch: bool = False, progress: bool = True,
                idle_timeout: float | None = None, final_only: bool = False, init_eval: dict | None = None,
-               stop_after: int | None = None, log: Callable[[str], None] = print) -> StreamResult:
+               stop_after: int | None = None, interrupt: tuple[int, int] | None = None,
+               log: Callable[[str], None] = print) -> StreamResult:
     """Consume ``chunks()`` (re-listed on every look when ``watch``) in order. ``tasks``/``full``: evaluation after
     each chunk (``tasks[j]`` belongs to chunk j). ``final_only`` (joint reference of the study): evaluate only
-    after the last of a known number of chunks. ``stop_after``: stop after training that many chunks in this call
-    (tests; a crash stand-in)."""
+    after the last of a known number of chunks. ``stop_after``: stop after training that many chunks in this call;
+    ``interrupt=(chunk, step)``: stop inside that chunk right after that step, as a crash would (tests)."""
     from ..evaluate.continual import cka, continual_metrics, evaluate_chunk
 
     device, _ = setup_device(cfg)
@@ -161,6 +162,8 @@ def run_stream(cfg: Config, run_dir: Path, chunks: Callable[[], list[Chunk]], *,
         channels, shape = last["channels"], tuple(last["shape"])
         torch.manual_seed(cfg.seed)
         method = build_method(cfg, channels).to(device)
+        if cfg.train.channels_last:  # as fit() leaves it, so copies made from it (distill) compute identically
+            method = method.to(memory_format=torch.channels_last)
         method.load_state_dict(load_file(str(run_dir / "state" / last["state"] / "model.safetensors"),
                                          device=str(device)))
         strategy.load(run_dir / "state" / last["state"], method)
@@ -227,7 +230,10 @@ def run_stream(cfg: Config, run_dir: Path, chunks: Callable[[], list[Chunk]], *,
                 strategy.begin_chunk(method, index, cfg.seed)
                 result = fit(method, train_data, cfg, device, ckpt_dir, run_dir / "metrics.jsonl", resume=True,
                              strategy=strategy, progress=progress, total_steps=steps, seed=cfg.seed + 1000 * (index + 1),
-                             label=f"chunk {index + 1}", log={"chunk": index + 1})
+                             label=f"chunk {index + 1}", log={"chunk": index + 1},
+                             interrupt_at=interrupt[1] if interrupt and interrupt[0] == index else None)
+                if result.interrupted:
+                    return StreamResult(run_dir, done, manifest["rejected"])
                 strategy.end_chunk(method, data, index, recipe, device, cfg)
             train_s = time.perf_counter() - t0
             entry = {"name": chunk.name, "signature": chunk.signature, "images": len(data), "channels": channels,
@@ -250,6 +256,8 @@ def run_stream(cfg: Config, run_dir: Path, chunks: Callable[[], list[Chunk]], *,
             manifest["rejected"].pop(chunk.name, None)
             atomic_write_text(manifest_path, json.dumps(manifest, indent=1))  # the commit point
             shutil.rmtree(run_dir / "chunks" / f"{index:03d}", ignore_errors=True)
+            if (run_dir / "chunks").is_dir() and not any((run_dir / "chunks").iterdir()):
+                (run_dir / "chunks").rmdir()
             for old_state in (run_dir / "state").iterdir():
                 if old_state.name != entry["state"]:
                     shutil.rmtree(old_state, ignore_errors=True)

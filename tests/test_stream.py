@@ -1,0 +1,252 @@
+"""Streamed pre-training: strategies (replay, MAS/EWC, distillation), continual metrics, sequences, the stream
+driver's manifest, crash/resume, rejection of bad chunks, --watch, and the sequence study end to end."""
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from selfsup.config import load_config
+from selfsup.data import ImageDataset
+from selfsup.data.sequences import FMNIST_DISTANT_GROUPS, build_sequence
+from selfsup.evaluate.continual import continual_metrics
+from selfsup.train.loop import build_method, build_view_recipe
+from selfsup.train.strategies import Distill, Regularize, Replay
+from selfsup.train.stream import memory_chunks, run_stream, sequence, stream
+
+
+def blobs(n, seed, classes=10, size=28):
+    """Labelled synthetic images: class c = a bright bar at a class-specific position."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    x = rng.normal(30, 15, (n, size, size))
+    for i in range(n):
+        r = 2 + 2 * (y[i] % 5)
+        c = 4 if y[i] < 5 else 16
+        x[i, r:r + 6, c:c + 8] += 160
+    return np.clip(x, 0, 255).astype(np.uint8), y
+
+
+def cfg_dict(out, name, **stream):
+    s = {"chunk_steps": 3, "buffer_size": 64, "eval_train_samples": 200, "eval_test_samples": 100,
+         "importance_batches": 2, "watch_interval": 0.1}
+    s.update(stream)
+    return {"name": name, "output_dir": str(out), "seed": 0,
+            "data": {"source": "npz", "root": str(out / "evaldata")},
+            "model": {"widths": [4, 8], "pool": 1},
+            "method": {"name": "simclr", "proj_hidden": 16, "proj_dim": 8},
+            "train": {"batch_size": 32, "checkpoint_every_steps": 1, "warmup_epochs": 0.0, "monitor_every_epochs": 100},
+            "eval": {"linear_max_iter": 10, "knn_k": 5, "linear_l2_grid": [1e-3]},
+            "stream": s}
+
+
+@pytest.fixture()
+def chunk_dir(tmp_path):
+    (tmp_path / "evaldata").mkdir()
+    for split, n, seed in (("train", 300, 1), ("test", 100, 2)):
+        x, y = blobs(n, seed)
+        np.savez(tmp_path / "evaldata" / f"{split}.npz", images=x, labels=y)
+    src = tmp_path / "chunks"
+    src.mkdir()
+    for i in range(3):
+        x, y = blobs(64, 10 + i)
+        np.savez(src / f"day{i}.npz", images=x, labels=y)
+    return tmp_path, src
+
+
+# ---------------------------------------------------------------------------------------------------- strategies
+def _method(cfg):
+    torch.manual_seed(0)
+    return build_method(load_config(cfg), 1)
+
+
+def test_replay_mixes_a_fixed_fraction_of_buffer_images():
+    r = Replay(buffer_size=10, fraction=0.25, seed=0)
+    batch = torch.zeros(8, 1, 4, 4, dtype=torch.uint8)
+    assert torch.equal(r.batch(batch, torch.Generator().manual_seed(0)), batch)  # empty buffer: unchanged
+    r.end_chunk(None, ImageDataset(torch.full((20, 1, 4, 4), 7, dtype=torch.uint8)), 0, None, None, None)
+    assert len(r.buffer) == 10 and r.retained_bytes() == 10 * 16
+    out = r.batch(batch, torch.Generator().manual_seed(0))
+    assert out.shape == batch.shape
+    assert (out[:6] == 0).all() and (out[6:] == 7).all()  # 25 % of 8 = 2 images from the buffer
+
+
+def test_regularize_penalty_is_weighted_squared_drift_and_importance_is_label_free(tmp_path):
+    cfg = load_config(cfg_dict(tmp_path, "r"))
+    m = _method(cfg_dict(tmp_path, "r"))
+    x, _ = blobs(64, 0)
+    chunk = ImageDataset(torch.from_numpy(x)[:, None])
+    bn_before = m.backbone.features[0][1].running_mean.clone()
+    for kind in ("mas", "ewc"):
+        reg = Regularize(kind, lam=0.5, batches=2, batch_size=32)
+        assert reg.penalty(m, []) is None  # nothing to anchor to before the first chunk
+        reg.end_chunk(m, chunk, 0, build_view_recipe(cfg, type(m)), torch.device("cpu"), cfg)
+        omega = torch.cat([o.flatten() for o in reg.importance.values()])
+        assert (omega >= 0).all() and torch.isclose(omega.mean(), torch.tensor(1.0))
+        assert torch.equal(m.backbone.features[0][1].running_mean, bn_before)  # estimated on a copy
+        assert float(reg.penalty(m, []).detach()) == 0.0
+        name, p = next(iter(m.backbone.named_parameters()))
+        with torch.no_grad():
+            p.add_(0.1)
+        expected = 0.5 * (reg.importance[name] * 0.01).sum()
+        assert torch.isclose(reg.penalty(m, []), expected, rtol=1e-4)
+        with torch.no_grad():
+            p.sub_(0.1)
+        reg.save(tmp_path)
+        other = Regularize(kind, lam=0.5)
+        other.load(tmp_path, m)
+        assert all(torch.equal(other.importance[k], reg.importance[k]) for k in reg.importance)
+
+
+def test_distill_trains_predictor_and_new_encoder_against_a_frozen_old_one(tmp_path):
+    cfg = load_config(cfg_dict(tmp_path, "d"))
+    m = _method(cfg_dict(tmp_path, "d"))
+    d = Distill(weight=1.0, hidden=16)
+    d.begin_chunk(m, 0, 0)
+    assert d.module is None  # first chunk: nothing to distil from
+    d.end_chunk(m, None, 0, None, None, cfg)
+    d.begin_chunk(m, 1, 0)
+    assert d.module is not None
+    views = [torch.rand(8, 1, 28, 28), torch.rand(8, 1, 28, 28)]
+    with d.watching(m):
+        loss = m(views)
+        pen = d.penalty(m, views)
+    assert pen is not None and float(pen.detach()) > 0
+    (loss + pen).backward()
+    assert all(p.grad is None for p in d.old.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in d.module.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.backbone.parameters())
+    d.save(tmp_path)
+    e = Distill()
+    e.load(tmp_path, m)
+    assert all(torch.equal(a, b) for a, b in zip(e.old.state_dict().values(), d.old.state_dict().values()))
+
+
+def test_continual_metrics_match_hand_computation():
+    R = [[0.1, 0.2, 0.3],  # random init
+         [0.8, 0.3, 0.35],
+         [0.7, 0.9, 0.4],
+         [0.6, 0.85, 0.95]]
+    m = continual_metrics(R)
+    assert m["average_accuracy"] == pytest.approx((0.6 + 0.85 + 0.95) / 3)
+    assert m["forgetting"] == pytest.approx(((0.8 - 0.6) + (0.9 - 0.85)) / 2)
+    assert m["bwt"] == pytest.approx(((0.6 - 0.8) + (0.85 - 0.9)) / 2)
+    assert m["fwt"] == pytest.approx(((0.3 - 0.2) + (0.4 - 0.3)) / 2)
+    with pytest.raises(ValueError):
+        continual_metrics(R[1:])
+
+
+# ---------------------------------------------------------------------------------------------------- sequences
+def test_sequences_split_the_data_as_specified():
+    x, y = blobs(600, 3)
+    tr = ImageDataset(torch.from_numpy(x)[:, None], torch.from_numpy(y), [str(i) for i in range(10)])
+    xt, yt = blobs(200, 4)
+    te = ImageDataset(torch.from_numpy(xt)[:, None], torch.from_numpy(yt), tr.classes)
+    inst = build_sequence("instance", tr, te, 5, 0, 300, 200)
+    assert sum(len(c) for c in inst.chunks) == 600 and max(len(c) for c in inst.chunks) - min(len(c) for c in inst.chunks) <= 1
+    for kind in ("random_class", "distant_class"):
+        s = build_sequence(kind, tr, te, 5, 0, 300, 200)
+        sets = [set(c.labels.tolist()) for c in s.chunks]
+        assert all(not (a & b) for i, a in enumerate(sets) for b in sets[i + 1:])  # disjoint classes
+        assert set().union(*sets) == set(range(10))
+        for c, t in zip(s.chunks, s.tasks):
+            assert set(t.test.labels.tolist()) <= set(c.labels.tolist())
+    assert [sorted(set(c.labels.tolist())) for c in build_sequence("distant_class", tr, te).chunks] == \
+        [sorted(g) for g in FMNIST_DISTANT_GROUPS]
+    dom = build_sequence("domain", tr, te, 5, 0, 300, 200)
+    assert [t.name for t in dom.tasks] == ["clean", "gaussian_noise", "edges", "invert", "digits"]
+    assert dom.chunks[3].images.float().mean() > 150 > dom.chunks[0].images.float().mean()  # inverted
+    assert all(c.images.shape[1:] == (1, 28, 28) for c in dom.chunks)
+    assert not torch.equal(dom.chunks[0].images[:5], dom.chunks[1].images[:5])
+
+
+# ---------------------------------------------------------------------------------------------------- the driver
+def _final(run_dir):
+    return load_file(str(run_dir / "backbone.safetensors"))
+
+
+def test_stream_trains_every_chunk_once_and_rejects_bad_ones(chunk_dir):
+    root, src = chunk_dir
+    (src / "day1b.npz").write_bytes((src / "day1.npz").read_bytes()[:300])  # half-written / truncated
+    np.savez(src / "day1c.npz", images=np.zeros((10, 28, 28), np.uint8))  # fewer images than a batch
+    (src / "day9.npz.part").write_bytes(b"still being written")  # ignored by name
+    r = stream(cfg_dict(root, "s"), [], src, progress=False)
+    man = json.loads((r.run_dir / "manifest.json").read_text())
+    assert [c["name"] for c in man["chunks"]] == ["day0.npz", "day1.npz", "day2.npz"]
+    assert set(man["rejected"]) == {"day1b.npz", "day1c.npz"}
+    assert "fewer than train.batch_size" in man["rejected"]["day1c.npz"]["reason"]
+    rows = [json.loads(ln) for ln in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sorted((row["chunk"], row["step"]) for row in rows if "loss" in row) == [(1, 3), (2, 3), (3, 3)]
+    assert all("linear" in c["eval"] and "digits_linear" in c["eval"] for c in man["chunks"])
+    assert "cka_previous" in man["chunks"][1]["eval"]
+    assert (r.run_dir / "accuracy_vs_chunk.png").exists() and (r.run_dir / "stream.json").exists()
+    assert not (r.run_dir / "chunks").exists()  # per-chunk step checkpoints are dropped once committed
+    # running the same command again trains nothing more
+    again = stream(cfg_dict(root, "s"), [], src, progress=False)
+    assert len(again.chunks) == 3
+    assert all(torch.equal(a, b) for a, b in zip(_final(r.run_dir).values(), _final(again.run_dir).values()))
+
+
+@pytest.mark.parametrize("strategy", ["replay", "regularize", "distill"])
+def test_stream_killed_mid_chunk_resumes_to_identical_weights(chunk_dir, strategy):
+    root, src = chunk_dir
+    kw = dict(strategy=strategy, evaluate=False)
+    ref = stream(cfg_dict(root, f"ref-{strategy}", **kw), [], src, progress=False)
+    cfg = load_config(cfg_dict(root, f"crash-{strategy}", **kw))
+    from selfsup.train.stream import discover_chunks
+
+    chunks = lambda: discover_chunks(src)  # noqa: E731
+    run_dir = root / f"crash-{strategy}"
+    run_stream(cfg, run_dir, chunks, progress=False, interrupt=(1, 2))  # dies inside chunk 2, after its step 2
+    man = json.loads((run_dir / "manifest.json").read_text())
+    assert [c["name"] for c in man["chunks"]] == ["day0.npz"]
+    run_stream(cfg, run_dir, chunks, progress=False, stop_after=1)  # resumes chunk 2 at step 2, then stops
+    done = run_stream(cfg, run_dir, chunks, progress=False)
+    assert [c["name"] for c in done.chunks] == ["day0.npz", "day1.npz", "day2.npz"]
+    a, b = _final(ref.run_dir), _final(run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [(row["chunk"], row["step"]) for row in rows if "loss" in row]
+    assert sorted(steps) == [(1, 3), (2, 3), (3, 3)]  # logged once each (every 10 steps and the last)
+
+
+def test_watch_picks_up_a_chunk_that_lands_later(chunk_dir):
+    root, src = chunk_dir
+    late = root / "late"
+    late.mkdir()
+    x, y = blobs(64, 20)
+    np.savez(late / "a.npz", images=x, labels=y)
+
+    def drop():
+        time.sleep(0.8)
+        np.savez(late / ".b.npz", images=x[::-1].copy(), labels=y)  # written under a hidden name, then renamed
+        (late / ".b.npz").rename(late / "b.npz")
+
+    th = threading.Thread(target=drop)
+    th.start()
+    r = stream(cfg_dict(root, "w", evaluate=False), [], late, watch=True, idle_timeout=2.0, progress=False)
+    th.join()
+    assert [c["name"] for c in r.chunks] == ["a.npz", "b.npz"]
+
+
+def test_sequence_study_end_to_end(tmp_path):
+    (tmp_path / "evaldata").mkdir()
+    for split, n, seed in (("train", 400, 1), ("test", 150, 2)):
+        x, y = blobs(n, seed)
+        np.savez(tmp_path / "evaldata" / f"{split}.npz", images=x, labels=y)
+    cfg = cfg_dict(tmp_path, "study", chunk_steps=2)
+    cfg["sequence"] = {"kinds": ["random_class"], "chunks": 5,
+                       "strategies": ["joint", "sequential", "replay"]}
+    res = sequence(cfg, [], progress=False, log=lambda s: None)
+    per = res["random_class"]
+    assert set(per) == {"joint", "sequential", "replay"}
+    assert per["joint"]["steps"] == 10 and per["sequential"]["steps"] == 10 and per["replay"]["steps"] == 10
+    assert len(per["sequential"]["linear_R"]) == 6 and len(per["sequential"]["linear_R"][0]) == 5
+    assert "forgetting" in per["replay"]["linear_metrics"]
+    assert per["replay"]["retained_bytes"] == 64 * 28 * 28 and per["sequential"]["retained_bytes"] == 0
+    out = tmp_path / "study"
+    assert (out / "sequence.md").exists() and (out / "random_class" / "accuracy_vs_chunk.png").exists()
+    assert (out / "random_class" / "R_sequential.png").exists()
