@@ -27,6 +27,10 @@ def test_methods_lists_all():
     (["pretrain", "--config", "no/such.yaml"], "not found"),
     (["pretrain", "--config", "configs/simclr_fmnist.yaml", "data.source=npz", "data.root=/nope"], "/nope"),
     (["eval", "/tmp"], "not a selfsup run directory"),
+    (["stream", "--config", "configs/stream_fmnist.yaml", "--source", "/nope"], "not a folder"),
+    (["stream", "--config", "configs/stream_fmnist.yaml", "--source", "/tmp", "stream.strategy=magic"],
+     "stream.strategy"),
+    (["sequence", "--config", "configs/stream_fmnist.yaml", "sequence.chunks=1"], "sequence.chunks"),
 ])
 def test_bad_input_one_line_exit_2(args, needle):
     r = run(*args)

@@ -247,6 +247,7 @@ def test_sequence_study_end_to_end(tmp_path):
     assert len(per["sequential"]["linear_R"]) == 6 and len(per["sequential"]["linear_R"][0]) == 5
     assert "forgetting" in per["replay"]["linear_metrics"]
     assert per["replay"]["retained_bytes"] == 64 * 28 * 28 and per["sequential"]["retained_bytes"] == 0
+    assert per["joint"]["retained_bytes"] == 400 * 28 * 28  # every chunk kept
     out = tmp_path / "study"
     assert (out / "sequence.md").exists() and (out / "random_class" / "accuracy_vs_chunk.png").exists()
     assert (out / "random_class" / "R_sequential.png").exists()

@@ -52,7 +52,9 @@ def plot_stream(out_dir: Path, manifests: dict[str, dict], title: str = "stream"
         for i in range(R.shape[0]):
             for j in range(R.shape[1]):
                 ax.text(j, i, f"{R[i, j]:.1f}", ha="center", va="center", color="w", fontsize=8)
-        ax.set_xticks(range(R.shape[1]), [f"task {j + 1}" for j in range(R.shape[1])])
+        names = man.get("task_names") or [f"task {j + 1}" for j in range(R.shape[1])]
+        ax.set_xticks(range(R.shape[1]), [n if len(n) <= 14 else n[:13] + "…" for n in names], rotation=30,
+                      ha="right", fontsize=8)
         ax.set_yticks(range(R.shape[0]), ["init"] + [f"after {i}" for i in range(1, R.shape[0])])
         ax.set_title(f"R[i][j], linear probe (%) — {strat}")
         fig.colorbar(im, ax=ax)

@@ -85,7 +85,10 @@ def memory_chunks(datasets: list[ImageDataset]) -> list[Chunk]:
     def sig(d: ImageDataset) -> str:
         return hashlib.sha1(d.images[:: max(1, len(d) // 64)].numpy().tobytes()).hexdigest() + f":{len(d)}"
 
-    return [Chunk(f"{i:03d}", lambda d=d: d, sig(d)) for i, d in enumerate(datasets)]
+    def slug(text: str) -> str:
+        return "".join(ch if ch.isalnum() or ch in "+-" else "_" for ch in text).strip("_")[:40]
+
+    return [Chunk(f"{i + 1:02d}-{slug(d.name)}", lambda d=d: d, sig(d)) for i, d in enumerate(datasets)]
 
 
 # ------------------------------------------------------------------------------------------------ manifest
@@ -179,6 +182,8 @@ def run_stream(cfg: Config, run_dir: Path, chunks: Callable[[], list[Chunk]], *,
         manifest["init_eval"] = _strip(evaluate_chunk(probe.backbone, tasks, full, cfg, device))
     elif init_eval is not None:
         manifest["init_eval"] = init_eval
+    if tasks:
+        manifest["task_names"] = [t.name for t in tasks]
     prev_features = None
     trained_now = 0
     last_new = time.monotonic()
@@ -234,6 +239,8 @@ def run_stream(cfg: Config, run_dir: Path, chunks: Callable[[], list[Chunk]], *,
                              interrupt_at=interrupt[1] if interrupt and interrupt[0] == index else None)
                 if result.interrupted:
                     return StreamResult(run_dir, done, manifest["rejected"])
+                strategy.end_chunk(method, data, index, recipe, device, cfg)
+            else:  # joint, not re-trained at this chunk: it still keeps the chunk
                 strategy.end_chunk(method, data, index, recipe, device, cfg)
             train_s = time.perf_counter() - t0
             entry = {"name": chunk.name, "signature": chunk.signature, "images": len(data), "channels": channels,
