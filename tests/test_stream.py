@@ -66,11 +66,12 @@ def _method(cfg):
 def test_replay_mixes_a_fixed_fraction_of_buffer_images():
     r = Replay(buffer_size=10, fraction=0.25, seed=0)
     batch = torch.zeros(8, 1, 4, 4, dtype=torch.uint8)
-    assert torch.equal(r.batch(batch, torch.Generator().manual_seed(0)), batch)  # empty buffer: unchanged
+    ids = torch.arange(8)
+    assert torch.equal(r.batch(batch, ids, torch.Generator().manual_seed(0))[0], batch)  # empty buffer: unchanged
     r.end_chunk(None, ImageDataset(torch.full((20, 1, 4, 4), 7, dtype=torch.uint8)), 0, None, None, None)
     assert len(r.buffer) == 10 and r.retained_bytes() == 10 * 16
-    out = r.batch(batch, torch.Generator().manual_seed(0))
-    assert out.shape == batch.shape
+    out, out_ids = r.batch(batch, ids, torch.Generator().manual_seed(0))
+    assert out.shape == batch.shape and out_ids.tolist() == [0, 1, 2, 3, 4, 5, -1, -1]
     assert (out[:6] == 0).all() and (out[6:] == 7).all()  # 25 % of 8 = 2 images from the buffer
 
 

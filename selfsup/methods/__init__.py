@@ -3,11 +3,13 @@ from .barlow_twins import BarlowTwins
 from .base import SSLMethod
 from .byol import BYOL
 from .moco import MoCo
+from .sat import SelfAdaptiveSSL
 from .simclr import SimCLR
 from .simsiam import SimSiam
 from .vicreg import VICReg
 
-METHODS: dict[str, type[SSLMethod]] = {m.name: m for m in (SimCLR, MoCo, BYOL, SimSiam, BarlowTwins, VICReg)}
+METHODS: dict[str, type[SSLMethod]] = {m.name: m for m in (SimCLR, MoCo, BYOL, SimSiam, BarlowTwins, VICReg,
+                                                                 SelfAdaptiveSSL)}
 
 DESCRIPTIONS = {
     "simclr": "NT-Xent contrastive loss over 2N views (Chen et al. 2020)",
@@ -16,6 +18,7 @@ DESCRIPTIONS = {
     "simsiam": "SimSiam: stop-gradient + predictor, no target network (Chen & He 2021)",
     "barlow_twins": "Barlow Twins: cross-correlation matrix to identity (Zbontar et al. 2021)",
     "vicreg": "VICReg: variance-invariance-covariance regularisation (Bardes et al. 2022)",
+    "sat": "self-adaptive training, SSL: per-sample EMA targets instead of a momentum network (Huang et al.)",
 }
 
-__all__ = ["METHODS", "DESCRIPTIONS", "SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "BarlowTwins", "VICReg"]
+__all__ = ["METHODS", "DESCRIPTIONS", "SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "BarlowTwins", "VICReg", "SelfAdaptiveSSL"]

@@ -42,9 +42,12 @@ def backbone_kwargs(cfg: Config) -> dict:
     return {"width": m.width}
 
 
-def build_method(cfg: Config, in_channels: int) -> SSLMethod:
+def build_method(cfg: Config, in_channels: int, num_samples: int = 0) -> SSLMethod:
+    """The configured method on a fresh backbone; methods with per-sample state get ``num_samples``."""
     backbone = build_backbone(cfg.model.backbone, in_channels, **backbone_kwargs(cfg))
     cls = METHODS[cfg.method["name"]]
+    if getattr(cls, "uses_indices", False):
+        return cls(backbone, cfg.method_params(), num_samples=num_samples)
     return cls(backbone, cfg.method_params())
 
 
@@ -154,7 +157,7 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
         (run_dir / "config.yaml").write_text(dump_config(cfg))
     _, val_idx = train_val_split(len(train_ds), cfg.data.val_fraction, cfg.seed, train_ds.labels)
     torch.manual_seed(cfg.seed)
-    method = build_method(cfg, train_ds.channels).to(device)
+    method = build_method(cfg, train_ds.channels, len(train_ds)).to(device)
     monitor = _Monitor(train_ds, val_idx, cfg, device) if train_ds.labels is not None else None
     result = fit(method, train_ds, cfg, device, run_dir / "checkpoints", run_dir / "metrics.jsonl", resume=resume,
                  monitor=monitor, progress=progress, interrupt_at=interrupt_at)
@@ -181,7 +184,7 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
 def fit(method: SSLMethod, train_ds: ImageDataset, cfg: Config, device: torch.device, ckpt_dir: Path,
         metrics_path: Path, *, resume: bool = False, strategy=None, monitor=None, progress: bool = True,
         interrupt_at: int | None = None, total_steps: int | None = None, seed: int | None = None,
-        label: str = "pretrain", log: dict | None = None) -> RunResult:
+        label: str = "pretrain", log: dict | None = None, index_offset: int = 0) -> RunResult:
     """Train ``method`` on ``train_ds`` for ``total_steps`` (default: ``train.epochs`` over the data) with one
     warm-up + cosine schedule; the step loop shared by joint pre-training and every chunk of a stream.
 
@@ -284,8 +287,16 @@ def fit(method: SSLMethod, train_ds: ImageDataset, cfg: Config, device: torch.de
                     perm_epoch = epoch
                 pos = (step % steps_per_epoch) * global_batch
                 idx = perm[pos:pos + global_batch]
-                batch = strategy.batch(train_ds.images[idx], mix_gen)[rank::world]
-                x = to_float(batch.to(device, non_blocking=True), t.channels_last)
+                images, ids = strategy.batch(train_ds.images[idx], idx, mix_gen)
+                images, ids = images[rank::world], ids[rank::world]
+                x = to_float(images.to(device, non_blocking=True), t.channels_last)
+                extra_in = {}
+                if getattr(method, "uses_indices", False):
+                    extra_in["idx"] = torch.where(ids >= 0, ids + index_offset, ids).to(device)
+                if getattr(method, "uses_labels", False):
+                    if (ids < 0).any() or train_ds.labels is None:
+                        raise TrainingError(f"{type(method).__name__} needs a label for every training image")
+                    extra_in["labels"] = train_ds.labels[ids].to(device)
                 lr = lr_at(step, total_steps, warmup, base_lr, t.min_lr_ratio)
                 for gr in optimizer.param_groups:
                     gr["lr"] = lr
@@ -294,7 +305,7 @@ def fit(method: SSLMethod, train_ds: ImageDataset, cfg: Config, device: torch.de
                 if t.channels_last:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
                 with autocast(device, t.amp), strategy.watching(method):
-                    loss = model(views)
+                    loss = model(views, **extra_in)
                     penalty = strategy.penalty(method, views)
                 total = loss if penalty is None else loss + penalty
                 if not torch.isfinite(total.detach()).all():
@@ -321,10 +332,12 @@ def fit(method: SSLMethod, train_ds: ImageDataset, cfg: Config, device: torch.de
                         row["penalty"] = float(penalty.detach())
                     _append_jsonl(metrics_path, row)
                 if monitor is not None and D.is_main() and (step % monitor_every == 0 or step == total_steps):
-                    acc = monitor(method.backbone)
+                    acc = monitor(method)
+                    vals = acc if isinstance(acc, dict) else {"knn_val": acc}
                     _append_jsonl(metrics_path, {**log, "step": step, "epoch": round(step / steps_per_epoch, 4),
-                                                 "knn_val": acc})
-                    prog.note(f"kNN(val) {acc:.4f}")
+                                                 **vals})
+                    prog.note(" ".join(f"{k} {v:.4f}" for k, v in vals.items()))
+                    method.train()
                 if interrupt_at is not None and step >= interrupt_at:
                     return RunResult(Path(ckpt_dir).parent, step, elapsed, seen / max(step_time, 1e-9), step_time,
                                      interrupted=True)
@@ -348,7 +361,8 @@ class _Monitor:
         self.q_x, self.q_y = ds.images[q], ds.labels[q]
         self.cfg, self.device = cfg, device
 
-    def __call__(self, backbone) -> float:
+    def __call__(self, method) -> float:
+        backbone = method.backbone
         from ..evaluate.probes import extract_features, knn_accuracy
 
         e = self.cfg.eval

@@ -50,9 +50,10 @@ class Strategy:
     def begin_chunk(self, method: nn.Module, index: int, seed: int) -> None:
         """Before training chunk ``index`` (0-based)."""
 
-    def batch(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The uint8 batch to train on, given the chunk's batch."""
-        return images
+    def batch(self, images: torch.Tensor, idx: torch.Tensor, generator: torch.Generator):
+        """The uint8 batch to train on and each image's index in the chunk (-1: not from the chunk), given the
+        chunk's batch and indices."""
+        return images, idx
 
     def watching(self, method: nn.Module):
         """A context around the method's forward (to capture features)."""
@@ -98,13 +99,13 @@ class Replay(Strategy):
         self.buffer = ReservoirBuffer(buffer_size, seed)
         self.fraction = fraction
 
-    def batch(self, images, generator):
-        if len(self.buffer) == 0:
-            return images
+    def batch(self, images, idx, generator):
         k = int(round(self.fraction * len(images)))
-        if k == 0:
-            return images
-        return torch.cat([images[: len(images) - k], self.buffer.sample(k, generator)])
+        if len(self.buffer) == 0 or k == 0:
+            return images, idx
+        n = len(images) - k
+        return (torch.cat([images[:n], self.buffer.sample(k, generator)]),
+                torch.cat([idx[:n], torch.full((k,), -1, dtype=idx.dtype)]))
 
     def end_chunk(self, method, chunk, index, recipe, device, cfg) -> None:
         self.buffer.add(chunk.images)

@@ -233,10 +233,14 @@ def run_stream(cfg: Config, run_dir: Path, chunks: Callable[[], list[Chunk]], *,
                     torch.manual_seed(cfg.seed)
                     method = build_method(cfg, channels).to(device)
                 strategy.begin_chunk(method, index, cfg.seed)
+                offset = 0 if strategy.retrain_from_scratch else sum(c["images"] for c in done)
+                if hasattr(method, "reserve"):  # per-sample state (method: sat) grows with the stream
+                    method.reserve(offset + len(train_data))
                 result = fit(method, train_data, cfg, device, ckpt_dir, run_dir / "metrics.jsonl", resume=True,
                              strategy=strategy, progress=progress, total_steps=steps, seed=cfg.seed + 1000 * (index + 1),
                              label=f"chunk {index + 1}", log={"chunk": index + 1},
-                             interrupt_at=interrupt[1] if interrupt and interrupt[0] == index else None)
+                             interrupt_at=interrupt[1] if interrupt and interrupt[0] == index else None,
+                             index_offset=offset)
                 if result.interrupted:
                     return StreamResult(run_dir, done, manifest["rejected"])
                 strategy.end_chunk(method, data, index, recipe, device, cfg)
