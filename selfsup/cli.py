@@ -1,4 +1,4 @@
-"""Command line: ``selfsup demo | pretrain | eval | methods | stream | sequence``.
+"""Command line: ``selfsup demo | pretrain | eval | methods | stream | sequence | finetune``.
 
 Every user error (bad config, missing data, corrupt file, unreadable checkpoint) ends in one line on stderr and exit
 code 2, never a traceback.
@@ -161,6 +161,43 @@ def sequence(config: Path = typer.Option(..., "--config", "-c", help="YAML confi
         run(config, overrides or [])
     except SelfsupError as e:
         _fail(str(e))
+
+
+@app.command()
+def finetune(config: Path = typer.Option(..., "--config", "-c", help="YAML config (see configs/finetune_fmnist.yaml)"),
+             overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. finetune.loss=sat"),
+             labels: Optional[Path] = typer.Option(None, "--labels", help="training labels (.csv, .npz or .npy)"),
+             init: Optional[Path] = typer.Option(None, "--init", help="a selfsup run directory: start from its encoder"),
+             resume: bool = typer.Option(False, "--resume", help="continue the run from its last checkpoint")):
+    """Train a classifier on (noisy) labels with ce, label_smoothing, gce, sat or sat_selective."""
+    from .train.finetune import finetune as run
+
+    extra = [f"finetune.labels={labels}"] if labels else []
+    extra += [f"finetune.init={init}"] if init else []
+    try:
+        res = run(config, [*(overrides or []), *extra], resume=resume)
+        _print_finetune(res)
+    except SelfsupError as e:
+        _fail(str(e))
+
+
+def _print_finetune(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"finetune: {res.get('loss')}")
+    t.add_column("metric")
+    t.add_column("value")
+    for k in ("actual_label_error", "test_acc_last", "test_acc_at_best_val", "test_acc_max"):
+        if res.get(k) is not None:
+            t.add_row(k, f"{100 * res[k]:.2f} %")
+    sel = res.get("selective") or {}
+    for name in ("abstain", "softmax_response"):
+        if name in sel:
+            risks = ", ".join(f"{100 * r['selective_risk']:.2f}" for r in sel[name]["table"])
+            t.add_row(f"{name}: selective risk % at coverage 100..70", risks)
+            t.add_row(f"{name}: AURC", f"{1000 * sel[name]['aurc']:.2f} ×10⁻³")
+    Console().print(t)
 
 
 @app.command()

@@ -36,7 +36,7 @@ class ModelConfig(Strict):
 
 
 class AugmentConfig(Strict):
-    recipe: Literal["auto", "symmetric", "asymmetric"] = "auto"
+    recipe: Literal["auto", "symmetric", "asymmetric", "supervised"] = "auto"
     crop_scale: tuple[float, float] = (0.4, 1.0)
     flip_p: float = Field(0.5, ge=0, le=1)
     jitter_p: float = Field(0.8, ge=0, le=1)
@@ -117,6 +117,23 @@ class SequenceConfig(Strict):
     joint_every_chunk: bool = Field(False, description="joint: re-train after every chunk (else only after the last)")
 
 
+class FinetuneConfig(Strict):
+    """``selfsup finetune``: a classifier on (possibly noisy) labels, from scratch or on a selfsup encoder."""
+    loss: Literal["ce", "label_smoothing", "gce", "sat", "sat_selective"] = "ce"
+    init: str | None = Field(None, description="a selfsup run directory whose backbone initialises the classifier")
+    freeze_backbone: bool = False
+    labels: str | None = Field(None, description="training labels to use instead of the data set's (.csv/.npz/.npy)")
+    noise: Literal["none", "symmetric", "asymmetric"] = "none"
+    noise_rate: float = Field(0.0, ge=0, le=1)
+    noise_seed: int = 0
+    smoothing: float = Field(0.1, ge=0, lt=1)
+    gce_q: float = Field(0.7, gt=0, le=1)
+    sat_alpha: float = Field(0.9, ge=0, lt=1)
+    sat_start_epoch: float = Field(5.0, ge=0, description="E_s: plain cross-entropy before this epoch")
+    eval_samples: int = Field(10000, gt=0, description="training images scored each epoch (noisy-label accuracy)")
+    coverages: list[float] = Field(default_factory=lambda: [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7])
+
+
 class Config(Strict):
     name: str = "run"
     seed: int = 0
@@ -129,6 +146,7 @@ class Config(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     stream: StreamConfig = Field(default_factory=StreamConfig)
     sequence: SequenceConfig = Field(default_factory=SequenceConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 
     @model_validator(mode="after")
     def _check_method(self):

@@ -143,7 +143,13 @@ def asymmetric(**overrides) -> ViewRecipe:
     return ViewRecipe([ViewSpec(**v1), ViewSpec(**v2)])
 
 
-RECIPES = {"symmetric": symmetric, "asymmetric": asymmetric}
+def supervised(**overrides) -> ViewRecipe:
+    """Classifier training: one lightly augmented view (random resized crop + flip; no colour jitter, blur or
+    solarisation)."""
+    return ViewRecipe([ViewSpec(**dict(overrides, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0))])
+
+
+RECIPES = {"symmetric": symmetric, "asymmetric": asymmetric, "supervised": supervised}
 
 
 def build_recipe(kind: str, **overrides) -> ViewRecipe:

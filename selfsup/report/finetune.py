@@ -1,0 +1,44 @@
+"""Plots of classifier fine-tuning: accuracy on the (noisy) training labels vs test accuracy per epoch, and
+risk-coverage curves of selective classification."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .report import _plt
+
+
+def plot_curves(run_dir: Path, epochs: list[dict], title: str) -> str | None:
+    if not epochs:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = [e["epoch"] for e in epochs]
+    for key, label in (("train_acc_noisy", "train, noisy labels"), ("train_acc_clean", "train, true labels"),
+                       ("val_acc_noisy", "validation, noisy labels"), ("test_acc", "test (clean)")):
+        if key in epochs[0]:
+            ax.plot(x, [100 * e[key] for e in epochs], marker=".", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(Path(run_dir) / "curves.png", dpi=110)
+    plt.close(fig)
+    return "curves.png"
+
+
+def plot_risk_coverage(run_dir: Path, curves: dict[str, dict]) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, c in curves.items():
+        ax.plot([100 * v for v in c["coverage"]], [100 * v for v in c["risk"]], label=name)
+    ax.set_xlabel("coverage (%)")
+    ax.set_ylabel("selective risk (%)")
+    ax.set_xlim(50, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(Path(run_dir) / "risk_coverage.png", dpi=110)
+    plt.close(fig)
+    return "risk_coverage.png"
