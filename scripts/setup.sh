@@ -17,3 +17,6 @@ fi
 echo "== installing torch==2.13.0 and selfsup into .venv"
 .venv/bin/python -m pip install -q --no-compile --disable-pip-version-check torch==2.13.0
 .venv/bin/python -m pip install -q --no-compile --disable-pip-version-check -e ".[test]"
+# torchattacks (FGSM, PGD, Square) declares torchvision as a dependency, which would replace the pinned torch;
+# it does not import it, so it is installed without dependencies (scipy comes with scikit-learn)
+.venv/bin/python -m pip install -q --no-compile --no-deps --disable-pip-version-check torchattacks==3.5.1

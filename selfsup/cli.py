@@ -1,4 +1,4 @@
-"""Command line: ``selfsup demo | pretrain | eval | methods | stream | sequence | finetune``.
+"""Command line: ``selfsup demo | pretrain | eval | methods | stream | sequence | finetune | attack | corrupt``.
 
 Every user error (bad config, missing data, corrupt file, unreadable checkpoint) ends in one line on stderr and exit
 code 2, never a traceback.
@@ -198,6 +198,112 @@ def _print_finetune(res: dict) -> None:
             t.add_row(f"{name}: selective risk % at coverage 100..70", risks)
             t.add_row(f"{name}: AURC", f"{1000 * sel[name]['aurc']:.2f} ×10⁻³")
     Console().print(t)
+
+
+def _csv(text: str, cast=str) -> list:
+    return [cast(t) for t in text.split(",") if t.strip()]
+
+
+@app.command()
+def attack(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn) or a finetune run (finetuned)"),
+           classifier: str = typer.Option("linear", "--classifier", help="linear | knn | finetuned"),
+           attacks: str = typer.Option("fgsm,pgd,autoattack", "--attack", help="comma list: fgsm, pgd, autoattack, square"),
+           eps: str = typer.Option("0.05,0.1", "--eps", help="comma list of L-inf radii (images in [0, 1])"),
+           n: int = typer.Option(1000, "--n", min=1, help="test images attacked (a seeded random subset)"),
+           steps: int = typer.Option(20, "--steps", min=1, help="PGD steps"),
+           seed: int = typer.Option(0, "--seed")):
+    """Clean and robust accuracy of a classifier on the run's encoder under L-inf attacks (worst case per image)."""
+    import json
+
+    import torch
+
+    from .evaluate.robustness import build_classifier, robustness_report
+
+    try:
+        names = _csv(attacks)
+        bad = [a for a in names if a not in ("fgsm", "pgd", "autoattack", "square")]
+        if bad:
+            raise SelfsupError(f"unknown attack {bad[0]!r} (fgsm, pgd, autoattack, square)")
+        try:
+            radii = _csv(eps, float)
+        except ValueError:
+            raise SelfsupError(f"--eps {eps!r}: expected numbers like 0.05,0.1") from None
+        if not radii or any(not 0 < e <= 1 for e in radii):
+            raise SelfsupError("--eps: every radius must be in (0, 1]")
+        model, surrogate, x, y = build_classifier(run_dir, classifier, seed=seed)
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: min(n, len(x))]
+        rep = robustness_report(model, x[idx], y[idx], radii, names, surrogate, seed, steps)
+        rep.update(classifier=classifier, attacks=names)
+        (Path(run_dir) / f"robustness_{classifier}.json").write_text(json.dumps(rep, indent=1))
+        _print_robustness(rep)
+    except SelfsupError as e:
+        _fail(str(e))
+
+
+def _print_robustness(rep: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"robustness: {rep['classifier']} classifier, {rep['n']} test images (clean {100 * rep['clean']:.2f} %)")
+    t.add_column("eps")
+    cols = list(next(iter(rep["eps"].values())).keys())
+    for c in cols:
+        t.add_column(c)
+    for e, per in rep["eps"].items():
+        t.add_row(e, *[f"{100 * per[c]['accuracy']:.2f} %" + (" ⚠" if per[c].get("library_warnings") else "")
+                       for c in cols])
+    Console().print(t)
+    for e, per in rep["eps"].items():
+        for c, v in per.items():
+            for w in v.get("library_warnings", []):
+                typer.echo(f"warning (eps {e}, {c}): {w}")
+
+
+@app.command()
+def corrupt(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn) or a finetune run (finetuned)"),
+            classifier: str = typer.Option("linear", "--classifier", help="linear | knn | finetuned"),
+            n: int = typer.Option(10000, "--n", min=1, help="test images (a seeded random subset)"),
+            corruptions: Optional[str] = typer.Option(None, "--corruptions", help="comma list (default: all 15)"),
+            seed: int = typer.Option(0, "--seed"),
+            save: Optional[Path] = typer.Option(None, "--save", help="also write the corrupted test set (.npz per corruption)")):
+    """Accuracy under common corruptions (Fashion-MNIST-C, built locally in the style of MNIST-C, 5 severities)."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from .augment.corruptions import CORRUPTIONS, corrupt as apply
+    from .evaluate.robustness import build_classifier, corruption_report
+
+    try:
+        names = _csv(corruptions) if corruptions else list(CORRUPTIONS)
+        bad = [c for c in names if c not in CORRUPTIONS]
+        if bad:
+            raise SelfsupError(f"unknown corruption {bad[0]!r} (choose {', '.join(CORRUPTIONS)})")
+        model, _, x, y = build_classifier(run_dir, classifier, seed=seed)
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: min(n, len(x))]
+        imgs = (x[idx].cpu() * 255).round().to(torch.uint8)
+        rep = corruption_report(model, imgs, y[idx], names, seed=seed)
+        rep.update(classifier=classifier, n=len(idx))
+        (Path(run_dir) / f"corruptions_{classifier}.json").write_text(json.dumps(rep, indent=1))
+        if save:
+            save.mkdir(parents=True, exist_ok=True)
+            for i, name in enumerate(names):
+                arr = np.stack([apply(imgs, name, s, seed + 1000 * i + s).numpy() for s in range(1, 6)])
+                np.savez_compressed(save / f"{name}.npz", images=arr, labels=y[idx].cpu().numpy())
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"corruptions: {classifier} classifier, {len(idx)} test images")
+        for c in ("corruption", "s1", "s2", "s3", "s4", "s5", "mean"):
+            t.add_column(c)
+        for name, per in rep["corruptions"].items():
+            vals = list(per.values())
+            t.add_row(name, *[f"{100 * v:.1f}" for v in vals], f"{100 * sum(vals) / len(vals):.1f}")
+        Console().print(t)
+        typer.echo(f"clean {100 * rep['clean']:.2f} %, mean corruption accuracy {100 * rep['mean_corruption_accuracy']:.2f} %")
+    except SelfsupError as e:
+        _fail(str(e))
 
 
 @app.command()

@@ -88,7 +88,102 @@ def gaussian_blur(x, severity: int = 3, generator=None):
     return _u8(kornia.filters.gaussian_blur2d(_f(x), (7, 7), (sigma, sigma)))
 
 
-CORRUPTIONS = {f.__name__: f for f in (gaussian_noise, impulse_noise, gaussian_blur, rotate, shear, edges, invert)}
+def scale(x, severity: int = 3, generator=None):
+    f = (0.9, 0.8, 0.7, 0.6, 0.5)[_check(severity) - 1]
+    theta = torch.zeros(x.shape[0], 2, 3)
+    theta[:, 0, 0] = 1 / f
+    theta[:, 1, 1] = 1 / f
+    return _affine(x, theta)
+
+
+def translate(x, severity: int = 3, generator=None):
+    d = (0.1, 0.15, 0.2, 0.25, 0.3)[_check(severity) - 1] * 2  # in grid units ([-1, 1] spans the image)
+    ang = torch.rand(x.shape[0], generator=generator) * 2 * math.pi
+    theta = torch.zeros(x.shape[0], 2, 3)
+    theta[:, 0, 0] = 1
+    theta[:, 1, 1] = 1
+    theta[:, 0, 2] = d * torch.cos(ang)
+    theta[:, 1, 2] = d * torch.sin(ang)
+    return _affine(x, theta)
+
+
+def brightness(x, severity: int = 3, generator=None):
+    b = (0.1, 0.2, 0.3, 0.4, 0.5)[_check(severity) - 1]
+    return _u8(_f(x) + b)
+
+
+def fog(x, severity: int = 3, generator=None):
+    """Smooth random haze (low-frequency noise upsampled), added and renormalised."""
+    a = (0.25, 0.4, 0.55, 0.7, 0.85)[_check(severity) - 1]
+    n, c, h, w = x.shape
+    coarse = torch.rand(n, 1, 4, 4, generator=generator)
+    haze = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
+    xf = _f(x)
+    return _u8((xf + a * haze) / (1 + a * haze.amax(dim=(2, 3), keepdim=True)))
+
+
+def _lines(x, mask: torch.Tensor):
+    return torch.where(mask, torch.full_like(x, 255), x)
+
+
+def stripe(x, severity: int = 3, generator=None):
+    """A bright vertical stripe at a random column (MNIST-C 'stripe')."""
+    width = (1, 2, 2, 3, 4)[_check(severity) - 1]
+    n, c, h, w = x.shape
+    col = torch.randint(2, w - 2 - width, (n,), generator=generator)
+    cols = torch.arange(w).view(1, 1, 1, w)
+    mask = (cols >= col.view(n, 1, 1, 1)) & (cols < (col + width).view(n, 1, 1, 1))
+    return _lines(x, mask.expand_as(x))
+
+
+def dotted_line(x, severity: int = 3, generator=None):
+    """Random dotted straight lines across the image (MNIST-C 'dotted line')."""
+    n_lines = (1, 1, 2, 2, 3)[_check(severity) - 1]
+    n, c, h, w = x.shape
+    mask = torch.zeros(n, 1, h, w, dtype=torch.bool)
+    t = torch.linspace(0, 1, 2 * max(h, w))
+    for _ in range(n_lines):
+        p0, p1 = torch.rand(n, 2, generator=generator), torch.rand(n, 2, generator=generator)
+        pts = p0[:, None] + (p1 - p0)[:, None] * t[None, :, None]  # (n, T, 2)
+        r = (pts[..., 0] * (h - 1)).round().long()
+        q = (pts[..., 1] * (w - 1)).round().long()
+        keep = (torch.arange(len(t)) // 2) % 2 == 0  # dots: every other pair of samples
+        for i in range(n):
+            mask[i, 0, r[i, keep], q[i, keep]] = True
+    return _lines(x, mask.expand_as(x))
+
+
+def zigzag(x, severity: int = 3, generator=None):
+    """A bright zig-zag line (MNIST-C 'zigzag')."""
+    amp = (0.05, 0.08, 0.11, 0.14, 0.17)[_check(severity) - 1]
+    n, c, h, w = x.shape
+    t = torch.linspace(0, 1, 4 * w)
+    y0 = 0.2 + 0.6 * torch.rand(n, 1, generator=generator)
+    phase = torch.rand(n, 1, generator=generator)
+    tri = 2 * ((t[None] * 4 + phase) % 1 - 0.5).abs()  # triangle wave in [0, 1]
+    yy = ((y0 + amp * (2 * tri - 1)).clamp(0, 1) * (h - 1)).round().long()
+    xx = (t * (w - 1)).round().long().expand(n, -1)
+    mask = torch.zeros(n, 1, h, w, dtype=torch.bool)
+    for i in range(n):
+        mask[i, 0, yy[i], xx[i]] = True
+    return _lines(x, mask.expand_as(x))
+
+
+def motion_blur(x, severity: int = 3, generator=None):
+    """Average along a random horizontal or vertical line of ``length`` pixels."""
+    length = (3, 5, 7, 9, 11)[_check(severity) - 1]
+    c = x.shape[1]
+    k = torch.zeros(1, 1, length, length)
+    k[0, 0, length // 2, :] = 1 / length
+    horiz = torch.rand(x.shape[0], generator=generator) < 0.5
+    xf = F.pad(_f(x), (length // 2,) * 4, mode="replicate")
+    kh, kv = k.repeat(c, 1, 1, 1), k.transpose(2, 3).repeat(c, 1, 1, 1)
+    out = torch.where(horiz.view(-1, 1, 1, 1), F.conv2d(xf, kh, groups=c), F.conv2d(xf, kv, groups=c))
+    return _u8(out)
+
+
+CORRUPTIONS = {f.__name__: f for f in (gaussian_noise, impulse_noise, gaussian_blur, motion_blur, rotate, shear, scale,
+                                       translate, brightness, fog, stripe, dotted_line, zigzag, edges, invert)}
 
 
 def corrupt(x: torch.Tensor, name: str, severity: int = 3, seed: int = 0, batch: int = 4096) -> torch.Tensor:

@@ -1,0 +1,238 @@
+"""Adversarial robustness of classifiers built on selfsup features: a linear probe, a kNN classifier, or a
+fine-tuned network. Every model here maps images in [0, 1] to logits (normalisation inside the backbone), in eval
+mode.
+
+Attacks come from maintained libraries: FGSM and PGD from ``torchattacks``, AutoAttack (standard: APGD-CE,
+APGD-T, FAB-T, Square) from ``pyautoattack``, whose own checks for gradient masking (randomness, output range,
+Square succeeding where gradients fail, ...) are captured and reported. kNN is not differentiable: it is attacked
+through a differentiable soft-kNN surrogate (softmax-weighted votes over the whole bank; the adversarial images are
+then scored by the real kNN) and with the gradient-free Square attack on its vote scores; per image the worst case
+counts.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LinearProbeModel(nn.Module):
+    """Frozen backbone → standardisation (train statistics) → linear layer."""
+
+    def __init__(self, backbone: nn.Module, linear: nn.Linear, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.backbone, self.linear = backbone.eval(), linear
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, x):
+        return self.linear((self.backbone(x) - self.mean) / self.std)
+
+
+class KNNModel(nn.Module):
+    """The weighted kNN classifier (cosine, top-k, votes exp(s/T)); returns log vote mass per class. With
+    ``soft=True`` it is the differentiable surrogate: votes from every bank item weighted by softmax(s/T_soft)."""
+
+    def __init__(self, backbone: nn.Module, bank_f: torch.Tensor, bank_y: torch.Tensor, k: int = 20,
+                 temperature: float = 0.1, num_classes: int | None = None, soft: bool = False,
+                 soft_temperature: float = 0.05):
+        super().__init__()
+        self.backbone = backbone.eval()
+        self.register_buffer("bank", F.normalize(bank_f.float(), dim=1))
+        self.register_buffer("bank_y", bank_y.long())
+        self.k, self.t, self.soft, self.t_soft = k, temperature, soft, soft_temperature
+        self.num_classes = num_classes or int(bank_y.max()) + 1
+
+    def forward(self, x):
+        sim = F.normalize(self.backbone(x).float(), dim=1) @ self.bank.T
+        if self.soft:
+            w = torch.softmax(sim / self.t_soft, dim=1)
+            votes = w @ F.one_hot(self.bank_y, self.num_classes).float()
+        else:
+            s, idx = sim.topk(min(self.k, len(self.bank)), dim=1)
+            votes = torch.zeros(len(x), self.num_classes, device=x.device).scatter_add(
+                1, self.bank_y[idx], (s / self.t).exp())
+        return votes.clamp_min(1e-12).log()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    return torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def run_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int = 0,
+               steps: int = 20, batch: int = 500) -> tuple[torch.Tensor, list[str]]:
+    """Adversarial images for ``model`` (L∞ ``eps``) and any warnings the attack library raised."""
+    torch.manual_seed(seed)
+    warnings: list[str] = []
+    if name == "autoattack":
+        from pyautoattack import AutoAttack
+
+        log = logging.getLogger("auto-attack")
+        h = _Collect()
+        log.addHandler(h)
+        try:
+            aa = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, device=x.device)
+            aa.verbose = False
+            adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch)
+        finally:
+            log.removeHandler(h)
+        return adv.detach(), h.messages
+    import torchattacks
+
+    if name == "fgsm":
+        atk = torchattacks.FGSM(model, eps=eps)
+    elif name == "pgd":
+        atk = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
+    elif name == "square":
+        atk = torchattacks.Square(model, norm="Linf", eps=eps, n_queries=1000, n_restarts=1, seed=seed, loss="margin")
+    else:
+        raise ValueError(f"unknown attack {name!r} (fgsm, pgd, autoattack, square)")
+    adv = torch.cat([atk(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)])
+    return adv.detach(), warnings
+
+
+def robustness_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list, attacks,
+                      surrogate: nn.Module | None = None, seed: int = 0, steps: int = 20) -> dict:
+    """Clean and robust accuracy of ``model`` for every (eps, attack), and the per-image worst case over the attacks.
+    With a ``surrogate`` (kNN), gradient attacks are computed on it and scored on ``model``, and the gradient-free
+    Square attack runs on ``model`` itself."""
+    model.eval()
+    clean_ok = predict(model, x) == y
+    out = {"n": len(x), "clean": float(clean_ok.float().mean()), "eps": {}}
+    for eps in eps_list:
+        worst = clean_ok.clone()
+        per: dict = {}
+        todo = list(attacks) + (["square"] if surrogate is not None and "square" not in attacks else [])
+        for a in todo:
+            target = model if (surrogate is None or a == "square") else surrogate
+            adv, warn = run_attack(a, target, x, y, eps, seed, steps)
+            assert float((adv - x).abs().max()) <= eps + 1e-5 and adv.min() >= 0 and adv.max() <= 1
+            ok = predict(model, adv) == y
+            worst &= ok
+            per[a] = {"accuracy": float(ok.float().mean())}
+            if warn:
+                per[a]["library_warnings"] = warn
+        per["worst_case"] = {"accuracy": float(worst.float().mean())}
+        out["eps"][f"{eps:g}"] = per
+    return out
+
+
+def build_classifier(run_dir, kind: str, device: str | torch.device = "cpu", bank_size: int = 10000,
+                     seed: int = 0) -> tuple[nn.Module, nn.Module | None, torch.Tensor, torch.Tensor]:
+    """The classifier to attack and its test data: ``linear`` / ``knn`` on a pre-training run's frozen encoder
+    (probe fitted on the run's training data, L2 chosen on its validation split), or ``finetuned`` (a finetune
+    run's classifier). Returns (model, surrogate or None, test images in [0, 1], test labels)."""
+    from pathlib import Path
+
+    from ..api import load
+    from ..config import load_config
+    from ..data import train_val_split
+    from ..errors import SelfsupError
+    from ..train.loop import load_datasets
+    from .probes import _standardize, extract_features, linear_probe
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise SelfsupError(f"{run_dir} is not a selfsup run directory (no config.yaml)")
+    cfg = load_config(run_dir / "config.yaml")
+    train, test = load_datasets(cfg)
+    if test is None or test.labels is None or train.labels is None:
+        raise SelfsupError(f"{cfg.data.source}: attacking needs a labelled data set with a test split")
+    x_test, y_test = test.images.float().div(255).to(device), test.labels.to(device)
+    if kind == "finetuned":
+        return _load_finetuned(run_dir, cfg, train, device), None, x_test, y_test
+    backbone = load(run_dir, device).eval()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    sub = torch.randperm(len(train), generator=g)[: min(bank_size, len(train))]
+    f = extract_features(backbone, train.images[sub], 256, device, cfg.train.channels_last)
+    y = train.labels[sub]
+    if kind == "knn":
+        k = cfg.eval.knn_k
+        model = KNNModel(backbone, f, y, k, cfg.eval.knn_temperature).to(device)
+        soft = KNNModel(backbone, f, y, k, cfg.eval.knn_temperature, soft=True).to(device)
+        return model, soft, x_test, y_test
+    if kind != "linear":
+        raise SelfsupError(f"unknown classifier {kind!r} (linear, knn, finetuned)")
+    tr, va = train_val_split(len(f), 0.2, seed, y)
+    lp = linear_probe(f[tr], y[tr], f[va], y[va], f[va], y[va], cfg.eval.linear_l2_grid, cfg.eval.linear_max_iter)
+    from .probes import fit_logistic
+
+    mean, std = f.mean(0), f.std(0).clamp_min(1e-6)
+    (fs,) = _standardize(f)
+    lin = fit_logistic(fs, y, lp["l2"], int(y.max()) + 1, cfg.eval.linear_max_iter)
+    for p in lin.parameters():
+        p.requires_grad_(False)
+    return LinearProbeModel(backbone, lin, mean, std).to(device), None, x_test, y_test
+
+
+def _load_finetuned(run_dir, cfg, train, device) -> nn.Module:
+    from ..errors import CheckpointError
+    from ..models import build_backbone
+    from ..train.checkpoint import latest_checkpoint, load_checkpoint
+    from ..train.finetune import Classifier
+    from ..train.loop import backbone_kwargs
+    from ..train.objectives import build_objective
+
+    ck = latest_checkpoint(run_dir / "checkpoints")
+    if ck is None or not (run_dir / "finetune.json").exists():
+        raise CheckpointError(f"{run_dir} holds no finished finetune run (finetune.json + checkpoints/)")
+    state, _, _, meta = load_checkpoint(ck)
+    k = state["head.weight"].shape[0] - (1 if cfg.finetune.loss == "sat_selective" else 0)
+    n_soft = state["objective.soft"].shape[0] if "objective.soft" in state else 1
+    obj = build_objective(cfg.finetune.loss, torch.zeros(n_soft, dtype=torch.long), k, cfg.finetune)
+    if cfg.finetune.init:
+        from ..api import load
+
+        backbone = load(cfg.finetune.init, device)
+    else:
+        backbone = build_backbone(cfg.model.backbone, train.channels, **backbone_kwargs(cfg))
+    clf = Classifier(backbone, k, obj, cfg.train.epochs)
+    clf.load_state_dict(state)
+    clf = clf.to(device).eval()
+
+    class Logits(nn.Module):  # the K class logits (an abstain output is not a class)
+        def __init__(self, c):
+            super().__init__()
+            self.c = c
+
+        def forward(self, x):
+            return self.c.head(self.c.backbone(x))[:, : self.c.num_classes]
+
+    return Logits(clf).eval()
+
+
+@torch.no_grad()
+def corruption_report(model: nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor, corruptions=None,
+                      severities=(1, 2, 3, 4, 5), seed: int = 0) -> dict:
+    """Accuracy of ``model`` on each corruption × severity of the images (Fashion-MNIST-C when given Fashion-MNIST's
+    test set), the mean over corruptions and severities, and clean accuracy."""
+    from ..augment.corruptions import CORRUPTIONS, corrupt
+
+    names = list(corruptions or CORRUPTIONS)
+    device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+    y = labels.to(device)
+
+    def acc(imgs):
+        return float((predict(model, imgs.float().div(255).to(device)) == y).float().mean())
+
+    out = {"clean": acc(images_uint8), "corruptions": {}}
+    for i, name in enumerate(names):
+        out["corruptions"][name] = {str(s): acc(corrupt(images_uint8, name, s, seed + 1000 * i + s))
+                                    for s in severities}
+    vals = [v for per in out["corruptions"].values() for v in per.values()]
+    out["mean_corruption_accuracy"] = sum(vals) / len(vals)
+    return out

@@ -1,0 +1,124 @@
+"""Robustness: the kNN classifier and its soft surrogate, attacks from the libraries on real (tiny) models,
+AutoAttack's checks captured, the corruption set, and the attack / corrupt commands."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from selfsup.augment.corruptions import CORRUPTIONS, corrupt
+from selfsup.evaluate.probes import knn_predict
+from selfsup.evaluate.robustness import KNNModel, corruption_report, predict, robustness_report, run_attack
+from selfsup.models import SmallCNN
+
+from .test_cli import run
+from .test_train import npz_data, tiny_cfg  # noqa: F401  (fixture)
+
+
+def _blobs(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.rand(n, 1, 12, 12, generator=g) * 0.3
+    for i in range(n):
+        c = 2 if y[i] == 0 else 7
+        x[i, 0, 3:9, c:c + 3] += 0.6
+    return x.clamp(0, 1), y
+
+
+def _trained_cnn():
+    torch.manual_seed(0)
+    x, y = _blobs(128)
+    net = nn.Sequential(SmallCNN(1, (4, 8), pool=1), nn.Linear(8, 2))
+    opt = torch.optim.Adam(net.parameters(), 0.02)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    return net.eval(), x, y
+
+
+def test_knn_model_matches_the_evaluation_knn_and_its_surrogate_has_gradients():
+    torch.manual_seed(0)
+    backbone = SmallCNN(1, (4, 8), pool=1).eval()
+    bank_x, bank_y = _blobs(80, 1)
+    q, _ = _blobs(20, 2)
+    with torch.no_grad():
+        bank_f, q_f = backbone(bank_x), backbone(q)
+    knn = KNNModel(backbone, bank_f, bank_y, k=5, temperature=0.1)
+    assert torch.equal(predict(knn, q), knn_predict(bank_f, bank_y, q_f, 5, 0.1))
+    soft = KNNModel(backbone, bank_f, bank_y, k=5, soft=True)
+    qq = q.clone().requires_grad_(True)
+    soft(qq)[:, 0].sum().backward()
+    assert qq.grad is not None and qq.grad.abs().sum() > 0
+
+
+def test_gradient_attacks_stay_in_the_ball_and_break_an_undefended_model():
+    net, x, y = _trained_cnn()
+    clean = float((predict(net, x) == y).float().mean())
+    assert clean > 0.9
+    acc = {}
+    for name in ("fgsm", "pgd"):
+        adv, _ = run_attack(name, net, x, y, eps=0.3)
+        assert float((adv - x).abs().max()) <= 0.3 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+        acc[name] = float((predict(net, adv) == y).float().mean())
+    assert acc["fgsm"] < clean - 0.3 and acc["pgd"] < 0.3 and acc["pgd"] <= acc["fgsm"]
+    rep = robustness_report(net, x[:16], y[:16], [0.3], ["fgsm", "pgd", "autoattack"])
+    per = rep["eps"]["0.3"]
+    assert per["worst_case"]["accuracy"] <= min(per[a]["accuracy"] for a in ("fgsm", "pgd", "autoattack"))
+    assert per["autoattack"]["accuracy"] <= per["fgsm"]["accuracy"]
+
+
+def test_knn_is_attacked_through_the_surrogate_and_with_square():
+    torch.manual_seed(0)
+    net, x, y = _trained_cnn()
+    backbone = net[0]
+    with torch.no_grad():
+        f = backbone(x)
+    knn, soft = KNNModel(backbone, f, y, k=5), KNNModel(backbone, f, y, k=5, soft=True)
+    rep = robustness_report(knn, x[:12], y[:12], [0.3], ["pgd"], surrogate=soft)
+    per = rep["eps"]["0.3"]
+    assert set(per) == {"pgd", "square", "worst_case"}
+    assert per["worst_case"]["accuracy"] <= min(per["pgd"]["accuracy"], per["square"]["accuracy"]) < rep["clean"]
+
+
+def test_corruptions_are_deterministic_shaped_and_at_least_ten():
+    assert len(CORRUPTIONS) >= 10
+    x = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    for name in CORRUPTIONS:
+        for s in (1, 5):
+            a, b = corrupt(x, name, s, seed=3), corrupt(x, name, s, seed=3)
+            assert a.shape == x.shape and a.dtype == torch.uint8 and torch.equal(a, b), name
+    assert torch.equal(corrupt(x, "invert"), 255 - x)
+    assert not torch.equal(corrupt(x, "gaussian_noise", 5, seed=1), corrupt(x, "gaussian_noise", 5, seed=2))
+    with pytest.raises(ValueError):
+        corrupt(x, "gaussian_noise", 6)
+
+
+def test_corruption_report_structure_and_clean_accuracy():
+    net, x, y = _trained_cnn()
+    imgs = (x * 255).round().to(torch.uint8)
+    rep = corruption_report(net, imgs[:32], y[:32], ["gaussian_noise", "invert"], severities=(1, 5))
+    assert rep["clean"] == pytest.approx(float((predict(net, imgs[:32].float() / 255) == y[:32]).float().mean()))
+    assert set(rep["corruptions"]) == {"gaussian_noise", "invert"} and set(rep["corruptions"]["invert"]) == {"1", "5"}
+    assert 0 <= rep["mean_corruption_accuracy"] <= 1
+
+
+def test_attack_and_corrupt_commands(npz_data, tmp_path):  # noqa: F811
+    import yaml
+
+    from selfsup.train.loop import pretrain
+
+    r = pretrain(tiny_cfg(npz_data, tmp_path, "rob", max_steps=4), progress=False, evaluate=False)
+    out = run("attack", str(r.run_dir), "--classifier", "linear", "--attack", "fgsm,pgd", "--eps", "0.1", "--n", "24")
+    assert out.returncode == 0, out.stderr
+    rep = json.loads((r.run_dir / "robustness_linear.json").read_text())
+    assert rep["n"] == 24 and set(rep["eps"]["0.1"]) == {"fgsm", "pgd", "worst_case"}
+    out = run("corrupt", str(r.run_dir), "--classifier", "knn", "--n", "20", "--corruptions", "stripe,fog")
+    assert out.returncode == 0, out.stderr
+    assert set(json.loads((r.run_dir / "corruptions_knn.json").read_text())["corruptions"]) == {"stripe", "fog"}
+    for args, needle in ((["--eps", "2"], "(0, 1]"), (["--attack", "magic"], "unknown attack"),
+                         (["--classifier", "tree"], "unknown classifier")):
+        bad = run("attack", str(r.run_dir), *args)
+        assert bad.returncode == 2 and needle in bad.stderr and "Traceback" not in bad.stderr
+    assert yaml.safe_load((r.run_dir / "config.yaml").read_text())["name"] == "rob"
