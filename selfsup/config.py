@@ -73,6 +73,11 @@ class TrainConfig(Strict):
     keep_checkpoints: int = Field(2, ge=1)
     monitor_every_epochs: float = Field(1.0, gt=0, description="kNN accuracy on the validation split")
     monitor_samples: int = Field(10000, gt=0)
+    adversarial: Literal["none", "instance", "mi"] = Field(
+        "none", description="self-supervised adversarial training: PGD on the SSL loss, or clean/adversarial agreement")
+    adv_eps: float = Field(0.1, gt=0, le=1)
+    adv_steps: int = Field(5, gt=0)
+    adv_weight: float = Field(1.0, ge=0)
 
 
 class EvalConfig(Strict):
@@ -132,6 +137,10 @@ class FinetuneConfig(Strict):
     sat_start_epoch: float = Field(5.0, ge=0, description="E_s: plain cross-entropy before this epoch")
     eval_samples: int = Field(10000, gt=0, description="training images scored each epoch (noisy-label accuracy)")
     coverages: list[float] = Field(default_factory=lambda: [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7])
+    adversarial: Literal["none", "pgd", "trades"] = "none"
+    adv_eps: float = Field(0.1, gt=0, le=1, description="L-inf radius for images in [0, 1]")
+    adv_steps: int = Field(10, gt=0)
+    trades_beta: float = Field(6.0, ge=0)
 
 
 class Config(Strict):

@@ -122,3 +122,68 @@ def test_attack_and_corrupt_commands(npz_data, tmp_path):  # noqa: F811
         bad = run("attack", str(r.run_dir), *args)
         assert bad.returncode == 2 and needle in bad.stderr and "Traceback" not in bad.stderr
     assert yaml.safe_load((r.run_dir / "config.yaml").read_text())["name"] == "rob"
+
+
+# ---------------------------------------------------------------------------------------------- adversarial training
+def test_training_pgd_matches_torchattacks_pgd_on_the_same_model():
+    import torchattacks
+
+    from selfsup.train.adversarial import pgd
+
+    net, x, y = _trained_cnn()
+    ours = pgd(lambda z: nn.functional.cross_entropy(net(z), y), x, eps=0.1, steps=7, alpha=0.02, random_start=False)
+    lib = torchattacks.PGD(net, eps=0.1, alpha=0.02, steps=7, random_start=False)(x, y)
+    assert (ours - lib).abs().max() < 1e-5
+    assert float((ours - x).abs().max()) <= 0.1 + 1e-6
+
+
+def test_supervised_adversarial_losses_exceed_the_clean_loss():
+    from selfsup.train.adversarial import supervised_adversarial_loss
+    from selfsup.train.finetune import Classifier
+    from selfsup.train.objectives import Objective
+
+    net, x, y = _trained_cnn()
+    clf = Classifier(net[0], 2, Objective(), epochs=1)
+    clf.head = net[1]
+    clf.train()
+    clean = nn.functional.cross_entropy(clf.head(clf.backbone(x)), y)
+    for kind in ("pgd", "trades"):
+        torch.manual_seed(0)
+        loss = supervised_adversarial_loss(kind, clf, x, y, torch.arange(len(x)), 0.2, 5, 6.0)
+        assert float(loss.detach()) > float(clean.detach()) and clf.training, kind
+        loss.backward()
+        assert all(p.grad is not None for p in clf.head.parameters())
+
+
+def test_self_supervised_adversarial_training_runs_and_rejects_impure_methods(npz_data, tmp_path):  # noqa: F811
+    from selfsup.errors import TrainingError
+    from selfsup.train.adversarial import AdversarialSSL
+    from selfsup.train.loop import build_method, load_config, pretrain
+
+    cfg = load_config(tiny_cfg(npz_data, tmp_path, "x"))
+    torch.manual_seed(0)
+    m = build_method(cfg, 1)
+    views = [torch.rand(16, 1, 16, 16), torch.rand(16, 1, 16, 16)]
+    with torch.no_grad():
+        clean = float(m(views))
+    pen = AdversarialSSL("instance", eps=0.2, steps=3, weight=1.0).penalty(m, views)
+    assert float(pen.detach()) > clean  # the attack raised the SSL loss of the pair
+    for kind in ("instance", "mi"):
+        r = pretrain(tiny_cfg(npz_data, tmp_path, f"adv-{kind}", max_steps=4, adversarial=kind, adv_steps=2),
+                     progress=False, evaluate=False)
+        rows = [json.loads(ln) for ln in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert any("penalty" in row and row["penalty"] > 0 for row in rows)
+    with pytest.raises(TrainingError, match="updates state"):
+        pretrain(tiny_cfg(npz_data, tmp_path, "adv-moco", method="moco", max_steps=2, adversarial="instance"),
+                 progress=False, evaluate=False)
+
+
+def test_finetune_with_pgd_and_trades(npz_data, tmp_path):  # noqa: F811
+    from selfsup.train.finetune import finetune
+
+    from .test_finetune import ft_cfg
+
+    for kind in ("pgd", "trades"):
+        res = finetune(ft_cfg(npz_data, tmp_path, f"at-{kind}", "ce", noise="none", adversarial=kind, adv_steps=2),
+                       progress=False)
+        assert 0 <= res["test_acc_last"] <= 1

@@ -22,6 +22,7 @@ class SSLMethod(nn.Module):
     name = "base"
     recipe = "symmetric"
     Params = MethodParams
+    pure_forward = True  # forward has no side effects (it may be called again, e.g. by an attack)
 
     def __init__(self, backbone: nn.Module, params: MethodParams):
         super().__init__()

@@ -29,6 +29,7 @@ class MoCoParams(MethodParams):
 
 
 class MoCo(SSLMethod):
+    pure_forward = False  # its forward updates state (the queue / the per-sample targets)
     name = "moco"
     Params = MoCoParams
 

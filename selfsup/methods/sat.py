@@ -30,6 +30,7 @@ class SATParams(MethodParams):
 
 
 class SelfAdaptiveSSL(SSLMethod):
+    pure_forward = False  # its forward updates state (the queue / the per-sample targets)
     name = "sat"
     recipe = "asymmetric"
     Params = SATParams

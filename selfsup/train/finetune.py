@@ -36,8 +36,10 @@ class Classifier(nn.Module):
     uses_labels = True
 
     def __init__(self, backbone: nn.Module, num_classes: int, objective: Objective, epochs: float,
-                 freeze_backbone: bool = False):
+                 freeze_backbone: bool = False, adversarial: str = "none", adv_eps: float = 0.1, adv_steps: int = 10,
+                 trades_beta: float = 6.0):
         super().__init__()
+        self.adversarial, self.adv_eps, self.adv_steps, self.trades_beta = adversarial, adv_eps, adv_steps, trades_beta
         self.backbone, self.objective, self.num_classes = backbone, objective, num_classes
         self.head = nn.Linear(backbone.feat_dim, num_classes + objective.extra_outputs)
         self.epochs, self.freeze = epochs, freeze_backbone
@@ -53,6 +55,11 @@ class Classifier(nn.Module):
         return self
 
     def forward(self, views, idx=None, labels=None):
+        if self.adversarial != "none" and self.training:
+            from .adversarial import supervised_adversarial_loss
+
+            return supervised_adversarial_loss(self.adversarial, self, views[0], labels, idx, self.adv_eps,
+                                               self.adv_steps, self.trades_beta)
         return self.objective(self.head(self.backbone(views[0])), labels, idx, float(self.epoch_now))
 
     @torch.no_grad()
@@ -134,7 +141,8 @@ def finetune(config, overrides: list[str] | None = None, resume: bool = False, p
     else:
         backbone = build_backbone(cfg.model.backbone, train.channels, **backbone_kwargs(cfg))
     objective = build_objective(f.loss, fit_ds.labels, num_classes, f)
-    model = Classifier(backbone, num_classes, objective, cfg.train.epochs, f.freeze_backbone).to(device)
+    model = Classifier(backbone, num_classes, objective, cfg.train.epochs, f.freeze_backbone, f.adversarial,
+                       f.adv_eps, f.adv_steps, f.trades_beta).to(device)
     monitor = _EpochMonitor(train, noisy, val_idx, test, cfg)
     t0 = time.perf_counter()
     r = fit(model, fit_ds, cfg, device, run_dir / "checkpoints", run_dir / "metrics.jsonl", resume=resume,

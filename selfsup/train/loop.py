@@ -159,8 +159,18 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, train_ds.channels, len(train_ds)).to(device)
     monitor = _Monitor(train_ds, val_idx, cfg, device) if train_ds.labels is not None else None
+    strategy = None
+    if cfg.train.adversarial != "none":
+        from .adversarial import AdversarialSSL
+
+        if cfg.train.adversarial == "instance" and not getattr(method, "pure_forward", True):
+            raise TrainingError(f"train.adversarial=instance attacks the SSL loss by calling the method repeatedly; "
+                                f"{cfg.method['name']} updates state in its forward (queue / targets): use "
+                                f"train.adversarial=mi, or another method")
+        t = cfg.train
+        strategy = AdversarialSSL(t.adversarial, t.adv_eps, t.adv_steps, t.adv_weight, seed=cfg.seed)
     result = fit(method, train_ds, cfg, device, run_dir / "checkpoints", run_dir / "metrics.jsonl", resume=resume,
-                 monitor=monitor, progress=progress, interrupt_at=interrupt_at)
+                 strategy=strategy, monitor=monitor, progress=progress, interrupt_at=interrupt_at)
     if result.interrupted:
         return result
     if D.is_main():

@@ -1,0 +1,108 @@
+"""Training against attacks, as pluggable parts of the one loop.
+
+``pgd`` is the L∞ projected-gradient ascent used inside training steps (Madry et al. 2018): sign-gradient steps of
+size α on an arbitrary loss of the input, projected back onto the ε-ball around x and onto [0, 1]. It is
+cross-checked against torchattacks' PGD on the same model in tests/test_robustness.py (evaluation always uses the
+libraries).
+
+- Supervised (``finetune.adversarial``): ``pgd`` — train on PGD adversarial examples of the classifier's CE;
+  ``trades`` — CE(f(x), y) + β·KL(f(x) ‖ f(x_adv)) with x_adv maximising that KL (Zhang et al. 2019).
+- Self-supervised (``train.adversarial``, :class:`AdversarialSSL`): ``instance`` — instance-wise PGD on the method's
+  own SSL loss (the first view is perturbed to maximise the loss against the second; RoCL/ACL style), the encoder
+  trained on the clean and the adversarial pair; ``mi`` — the perturbation minimises the agreement between the
+  clean and adversarial representations of the same image, and training maximises it (InfoNCE between clean and
+  adversarial projections, a lower bound on their mutual information).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .strategies import Strategy
+
+
+def pgd(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float, steps: int,
+        alpha: float | None = None, random_start: bool = True, generator: torch.Generator | None = None,
+        start: torch.Tensor | None = None) -> torch.Tensor:
+    """argmax over ‖δ‖∞ ≤ eps, x + δ ∈ [0, 1] of ``loss_fn(x + δ)``, by ``steps`` sign-gradient steps."""
+    alpha = alpha if alpha is not None else 2.5 * eps / max(1, steps)
+    x = x.detach()
+    if start is not None:
+        adv = start.detach().clamp(0, 1)
+    elif random_start:
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+        adv = (x + eps * noise).clamp(0, 1)
+    else:
+        adv = x.clone()
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(loss_fn(adv), adv)
+        adv = adv.detach() + alpha * g.sign()
+        adv = (x + (adv - x).clamp(-eps, eps)).clamp(0, 1)
+    return adv.detach()
+
+
+def supervised_adversarial_loss(kind: str, clf, x, labels, idx, eps: float, steps: int, beta: float) -> torch.Tensor:
+    """The classifier's (:class:`selfsup.train.finetune.Classifier`) training loss under ``kind`` (pgd | trades);
+    adversarial examples are generated in eval mode (BatchNorm running statistics), as in the TRADES code."""
+    k, epoch = clf.num_classes, float(clf.epoch_now)
+
+    def logits(z):
+        return clf.head(clf.backbone(z))
+
+    was = clf.training
+    clf.eval()
+    if kind == "pgd":
+        adv = pgd(lambda z: F.cross_entropy(logits(z)[:, :k].float(), labels), x, eps, steps)
+        clf.train(was)
+        return clf.objective(logits(adv), labels, idx, epoch)
+    if kind == "trades":
+        with torch.no_grad():
+            p_clean = F.softmax(logits(x)[:, :k].float(), 1)
+        start = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
+        adv = pgd(lambda z: F.kl_div(F.log_softmax(logits(z)[:, :k].float(), 1), p_clean, reduction="batchmean"),
+                  x, eps, steps, start=start)
+        clf.train(was)
+        out = logits(x)
+        robust = F.kl_div(F.log_softmax(logits(adv)[:, :k].float(), 1), F.softmax(out[:, :k].float(), 1),
+                          reduction="batchmean")
+        return clf.objective(out, labels, idx, epoch) + beta * robust
+    raise ValueError(f"unknown adversarial training {kind!r} (pgd, trades)")
+
+
+class AdversarialSSL(Strategy):
+    """Self-supervised adversarial training as a loop plug-in (its ``penalty`` is the adversarial term)."""
+    name = "adversarial"
+
+    def __init__(self, kind: str, eps: float, steps: int, weight: float = 1.0, temperature: float = 0.2,
+                 seed: int = 0):
+        if kind not in ("instance", "mi"):
+            raise ValueError(f"unknown self-supervised adversarial training {kind!r} (instance, mi)")
+        self.kind, self.eps, self.steps, self.weight, self.t = kind, eps, steps, weight, temperature
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def _embed(self, method, x):
+        z = method.backbone(x)
+        head = getattr(method, "projector", None)
+        return head(z) if head is not None else z
+
+    def penalty(self, method, views):
+        x1, x2 = views[0], views[1]
+        if self.kind == "instance":
+            adv = pgd(lambda a: method([a, x2]), x1, self.eps, self.steps, generator=self.gen)
+            return self.weight * method([adv, x2])
+        with torch.no_grad():
+            z_clean = F.normalize(self._embed(method, x1).float(), dim=1)
+        adv = pgd(lambda a: _info_nce(F.normalize(self._embed(method, a).float(), dim=1), z_clean, self.t),
+                  x1, self.eps, self.steps, generator=self.gen)
+        za = F.normalize(self._embed(method, adv).float(), dim=1)
+        zc = F.normalize(self._embed(method, x1).float(), dim=1)
+        return self.weight * _info_nce(za, zc, self.t)
+
+
+def _info_nce(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """InfoNCE with a[i] ↔ b[i] as positives and the other rows of b as negatives."""
+    return F.cross_entropy(a @ b.T / t, torch.arange(len(a), device=a.device))
