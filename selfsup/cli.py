@@ -46,6 +46,21 @@ def _relaunch_under_torchrun(devices: int) -> None:
     raise typer.Exit(subprocess.call(cmd))
 
 
+def _table(title: str, *columns: str):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    return t
+
+
+def _show(table) -> None:
+    from rich.console import Console
+
+    Console().print(table)
+
+
 @app.command()
 def pretrain(config: Path = typer.Option(..., "--config", "-c", help="YAML config (see configs/)"),
              overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. train.epochs=2"),
@@ -110,7 +125,7 @@ def methods():
     for name, cls in METHODS.items():
         params = ", ".join(f"{k}={v}" for k, v in cls.Params().model_dump().items())
         t.add_row(name, cls.recipe, DESCRIPTIONS.get(name, ""), params)
-    Console().print(t)
+    _show(t)
 
 
 @app.command()
@@ -134,19 +149,14 @@ def stream(config: Path = typer.Option(..., "--config", "-c", help="YAML config 
 
 
 def _print_stream(run_dir: Path, summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"stream {run_dir}")
-    t.add_column("metric")
-    t.add_column("value")
+    t = _table(f"stream {run_dir}", "metric", "value")
     for k, v in summary.items():
         if isinstance(v, (int, float)):
             t.add_row(k, f"{100 * v:.2f} %" if isinstance(v, float) and v <= 1 and k not in ("train_seconds",) else str(v))
         elif k.endswith("_metrics"):
             for mk, mv in v.items():
                 t.add_row(f"{k[:-8]} {mk}", f"{100 * mv:.2f}")
-    Console().print(t)
+    _show(t)
     typer.echo(f"run directory: {run_dir}  (manifest.json, stream.json, metrics.jsonl, accuracy_vs_chunk.png)")
 
 
@@ -182,12 +192,7 @@ def finetune(config: Path = typer.Option(..., "--config", "-c", help="YAML confi
 
 
 def _print_finetune(res: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"finetune: {res.get('loss')}")
-    t.add_column("metric")
-    t.add_column("value")
+    t = _table(f"finetune: {res.get('loss')}", "metric", "value")
     for k in ("actual_label_error", "test_acc_last", "test_acc_at_best_val", "test_acc_max"):
         if res.get(k) is not None:
             t.add_row(k, f"{100 * res[k]:.2f} %")
@@ -197,7 +202,7 @@ def _print_finetune(res: dict) -> None:
             risks = ", ".join(f"{100 * r['selective_risk']:.2f}" for r in sel[name]["table"])
             t.add_row(f"{name}: selective risk % at coverage 100..70", risks)
             t.add_row(f"{name}: AURC", f"{1000 * sel[name]['aurc']:.2f} ×10⁻³")
-    Console().print(t)
+    _show(t)
 
 
 def _csv(text: str, cast=str) -> list:
@@ -241,18 +246,13 @@ def attack(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn)
 
 
 def _print_robustness(rep: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"robustness: {rep['classifier']} classifier, {rep['n']} test images (clean {100 * rep['clean']:.2f} %)")
-    t.add_column("eps")
     cols = list(next(iter(rep["eps"].values())).keys())
-    for c in cols:
-        t.add_column(c)
+    t = _table(f"robustness: {rep['classifier']} classifier, {rep['n']} test images (clean {100 * rep['clean']:.2f} %)",
+               "eps", *cols)
     for e, per in rep["eps"].items():
         t.add_row(e, *[f"{100 * per[c]['accuracy']:.2f} %" + (" ⚠" if per[c].get("library_warnings") else "")
                        for c in cols])
-    Console().print(t)
+    _show(t)
     for e, per in rep["eps"].items():
         for c, v in per.items():
             for w in v.get("library_warnings", []):
@@ -291,16 +291,12 @@ def corrupt(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn
             for i, name in enumerate(names):
                 arr = np.stack([apply(imgs, name, s, seed + 1000 * i + s).numpy() for s in range(1, 6)])
                 np.savez_compressed(save / f"{name}.npz", images=arr, labels=y[idx].cpu().numpy())
-        from rich.console import Console
-        from rich.table import Table
-
-        t = Table(title=f"corruptions: {classifier} classifier, {len(idx)} test images")
-        for c in ("corruption", "s1", "s2", "s3", "s4", "s5", "mean"):
-            t.add_column(c)
+        t = _table(f"corruptions: {classifier} classifier, {len(idx)} test images", "corruption", "s1", "s2", "s3",
+                   "s4", "s5", "mean")
         for name, per in rep["corruptions"].items():
             vals = list(per.values())
             t.add_row(name, *[f"{100 * v:.1f}" for v in vals], f"{100 * sum(vals) / len(vals):.1f}")
-        Console().print(t)
+        _show(t)
         typer.echo(f"clean {100 * rep['clean']:.2f} %, mean corruption accuracy {100 * rep['mean_corruption_accuracy']:.2f} %")
     except SelfsupError as e:
         _fail(str(e))

@@ -20,12 +20,16 @@ def plot_curves(run_dir: Path, epochs: list[dict], title: str) -> str | None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
+    return _finish(plt, fig, ax, Path(run_dir) / "curves.png")
+
+
+def _finish(plt, fig, ax, path: Path) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(Path(run_dir) / "curves.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return "curves.png"
+    return path.name
 
 
 def plot_risk_coverage(run_dir: Path, curves: dict[str, dict]) -> str:
@@ -36,9 +40,4 @@ def plot_risk_coverage(run_dir: Path, curves: dict[str, dict]) -> str:
     ax.set_xlabel("coverage (%)")
     ax.set_ylabel("selective risk (%)")
     ax.set_xlim(50, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(Path(run_dir) / "risk_coverage.png", dpi=110)
-    plt.close(fig)
-    return "risk_coverage.png"
+    return _finish(plt, fig, ax, Path(run_dir) / "risk_coverage.png")
