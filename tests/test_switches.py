@@ -20,7 +20,7 @@ def _loss(method_name, channels_last=False, amp=False):
         loss = m(views)
     loss.backward()
     grad = m.backbone.features[0][0].weight.grad.clone()
-    return float(loss), grad
+    return float(loss.detach()), grad
 
 
 @pytest.mark.parametrize("method", ["simclr", "vicreg"])
