@@ -252,3 +252,14 @@ def test_sequence_study_end_to_end(tmp_path):
     out = tmp_path / "study"
     assert (out / "sequence.md").exists() and (out / "random_class" / "accuracy_vs_chunk.png").exists()
     assert (out / "random_class" / "R_sequential.png").exists()
+
+
+def test_chunks_unlike_the_evaluation_data_give_one_clear_error(chunk_dir):
+    from selfsup.errors import DataError
+
+    root, _ = chunk_dir
+    small = root / "small"
+    small.mkdir()
+    np.savez(small / "a.npz", images=np.zeros((64, 16, 16), np.uint8))
+    with pytest.raises(DataError, match="stream.evaluate=false"):
+        stream(cfg_dict(root, "mismatch"), [], small, progress=False)

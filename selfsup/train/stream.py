@@ -212,6 +212,11 @@ def run_stream(cfg: Config, run_dir: Path, chunks: Callable[[], list[Chunk]], *,
                 atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
                 continue
             channels, shape = data.channels, tuple(data.images.shape[1:])
+            eval_shape = tuple((full or (tasks[0] if tasks else None)).train.images.shape[1:]) if evaluate else shape
+            if eval_shape != shape:
+                raise DataError(f"the chunks hold {shape} images but the evaluation data ({cfg.data.source}) "
+                                f"{eval_shape}: point data.source/data.root at labelled images like the chunks, or "
+                                f"set stream.evaluate=false")
             if method is None:
                 torch.manual_seed(cfg.seed)
                 method = build_method(cfg, channels).to(device)
