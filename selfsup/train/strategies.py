@@ -206,7 +206,6 @@ class Distill(Strategy):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed * 13 + index)
             self.module = prediction_head(dim, self.hidden).to(next(method.parameters()).device)
-        self.module.out_dim = dim
 
     @contextlib.contextmanager
     def watching(self, method):

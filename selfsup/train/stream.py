@@ -143,7 +143,7 @@ def run_stream(cfg: Config, run_dir: Path, chunks: Callable[[], list[Chunk]], *,
     each chunk (``tasks[j]`` belongs to chunk j). ``final_only`` (joint reference of the study): evaluate only
     after the last of a known number of chunks. ``stop_after``: stop after training that many chunks in this call;
     ``interrupt=(chunk, step)``: stop inside that chunk right after that step, as a crash would (tests)."""
-    from ..evaluate.continual import cka, continual_metrics, evaluate_chunk
+    from ..evaluate.continual import cka, evaluate_chunk
 
     device, _ = setup_device(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
