@@ -77,9 +77,10 @@ def pretrain(config: Path = typer.Option(..., "--config", "-c", help="YAML confi
             _relaunch_under_torchrun(devices)
         from .train.loop import pretrain as run
 
-        result = run(cfg, resume=resume, evaluate=not no_eval)
-        from .distributed import is_main
+        from .distributed import is_main, shutdown
 
+        result = run(cfg, resume=resume, evaluate=not no_eval)
+        shutdown()  # on success only: after a rank's error a collective teardown would wait for it forever
         if is_main() and not no_eval:
             _print_eval(result.run_dir)
     except SelfsupError as e:

@@ -48,6 +48,17 @@ def init_from_env(device: str) -> torch.device:
     return torch.device(device)
 
 
+def shutdown() -> None:
+    """Destroy the process group (all ranks, after a barrier) so that no gloo/nccl worker thread outlives the
+    interpreter; a no-op outside torch.distributed."""
+    if is_dist():
+        import gc
+
+        gc.collect()
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def gather(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from all ranks along dim 0, rank order, with gradients flowing back to every rank."""
     if not is_dist() or world_size() == 1:

@@ -1,7 +1,9 @@
 """Two CPU processes (gloo, DDP, synced BatchNorm) must give the same loss and gradients as one process with the
 same global batch: the gathers in NT-Xent / Barlow Twins / VICReg / MoCo are autograd-correct (no 1/world_size
 error) and BatchNorm statistics are global."""
+import gc
 import os
+import sys
 
 import pytest
 import torch
@@ -46,8 +48,16 @@ def _worker(rank, world, init_file, method, out):
     dist.all_gather(losses, loss.detach().view(1))
     if rank == 0:
         torch.save({"loss": torch.cat(losses), "grads": _grads(m)}, out)
+    # Tear down in order: gloo work objects that still hold tensors must go before the process group, and the
+    # process group before the interpreter (pytorch/pytorch#179291: gloo threads outliving the interpreter abort
+    # the process with "terminate called without an active exception"); then leave without finalization.
+    del ddp, loss, m
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @pytest.mark.slow
