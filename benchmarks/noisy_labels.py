@@ -1,4 +1,4 @@
-"""Self-adaptive training benchmarks on Fashion-MNIST (configs/finetune_fmnist.yaml):
+"""Self-adaptive training benchmarks on Fashion-MNIST (configs/noisy_fmnist.yaml):
 
     python benchmarks/noisy_labels.py noise [--settings sym0.2,sym0.4,...] [--losses ce,label_smoothing,gce,sat] [--set k=v ...]
     python benchmarks/noisy_labels.py selective [--set k=v ...]
@@ -26,7 +26,7 @@ from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_
 from selfsup.train.finetune import finetune  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "noisy_labels.json"
-CONFIG = ROOT / "configs" / "finetune_fmnist.yaml"
+CONFIG = ROOT / "configs" / "noisy_fmnist.yaml"
 
 
 def _setting(s: str) -> list[str]:
@@ -62,7 +62,7 @@ def write_sections(store: dict) -> None:
                              f"{r.get('wall_seconds', 0) / 60:.1f}"])
         cmds = sorted({r["command"] + f" (commit {r['commit']})" for per in noise.values() for r in per.values()})
         update_section("noisy-labels", "\n".join([
-            "## Noisy labels: Fashion-MNIST, same network and budget for every loss (configs/finetune_fmnist.yaml)",
+            "## Noisy labels: Fashion-MNIST, same network and budget for every loss (configs/noisy_fmnist.yaml)",
             "", "Commands: " + "; ".join(f"`{c}`" for c in cmds) + f"; machine: {machine()}.",
             "Clean-test accuracy %: last epoch; at the epoch with the best noisy-validation accuracy; max over epochs "
             "(papers' convention, for comparison only). Symmetric noise redraws the stated share of labels over all "

@@ -38,6 +38,7 @@ class ModelConfig(Strict):
 class AugmentConfig(Strict):
     recipe: Literal["auto", "symmetric", "asymmetric", "supervised"] = "auto"
     crop_scale: tuple[float, float] = (0.4, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip_p: float = Field(0.5, ge=0, le=1)
     jitter_p: float = Field(0.8, ge=0, le=1)
     brightness: float = Field(0.4, ge=0, le=1)
@@ -50,6 +51,8 @@ class AugmentConfig(Strict):
         lo, hi = self.crop_scale
         if not (0 < lo <= hi <= 1):
             raise ValueError("crop_scale must satisfy 0 < low <= high <= 1")
+        if not (0 < self.crop_ratio[0] <= self.crop_ratio[1]):
+            raise ValueError("crop_ratio must satisfy 0 < low <= high")
         return self
 
 
