@@ -1,13 +1,15 @@
 """Robustness benchmark (issue: robustness) on Fashion-MNIST:
 
-    python benchmarks/robustness.py [--n 1000] [--eps 0.05,0.1,0.0314] [--epochs 2.0] [--ft-epochs 10] [--reuse]
+    python benchmarks/robustness.py [--n 1000] [--eps 0.1,0.05,0.0314] [--models a,b,c,d,e] [--epochs 2.0]
+        [--ft-epochs 10] [--adv-steps 10] [--set model.widths=[32,64,128] ...] [--reuse]
 
 Trains (or, with --reuse, reuses from runs/bench/robust-*) five models and attacks each with PGD-20 and AutoAttack
 (standard) on the same --n test images: (a) a supervised CNN, (b) the SSL encoder + linear probe, (c) the same
 encoder + kNN (soft-kNN surrogate + Square, worst case), (d) supervised PGD adversarial training, (e) a
 self-supervised adversarially trained encoder (train.adversarial=instance) + linear and + kNN. Then the corruption
 table (15 corruptions × 5 severities) for (a), (b), (e). Writes the "robustness" section of BENCHMARKS.md and
-benchmarks/results/robustness.json. AutoAttack on CPU is slow for robust models (targeted APGD, FAB-T and Square
+benchmarks/results/robustness.json (results accumulate across invocations with --reuse, one record per
+model and ε). AutoAttack on CPU is slow for robust models (targeted APGD, FAB-T and Square
 run on every image still robust): prefer a GPU (train.device=cuda) or a smaller --n for a first look.
 """
 from __future__ import annotations
@@ -32,18 +34,19 @@ RESULTS = ROOT / "benchmarks" / "results" / "robustness.json"
 
 def _train(args) -> dict[str, Path]:
     runs = {}
-    common = [f"output_dir={OUT}"]
+    common = [f"output_dir={OUT}", *args.set]
     ssl_ov = [*common, f"train.epochs={args.epochs}", "eval.embedding_plot=pca"]
     ft = ROOT / "configs" / "finetune_fmnist.yaml"
     ft_ov = [*common, "finetune.noise=none", f"train.epochs={args.ft_epochs}"]
+    adv = [f"finetune.adv_eps={args.train_eps}", f"finetune.adv_steps={args.adv_steps}"]
     plan = {
         "a_supervised": lambda n: finetune(ft, [*ft_ov, f"name={n}", "finetune.loss=ce"], progress=False),
         "b_ssl": lambda n: pretrain(ROOT / "configs" / "demo.yaml", [*ssl_ov, f"name={n}"], progress=False),
-        "d_pgd_at": lambda n: finetune(ft, [*ft_ov, f"name={n}", "finetune.adversarial=pgd",
-                                            f"finetune.adv_eps={args.train_eps}"], progress=False),
+        "d_pgd_at": lambda n: finetune(ft, [*ft_ov, f"name={n}", "finetune.adversarial=pgd", *adv], progress=False),
         "e_ssl_at": lambda n: pretrain(ROOT / "configs" / "demo.yaml",
                                        [*ssl_ov, f"name={n}", "train.adversarial=instance",
-                                        f"train.adv_eps={args.train_eps}"], progress=False),
+                                        f"train.adv_eps={args.train_eps}", f"train.adv_steps={args.adv_steps}"],
+                                       progress=False),
     }
     for key, fn in plan.items():
         d = OUT / f"robust-{key}"
@@ -51,56 +54,97 @@ def _train(args) -> dict[str, Path]:
             import shutil
 
             shutil.rmtree(d, ignore_errors=True)
+            t0 = time.perf_counter()
             fn(d.name)
+            (d / "bench_train_seconds.txt").write_text(f"{time.perf_counter() - t0:.0f}\n")
         runs[key] = d
     return runs
+
+
+MODELS = [("(a) supervised CNN", "a_supervised", "finetuned"), ("(b) SSL + linear", "b_ssl", "linear"),
+          ("(c) SSL + kNN", "b_ssl", "knn"), ("(d) supervised PGD-AT", "d_pgd_at", "finetuned"),
+          ("(e) SSL-AT + linear", "e_ssl_at", "linear"), ("(e) SSL-AT + kNN", "e_ssl_at", "knn")]
+CORRUPTION_MODELS = ("(a) supervised CNN", "(b) SSL + linear", "(e) SSL-AT + linear")
+
+
+def write_section(store: dict) -> None:
+    rows, crow = [], []
+    for label, _, _ in MODELS:
+        rep = store.get("models", {}).get(label)
+        if not rep:
+            continue
+        for e, per in sorted(rep["eps"].items(), key=lambda kv: float(kv[0])):
+            pgd, aa = per.get("pgd", {}).get("accuracy"), per.get("autoattack", {}).get("accuracy")
+            gap = None if pgd is None or aa is None else pgd - aa
+            warn = "; ".join(w for v in per.values() if isinstance(v, dict) for w in v.get("library_warnings", []))
+            pct = (lambda v: "—" if v is None else f"{100 * v:.2f}")
+            rows.append([label, e, pct(rep["clean"]), pct(pgd), pct(aa), pct(per["worst_case"]["accuracy"]),
+                         ("—" if gap is None else f"{100 * gap:.2f}" + (" (> 3: suspect gradient masking)"
+                                                                         if gap > 0.03 else "")),
+                         f"{per.get('minutes', 0):.1f}", warn or "—"])
+        cr = rep.get("corruptions")
+        if cr:
+            crow.append([label, f"{100 * cr['clean']:.2f}", f"{100 * cr['mean_corruption_accuracy']:.2f}"]
+                        + [f"{100 * sum(v.values()) / len(v):.1f}" for v in cr["corruptions"].values()])
+    train = "; ".join(f"{k}: {v} s" for k, v in store.get("train_seconds", {}).items())
+    body = ["## Robustness: Fashion-MNIST, L∞ attacks on the same test images for every model", "",
+            f"Commands: {'; '.join(f'`{c}`' for c in store.get('commands', []))}; machine: {machine()}.",
+            f"Training (wall seconds): {train}. {store.get('n', '?')} test images (the same for every model); "
+            "PGD-20 (torchattacks, α = 2.5ε/20, random start), AutoAttack standard (pyautoattack: APGD-CE, APGD-T, "
+            "FAB-T, Square; its checks' warnings in the last column); kNN models are attacked through a soft-kNN "
+            "surrogate plus Square on the kNN itself; worst case = per image over the attacks run.", "",
+            md_table(["model", "ε", "clean %", "PGD-20 %", "AutoAttack %", "worst %", "PGD − AA (points)",
+                      "attack min", "AutoAttack checks"], rows)]
+    if crow:
+        names = list(next(r for r in store["models"].values() if "corruptions" in r)["corruptions"]["corruptions"])
+        body += ["", "Corruptions (mean accuracy % over 5 severities):", "",
+                 md_table(["model", "clean %", "mean corruption %", *names], crow)]
+    update_section("robustness", "\n".join(body))
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--eps", default=f"0.05,0.1,{8 / 255:.4f}")
+    ap.add_argument("--eps", default=f"0.1,0.05,{8 / 255:.4f}")
+    ap.add_argument("--attacks", default="pgd,autoattack")
+    ap.add_argument("--models", default="a,b,c,d,e", help="which of (a)..(e) to attack this time")
     ap.add_argument("--epochs", type=float, default=2.0, help="SSL pre-training epochs (demo setting)")
     ap.add_argument("--ft-epochs", type=float, default=10)
     ap.add_argument("--train-eps", type=float, default=0.1)
+    ap.add_argument("--adv-steps", type=int, default=10, help="PGD steps inside adversarial training")
+    ap.add_argument("--set", nargs="*", default=[], help="overrides for every training run (e.g. the model)")
+    ap.add_argument("--no-corruptions", action="store_true")
     ap.add_argument("--reuse", action="store_true")
     args = ap.parse_args()
     eps = [float(e) for e in args.eps.split(",")]
-    t0 = time.perf_counter()
+    store = json.loads(RESULTS.read_text()) if (args.reuse and RESULTS.exists()) else {}
+    store.setdefault("models", {})
+    store["commands"] = sorted(set(store.get("commands", [])) | {f"{command()} (commit {git_rev()})"})
+    store["n"] = args.n
     runs = _train(args)
-    models = [("(a) supervised CNN", runs["a_supervised"], "finetuned"), ("(b) SSL + linear", runs["b_ssl"], "linear"),
-              ("(c) SSL + kNN", runs["b_ssl"], "knn"), ("(d) supervised PGD-AT", runs["d_pgd_at"], "finetuned"),
-              ("(e) SSL-AT + linear", runs["e_ssl_at"], "linear"), ("(e) SSL-AT + kNN", runs["e_ssl_at"], "knn")]
-    results, rows, crow = {}, [], []
-    for label, run_dir, kind in models:
-        model, surrogate, x, y = build_classifier(run_dir, kind)
+    store["train_seconds"] = {k: (d / "bench_train_seconds.txt").read_text().strip()
+                              for k, d in runs.items() if (d / "bench_train_seconds.txt").exists()}
+    wanted = set(args.models.split(","))
+    for label, key, kind in MODELS:
+        if label[1] not in wanted:
+            continue
+        model, surrogate, x, y = build_classifier(runs[key], kind)
         idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[: args.n]
-        rep = robustness_report(model, x[idx], y[idx], eps, ["pgd", "autoattack"], surrogate)
-        results[label] = rep
-        for e, per in rep["eps"].items():
-            gap = per["pgd"]["accuracy"] - per["autoattack"]["accuracy"]
-            warn = "; ".join(w for v in per.values() for w in v.get("library_warnings", []))
-            rows.append([label, e, f"{100 * rep['clean']:.2f}", f"{100 * per['pgd']['accuracy']:.2f}",
-                         f"{100 * per['autoattack']['accuracy']:.2f}", f"{100 * per['worst_case']['accuracy']:.2f}",
-                         f"{100 * gap:.2f}" + (" (> 3: suspect gradient masking)" if gap > 0.03 else ""), warn or "—"])
-        if label in ("(a) supervised CNN", "(b) SSL + linear", "(e) SSL-AT + linear"):
+        rec = store["models"].setdefault(label, {"eps": {}})
+        for e in eps:
+            t0 = time.perf_counter()
+            rep = robustness_report(model, x[idx], y[idx], [e], args.attacks.split(","), surrogate)
+            rec["clean"], rec["n"] = rep["clean"], rep["n"]
+            rec["eps"][f"{e:g}"] = {**rep["eps"][f"{e:g}"], "minutes": (time.perf_counter() - t0) / 60}
+            print(label, e, {k: v for k, v in rec["eps"][f"{e:g}"].items()}, flush=True)
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            RESULTS.write_text(json.dumps(store, indent=1))
+            write_section(store)
+        if label in CORRUPTION_MODELS and not args.no_corruptions:
             imgs = (x[idx] * 255).round().to(torch.uint8)
-            cr = corruption_report(model, imgs, y[idx])
-            results[label]["corruptions"] = cr
-            crow.append([label, f"{100 * cr['clean']:.2f}", f"{100 * cr['mean_corruption_accuracy']:.2f}"]
-                        + [f"{100 * sum(v.values()) / len(v):.1f}" for v in cr["corruptions"].values()])
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1))
-    names = list(next(r for r in results.values() if "corruptions" in r)["corruptions"]["corruptions"])
-    update_section("robustness", "\n".join([
-        "## Robustness: Fashion-MNIST, L∞ attacks on the same test images for every model", "",
-        f"Command: `{command()}` (commit {git_rev()}), {(time.perf_counter() - t0) / 60:.0f} min; machine: {machine()}.",
-        f"{args.n} test images; PGD-20 (torchattacks, α = 2.5ε/20, random start), AutoAttack standard (pyautoattack; "
-        "its checks' warnings in the last column); worst case = per image over the attacks run.", "",
-        md_table(["model", "ε", "clean %", "PGD-20 %", "AutoAttack %", "worst %", "PGD − AA (points)",
-                  "AutoAttack checks"], rows), "",
-        "Corruptions (mean accuracy % over 5 severities):", "",
-        md_table(["model", "clean %", "mean corruption %", *names], crow)]))
+            rec["corruptions"] = corruption_report(model, imgs, y[idx])
+            RESULTS.write_text(json.dumps(store, indent=1))
+            write_section(store)
 
 
 if __name__ == "__main__":

@@ -60,3 +60,19 @@ def test_augment_runs_on_uint8_derived_batch_with_channels():
     assert v.shape == x.shape
     # grayscale p=1 makes the three channels equal
     assert torch.allclose(v[:, 0], v[:, 1], atol=1e-5) and torch.allclose(v[:, 1], v[:, 2], atol=1e-5)
+
+
+def test_config_without_augmentation_gives_the_images_back():
+    """augment.crop_scale = crop_ratio = [1, 1] and flip_p = 0 (the noisy-label study) leave the images unchanged;
+    the default aspect-ratio range does not."""
+    from selfsup.config import load_config
+    from selfsup.methods import METHODS
+    from selfsup.train.loop import build_view_recipe
+
+    x = _batch()
+    off = {"recipe": "supervised", "crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0], "flip_p": 0.0}
+    (v,) = build_view_recipe(load_config({"augment": off}), METHODS["simclr"])(x, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(v, x)
+    stretched = dict(off, crop_ratio=[0.5, 2.0])
+    (w,) = build_view_recipe(load_config({"augment": stretched}), METHODS["simclr"])(x, torch.Generator().manual_seed(0))
+    assert (w - x).abs().max() > 0.05
