@@ -40,6 +40,7 @@ def _run(name: str, ov: list[str], out: Path) -> dict:
     res = finetune(CONFIG, [f"name={name}", f"output_dir={out}", *ov], progress=sys.stdout.isatty())
     res["wall_seconds"] = round(time.perf_counter() - t0, 1)
     res.pop("epochs", None)
+    res["run_dir"] = str(out / name)
     return res
 
 
@@ -49,6 +50,27 @@ def _load() -> dict:
 
 def _pct(v) -> str:
     return "—" if v is None else f"{100 * v:.2f}"
+
+
+def _curves(noise: dict) -> list[str]:
+    """The study's figure (CE vs SAT: train accuracy on the noisy labels and clean test accuracy per epoch) for each
+    setting where both ran, from the runs' metrics.jsonl."""
+    from selfsup.report.finetune import plot_compare
+
+    out = []
+    for setting, per in noise.items():
+        runs = {}
+        for loss in ("ce", "sat"):
+            m = Path(per.get(loss, {}).get("run_dir") or ROOT / "runs" / "bench" / f"noise-{setting}-{loss}")
+            m = m / "metrics.jsonl"
+            if loss in per and m.is_file():
+                rows = [json.loads(line) for line in m.read_text().splitlines() if line.strip()]
+                runs[loss.upper()] = [r for r in rows if "test_acc" in r and "train_acc_noisy" in r]
+        if len(runs) == 2:
+            png = RESULTS.parent / f"noise_curves_{setting}.png"
+            plot_compare(png, runs, f"Fashion-MNIST, {setting}: CE memorises the noise, SAT does not")
+            out.append(f"![CE vs SAT, {setting}](benchmarks/results/{png.name})")
+    return out
 
 
 def write_sections(store: dict) -> None:
@@ -68,7 +90,7 @@ def write_sections(store: dict) -> None:
             "(papers' convention, for comparison only). Symmetric noise redraws the stated share of labels over all "
             "10 classes (actual error = rate × 0.9).", "",
             md_table(["noise", "loss", "actual label error %", "test last", "test at best val", "test max", "min"],
-                     rows)]))
+                     rows), "", *_curves(noise)]))
     sel = store.get("selective", {})
     if sel:
         rows = []

@@ -23,6 +23,22 @@ def plot_curves(run_dir: Path, epochs: list[dict], title: str) -> str | None:
     return _finish(plt, fig, ax, Path(run_dir) / "curves.png")
 
 
+def plot_compare(path: Path, runs: dict[str, list[dict]], title: str) -> str:
+    """The study's figure for several losses side by side: accuracy on the noisy training labels (dashed) and clean
+    test accuracy (solid) per epoch — memorisation shows as the first rising while the second falls."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, (name, epochs) in enumerate(runs.items()):
+        x = [e["epoch"] for e in epochs]
+        c = f"C{i}"
+        ax.plot(x, [100 * e["train_acc_noisy"] for e in epochs], "--", color=c, label=f"{name}: train, noisy labels")
+        ax.plot(x, [100 * e["test_acc"] for e in epochs], "-", color=c, marker=".", label=f"{name}: test (clean)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    return _finish(plt, fig, ax, Path(path))
+
+
 def _finish(plt, fig, ax, path: Path) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
