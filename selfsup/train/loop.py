@@ -54,9 +54,9 @@ def build_method(cfg: Config, in_channels: int, num_samples: int = 0) -> SSLMeth
 def build_view_recipe(cfg: Config, method_cls: type[SSLMethod]) -> ViewRecipe:
     a = cfg.augment
     kind = method_cls.recipe if a.recipe == "auto" else a.recipe
-    return build_recipe(kind, crop_scale=tuple(a.crop_scale), crop_ratio=tuple(a.crop_ratio), flip_p=a.flip_p, jitter_p=a.jitter_p,
-                        brightness=a.brightness, contrast=a.contrast, grayscale_p=a.grayscale_p,
-                        blur_sigma=tuple(a.blur_sigma))
+    return build_recipe(kind, crop_scale=tuple(a.crop_scale), crop_ratio=tuple(a.crop_ratio), flip_p=a.flip_p,
+                        jitter_p=a.jitter_p, brightness=a.brightness, contrast=a.contrast,
+                        grayscale_p=a.grayscale_p, blur_sigma=tuple(a.blur_sigma))
 
 
 def has_test_split(cfg: Config) -> bool:
