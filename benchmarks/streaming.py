@@ -68,7 +68,8 @@ def main():
 
     cfg = load_config(args.config, args.set)
     body = ["## Streaming pre-training: Fashion-MNIST in 5 chunks, every strategy (configs/stream_fmnist.yaml)", "",
-            f"Method {cfg.method['name']} on the demo's CNN, {cfg.stream.chunk_steps} steps of batch "
+            f"Method {cfg.method['name']} on a {cfg.model.backbone} (widths {cfg.model.widths}, "
+            f"{cfg.model.convs_per_stage} conv per stage), {cfg.stream.chunk_steps} steps of batch "
             f"{cfg.train.batch_size} per chunk for every strategy (one warm-up + cosine schedule per chunk); joint = "
             f"one run from scratch on all 5 chunks with the same total steps; replay buffer {cfg.stream.buffer_size} "
             f"images (10 % of the data), half of each batch; regularize = {cfg.stream.regularizer.upper()} with "
