@@ -263,3 +263,14 @@ def test_chunks_unlike_the_evaluation_data_give_one_clear_error(chunk_dir):
     np.savez(small / "a.npz", images=np.zeros((64, 16, 16), np.uint8))
     with pytest.raises(DataError, match="stream.evaluate=false"):
         stream(cfg_dict(root, "mismatch"), [], small, progress=False)
+
+
+def test_gap_closed_share_and_no_gap():
+    from selfsup.report.stream import gap_closed, sequence_table
+
+    per = {"joint": {"linear": 0.88, "knn": 0.84}, "sequential": {"linear": 0.86, "knn": 0.838},
+           "replay": {"linear": 0.875, "knn": 0.83}}
+    assert gap_closed(per, "replay", "linear") == "75 %"
+    assert gap_closed(per, "replay", "knn") == "no gap"  # 0.2 point: within the probes' noise
+    assert gap_closed(per, "joint", "linear") == "—"
+    assert "linear +2.00, kNN +0.20" in sequence_table({"instance": per})

@@ -69,22 +69,39 @@ def _p(v) -> str:
     return "—" if v is None else f"{100 * v:.2f}"
 
 
+MIN_GAP = 0.005  # a joint − sequential gap below half a point is within the probes' noise: nothing to close
+
+
+def gap_closed(per: dict, strat: str, key: str) -> str:
+    """Share of the joint − sequential gap (probe ``key``: linear or knn) that ``strat`` closes."""
+    joint, seq, r = per.get("joint", {}).get(key), per.get("sequential", {}).get(key), per.get(strat, {}).get(key)
+    if joint is None or seq is None or r is None or strat in ("joint", "sequential"):
+        return "—"
+    if joint - seq < MIN_GAP:
+        return "no gap"
+    return f"{100 * (r - seq) / (joint - seq):.0f} %"
+
+
 def sequence_table(results: dict) -> str:
     """Markdown: one row per (sequence, strategy) with the final accuracies, continual metrics, cost, and the share
-    of the joint − sequential gap each strategy closes."""
+    of the joint − sequential gap each strategy closes (linear probe and kNN; "no gap" when sequential is within
+    half a point of joint or above it), then the gaps themselves."""
     lines = ["| sequence | strategy | linear % | kNN % | digits % | avg task acc % | forgetting | BWT | FWT | "
-             "steps | train s | retained MB | gap closed |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "steps | train s | retained MB | gap closed, linear | gap closed, kNN |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    gaps = []
     for kind, per in results.items():
-        joint, seq = per.get("joint", {}).get("linear"), per.get("sequential", {}).get("linear")
         for strat, r in per.items():
             m = r.get("linear_metrics", {})
-            closed = "—"
-            if joint is not None and seq is not None and strat not in ("joint", "sequential") and "linear" in r:
-                gap = joint - seq
-                closed = f"{100 * (r['linear'] - seq) / gap:.0f} %" if abs(gap) > 1e-9 else "no gap"
             lines.append(f"| {kind} | {strat} | {_p(r.get('linear'))} | {_p(r.get('knn'))} | "
                          f"{_p(r.get('digits_linear'))} | {_p(m.get('average_accuracy'))} | "
                          f"{_p(m.get('forgetting'))} | {_p(m.get('bwt'))} | {_p(m.get('fwt'))} | {r.get('steps', 0)} | "
-                         f"{r.get('train_seconds', 0):.0f} | {r.get('retained_bytes', 0) / 1e6:.2f} | {closed} |")
+                         f"{r.get('train_seconds', 0):.0f} | {r.get('retained_bytes', 0) / 1e6:.2f} | "
+                         f"{gap_closed(per, strat, 'linear')} | {gap_closed(per, strat, 'knn')} |")
+        j, q = per.get("joint", {}), per.get("sequential", {})
+        if all(k in d for d in (j, q) for k in ("linear", "knn")):
+            gaps.append(f"{kind}: linear {100 * (j['linear'] - q['linear']):+.2f}, "
+                        f"kNN {100 * (j['knn'] - q['knn']):+.2f}")
+    if gaps:
+        lines += ["", "Joint − sequential (points): " + "; ".join(gaps) + "."]
     return "\n".join(lines)
