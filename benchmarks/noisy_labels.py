@@ -113,6 +113,7 @@ def main():
     ap.add_argument("--settings", default="sym0.2,sym0.4,sym0.6,sym0.8,asym0.4")
     ap.add_argument("--losses", default="ce,label_smoothing,gce,sat")
     ap.add_argument("--set", nargs="*", default=[])
+    ap.add_argument("--tag", default="", help="a variant's label (e.g. E_s=3): stored beside the default rows")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     args = ap.parse_args()
     out = Path(args.out)
@@ -121,8 +122,10 @@ def main():
     if args.what == "noise":
         for setting in args.settings.split(","):
             for loss in args.losses.split(","):
-                r = _run(f"noise-{setting}-{loss}", [*_setting(setting), f"finetune.loss={loss}", *args.set], out)
-                store["noise"].setdefault(setting, {})[loss] = {**r, **stamp}
+                key = loss + (f" ({args.tag})" if args.tag else "")
+                r = _run(f"noise-{setting}-{loss}" + (f"-{args.tag}" if args.tag else ""),
+                         [*_setting(setting), f"finetune.loss={loss}", *args.set], out)
+                store["noise"].setdefault(setting, {})[key] = {**r, **stamp}
                 print(setting, loss, _pct(r.get("test_acc_last")), _pct(r.get("test_acc_at_best_val")), flush=True)
                 RESULTS.parent.mkdir(parents=True, exist_ok=True)
                 RESULTS.write_text(json.dumps(store, indent=1))
