@@ -103,6 +103,7 @@ def write_section(store: dict) -> None:
 
 
 def main():
+    global RESULTS
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--eps", default=f"0.1,0.05,{8 / 255:.4f}")
@@ -115,7 +116,23 @@ def main():
     ap.add_argument("--set", nargs="*", default=[], help="overrides for every training run (e.g. the model)")
     ap.add_argument("--no-corruptions", action="store_true")
     ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--results", default=str(RESULTS), help="where this invocation keeps its records")
+    ap.add_argument("--merge", nargs="*", default=None,
+                    help="only merge these result files' records into --results and rewrite the section")
     args = ap.parse_args()
+    RESULTS = Path(args.results)
+    if args.merge is not None:
+        store = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"models": {}}
+        for other in map(Path, args.merge):
+            o = json.loads(other.read_text())
+            store["commands"] = sorted(set(store.get("commands", [])) | set(o.get("commands", [])))
+            for label, rec in o.get("models", {}).items():
+                mine = store["models"].setdefault(label, {"eps": {}})
+                mine["eps"].update(rec.get("eps", {}))
+                mine.update({k: v for k, v in rec.items() if k != "eps"})
+        RESULTS.write_text(json.dumps(store, indent=1))
+        write_section(store)
+        return
     eps = [float(e) for e in args.eps.split(",")]
     store = json.loads(RESULTS.read_text()) if (args.reuse and RESULTS.exists()) else {}
     store.setdefault("models", {})
