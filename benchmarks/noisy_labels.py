@@ -102,7 +102,7 @@ def write_sections(store: dict) -> None:
                                 + [f"{1000 * t['aurc']:.2f}"])
         update_section("selective", "\n".join([
             "## Selective classification: clean Fashion-MNIST, CE vs SAT-selective", "",
-            f"Command: `{next(iter(sel.values()))['command']}`; machine: {machine()}. Thresholds per coverage chosen on "
+            "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in sel.values()})) + f"; machine: {machine()}. Thresholds per coverage chosen on "
             "the validation split; selective risk % on the test set at coverage 100/95/90/85/80/75/70 %; AURC ×10⁻³.",
             "", md_table(["run", "score", "100", "95", "90", "85", "80", "75", "70", "AURC"], rows)]))
 
@@ -131,8 +131,10 @@ def main():
                 RESULTS.write_text(json.dumps(store, indent=1))
     else:
         for loss in ("ce", "sat_selective"):
-            r = _run(f"selective-{loss}", ["finetune.noise=none", f"finetune.loss={loss}", *args.set], out)
-            store["selective"][loss] = {**r, **stamp}
+            sfx = f" ({args.tag})" if args.tag else ""
+            r = _run(f"selective-{loss}" + (f"-{args.tag}" if args.tag else ""),
+                     ["finetune.noise=none", f"finetune.loss={loss}", *args.set], out)
+            store["selective"][loss + sfx] = {**r, **stamp}
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
             RESULTS.write_text(json.dumps(store, indent=1))
     write_sections(store)
