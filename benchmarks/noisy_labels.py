@@ -48,6 +48,21 @@ def _load() -> dict:
     return json.loads(RESULTS.read_text()) if RESULTS.exists() else {"noise": {}, "selective": {}}
 
 
+def _record(path: list[str], value: dict) -> dict:
+    """Store one run's record under ``path`` (re-reading the file first: invocations may run side by side) and
+    return the whole store."""
+    store = _load()
+    node = store
+    for k in path[:-1]:
+        node = node.setdefault(k, {})
+    node[path[-1]] = value
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_suffix(".tmp")
+    tmp.write_text(json.dumps(store, indent=1))
+    tmp.replace(RESULTS)
+    return store
+
+
 def _pct(v) -> str:
     return "—" if v is None else f"{100 * v:.2f}"
 
@@ -125,18 +140,14 @@ def main():
                 key = loss + (f" ({args.tag})" if args.tag else "")
                 r = _run(f"noise-{setting}-{loss}" + (f"-{args.tag}" if args.tag else ""),
                          [*_setting(setting), f"finetune.loss={loss}", *args.set], out)
-                store["noise"].setdefault(setting, {})[key] = {**r, **stamp}
+                store = _record(["noise", setting, key], {**r, **stamp})
                 print(setting, loss, _pct(r.get("test_acc_last")), _pct(r.get("test_acc_at_best_val")), flush=True)
-                RESULTS.parent.mkdir(parents=True, exist_ok=True)
-                RESULTS.write_text(json.dumps(store, indent=1))
     else:
         for loss in ("ce", "sat_selective"):
             sfx = f" ({args.tag})" if args.tag else ""
             r = _run(f"selective-{loss}" + (f"-{args.tag}" if args.tag else ""),
                      ["finetune.noise=none", f"finetune.loss={loss}", *args.set], out)
-            store["selective"][loss + sfx] = {**r, **stamp}
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            RESULTS.write_text(json.dumps(store, indent=1))
+            store = _record(["selective", loss + sfx], {**r, **stamp})
     write_sections(store)
 
 
