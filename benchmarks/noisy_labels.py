@@ -117,8 +117,8 @@ def write_sections(store: dict) -> None:
                                 + [f"{1000 * t['aurc']:.2f}"])
         update_section("selective", "\n".join([
             "## Selective classification: clean Fashion-MNIST, CE vs SAT-selective", "",
-            "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in sel.values()})) + f"; machine: {machine()}. Thresholds per coverage chosen on "
-            "the validation split; selective risk % on the test set at coverage 100/95/90/85/80/75/70 %; AURC ×10⁻³.",
+            "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in sel.values()})) + f"; machine: {machine()}. "
+            "Thresholds per coverage chosen on the validation split; selective risk % on the test set at coverage 100/95/90/85/80/75/70 %; AURC ×10⁻³.",
             "", md_table(["run", "score", "100", "95", "90", "85", "80", "75", "70", "AURC"], rows)]))
 
 
@@ -134,20 +134,18 @@ def main():
     out = Path(args.out)
     store = _load()
     stamp = {"command": command(), "commit": git_rev()}
+    key_sfx, dir_sfx = (f" ({args.tag})", f"-{args.tag}") if args.tag else ("", "")
     if args.what == "noise":
         for setting in args.settings.split(","):
             for loss in args.losses.split(","):
-                key = loss + (f" ({args.tag})" if args.tag else "")
-                r = _run(f"noise-{setting}-{loss}" + (f"-{args.tag}" if args.tag else ""),
-                         [*_setting(setting), f"finetune.loss={loss}", *args.set], out)
-                store = _record(["noise", setting, key], {**r, **stamp})
+                r = _run(f"noise-{setting}-{loss}{dir_sfx}", [*_setting(setting), f"finetune.loss={loss}", *args.set],
+                         out)
+                store = _record(["noise", setting, loss + key_sfx], {**r, **stamp})
                 print(setting, loss, _pct(r.get("test_acc_last")), _pct(r.get("test_acc_at_best_val")), flush=True)
     else:
         for loss in ("ce", "sat_selective"):
-            sfx = f" ({args.tag})" if args.tag else ""
-            r = _run(f"selective-{loss}" + (f"-{args.tag}" if args.tag else ""),
-                     ["finetune.noise=none", f"finetune.loss={loss}", *args.set], out)
-            store = _record(["selective", loss + sfx], {**r, **stamp})
+            r = _run(f"selective-{loss}{dir_sfx}", ["finetune.noise=none", f"finetune.loss={loss}", *args.set], out)
+            store = _record(["selective", loss + key_sfx], {**r, **stamp})
     write_sections(store)
 
 
