@@ -236,9 +236,9 @@ def attack(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn)
             raise SelfsupError(f"--eps {eps!r}: expected numbers like 0.05,0.1") from None
         if not radii or any(not 0 < e <= 1 for e in radii):
             raise SelfsupError("--eps: every radius must be in (0, 1]")
-        model, surrogate, x, y = build_classifier(run_dir, classifier, seed=seed)
+        model, x, y = build_classifier(run_dir, classifier, seed=seed)
         idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: min(n, len(x))]
-        rep = robustness_report(model, x[idx], y[idx], radii, names, surrogate, seed, steps)
+        rep = robustness_report(model, x[idx], y[idx], radii, names, seed, steps)
         rep.update(classifier=classifier, attacks=names)
         (Path(run_dir) / f"robustness_{classifier}.json").write_text(json.dumps(rep, indent=1))
         _print_robustness(rep)
@@ -281,7 +281,7 @@ def corrupt(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn
         bad = [c for c in names if c not in CORRUPTIONS]
         if bad:
             raise SelfsupError(f"unknown corruption {bad[0]!r} (choose {', '.join(CORRUPTIONS)})")
-        model, _, x, y = build_classifier(run_dir, classifier, seed=seed)
+        model, x, y = build_classifier(run_dir, classifier, seed=seed)
         idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: min(n, len(x))]
         imgs = (x[idx].cpu() * 255).round().to(torch.uint8)
         rep = corruption_report(model, imgs, y[idx], names, seed=seed)

@@ -38,7 +38,7 @@ def _trained_cnn():
     return net.eval(), x, y
 
 
-def test_knn_model_matches_the_evaluation_knn_and_its_surrogate_has_gradients():
+def test_knn_model_matches_the_evaluation_knn_and_bpda_has_its_outputs_and_the_surrogate_gradient():
     torch.manual_seed(0)
     backbone = SmallCNN(1, (4, 8), pool=1).eval()
     bank_x, bank_y = _blobs(80, 1)
@@ -47,10 +47,18 @@ def test_knn_model_matches_the_evaluation_knn_and_its_surrogate_has_gradients():
         bank_f, q_f = backbone(bank_x), backbone(q)
     knn = KNNModel(backbone, bank_f, bank_y, k=5, temperature=0.1)
     assert torch.equal(predict(knn, q), knn_predict(bank_f, bank_y, q_f, 5, 0.1))
-    soft = KNNModel(backbone, bank_f, bank_y, k=5, soft=True)
-    qq = q.clone().requires_grad_(True)
-    soft(qq)[:, 0].sum().backward()
-    assert qq.grad is not None and qq.grad.abs().sum() > 0
+    soft = KNNModel(backbone, bank_f, bank_y, k=5, mode="soft")
+    bpda = KNNModel(backbone, bank_f, bank_y, k=5, temperature=0.1, mode="bpda")
+    with torch.no_grad():
+        assert torch.equal(bpda(q), knn(q))  # the attacked model is exactly the classifier
+    grads = []
+    for m in (soft, bpda):
+        qq = q.clone().requires_grad_(True)
+        m(qq)[:, 0].sum().backward()
+        grads.append(qq.grad)
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1])
+    with pytest.raises(ValueError):
+        KNNModel(backbone, bank_f, bank_y, mode="exact")
 
 
 def test_gradient_attacks_stay_in_the_ball_and_break_an_undefended_model():
@@ -69,17 +77,22 @@ def test_gradient_attacks_stay_in_the_ball_and_break_an_undefended_model():
     assert per["autoattack"]["accuracy"] <= per["fgsm"]["accuracy"]
 
 
-def test_knn_is_attacked_through_the_surrogate_and_with_square():
+def test_knn_is_attacked_by_bpda_and_scored_on_the_real_knn():
     torch.manual_seed(0)
     net, x, y = _trained_cnn()
     backbone = net[0]
     with torch.no_grad():
         f = backbone(x)
-    knn, soft = KNNModel(backbone, f, y, k=5), KNNModel(backbone, f, y, k=5, soft=True)
-    rep = robustness_report(knn, x[:12], y[:12], [0.3], ["pgd"], surrogate=soft)
+    knn, bpda = KNNModel(backbone, f, y, k=5), KNNModel(backbone, f, y, k=5, mode="bpda")
+    hard_only = KNNModel(backbone, f, y, k=5)
+    rep = robustness_report(bpda, x[:12], y[:12], [0.3], ["pgd", "square"])
     per = rep["eps"]["0.3"]
     assert set(per) == {"pgd", "square", "worst_case"}
+    assert rep["clean"] == float((predict(knn, x[:12]) == y[:12]).float().mean())
     assert per["worst_case"]["accuracy"] <= min(per["pgd"]["accuracy"], per["square"]["accuracy"]) < rep["clean"]
+    # the surrogate's gradient is what makes PGD work: on the hard kNN alone it is weaker or equal
+    hard = robustness_report(hard_only, x[:12], y[:12], [0.3], ["pgd"])["eps"]["0.3"]["pgd"]["accuracy"]
+    assert per["pgd"]["accuracy"] <= hard
 
 
 def test_corruptions_are_deterministic_shaped_and_at_least_ten():

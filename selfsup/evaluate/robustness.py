@@ -4,10 +4,12 @@ mode.
 
 Attacks come from maintained libraries: FGSM and PGD from ``torchattacks``, AutoAttack (standard: APGD-CE,
 APGD-T, FAB-T, Square) from ``pyautoattack``, whose own checks for gradient masking (randomness, output range,
-Square succeeding where gradients fail, ...) are captured and reported. kNN is not differentiable: it is attacked
-through a differentiable soft-kNN surrogate (softmax-weighted votes over the whole bank; the adversarial images are
-then scored by the real kNN) and with the gradient-free Square attack on its vote scores; per image the worst case
-counts.
+Square succeeding where gradients fail, ...) are captured and reported. kNN is not differentiable (its top-k vote
+has no gradient towards classes outside the neighbourhood): it is attacked by BPDA (Athalye et al. 2018) — the
+model's forward pass is the real kNN's vote scores, its backward pass the gradient of a differentiable soft-kNN
+surrogate (softmax-weighted votes over the whole bank). Every attack therefore scores the real kNN: PGD and
+AutoAttack's APGD/FAB steer by the surrogate's gradient, and AutoAttack's Square (gradient-free, 5 000 queries)
+queries the real kNN; per image the worst case counts.
 """
 from __future__ import annotations
 
@@ -32,29 +34,39 @@ class LinearProbeModel(nn.Module):
 
 
 class KNNModel(nn.Module):
-    """The weighted kNN classifier (cosine, top-k, votes exp(s/T)); returns log vote mass per class. With
-    ``soft=True`` it is the differentiable surrogate: votes from every bank item weighted by softmax(s/T_soft)."""
+    """The weighted kNN classifier (cosine, top-k, votes exp(s/T)); returns log vote mass per class.
+
+    ``mode="hard"``: the classifier itself; ``"soft"``: the differentiable surrogate, votes from every bank item
+    weighted by softmax(s/T_soft); ``"bpda"``: the hard classifier's outputs exactly, with the soft surrogate's
+    gradient (what attacks use)."""
 
     def __init__(self, backbone: nn.Module, bank_f: torch.Tensor, bank_y: torch.Tensor, k: int = 20,
-                 temperature: float = 0.1, num_classes: int | None = None, soft: bool = False,
+                 temperature: float = 0.1, num_classes: int | None = None, mode: str = "hard",
                  soft_temperature: float = 0.05):
         super().__init__()
+        if mode not in ("hard", "soft", "bpda"):
+            raise ValueError(f"unknown kNN mode {mode!r} (hard, soft, bpda)")
         self.backbone = backbone.eval()
         self.register_buffer("bank", F.normalize(bank_f.float(), dim=1))
         self.register_buffer("bank_y", bank_y.long())
-        self.k, self.t, self.soft, self.t_soft = k, temperature, soft, soft_temperature
+        self.k, self.t, self.mode, self.t_soft = k, temperature, mode, soft_temperature
         self.num_classes = num_classes or int(bank_y.max()) + 1
 
     def forward(self, x):
         sim = F.normalize(self.backbone(x).float(), dim=1) @ self.bank.T
-        if self.soft:
+        if self.mode != "hard":
             w = torch.softmax(sim / self.t_soft, dim=1)
-            votes = w @ F.one_hot(self.bank_y, self.num_classes).float()
-        else:
+            soft = (w @ F.one_hot(self.bank_y, self.num_classes).float()).clamp_min(1e-12).log()
+            if self.mode == "soft":
+                return soft
+        with torch.no_grad() if self.mode == "bpda" else torch.enable_grad():
             s, idx = sim.topk(min(self.k, len(self.bank)), dim=1)
             votes = torch.zeros(len(x), self.num_classes, device=x.device).scatter_add(
                 1, self.bank_y[idx], (s / self.t).exp())
-        return votes.clamp_min(1e-12).log()
+            hard = votes.clamp_min(1e-12).log()
+        if self.mode == "hard":
+            return hard
+        return hard + (soft - soft.detach())  # value: the real kNN (x - x is exactly 0); gradient: the surrogate's
 
 
 @torch.no_grad()
@@ -103,21 +115,18 @@ def run_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ep
     return adv.detach(), warnings
 
 
-def robustness_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list, attacks,
-                      surrogate: nn.Module | None = None, seed: int = 0, steps: int = 20) -> dict:
-    """Clean and robust accuracy of ``model`` for every (eps, attack), and the per-image worst case over the attacks.
-    With a ``surrogate`` (kNN), gradient attacks are computed on it and scored on ``model``, and the gradient-free
-    Square attack runs on ``model`` itself."""
+def robustness_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list, attacks, seed: int = 0,
+                      steps: int = 20) -> dict:
+    """Clean and robust accuracy of ``model`` for every (eps, attack), and the per-image worst case over the attacks
+    (for kNN, ``model`` is the BPDA :class:`KNNModel`)."""
     model.eval()
     clean_ok = predict(model, x) == y
     out = {"n": len(x), "clean": float(clean_ok.float().mean()), "eps": {}}
     for eps in eps_list:
         worst = clean_ok.clone()
         per: dict = {}
-        todo = list(attacks) + (["square"] if surrogate is not None and "square" not in attacks else [])
-        for a in todo:
-            target = model if (surrogate is None or a == "square") else surrogate
-            adv, warn = run_attack(a, target, x, y, eps, seed, steps)
+        for a in attacks:
+            adv, warn = run_attack(a, model, x, y, eps, seed, steps)
             assert float((adv - x).abs().max()) <= eps + 1e-5 and adv.min() >= 0 and adv.max() <= 1
             ok = predict(model, adv) == y
             worst &= ok
@@ -130,10 +139,10 @@ def robustness_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_li
 
 
 def build_classifier(run_dir, kind: str, device: str | torch.device = "cpu", bank_size: int = 10000,
-                     seed: int = 0) -> tuple[nn.Module, nn.Module | None, torch.Tensor, torch.Tensor]:
+                     seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """The classifier to attack and its test data: ``linear`` / ``knn`` on a pre-training run's frozen encoder
     (probe fitted on the run's training data, L2 chosen on its validation split), or ``finetuned`` (a finetune
-    run's classifier). Returns (model, surrogate or None, test images in [0, 1], test labels)."""
+    run's classifier; kNN comes as the BPDA model). Returns (model, test images in [0, 1], test labels)."""
     from pathlib import Path
 
     from ..api import load
@@ -152,7 +161,7 @@ def build_classifier(run_dir, kind: str, device: str | torch.device = "cpu", ban
         raise SelfsupError(f"{cfg.data.source}: attacking needs a labelled data set with a test split")
     x_test, y_test = test.images.float().div(255).to(device), test.labels.to(device)
     if kind == "finetuned":
-        return _load_finetuned(run_dir, cfg, train, device), None, x_test, y_test
+        return _load_finetuned(run_dir, cfg, train, device), x_test, y_test
     backbone = load(run_dir, device).eval()
     for p in backbone.parameters():
         p.requires_grad_(False)
@@ -161,10 +170,8 @@ def build_classifier(run_dir, kind: str, device: str | torch.device = "cpu", ban
     f = extract_features(backbone, train.images[sub], 256, device, cfg.train.channels_last)
     y = train.labels[sub]
     if kind == "knn":
-        k = cfg.eval.knn_k
-        model = KNNModel(backbone, f, y, k, cfg.eval.knn_temperature).to(device)
-        soft = KNNModel(backbone, f, y, k, cfg.eval.knn_temperature, soft=True).to(device)
-        return model, soft, x_test, y_test
+        knn = KNNModel(backbone, f, y, cfg.eval.knn_k, cfg.eval.knn_temperature, mode="bpda")
+        return knn.to(device), x_test, y_test
     if kind != "linear":
         raise SelfsupError(f"unknown classifier {kind!r} (linear, knn, finetuned)")
     tr, va = train_val_split(len(f), 0.2, seed, y)
@@ -176,7 +183,7 @@ def build_classifier(run_dir, kind: str, device: str | torch.device = "cpu", ban
     lin = fit_logistic(fs, y, lp["l2"], int(y.max()) + 1, cfg.eval.linear_max_iter)
     for p in lin.parameters():
         p.requires_grad_(False)
-    return LinearProbeModel(backbone, lin, mean, std).to(device), None, x_test, y_test
+    return LinearProbeModel(backbone, lin, mean, std).to(device), x_test, y_test
 
 
 def _load_finetuned(run_dir, cfg, train, device) -> nn.Module:
