@@ -13,6 +13,7 @@ queries the real kNN; per image the worst case counts.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -54,17 +55,17 @@ class KNNModel(nn.Module):
 
     def forward(self, x):
         sim = F.normalize(self.backbone(x).float(), dim=1) @ self.bank.T
-        if self.mode != "hard":
+        if self.mode == "soft" or (self.mode == "bpda" and torch.is_grad_enabled()):  # bpda: gradient needed
             w = torch.softmax(sim / self.t_soft, dim=1)
             soft = (w @ F.one_hot(self.bank_y, self.num_classes).float()).clamp_min(1e-12).log()
             if self.mode == "soft":
                 return soft
-        with torch.no_grad() if self.mode == "bpda" else torch.enable_grad():
+        with torch.no_grad() if self.mode == "bpda" else contextlib.nullcontext():
             s, idx = sim.topk(min(self.k, len(self.bank)), dim=1)
             votes = torch.zeros(len(x), self.num_classes, device=x.device).scatter_add(
                 1, self.bank_y[idx], (s / self.t).exp())
             hard = votes.clamp_min(1e-12).log()
-        if self.mode == "hard":
+        if self.mode == "hard" or not torch.is_grad_enabled():
             return hard
         return hard + (soft - soft.detach())  # value: the real kNN (x - x is exactly 0); gradient: the surrogate's
 
