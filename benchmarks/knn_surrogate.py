@@ -1,0 +1,70 @@
+"""Which soft-kNN surrogate attacks a kNN classifier best (BPDA: the real kNN forward, the surrogate's gradient)?
+
+    python benchmarks/knn_surrogate.py [--runs runs/bench/robust-b_ssl runs/bench/robust-e_ssl_at] [--n 300]
+        [--eps 0.1]
+
+For each pre-training run, PGD-20 against the run's kNN classifier through each surrogate variant (whole bank or
+top-K neighbourhood, softmax temperature T_soft), on --n training images outside the kNN's bank — never on the test
+images the robustness benchmark reports. Lower accuracy = stronger attack. Writes the "knn-surrogate" section of
+BENCHMARKS.md; the default of selfsup.evaluate.robustness.KNNModel was chosen from it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
+from selfsup.config import load_config  # noqa: E402
+from selfsup.evaluate.robustness import build_classifier, predict, run_attack  # noqa: E402
+from selfsup.train.loop import load_datasets  # noqa: E402
+
+VARIANTS = [(None, 0.02), (None, 0.05), (None, 0.1), (20, 0.1), (30, 0.1), (50, 0.05), (50, 0.1), (50, 0.2),
+            (100, 0.1), (200, 0.05), (200, 0.1), (500, 0.1), (1000, 0.02)]
+
+
+def held_out(run: Path, n: int, bank_size: int = 10000, seed: int = 0):
+    """n training images that are not in the kNN's bank (build_classifier draws the bank with the same seed)."""
+    train, _ = load_datasets(load_config(run / "config.yaml"))
+    in_bank = torch.zeros(len(train), dtype=torch.bool)
+    in_bank[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:bank_size]] = True
+    rest = (~in_bank).nonzero().squeeze(1)
+    pick = rest[torch.randperm(len(rest), generator=torch.Generator().manual_seed(seed + 1))[:n]]
+    return train.images[pick].float().div(255), train.labels[pick]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", nargs="+", default=[str(ROOT / "runs/bench/robust-b_ssl"),
+                                                  str(ROOT / "runs/bench/robust-e_ssl_at")])
+    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--eps", type=float, default=0.1)
+    args = ap.parse_args()
+    cols, acc = [], {}
+    for run in map(Path, args.runs):
+        knn, _, _ = build_classifier(run, "knn")
+        x, y = held_out(run, args.n)
+        clean = float((predict(knn, x) == y).float().mean())
+        cols.append(f"{run.name} (clean {100 * clean:.1f} %)")
+        for k, t in VARIANTS:
+            knn.soft_k, knn.t_soft = k, t
+            t0 = time.perf_counter()
+            adv, _ = run_attack("pgd", knn, x, y, args.eps)
+            acc.setdefault((k, t), []).append(float((predict(knn, adv) == y).float().mean()))
+            print(run.name, k or "all", t, f"PGD-20 {100 * acc[(k, t)][-1]:.2f} %",
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+    rows = [[k or "whole bank", t, *[f"{100 * a:.2f}" for a in v], f"{100 * sum(v) / len(v):.2f}"]
+            for (k, t), v in sorted(acc.items(), key=lambda kv: sum(kv[1]))]
+    update_section("knn-surrogate", "\n".join([
+        "## kNN attack surrogate: PGD-20 accuracy % through each soft-kNN variant (lower = stronger attack)", "",
+        f"Command: `{command()}` (commit {git_rev()}); machine: {machine()}. {args.n} training images outside the "
+        f"kNN bank, L∞ ε = {args.eps}, BPDA (forward = the real kNN, k = 20, T = 0.1).", "",
+        md_table(["soft_k", "T_soft", *cols, "mean"], rows)]))
+
+
+if __name__ == "__main__":
+    main()
