@@ -80,7 +80,7 @@ def write_section(store: dict) -> None:
             pct = (lambda v: "—" if v is None else f"{100 * v:.2f}")
             rows.append([label, e, pct(rep["clean"]), pct(pgd), pct(aa), pct(per["worst_case"]["accuracy"]),
                          ("—" if gap is None else f"{100 * gap:.2f}" + (" (> 3: suspect gradient masking)"
-                                                                         if gap > 0.03 else "")),
+                                                                         if round(100 * gap, 2) > 3 else "")),
                          f"{per.get('minutes', 0):.1f}", warn or "—"])
         cr = rep.get("corruptions")
         if cr:
