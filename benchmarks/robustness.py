@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -67,6 +68,14 @@ MODELS = [("(a) supervised CNN", "a_supervised", "finetuned"), ("(b) SSL + linea
 CORRUPTION_MODELS = ("(a) supervised CNN", "(b) SSL + linear", "(e) SSL-AT + linear")
 
 
+def _warnings(messages: list[str]) -> str:
+    """One line per kind of AutoAttack warning (messages that differ only in their numbers are one kind)."""
+    kinds: dict[str, list[str]] = {}
+    for m in messages:
+        kinds.setdefault(re.sub(r"[\d.]+", "#", m), []).append(m)
+    return "; ".join(v[0] + (f" (×{len(v)})" if len(v) > 1 else "") for v in kinds.values())
+
+
 def write_section(store: dict) -> None:
     rows, crow = [], []
     for label, _, _ in MODELS:
@@ -76,7 +85,7 @@ def write_section(store: dict) -> None:
         for e, per in sorted(rep["eps"].items(), key=lambda kv: float(kv[0])):
             pgd, aa = per.get("pgd", {}).get("accuracy"), per.get("autoattack", {}).get("accuracy")
             gap = None if pgd is None or aa is None else pgd - aa
-            warn = "; ".join(w for v in per.values() if isinstance(v, dict) for w in v.get("library_warnings", []))
+            warn = _warnings([w for v in per.values() if isinstance(v, dict) for w in v.get("library_warnings", [])])
             pct = (lambda v: "—" if v is None else f"{100 * v:.2f}")
             rows.append([label, e, pct(rep["clean"]), pct(pgd), pct(aa), pct(per["worst_case"]["accuracy"]),
                          ("—" if gap is None else f"{100 * gap:.2f}" + (" (> 3: suspect gradient masking)"
