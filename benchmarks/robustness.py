@@ -6,11 +6,12 @@
 Trains (or, with --reuse, reuses from runs/bench/robust-*) five models and attacks each with PGD-20 and AutoAttack
 (standard) on the same --n test images: (a) a supervised CNN, (b) the SSL encoder + linear probe, (c) the same
 encoder + kNN (BPDA: the real kNN's outputs, a soft-kNN surrogate's gradient), (d) supervised PGD adversarial
-training, (e) a self-supervised adversarially trained encoder (train.adversarial=instance) + linear and + kNN. Then the corruption
-table (15 corruptions × 5 severities) for (a), (b), (e). Writes the "robustness" section of BENCHMARKS.md and
-benchmarks/results/robustness.json (results accumulate across invocations with --reuse, one record per
-model and ε). AutoAttack on CPU is slow for robust models (targeted APGD, FAB-T and Square
-run on every image still robust): prefer a GPU (train.device=cuda) or a smaller --n for a first look.
+training, (e) a self-supervised adversarially trained encoder (train.adversarial=instance) + linear and + kNN.
+Then the corruption table (15 corruptions × 5 severities) for (a), (b), (e). Writes the "robustness" section of
+BENCHMARKS.md and benchmarks/results/robustness.json (results accumulate across invocations with --reuse, one
+record per model and ε; side-by-side invocations write --results PART.json files joined by --merge). AutoAttack on
+CPU is slow for robust models (targeted APGD, FAB-T and Square run on every image still robust): prefer a GPU
+(train.device=cuda) or a smaller --n for a first look.
 """
 from __future__ import annotations
 

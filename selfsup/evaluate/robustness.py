@@ -7,7 +7,7 @@ APGD-T, FAB-T, Square) from ``pyautoattack``, whose own checks for gradient mask
 Square succeeding where gradients fail, ...) are captured and reported. kNN is not differentiable (its top-k vote
 has no gradient towards classes outside the neighbourhood): it is attacked by BPDA (Athalye et al. 2018) — the
 model's forward pass is the real kNN's vote scores, its backward pass the gradient of a differentiable soft-kNN
-surrogate (softmax-weighted votes over the whole bank). Every attack therefore scores the real kNN: PGD and
+surrogate (softmax-weighted votes of a wider neighbourhood). Every attack therefore scores the real kNN: PGD and
 AutoAttack's APGD/FAB steer by the surrogate's gradient, and AutoAttack's Square (gradient-free, 5 000 queries)
 queries the real kNN; per image the worst case counts.
 """
