@@ -44,6 +44,9 @@ def main():
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--eps", type=float, default=0.1)
     args = ap.parse_args()
+    missing = [r for r in args.runs if not (Path(r) / "config.yaml").exists()]
+    if missing:
+        sys.exit(f"error: {missing[0]} is not a selfsup run directory (train it with benchmarks/robustness.py)")
     cols, acc = [], {}
     for run in map(Path, args.runs):
         knn, _, _ = build_classifier(run, "knn")
