@@ -132,7 +132,8 @@ def main():
     ap.add_argument("--merge", nargs="*", default=None,
                     help="only merge these result files' records into --results and rewrite the section")
     args = ap.parse_args()
-    RESULTS = Path(args.results)
+    is_main = Path(args.results).resolve() == RESULTS.resolve()  # a part file (--results elsewhere) leaves the
+    RESULTS = Path(args.results)  # BENCHMARKS.md section alone until --merge joins it in
     if args.merge is not None:
         store = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"models": {}}
         for other in map(Path, args.merge):
@@ -168,12 +169,14 @@ def main():
             print(label, e, {k: v for k, v in rec["eps"][f"{e:g}"].items()}, flush=True)
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
             RESULTS.write_text(json.dumps(store, indent=1))
-            write_section(store)
+            if is_main:
+                write_section(store)
         if label in CORRUPTION_MODELS and not args.no_corruptions:
             imgs = (x[idx] * 255).round().to(torch.uint8)
             rec["corruptions"] = corruption_report(model, imgs, y[idx])
             RESULTS.write_text(json.dumps(store, indent=1))
-            write_section(store)
+            if is_main:
+                write_section(store)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from selfsup.augment.corruptions import CORRUPTIONS, corrupt
@@ -199,3 +200,31 @@ def test_finetune_with_pgd_and_trades(npz_data, tmp_path):  # noqa: F811
         res = finetune(ft_cfg(npz_data, tmp_path, f"at-{kind}", "ce", noise="none", adversarial=kind, adv_steps=2),
                        progress=False)
         assert 0 <= res["test_acc_last"] <= 1
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_inference_copy_keeps_outputs_and_input_gradients(name):
+    """Attacks run on the BatchNorm-folded channels_last copy: same logits and same input gradient as the model."""
+    from selfsup.evaluate.probes import inference_copy
+    from selfsup.models import build_backbone
+
+    torch.manual_seed(0)
+    net = build_backbone(name, 1)
+    net.train()
+    with torch.no_grad():  # non-trivial running statistics and affine parameters
+        for _ in range(3):
+            net(torch.rand(16, 1, 28, 28) * 2)
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    net.eval()
+    fused = inference_copy(net, channels_last=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x = torch.rand(8, 1, 28, 28, requires_grad=True)
+    g_ref, = torch.autograd.grad(net(x).square().sum(), x)
+    g, = torch.autograd.grad(fused(x).square().sum(), x)
+    torch.testing.assert_close(fused(x), net(x), atol=1e-4, rtol=1e-4)
+    cos = F.cosine_similarity(g.flatten(1), g_ref.flatten(1)).min()  # float32 rounding can flip a ReLU: compare
+    assert cos > 0.999, cos  # directions, and the sign PGD steps by
+    assert (g.sign() == g_ref.sign()).float().mean() > 0.99

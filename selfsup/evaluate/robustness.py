@@ -155,7 +155,7 @@ def build_classifier(run_dir, kind: str, device: str | torch.device = "cpu", ban
     from ..data import train_val_split
     from ..errors import SelfsupError
     from ..train.loop import load_datasets
-    from .probes import _standardize, extract_features, linear_probe
+    from .probes import _standardize, extract_features, inference_copy, linear_probe
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
@@ -167,7 +167,7 @@ def build_classifier(run_dir, kind: str, device: str | torch.device = "cpu", ban
     x_test, y_test = test.images.float().div(255).to(device), test.labels.to(device)
     if kind == "finetuned":
         return _load_finetuned(run_dir, cfg, train, device), x_test, y_test
-    backbone = load(run_dir, device).eval()
+    backbone = inference_copy(load(run_dir, device), cfg.train.channels_last)  # BN folded: ~2x faster attacks
     for p in backbone.parameters():
         p.requires_grad_(False)
     g = torch.Generator().manual_seed(seed)
@@ -214,7 +214,10 @@ def _load_finetuned(run_dir, cfg, train, device) -> nn.Module:
         backbone = build_backbone(cfg.model.backbone, train.channels, **backbone_kwargs(cfg))
     clf = Classifier(backbone, k, obj, cfg.train.epochs)
     clf.load_state_dict(state)
+    clf.backbone = inference_copy(clf.backbone, cfg.train.channels_last)  # BN folded: same outputs, faster attacks
     clf = clf.to(device).eval()
+    for p in clf.parameters():
+        p.requires_grad_(False)
 
     class Logits(nn.Module):  # the K class logits (an abstain output is not a class)
         def __init__(self, c):
