@@ -194,6 +194,7 @@ def build_classifier(run_dir, kind: str, device: str | torch.device = "cpu", ban
 def _load_finetuned(run_dir, cfg, train, device) -> nn.Module:
     from ..errors import CheckpointError
     from ..models import build_backbone
+    from .probes import inference_copy
     from ..train.checkpoint import latest_checkpoint, load_checkpoint
     from ..train.finetune import Classifier
     from ..train.loop import backbone_kwargs
