@@ -200,6 +200,11 @@ def test_finetune_with_pgd_and_trades(npz_data, tmp_path):  # noqa: F811
         res = finetune(ft_cfg(npz_data, tmp_path, f"at-{kind}", "ce", noise="none", adversarial=kind, adv_steps=2),
                        progress=False)
         assert 0 <= res["test_acc_last"] <= 1
+    run_dir = next(d for d in tmp_path.iterdir() if d.name.startswith("at-pgd"))  # attack the fine-tuned network
+    out = run("attack", str(run_dir), "--classifier", "finetuned", "--attack", "fgsm", "--eps", "0.1", "--n", "16")
+    assert out.returncode == 0, out.stderr
+    rep = json.loads((run_dir / "robustness_finetuned.json").read_text())
+    assert rep["n"] == 16 and rep["eps"]["0.1"]["fgsm"]["accuracy"] <= rep["clean"]
 
 
 @pytest.mark.parametrize("name", ["cnn", "resnet18"])
