@@ -233,3 +233,14 @@ def test_inference_copy_keeps_outputs_and_input_gradients(name):
     cos = F.cosine_similarity(g.flatten(1), g_ref.flatten(1)).min()  # float32 rounding can flip a ReLU: compare
     assert cos > 0.999, cos  # directions, and the sign PGD steps by
     assert (g.sign() == g_ref.sign()).float().mean() > 0.99
+
+
+def test_run_attack_leaves_the_model_in_eval_mode():
+    """torchattacks restores a training-mode model to training mode; BatchNorm would then score the adversarial
+    images on batch statistics. run_attack evaluates in eval mode and leaves the model there."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 3))
+    net.train()
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 3, (8,))
+    run_attack("pgd", net, x, y, 0.05, steps=2)
+    assert not net.training and not net[1].training

@@ -46,7 +46,7 @@ class KNNModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, bank_f: torch.Tensor, bank_y: torch.Tensor, k: int = 20,
                  temperature: float = 0.1, num_classes: int | None = None, mode: str = "hard",
-                 soft_temperature: float = 0.05, soft_k: int | None = 200):
+                 soft_temperature: float = 0.05, soft_k: int | None = 200, soft_floor: float = 0.0):
         super().__init__()
         if mode not in ("hard", "soft", "bpda"):
             raise ValueError(f"unknown kNN mode {mode!r} (hard, soft, bpda)")
@@ -54,21 +54,30 @@ class KNNModel(nn.Module):
         self.register_buffer("bank", F.normalize(bank_f.float(), dim=1))
         self.register_buffer("bank_y", bank_y.long())
         self.k, self.t, self.mode, self.t_soft, self.soft_k = k, temperature, mode, soft_temperature, soft_k
+        self.soft_floor = soft_floor
         self.num_classes = num_classes or int(bank_y.max()) + 1
 
-    def _log_votes(self, sim, k, weigh):
+    def _votes(self, sim, k, weigh):
         s, idx = sim.topk(min(k or len(self.bank), len(self.bank)), dim=1)
-        votes = torch.zeros(len(sim), self.num_classes, device=sim.device).scatter_add(1, self.bank_y[idx], weigh(s))
-        return votes.clamp_min(1e-12).log()
+        return torch.zeros(len(sim), self.num_classes, device=sim.device).scatter_add(1, self.bank_y[idx], weigh(s))
+
+    def _soft_log_votes(self, sim):
+        weigh = lambda s: torch.softmax(s / self.t_soft, dim=1)  # noqa: E731
+        votes = self._votes(sim, self.soft_k, weigh)
+        if not self.soft_floor:
+            return votes.clamp_min(1e-12).log()
+        # every class keeps a trace of its whole-bank mass (down to ~e^-2/T_soft): a gradient even where all soft_k
+        # neighbours share one class
+        return (votes + self.soft_floor * self._votes(sim, None, weigh)).clamp_min(1e-38).log()
 
     def forward(self, x):
         sim = F.normalize(self.backbone(x).float(), dim=1) @ self.bank.T
         if self.mode == "soft" or (self.mode == "bpda" and torch.is_grad_enabled()):  # bpda: gradient needed
-            soft = self._log_votes(sim, self.soft_k, lambda s: torch.softmax(s / self.t_soft, dim=1))
+            soft = self._soft_log_votes(sim)
             if self.mode == "soft":
                 return soft
         with torch.no_grad() if self.mode == "bpda" else contextlib.nullcontext():
-            hard = self._log_votes(sim, self.k, lambda s: (s / self.t).exp())
+            hard = self._votes(sim, self.k, lambda s: (s / self.t).exp()).clamp_min(1e-12).log()
         if self.mode == "hard" or not torch.is_grad_enabled():
             return hard
         return hard + (soft - soft.detach())  # value: the real kNN (x - x is exactly 0); gradient: the surrogate's
@@ -90,7 +99,9 @@ class _Collect(logging.Handler):
 
 def run_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int = 0,
                steps: int = 20, batch: int = 500) -> tuple[torch.Tensor, list[str]]:
-    """Adversarial images for ``model`` (L∞ ``eps``) and any warnings the attack library raised."""
+    """Adversarial images for ``model`` (L∞ ``eps``) and any warnings the attack library raised. The model is put in
+    eval mode first: torchattacks hands a training-mode model back in training mode (BatchNorm on batch statistics)."""
+    model.eval()
     torch.manual_seed(seed)
     warnings: list[str] = []
     if name == "autoattack":
@@ -176,7 +187,7 @@ def build_classifier(run_dir, kind: str, device: str | torch.device = "cpu", ban
     y = train.labels[sub]
     if kind == "knn":
         knn = KNNModel(backbone, f, y, cfg.eval.knn_k, cfg.eval.knn_temperature, mode="bpda")
-        return knn.to(device), x_test, y_test
+        return knn.to(device).eval(), x_test, y_test  # eval: torchattacks restores a training-mode model's mode
     if kind != "linear":
         raise SelfsupError(f"unknown classifier {kind!r} (linear, knn, finetuned)")
     tr, va = train_val_split(len(f), 0.2, seed, y)
@@ -188,7 +199,7 @@ def build_classifier(run_dir, kind: str, device: str | torch.device = "cpu", ban
     lin = fit_logistic(fs, y, lp["l2"], int(y.max()) + 1, cfg.eval.linear_max_iter)
     for p in lin.parameters():
         p.requires_grad_(False)
-    return LinearProbeModel(backbone, lin, mean, std).to(device), x_test, y_test
+    return LinearProbeModel(backbone, lin, mean, std).to(device).eval(), x_test, y_test
 
 
 def _load_finetuned(run_dir, cfg, train, device) -> nn.Module:
