@@ -91,7 +91,7 @@ def write_section(store: dict) -> None:
             rows.append([label, e, pct(rep["clean"]), pct(pgd), pct(aa), pct(per["worst_case"]["accuracy"]),
                          ("—" if gap is None else f"{100 * gap:.2f}" + (" (> 3: suspect gradient masking)"
                                                                          if round(100 * gap, 2) > 3 else "")),
-                         f"{per.get('minutes', 0):.1f}", warn or "—"])
+                         f"{per.get('minutes', 0):.1f}", per.get("surrogate", "—"), warn or "—"])
         cr = rep.get("corruptions")
         if cr:
             crow.append([label, f"{100 * cr['clean']:.2f}", f"{100 * cr['mean_corruption_accuracy']:.2f}"]
@@ -105,7 +105,7 @@ def write_section(store: dict) -> None:
             "pass is the real kNN, the backward pass a soft-kNN surrogate's gradient, so every attack (AutoAttack's "
             "gradient-free Square included) scores the real kNN; worst case = per image over the attacks run.", "",
             md_table(["model", "ε", "clean %", "PGD-20 %", "AutoAttack %", "worst %", "PGD − AA (points)",
-                      "attack min", "AutoAttack checks"], rows)]
+                      "attack min", "kNN attack surrogate", "AutoAttack checks"], rows)]
     if crow:
         names = list(next(r for r in store["models"].values() if "corruptions" in r)["corruptions"]["corruptions"])
         body += ["", "Corruptions (mean accuracy % over 5 severities):", "",
@@ -165,7 +165,10 @@ def main():
             t0 = time.perf_counter()
             rep = robustness_report(model, x[idx], y[idx], [e], args.attacks.split(","))
             rec["clean"], rec["n"] = rep["clean"], rep["n"]
-            rec["eps"][f"{e:g}"] = {**rep["eps"][f"{e:g}"], "minutes": (time.perf_counter() - t0) / 60}
+            rec["eps"][f"{e:g}"] = {**rep["eps"][f"{e:g}"], "minutes": (time.perf_counter() - t0) / 60,
+                                    "commit": git_rev()}
+            if hasattr(model, "surrogate"):
+                rec["eps"][f"{e:g}"]["surrogate"] = model.surrogate
             print(label, e, {k: v for k, v in rec["eps"][f"{e:g}"].items()}, flush=True)
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
             RESULTS.write_text(json.dumps(store, indent=1))
