@@ -149,7 +149,8 @@ def main():
     eps = [float(e) for e in args.eps.split(",")]
     store = json.loads(RESULTS.read_text()) if (args.reuse and RESULTS.exists()) else {}
     store.setdefault("models", {})
-    store["commands"] = sorted(set(store.get("commands", [])) | {f"{command()} (commit {git_rev()})"})
+    rev = git_rev()  # the code this invocation runs (HEAD may move while a long attack runs)
+    store["commands"] = sorted(set(store.get("commands", [])) | {f"{command()} (commit {rev})"})
     store["n"] = args.n
     runs = _train(args)
     store["train_seconds"] = {k: (d / "bench_train_seconds.txt").read_text().strip()
@@ -166,7 +167,7 @@ def main():
             rep = robustness_report(model, x[idx], y[idx], [e], args.attacks.split(","))
             rec["clean"], rec["n"] = rep["clean"], rep["n"]
             rec["eps"][f"{e:g}"] = {**rep["eps"][f"{e:g}"], "minutes": (time.perf_counter() - t0) / 60,
-                                    "commit": git_rev()}
+                                    "commit": rev}
             if hasattr(model, "surrogate"):
                 rec["eps"][f"{e:g}"]["surrogate"] = model.surrogate
             print(label, e, {k: v for k, v in rec["eps"][f"{e:g}"].items()}, flush=True)
