@@ -50,8 +50,12 @@ def _train(args) -> dict[str, Path]:
                                         f"train.adv_eps={args.train_eps}", f"train.adv_steps={args.adv_steps}"],
                                        progress=False),
     }
+    wanted = set(args.models.split(","))
+    needed = {key for label, key, kind in MODELS if label[1] in wanted or f"{label[1]}:{kind}" in wanted}
     for key, fn in plan.items():
         d = OUT / f"robust-{key}"
+        if key not in needed:  # only the runs the attacked models are built on
+            continue
         if not (args.reuse and (d / "config.yaml").exists()):
             import shutil
 
@@ -128,6 +132,8 @@ def main():
     ap.add_argument("--set", nargs="*", default=[], help="overrides for every training run (e.g. the model)")
     ap.add_argument("--no-corruptions", action="store_true")
     ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="CPU threads for the attacks (0: torch's default; training uses train.threads)")
     ap.add_argument("--results", default=str(RESULTS), help="where this invocation keeps its records")
     ap.add_argument("--merge", nargs="*", default=None,
                     help="only merge these result files' records into --results and rewrite the section")
@@ -153,8 +159,11 @@ def main():
     store["commands"] = sorted(set(store.get("commands", [])) | {f"{command()} (commit {rev})"})
     store["n"] = args.n
     runs = _train(args)
-    store["train_seconds"] = {k: (d / "bench_train_seconds.txt").read_text().strip()
-                              for k, d in runs.items() if (d / "bench_train_seconds.txt").exists()}
+    store["train_seconds"] = {**store.get("train_seconds", {}),
+                              **{k: (d / "bench_train_seconds.txt").read_text().strip()
+                                 for k, d in runs.items() if (d / "bench_train_seconds.txt").exists()}}
+    if args.threads:
+        torch.set_num_threads(args.threads)
     wanted = set(args.models.split(","))
     for label, key, kind in MODELS:
         if label[1] not in wanted and f"{label[1]}:{kind}" not in wanted:
