@@ -213,7 +213,7 @@ def _csv(text: str, cast=str) -> list:
 @app.command()
 def attack(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn) or a finetune run (finetuned)"),
            classifier: str = typer.Option("linear", "--classifier", help="linear | knn | finetuned"),
-           attacks: str = typer.Option("fgsm,pgd,autoattack", "--attack", help="comma list: fgsm, pgd, autoattack, square"),
+           attacks: str = typer.Option("fgsm,pgd,autoattack", "--attack", help="comma list: fgsm, pgd, autoattack, square, apgd-ce, apgd-t"),
            eps: str = typer.Option("0.05,0.1", "--eps", help="comma list of L-inf radii (images in [0, 1])"),
            n: int = typer.Option(1000, "--n", min=1, help="test images attacked (a seeded random subset)"),
            steps: int = typer.Option(20, "--steps", min=1, help="PGD steps"),
@@ -223,13 +223,13 @@ def attack(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn)
 
     import torch
 
-    from .evaluate.robustness import build_classifier, robustness_report
+    from .evaluate.robustness import ATTACKS, build_classifier, robustness_report
 
     try:
         names = _csv(attacks)
-        bad = [a for a in names if a not in ("fgsm", "pgd", "autoattack", "square")]
+        bad = [a for a in names if a not in ATTACKS]
         if bad:
-            raise SelfsupError(f"unknown attack {bad[0]!r} (fgsm, pgd, autoattack, square)")
+            raise SelfsupError(f"unknown attack {bad[0]!r} ({', '.join(ATTACKS)})")
         try:
             radii = _csv(eps, float)
         except ValueError:

@@ -244,3 +244,27 @@ def test_run_attack_leaves_the_model_in_eval_mode():
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 3, (8,))
     run_attack("pgd", net, x, y, 0.05, steps=2)
     assert not net.training and not net[1].training
+
+
+def test_autoattack_components_run_alone_and_autoattack_is_at_least_as_strong():
+    """apgd-ce / apgd-t are AutoAttack-standard's first components alone (to see which one does the work): each stays
+    in the ε-ball and breaks an undefended 5-class model; full AutoAttack starts with the same APGD-CE run, so it can
+    only be stronger."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 5)).eval()
+    x = torch.rand(24, 1, 8, 8)
+    with torch.no_grad():
+        y = net(x).argmax(1)  # clean accuracy 1 by construction
+    rep = robustness_report(net, x, y, [0.2, 0.02], ["apgd-ce", "apgd-t", "autoattack"])
+    assert rep["clean"] == 1.0
+    assert all(rep["eps"]["0.2"][a]["accuracy"] == 0 for a in ("apgd-ce", "apgd-t", "autoattack"))
+    per = rep["eps"]["0.02"]  # a small ball: some images survive, and the components differ
+    assert 0 < per["apgd-t"]["accuracy"] < 1 and 0 < per["apgd-ce"]["accuracy"] < 1
+    assert per["autoattack"]["accuracy"] <= min(per["apgd-ce"]["accuracy"], per["apgd-t"]["accuracy"])
+    with pytest.raises(ValueError, match="apgd-t"):
+        run_attack("apgd", net, x, y, 0.2)
+    three = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval()  # AutoAttack without APGD-T (needs 4 classes)
+    with pytest.raises(ValueError, match="at least 4 classes"):
+        run_attack("apgd-t", three, x, y % 3, 0.2)
+    adv, _ = run_attack("autoattack", three, x, three(x).argmax(1).detach(), 0.02)
+    assert float((adv - x).abs().max()) <= 0.02 + 1e-6

@@ -105,6 +105,12 @@ class _Collect(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+ATTACKS = ("fgsm", "pgd", "autoattack", "square", "apgd-ce", "apgd-t")
+"""Attack names run_attack knows: ``apgd-ce`` and ``apgd-t`` are AutoAttack-standard's first two components run
+alone, with its settings (APGD-CE: 100 iterations, 1 restart; APGD-T: 100 iterations on each of 9 target classes),
+to see which part of AutoAttack does the work when it and PGD disagree."""
+
+
 def run_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int = 0,
                steps: int = 20, batch: int = 500) -> tuple[torch.Tensor, list[str]]:
     """Adversarial images for ``model`` (L∞ ``eps``) and any warnings the attack library raised. The model is put in
@@ -112,14 +118,28 @@ def run_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ep
     model.eval()
     torch.manual_seed(seed)
     warnings: list[str] = []
-    if name == "autoattack":
+    if name in ("autoattack", "apgd-ce", "apgd-t"):
         from pyautoattack import AutoAttack
 
         log = logging.getLogger("auto-attack")
         h = _Collect()
         log.addHandler(h)
         try:
-            aa = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, device=x.device)
+            with torch.no_grad():
+                n_cls = model(x[:1]).shape[1]
+            if name == "apgd-t" and n_cls < 4:
+                raise ValueError(f"apgd-t needs at least 4 classes (its targeted DLR loss); the model has {n_cls}")
+            if name == "autoattack":
+                aa = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, device=x.device)
+                if n_cls < 4:  # APGD-T's DLR loss reads the 4th-largest logit
+                    aa.attacks_to_run = [a for a in aa.attacks_to_run if a != "apgd-t"]
+            else:  # one component, with the standard version's settings
+                aa = AutoAttack(model, norm="Linf", eps=eps, version="custom", attacks=[name], seed=seed,
+                                device=x.device)
+                aa.apgd.n_restarts, aa.apgd_targeted.n_restarts = 1, 1
+            # standard targets the 9 runner-up classes; with fewer classes, all the others (the library would index
+            # past the logits)
+            aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = min(9, n_cls - 1)
             aa.verbose = False
             adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch)
         finally:
@@ -134,7 +154,7 @@ def run_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ep
     elif name == "square":
         atk = torchattacks.Square(model, norm="Linf", eps=eps, n_queries=1000, n_restarts=1, seed=seed, loss="margin")
     else:
-        raise ValueError(f"unknown attack {name!r} (fgsm, pgd, autoattack, square)")
+        raise ValueError(f"unknown attack {name!r} ({', '.join(ATTACKS)})")
     adv = torch.cat([atk(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)])
     return adv.detach(), warnings
 
