@@ -92,24 +92,26 @@ def write_section(store: dict) -> None:
             gap = None if pgd is None or aa is None else pgd - aa
             warn = _warnings([w for v in per.values() if isinstance(v, dict) for w in v.get("library_warnings", [])])
             pct = (lambda v: "—" if v is None else f"{100 * v:.2f}")
-            rows.append([label, e, pct(rep["clean"]), pct(pgd), pct(aa), pct(per["worst_case"]["accuracy"]),
+            rows.append([label, e, pct(per.get("clean", rep["clean"])), pct(pgd), pct(aa), pct(per["worst_case"]["accuracy"]),
                          ("—" if gap is None else f"{100 * gap:.2f}" + (" (> 3: suspect gradient masking)"
                                                                          if round(100 * gap, 2) > 3 else "")),
-                         f"{per.get('minutes', 0):.1f}", per.get("surrogate", "—"), warn or "—"])
+                         f"{per.get('minutes', 0):.1f}", per.get("surrogate", "—"), warn or "—",
+                         per.get("machine", "—")])
         cr = rep.get("corruptions")
         if cr:
             crow.append([label, f"{100 * cr['clean']:.2f}", f"{100 * cr['mean_corruption_accuracy']:.2f}"]
                         + [f"{100 * sum(v.values()) / len(v):.1f}" for v in cr["corruptions"].values()])
     train = "; ".join(f"{k}: {v} s" for k, v in store.get("train_seconds", {}).items())
     body = ["## Robustness: Fashion-MNIST, L∞ attacks on the same test images for every model", "",
-            f"Commands: {'; '.join(f'`{c}`' for c in store.get('commands', []))}; machine: {machine()}.",
+            f"Commands: {'; '.join(f'`{c}`' for c in store.get('commands', []))}; machine (where a row names no "
+            f"other): {store.get('machine', machine())}.",
             f"Training (wall seconds): {train}. {store.get('n', '?')} test images (the same for every model); "
             "PGD-20 (torchattacks, α = 2.5ε/20, random start), AutoAttack standard (pyautoattack: APGD-CE, APGD-T, "
             "FAB-T, Square; its checks' warnings in the last column); kNN models are attacked by BPDA — the forward "
             "pass is the real kNN, the backward pass a soft-kNN surrogate's gradient, so every attack (AutoAttack's "
             "gradient-free Square included) scores the real kNN; worst case = per image over the attacks run.", "",
             md_table(["model", "ε", "clean %", "PGD-20 %", "AutoAttack %", "worst %", "PGD − AA (points)",
-                      "attack min", "kNN attack surrogate", "AutoAttack checks"], rows)]
+                      "attack min", "kNN attack surrogate", "AutoAttack checks", "machine"], rows)]
     if crow:
         names = list(next(r for r in store["models"].values() if "corruptions" in r)["corruptions"]["corruptions"])
         body += ["", "Corruptions (mean accuracy % over 5 severities):", "",
@@ -147,14 +149,17 @@ def main():
             store["commands"] = sorted(set(store.get("commands", [])) | set(o.get("commands", [])))
             for label, rec in o.get("models", {}).items():
                 mine = store["models"].setdefault(label, {"eps": {}})
-                mine["eps"].update(rec.get("eps", {}))
-                mine.update({k: v for k, v in rec.items() if k != "eps"})
+                mine["eps"].update(rec.get("eps", {}))  # each ε record carries its own clean accuracy and machine
+                mine.update({k: v for k, v in rec.items() if k not in ("eps", "clean", "n")})
+                for k in ("clean", "n"):
+                    mine.setdefault(k, rec.get(k))
         RESULTS.write_text(json.dumps(store, indent=1))
         write_section(store)
         return
     eps = [float(e) for e in args.eps.split(",")]
     store = json.loads(RESULTS.read_text()) if (args.reuse and RESULTS.exists()) else {}
     store.setdefault("models", {})
+    store.setdefault("machine", machine())
     rev = git_rev()  # the code this invocation runs (HEAD may move while a long attack runs)
     store["commands"] = sorted(set(store.get("commands", [])) | {f"{command()} (commit {rev})"})
     store["n"] = args.n
@@ -176,7 +181,7 @@ def main():
             rep = robustness_report(model, x[idx], y[idx], [e], args.attacks.split(","))
             rec["clean"], rec["n"] = rep["clean"], rep["n"]
             rec["eps"][f"{e:g}"] = {**rep["eps"][f"{e:g}"], "minutes": (time.perf_counter() - t0) / 60,
-                                    "commit": rev}
+                                    "commit": rev, "clean": rep["clean"], "machine": machine()}
             if hasattr(model, "surrogate"):
                 rec["eps"][f"{e:g}"]["surrogate"] = model.surrogate
             print(label, e, {k: v for k, v in rec["eps"][f"{e:g}"].items()}, flush=True)
