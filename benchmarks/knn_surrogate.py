@@ -45,14 +45,20 @@ def held_out(run: Path, n: int, bank_size: int = 10000, seed: int = 0):
     return train.images[pick].float().div(255), train.labels[pick]
 
 
-def diagnose(args) -> None:
-    cols, rows = [], {}
-    attacks = [("PGD-20", "pgd", 20), ("PGD-100", "pgd", 100), ("APGD-CE", "apgd-ce", 0), ("APGD-T", "apgd-t", 0)]
+def _classifiers(args, cols: list[str]):
+    """Each run's kNN classifier and its held-out images; the table column for it goes into ``cols``."""
     for run in map(Path, args.runs):
         knn, _, _ = build_classifier(run, "knn")
         x, y = held_out(run, args.n)
         clean = float((predict(knn, x) == y).float().mean())
         cols.append(f"{run.name} (clean {100 * clean:.1f} %)")
+        yield run, knn, x, y
+
+
+def diagnose(args) -> None:
+    cols, rows = [], {}
+    attacks = [("PGD-20", "pgd", 20), ("PGD-100", "pgd", 100), ("APGD-CE", "apgd-ce", 0), ("APGD-T", "apgd-t", 0)]
+    for run, knn, x, y in _classifiers(args, cols):
         for label, name, steps in attacks:
             t0 = time.perf_counter()
             adv, _ = run_attack(name, knn, x, y, args.eps, steps=steps or 20)
@@ -84,11 +90,7 @@ def main():
     if args.diagnose:
         return diagnose(args)
     cols, acc = [], {}
-    for run in map(Path, args.runs):
-        knn, _, _ = build_classifier(run, "knn")
-        x, y = held_out(run, args.n)
-        clean = float((predict(knn, x) == y).float().mean())
-        cols.append(f"{run.name} (clean {100 * clean:.1f} %)")
+    for run, knn, x, y in _classifiers(args, cols):
         for k, t, floor in VARIANTS:
             knn.soft_k, knn.t_soft, knn.soft_floor = k, t, floor
             t0 = time.perf_counter()
