@@ -92,7 +92,8 @@ def write_section(store: dict) -> None:
             gap = None if pgd is None or aa is None else pgd - aa
             warn = _warnings([w for v in per.values() if isinstance(v, dict) for w in v.get("library_warnings", [])])
             pct = (lambda v: "—" if v is None else f"{100 * v:.2f}")
-            rows.append([label, e, pct(per.get("clean", rep["clean"])), pct(pgd), pct(aa), pct(per["worst_case"]["accuracy"]),
+            clean = per.get("clean", rep["clean"])  # older records: the model's clean accuracy
+            rows.append([label, e, pct(clean), pct(pgd), pct(aa), pct(per["worst_case"]["accuracy"]),
                          ("—" if gap is None else f"{100 * gap:.2f}" + (" (> 3: suspect gradient masking)"
                                                                          if round(100 * gap, 2) > 3 else "")),
                          f"{per.get('minutes', 0):.1f}", per.get("surrogate", "—"), warn or "—",
