@@ -50,8 +50,7 @@ def _train(args) -> dict[str, Path]:
                                         f"train.adv_eps={args.train_eps}", f"train.adv_steps={args.adv_steps}"],
                                        progress=False),
     }
-    wanted = set(args.models.split(","))
-    needed = {key for label, key, kind in MODELS if label[1] in wanted or f"{label[1]}:{kind}" in wanted}
+    needed = {key for _, key, _ in _selected(args.models)}
     for key, fn in plan.items():
         d = OUT / f"robust-{key}"
         if key not in needed:  # only the runs the attacked models are built on
@@ -70,6 +69,14 @@ def _train(args) -> dict[str, Path]:
 MODELS = [("(a) supervised CNN", "a_supervised", "finetuned"), ("(b) SSL + linear", "b_ssl", "linear"),
           ("(c) SSL + kNN", "b_ssl", "knn"), ("(d) supervised PGD-AT", "d_pgd_at", "finetuned"),
           ("(e) SSL-AT + linear", "e_ssl_at", "linear"), ("(e) SSL-AT + kNN", "e_ssl_at", "knn")]
+
+
+def _selected(models: str) -> list[tuple[str, str, str]]:
+    """The MODELS rows that --models names ('a,b,e' or one classifier of a model: 'e:knn')."""
+    wanted = set(models.split(","))
+    return [(label, key, kind) for label, key, kind in MODELS if label[1] in wanted or f"{label[1]}:{kind}" in wanted]
+
+
 CORRUPTION_MODELS = ("(a) supervised CNN", "(b) SSL + linear", "(e) SSL-AT + linear")
 
 
@@ -170,10 +177,7 @@ def main():
                                  for k, d in runs.items() if (d / "bench_train_seconds.txt").exists()}}
     if args.threads:
         torch.set_num_threads(args.threads)
-    wanted = set(args.models.split(","))
-    for label, key, kind in MODELS:
-        if label[1] not in wanted and f"{label[1]}:{kind}" not in wanted:
-            continue
+    for label, key, kind in _selected(args.models):
         model, x, y = build_classifier(runs[key], kind)
         idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[: args.n]
         rec = store["models"].setdefault(label, {"eps": {}})
