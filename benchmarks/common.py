@@ -14,17 +14,31 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_MD = ROOT / "BENCHMARKS.md"
 
 
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+"""The /proc/cpuinfo flags that decide which CPU kernels torch can use (fp32 GEMM width, bf16/int8 paths)."""
+
+
+def cpu() -> tuple[str, list[str]]:
+    """The CPU model name (lscpu's "Model name", from /proc/cpuinfo) and which of ISA_FLAGS it has."""
+    name, flags = None, None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            if line.startswith("model name") and name is None:
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and flags is None:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return name or platform.processor() or "cpu", [f for f in ISA_FLAGS if f in (flags or ())]
+
+
+def machine() -> str:
+    name, flags = cpu()
+    missing = [f for f in ("avx512f", "avx512_bf16", "amx_tile") if f not in flags]
+    isa = "ISA " + (" ".join(flags) or "none of " + "/".join(ISA_FLAGS)) + ("; no " + "/".join(missing) if missing
+                                                                             else "")
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} thread"
+    return (f"{name} ({isa}), {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} thread"
             f"{'' if torch.get_num_threads() == 1 else 's'})"
             f"{gpu}, Python {platform.python_version()}")
 

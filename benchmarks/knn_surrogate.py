@@ -14,10 +14,14 @@ Where PGD-20 and AutoAttack disagree on a kNN model: the default surrogate only,
 AutoAttack's APGD-CE and APGD-T run alone, on the same held-out images (section "knn-gap[-EPS]"). If more PGD steps or
 APGD's adaptive step size close the gap, the gap is PGD-20's budget on a piecewise-constant vote, not a gradient the
 attacks cannot find.
+
+Every invocation keeps its numbers in benchmarks/results/knn_surrogate.json (one record per section);
+``--report-only`` rewrites all the sections stored there without attacking anything.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -30,6 +34,7 @@ from selfsup.config import load_config  # noqa: E402
 from selfsup.evaluate.robustness import build_classifier, predict, run_attack  # noqa: E402
 from selfsup.train.loop import load_datasets  # noqa: E402
 
+RESULTS = ROOT / "benchmarks" / "results" / "knn_surrogate.json"
 VARIANTS = [(None, 0.02, 0), (None, 0.05, 0), (None, 0.1, 0), (20, 0.1, 0), (30, 0.1, 0), (50, 0.05, 0),
             (50, 0.1, 0), (50, 0.2, 0), (100, 0.1, 0), (200, 0.05, 0), (200, 0.1, 0), (500, 0.1, 0), (1000, 0.02, 0),
             (200, 0.05, 1e-3), (200, 0.05, 1e-1), (50, 0.1, 1e-3), (1000, 0.02, 1e-3)]  # (soft_k, T_soft, soft_floor)
@@ -55,6 +60,35 @@ def _classifiers(args, cols: list[str]):
         yield run, knn, x, y
 
 
+def _store(section: str, rec: dict) -> None:
+    store = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    store[section] = rec
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(store, indent=1))
+
+
+def _stamp(args, knn) -> dict:
+    return {"command": command(), "commit": git_rev(), "machine": machine(), "n": args.n, "eps": args.eps,
+            "k": knn.k, "t": knn.t, "num_classes": knn.num_classes}
+
+
+def write_section(section: str, rec: dict) -> None:
+    head = (f"Command: `{rec['command']}` (commit {rec['commit']}); machine: {rec['machine']}. {rec['n']} training "
+            f"images outside the kNN bank, L∞ ε = {rec['eps']:g}, BPDA (forward = the real kNN, k = {rec['k']}, "
+            f"T = {rec['t']:g}")
+    if rec["kind"] == "diagnose":
+        body = [f"## kNN: PGD-20 vs AutoAttack's gradient components (ε = {rec['eps']:g}), accuracy % (attack "
+                "seconds)", "",
+                f"{head}) through the default surrogate ({rec['surrogate']}); APGD-CE / APGD-T alone with "
+                f"AutoAttack-standard's settings (100 iterations; APGD-T on {min(9, rec['num_classes'] - 1)} target "
+                "classes).", "", md_table(["attack", *rec["cols"]], rec["rows"])]
+    else:
+        body = [f"## kNN attack surrogate (ε = {rec['eps']:g}): PGD-20 accuracy % through each soft-kNN variant "
+                "(lower = stronger attack)", "", f"{head}).", "",
+                md_table(["soft_k", "T_soft", "whole-bank floor", *rec["cols"], "mean"], rec["rows"])]
+    update_section(section, "\n".join(body))
+
+
 def diagnose(args) -> None:
     cols, rows = [], {}
     attacks = [("PGD-20", "pgd", 20), ("PGD-100", "pgd", 100), ("APGD-CE", "apgd-ce", 0), ("APGD-T", "apgd-t", 0)]
@@ -66,12 +100,10 @@ def diagnose(args) -> None:
             rows.setdefault(label, []).append(f"{100 * acc:.2f} ({time.perf_counter() - t0:.0f} s)")
             print(run.name, label, f"{100 * acc:.2f} %", f"{time.perf_counter() - t0:.0f} s", flush=True)
     section = args.section if args.section != "knn-surrogate" else f"knn-gap-{args.eps:g}"
-    update_section(section, "\n".join([
-        f"## kNN: PGD-20 vs AutoAttack's gradient components (ε = {args.eps:g}), accuracy % (attack seconds)", "",
-        f"Command: `{command()}` (commit {git_rev()}); machine: {machine()}. {args.n} training images outside the "
-        f"kNN bank, L∞ ε = {args.eps:g}, BPDA through the default surrogate ({knn.surrogate}); APGD-CE / APGD-T "
-        "alone with AutoAttack-standard's settings (100 iterations; APGD-T on 9 target classes).", "",
-        md_table(["attack", *cols], [[k, *v] for k, v in rows.items()])]))
+    rec = {"kind": "diagnose", **_stamp(args, knn), "surrogate": knn.surrogate, "cols": cols,
+           "rows": [[k, *v] for k, v in rows.items()]}
+    _store(section, rec)
+    write_section(section, rec)
 
 
 def main():
@@ -83,7 +115,13 @@ def main():
     ap.add_argument("--section", default="knn-surrogate", help="BENCHMARKS.md section to write")
     ap.add_argument("--diagnose", action="store_true",
                     help="PGD-20/PGD-100/APGD-CE/APGD-T through the default surrogate instead of the surrogate table")
+    ap.add_argument("--report-only", action="store_true",
+                    help=f"rewrite every section stored in {RESULTS.relative_to(ROOT)} without attacking")
     args = ap.parse_args()
+    if args.report_only:
+        for section, rec in (json.loads(RESULTS.read_text()) if RESULTS.exists() else {}).items():
+            write_section(section, rec)
+        return
     missing = [r for r in args.runs if not (Path(r) / "config.yaml").exists()]
     if missing:
         sys.exit(f"error: {missing[0]} is not a selfsup run directory (train it with benchmarks/robustness.py)")
@@ -100,12 +138,9 @@ def main():
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
     rows = [[k or "whole bank", t, floor or "—", *[f"{100 * a:.2f}" for a in v], f"{100 * sum(v) / len(v):.2f}"]
             for (k, t, floor), v in sorted(acc.items(), key=lambda kv: sum(kv[1]))]
-    update_section(args.section, "\n".join([
-        f"## kNN attack surrogate (ε = {args.eps}): PGD-20 accuracy % through each soft-kNN variant "
-        "(lower = stronger attack)", "",
-        f"Command: `{command()}` (commit {git_rev()}); machine: {machine()}. {args.n} training images outside the "
-        f"kNN bank, L∞ ε = {args.eps}, BPDA (forward = the real kNN, k = 20, T = 0.1).", "",
-        md_table(["soft_k", "T_soft", "whole-bank floor", *cols, "mean"], rows)]))
+    rec = {"kind": "surrogate", **_stamp(args, knn), "cols": cols, "rows": rows}
+    _store(args.section, rec)
+    write_section(args.section, rec)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 each through the full pipeline (pre-training, then the evaluation suite).
 
     python benchmarks/methods.py [--epochs 8] [--methods simclr,byol,...] [--out runs/bench]
+    python benchmarks/methods.py --report-only     # rewrite the section from benchmarks/results/methods.json
 
-Prints the table and writes the "methods" section of BENCHMARKS.md. Accuracies are on the Fashion-MNIST test set,
-with k (kNN) and L2 (linear probe) chosen on a validation split held out from train.
+Prints the table, keeps it in benchmarks/results/methods.json and writes the "methods" section of BENCHMARKS.md.
+Accuracies are on the Fashion-MNIST test set, with k (kNN) and L2 (linear probe) chosen on a validation split held
+out from train.
 """
 from __future__ import annotations
 
@@ -21,6 +23,43 @@ from selfsup.config import load_config  # noqa: E402
 from selfsup.methods import METHODS  # noqa: E402
 from selfsup.train.loop import pretrain  # noqa: E402
 
+RESULTS = ROOT / "benchmarks" / "results" / "methods.json"
+HEADER = ["method", "epochs", "pre-train min", "img/s", "kNN %", "linear %", "digits linear %", "RankMe", "total min"]
+
+
+def summary(rows: list[list[str]], raw: dict | None) -> list[str]:
+    """Sentences computed from the table: methods by linear accuracy, and the margin over raw pixels."""
+    if not rows:
+        return []
+    lin = sorted(((float(r[5]), r[0]) for r in rows), reverse=True)
+    out = ["Linear probe, highest first: " + ", ".join(f"{m} {v:.2f} %" for v, m in lin) + "."]
+    if raw:
+        margins = [v - 100 * raw["linear_test"] for v, _ in lin]
+        above = sum(d > 0 for d in margins)
+        out[-1] += (f" {above} of {len(lin)} methods are above raw pixels' linear probe "
+                    f"({100 * raw['linear_test']:.2f} %), by {min(margins):+.2f} to {max(margins):+.2f} points.")
+    return out
+
+
+def write_section(rec: dict) -> None:
+    body = [
+        "## Method table: Fashion-MNIST, same backbone and epochs for every method",
+        "",
+        f"Commands: {'; '.join(rec['commands'])}; machine: {'; '.join(rec['machines'])}.",
+        "Backbone and per-method settings: `configs/<method>_fmnist.yaml`. Test accuracy; k and L2 chosen on a "
+        "validation split carved from train. img/s = source images per second (two views each).",
+        "",
+        md_table(HEADER, rec["rows"]),
+    ]
+    if rec.get("source"):
+        body[3:3] = [f"Numbers {rec['source']}."]
+    raw = rec.get("raw")
+    if raw:
+        body += ["", f"Raw pixels through the same code: kNN {100 * raw['knn_test']:.2f} %, "
+                     f"linear {100 * raw['linear_test']:.2f} %."]
+    body += ["", *summary(rec["rows"], raw)]
+    update_section("methods", "\n".join(body))
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -28,8 +67,13 @@ def main():
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     ap.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every method")
+    ap.add_argument("--report-only", action="store_true",
+                    help=f"rewrite the section from {RESULTS.relative_to(ROOT)} without training")
     args = ap.parse_args()
+    if args.report_only:
+        return write_section(json.loads(RESULTS.read_text()))
     out = Path(args.out)
+    rev = git_rev()  # the code this invocation runs (HEAD may move during the runs)
     for m in args.methods.split(","):
         name = f"bench-{m}"
         shutil.rmtree(out / name, ignore_errors=True)
@@ -38,9 +82,10 @@ def main():
                      [f"name={name}", f"output_dir={out}", f"train.epochs={args.epochs}", "eval.transfer=true",
                       "eval.embedding_plot=pca", *args.set], progress=sys.stdout.isatty())
         (r.run_dir / "bench_wall.json").write_text(json.dumps({"total_seconds": time.perf_counter() - t0,
-                                                               "command": command(), "commit": git_rev()}))
+                                                               "command": command(), "commit": rev,
+                                                               "machine": machine()}))
     # the table: every method whose run in --out has this budget (so methods can be run in separate invocations)
-    rows, raw, commands = [], None, set()
+    rows, raw, commands, machines = [], None, set(), set()
     for m in METHODS:
         d = out / f"bench-{m}"
         if not (d / "eval.json").exists() or not (d / "config.yaml").exists():
@@ -52,6 +97,7 @@ def main():
         wall = json.loads((d / "bench_wall.json").read_text()) if (d / "bench_wall.json").exists() else {}
         commands.add(f"`{wall.get('command', 'python benchmarks/methods.py --epochs ' + format(args.epochs, 'g'))}` "
                      f"(commit {wall.get('commit', '?')})")
+        machines.add(wall.get("machine", "not recorded with the run"))
         raw = ev.get("raw_pixels", raw)
         s = ev["ssl"]
         total = wall.get("total_seconds", ts["train_seconds"] + ev.get("eval_seconds", 0))
@@ -60,21 +106,11 @@ def main():
                f"{100 * ev['transfer_digits']['linear_test']:.2f}", f"{ev['rankme']:.1f}", f"{total / 60:.1f}"]
         rows.append(row)
         print(" | ".join(row), flush=True)
-    header = ["method", "epochs", "pre-train min", "img/s", "kNN %", "linear %", "digits linear %", "RankMe",
-              "total min"]
-    body = [
-        "## Method table: Fashion-MNIST, same backbone and epochs for every method",
-        "",
-        f"Commands: {'; '.join(sorted(commands))}; machine: {machine()}.",
-        "Backbone and per-method settings: `configs/<method>_fmnist.yaml`. Test accuracy; k and L2 chosen on a "
-        "validation split carved from train. img/s = source images per second (two views each).",
-        "",
-        md_table(header, rows),
-    ]
-    if raw:
-        body += ["", f"Raw pixels through the same code: kNN {100 * raw['knn_test']:.2f} %, "
-                     f"linear {100 * raw['linear_test']:.2f} %."]
-    update_section("methods", "\n".join(body))
+    rec = {"epochs": args.epochs, "commands": sorted(commands), "machines": sorted(machines), "rows": rows,
+           "raw": raw and {k: raw[k] for k in ("knn_test", "linear_test")}}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(rec, indent=1))
+    write_section(rec)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python benchmarks/noisy_labels.py noise [--settings sym0.2,sym0.4,...] [--losses ce,label_smoothing,gce,sat] [--set k=v ...]
     python benchmarks/noisy_labels.py selective [--set k=v ...]
+    python benchmarks/noisy_labels.py --report-only     # rewrite both sections from the stored results, run nothing
 
 ``noise``: the same network and budget for every loss under each noise setting (symN: symmetric, N redrawn over all
 classes; asymN: the confusable-pair flips); clean-test accuracy at the last epoch, at the epoch with the best noisy
@@ -9,8 +10,9 @@ validation accuracy (no clean label is used for any choice), and the maximum ove
 ``selective``: clean labels, CE (softmax response) vs SAT-selective (abstain score and its own softmax response):
 selective risk at coverages 100..70 % with thresholds from the validation split, and AURC.
 
-Results accumulate in benchmarks/results/noisy_labels.json (settings can run in separate invocations) and the
-"noisy-labels" / "selective" sections of BENCHMARKS.md are rewritten from it.
+Results accumulate in benchmarks/results/noisy_labels.json (settings can run in separate invocations; each record
+keeps its command, commit, machine and per-epoch curves) and the "noisy-labels" / "selective" sections of
+BENCHMARKS.md are rewritten from it.
 """
 from __future__ import annotations
 
@@ -39,7 +41,9 @@ def _run(name: str, ov: list[str], out: Path) -> dict:
     t0 = time.perf_counter()
     res = finetune(CONFIG, [f"name={name}", f"output_dir={out}", *ov], progress=sys.stdout.isatty())
     res["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    res.pop("epochs", None)
+    # the per-epoch curves the figure needs (so --report-only can redraw it without the run directory)
+    res["curves"] = [{k: e[k] for k in ("epoch", "train_acc_noisy", "val_acc_noisy", "test_acc") if k in e}
+                     for e in res.pop("epochs", None) or []]
     res["run_dir"] = str(out / name)
     return res
 
@@ -67,25 +71,57 @@ def _pct(v) -> str:
     return "—" if v is None else f"{100 * v:.2f}"
 
 
+def _title(setting: str, error: float | None, runs: dict[str, list[dict]]) -> str:
+    """The figure's title from its curves: per loss, accuracy on the noisy training labels at the last epoch and the
+    clean test accuracy's peak and last value (a rise of the first while the second falls is memorisation)."""
+    lines = [f"Fashion-MNIST, {setting}" + ("" if error is None else f" (label error {100 * error:.1f} %)")]
+    for name, ep in runs.items():
+        test = [e["test_acc"] for e in ep]
+        lines.append(f"{name}: train acc on noisy labels {100 * ep[-1]['train_acc_noisy']:.1f} % at the end; "
+                     f"test peak {100 * max(test):.1f} → last {100 * test[-1]:.1f} %")
+    return "\n".join(lines)
+
+
 def _curves(noise: dict) -> list[str]:
     """The study's figure (CE vs SAT: train accuracy on the noisy labels and clean test accuracy per epoch) for each
-    setting where both ran, from the runs' metrics.jsonl."""
+    setting where both ran, from the stored curves (or the runs' metrics.jsonl). Where neither survives, an existing
+    figure is linked with a note that it was not redrawn."""
     from selfsup.report.finetune import plot_compare
 
-    out = []
+    out, stale = [], []
     for setting, per in noise.items():
         runs = {}
         for loss in ("ce", "sat"):
-            m = Path(per.get(loss, {}).get("run_dir") or ROOT / "runs" / "bench" / f"noise-{setting}-{loss}")
-            m = m / "metrics.jsonl"
-            if loss in per and m.is_file():
+            if loss not in per:
+                continue
+            rows = per[loss].get("curves")
+            m = Path(per[loss].get("run_dir") or ROOT / "runs" / "bench" / f"noise-{setting}-{loss}") / "metrics.jsonl"
+            if not rows and m.is_file():
                 rows = [json.loads(line) for line in m.read_text().splitlines() if line.strip()]
-                runs[loss.upper()] = [r for r in rows if "test_acc" in r and "train_acc_noisy" in r]
+            rows = [r for r in rows or [] if "test_acc" in r and "train_acc_noisy" in r]
+            if rows:
+                runs[loss.upper()] = rows
+        png = RESULTS.parent / f"noise_curves_{setting}.png"
         if len(runs) == 2:
-            png = RESULTS.parent / f"noise_curves_{setting}.png"
-            plot_compare(png, runs, f"Fashion-MNIST, {setting}: CE memorises the noise, SAT does not")
+            plot_compare(png, runs, _title(setting, per["ce"].get("actual_label_error"), runs))
             out.append(f"![CE vs SAT, {setting}](benchmarks/results/{png.name})")
+        elif "ce" in per and "sat" in per and png.is_file():
+            out.append(f"![CE vs SAT, {setting}](benchmarks/results/{png.name})")
+            stale.append((setting, {per["ce"].get("commit", "?"), per["sat"].get("commit", "?")}))
+    if stale:
+        commits = sorted(set().union(*(c for _, c in stale)))
+        out += ["", f"Not redrawn: the figure{'s' if len(stale) > 1 else ''} for {', '.join(s for s, _ in stale)} "
+                f"{'were' if len(stale) > 1 else 'was'} drawn by the runs of commit {', '.join(commits)}, whose "
+                "per-epoch curves were not stored; the title on "
+                f"{'them' if len(stale) > 1 else 'it'} is fixed text that version of this script wrote, not a "
+                "conclusion computed from the curves (the table above holds the measured numbers)."]
     return out
+
+
+def _machines(records) -> str:
+    """The machine(s) the records ran on (records from before machines were stored carry a backfilled one)."""
+    ms = sorted({r.get("machine", "not recorded") for r in records})
+    return ms[0] if len(ms) == 1 else "; ".join(ms)
 
 
 def write_sections(store: dict) -> None:
@@ -100,40 +136,50 @@ def write_sections(store: dict) -> None:
         cmds = sorted({r["command"] + f" (commit {r['commit']})" for per in noise.values() for r in per.values()})
         update_section("noisy-labels", "\n".join([
             "## Noisy labels: Fashion-MNIST, same network and budget for every loss (configs/noisy_fmnist.yaml)",
-            "", "Commands: " + "; ".join(f"`{c}`" for c in cmds) + f"; machine: {machine()}.",
+            "", "Commands: " + "; ".join(f"`{c}`" for c in cmds)
+            + f"; machine: {_machines(r for per in noise.values() for r in per.values())}.",
             "Clean-test accuracy %: last epoch; at the epoch with the best noisy-validation accuracy; max over epochs "
             "(papers' convention, for comparison only). Symmetric noise redraws the stated share of labels over all "
-            "10 classes (actual error = rate × 0.9).", "",
+            "10 classes, so the expected label error is rate × 9/10; the column gives the share actually wrong.", "",
             md_table(["noise", "loss", "actual label error %", "test last", "test at best val", "test max", "min"],
                      rows), "", *_curves(noise)]))
     sel = store.get("selective", {})
     if sel:
-        rows = []
+        rows, cov = [], []
         for run, r in sel.items():
             for score in ("softmax_response", "abstain"):
                 if score in (r.get("selective") or {}):
                     t = r["selective"][score]
+                    cov = cov or [f"{100 * x['target_coverage']:g}" for x in t["table"]]
                     rows.append([run, score] + [f"{100 * x['selective_risk']:.2f}" for x in t["table"]]
                                 + [f"{1000 * t['aurc']:.2f}"])
         update_section("selective", "\n".join([
             "## Selective classification: clean Fashion-MNIST, CE vs SAT-selective", "",
-            "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in sel.values()})) + f"; machine: {machine()}. "
-            "Thresholds per coverage chosen on the validation split; selective risk % on the test set at coverage 100/95/90/85/80/75/70 %; AURC ×10⁻³.",
-            "", md_table(["run", "score", "100", "95", "90", "85", "80", "75", "70", "AURC"], rows)]))
+            "Commands: " + "; ".join(sorted({f"`{r['command']}` (commit {r['commit']})" for r in sel.values()}))
+            + f"; machine: {_machines(sel.values())}. "
+            "Thresholds per coverage chosen on the validation split; selective risk % on the test set at coverage "
+            f"{'/'.join(cov)} %; AURC ×10⁻³.",
+            "", md_table(["run", "score", *cov, "AURC"], rows)]))
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["noise", "selective"])
+    ap.add_argument("what", nargs="?", choices=["noise", "selective"])
     ap.add_argument("--settings", default="sym0.2,sym0.4,sym0.6,sym0.8,asym0.4")
     ap.add_argument("--losses", default="ce,label_smoothing,gce,sat")
     ap.add_argument("--set", nargs="*", default=[])
     ap.add_argument("--tag", default="", help="a variant's label (e.g. E_s=3): stored beside the default rows")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))
+    ap.add_argument("--report-only", action="store_true",
+                    help=f"rewrite both sections from {RESULTS.relative_to(ROOT)} without running anything")
     args = ap.parse_args()
+    if args.report_only:
+        return write_sections(_load())
+    if args.what is None:
+        ap.error("say what to run (noise or selective), or --report-only")
     out = Path(args.out)
     store = _load()
-    stamp = {"command": command(), "commit": git_rev()}
+    stamp = {"command": command(), "commit": git_rev(), "machine": machine()}
     key_sfx, dir_sfx = (f" ({args.tag})", f"-{args.tag}") if args.tag else ("", "")
     if args.what == "noise":
         for setting in args.settings.split(","):

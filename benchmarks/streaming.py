@@ -2,10 +2,11 @@
 method and steps per chunk, evaluated after every chunk.
 
     python benchmarks/streaming.py [--kinds instance,random_class] [--set key=value ...]
+    python benchmarks/streaming.py --report-only     # rewrite the section from the stored results, run nothing
 
 Runs ``selfsup sequence`` (configs/stream_fmnist.yaml), keeps the per-kind results in
 ``benchmarks/results/streaming.json`` (so kinds can be run in separate invocations) and rewrites the "streaming"
-section of BENCHMARKS.md from it.
+section of BENCHMARKS.md from it (the settings described come from the config and each record's overrides).
 """
 from __future__ import annotations
 
@@ -44,6 +45,57 @@ def cost_lines(per_kind: dict, n_chunks: int) -> list[str]:
     return out
 
 
+def replay_share(per_kind: dict, buffer_size: int) -> str:
+    """The replay buffer as a share of all the images each stream delivered, from the stored retained bytes
+    (replay keeps the buffer, joint keeps everything)."""
+    parts = []
+    for kind, per in per_kind.items():
+        rep, joint = per.get("replay", {}).get("retained_bytes"), per.get("joint", {}).get("retained_bytes")
+        if rep and joint:
+            parts.append(f"{kind} {100 * rep / joint:.1f} % of {joint * buffer_size / rep:.0f}")
+    return "; ".join(parts)
+
+
+def _rel(path: str) -> str:
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
+def write_section(stored: dict, config: str) -> None:
+    """The "streaming" section from the stored records; the settings described are those of the first record's
+    config file and overrides (records without a "config" entry ran the default config)."""
+    from selfsup.config import load_config
+
+    recs = list(stored.values())
+    src = recs[0].get("config") or _rel(config)
+    cfg = load_config(ROOT / src, recs[0].get("overrides", []))
+    results = {k: v["results"] for k, v in stored.items()}
+    n = cfg.sequence.chunks
+    share = replay_share(results, cfg.stream.buffer_size)
+    body = [f"## Streaming pre-training: Fashion-MNIST in {n} chunks, every strategy ({src})", "",
+            f"Method {cfg.method['name']} on a {cfg.model.backbone} (widths {cfg.model.widths}, "
+            f"{cfg.model.convs_per_stage} conv per stage), {cfg.stream.chunk_steps} steps of batch "
+            f"{cfg.train.batch_size} per chunk for every strategy (one warm-up + cosine schedule per chunk); joint = "
+            f"one run from scratch on all {n} chunks with the same total steps; replay buffer "
+            f"{cfg.stream.buffer_size} images" + (f" (of all the images each stream delivered: {share})" if share
+                                                  else "")
+            + f", {100 * cfg.stream.replay_fraction:.0f} % of each batch drawn from it; regularize = "
+            f"{cfg.stream.regularizer.upper()} with λ = {cfg.stream.reg_lambda}; distill = CaSSLe-style predictor to "
+            f"the frozen previous encoder. linear / kNN: probes on {cfg.stream.eval_train_samples} labelled training "
+            f"images, scored on {cfg.stream.eval_test_samples} test images (clean Fashion-MNIST); the per-task matrix "
+            f"R uses a probe per task (its classes, or its domain); digits = linear probe on sklearn digits. gap "
+            f"closed = (strategy − sequential) / (joint − sequential), linear probe.", ""]
+    differ = [k for k, r in stored.items() if r.get("overrides", []) != recs[0].get("overrides", [])]
+    if differ:
+        body[-1:-1] = [f"Settings above: the overrides of {next(iter(stored))}; {', '.join(differ)} ran with "
+                       "other overrides (their commands below)."]
+    for kind, rec in stored.items():
+        body.append(f"- {kind}: `{rec['command']}` (commit {rec['commit']}), {rec['wall_minutes_of_command']} min "
+                    f"for the command; {rec['machine']}")
+    body += ["", sequence_table(results), "", "Cost:", *cost_lines(results, n)]
+    update_section("streaming", "\n".join(body))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default=str(ROOT / "configs" / "stream_fmnist.yaml"))
@@ -51,7 +103,11 @@ def main():
     ap.add_argument("--strategies", default="joint,sequential,replay,regularize,distill")
     ap.add_argument("--set", nargs="*", default=[])
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))
+    ap.add_argument("--report-only", action="store_true",
+                    help=f"rewrite the section from {RESULTS.relative_to(ROOT)} without running anything")
     args = ap.parse_args()
+    if args.report_only:
+        return write_section(json.loads(RESULTS.read_text()), args.config)
     kinds, strategies = args.kinds.split(","), args.strategies.split(",")
     ov = [f"sequence.kinds={json.dumps(kinds)}", f"sequence.strategies={json.dumps(strategies)}",
           f"output_dir={args.out}", "name=streaming", *args.set]
@@ -61,29 +117,11 @@ def main():
     stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for kind in kinds:
         stored[kind] = {"results": res[kind], "command": command(), "commit": git_rev(), "machine": machine(),
-                        "wall_minutes_of_command": round(wall / 60, 1), "overrides": args.set}
+                        "wall_minutes_of_command": round(wall / 60, 1), "overrides": args.set,
+                        "config": _rel(args.config)}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(stored, indent=1))
-    from selfsup.config import load_config
-
-    cfg = load_config(args.config, args.set)
-    body = ["## Streaming pre-training: Fashion-MNIST in 5 chunks, every strategy (configs/stream_fmnist.yaml)", "",
-            f"Method {cfg.method['name']} on a {cfg.model.backbone} (widths {cfg.model.widths}, "
-            f"{cfg.model.convs_per_stage} conv per stage), {cfg.stream.chunk_steps} steps of batch "
-            f"{cfg.train.batch_size} per chunk for every strategy (one warm-up + cosine schedule per chunk); joint = "
-            f"one run from scratch on all 5 chunks with the same total steps; replay buffer {cfg.stream.buffer_size} "
-            f"images (10 % of the data), half of each batch; regularize = {cfg.stream.regularizer.upper()} with "
-            f"λ = {cfg.stream.reg_lambda}; distill = CaSSLe-style predictor to the frozen previous encoder. "
-            f"linear / kNN: probes on {cfg.stream.eval_train_samples} labelled training images, scored on "
-            f"{cfg.stream.eval_test_samples} test images (clean Fashion-MNIST); the per-task matrix R uses a probe "
-            f"per task (its classes, or its domain); digits = linear probe on sklearn digits. gap closed = "
-            f"(strategy − sequential) / (joint − sequential), linear probe.", ""]
-    for kind, rec in stored.items():
-        body.append(f"- {kind}: `{rec['command']}` (commit {rec['commit']}), {rec['wall_minutes_of_command']} min "
-                    f"for the command; {rec['machine']}")
-    body += ["", sequence_table({k: v["results"] for k, v in stored.items()}), "",
-             "Cost:", *cost_lines({k: v["results"] for k, v in stored.items()}, cfg.sequence.chunks)]
-    update_section("streaming", "\n".join(body))
+    write_section(stored, args.config)
 
 
 if __name__ == "__main__":
