@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
 from selfsup.config import load_config  # noqa: E402
 from selfsup.evaluate.robustness import build_classifier, predict, run_attack  # noqa: E402
-from selfsup.train.loop import load_datasets  # noqa: E402
+from selfsup.data import load_datasets  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "knn_surrogate.json"
 VARIANTS = [(None, 0.02, 0), (None, 0.05, 0), (None, 0.1, 0), (20, 0.1, 0), (30, 0.1, 0), (50, 0.05, 0),
@@ -42,7 +42,7 @@ VARIANTS = [(None, 0.02, 0), (None, 0.05, 0), (None, 0.1, 0), (20, 0.1, 0), (30,
 
 def held_out(run: Path, n: int, bank_size: int = 10000, seed: int = 0):
     """n training images that are not in the kNN's bank (build_classifier draws the bank with the same seed)."""
-    train, _ = load_datasets(load_config(run / "config.yaml"))
+    train, _ = load_datasets(load_config(run / "config.yaml").data)
     in_bank = torch.zeros(len(train), dtype=torch.bool)
     in_bank[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:bank_size]] = True
     rest = (~in_bank).nonzero().squeeze(1)

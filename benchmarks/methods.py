@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
 from selfsup.config import load_config  # noqa: E402
 from selfsup.methods import METHODS  # noqa: E402
-from selfsup.train.loop import pretrain  # noqa: E402
+from selfsup.workflows import pretrain  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "methods.json"
 HEADER = ["method", "epochs", "pre-train min", "img/s", "kNN %", "linear %", "digits linear %", "RankMe", "total min"]

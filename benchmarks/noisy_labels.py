@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
-from selfsup.train.finetune import finetune  # noqa: E402
+from selfsup.workflows import finetune  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "noisy_labels.json"
 CONFIG = ROOT / "configs" / "noisy_fmnist.yaml"

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, command, git_rev, machine, update_section  # noqa: E402
 from selfsup.report.stream import sequence_table  # noqa: E402
-from selfsup.train.stream import sequence  # noqa: E402
+from selfsup.workflows import sequence  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "streaming.json"
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
 from selfsup.augment import build_recipe  # noqa: E402
 from selfsup.models import SmallCNN  # noqa: E402
-from selfsup.train.loop import pretrain  # noqa: E402
+from selfsup.workflows import pretrain  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "throughput.json"
 PEER = ("Peer figures quoted from ../shared/reference/measured.md, not measured in this run (its first block: a "

@@ -5,16 +5,31 @@ code 2, never a traceback.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
+import torch
 import typer
+from rich.console import Console
+from rich.table import Table
 
+from .augment.corruptions import CORRUPTIONS, corrupt as apply_corruption
+from .config import load_config
+from .data.sources import FMNIST_DEFAULT_DIR
+from .distributed import is_main, launched_by_torchrun, shutdown
 from .errors import SelfsupError
+from .evaluate.robustness import ATTACKS, build_classifier, corruption_report, robustness_report
+from .methods import DESCRIPTIONS, METHODS
+from .report.report import print_results
+from .workflows import evaluate_and_report, finetune as run_finetune, pretrain as run_pretrain, \
+    sequence as run_sequence, stream as run_stream
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Self-supervised representation learning on images.")
@@ -47,8 +62,6 @@ def _relaunch_under_torchrun(devices: int) -> None:
 
 
 def _table(title: str, *columns: str):
-    from rich.table import Table
-
     t = Table(title=title)
     for c in columns:
         t.add_column(c)
@@ -56,8 +69,6 @@ def _table(title: str, *columns: str):
 
 
 def _show(table) -> None:
-    from rich.console import Console
-
     Console().print(table)
 
 
@@ -68,18 +79,11 @@ def pretrain(config: Path = typer.Option(..., "--config", "-c", help="YAML confi
              devices: int = typer.Option(1, "--devices", min=1, help="DDP processes (gloo on CPU, nccl on GPU)"),
              no_eval: bool = typer.Option(False, "--no-eval", help="skip the evaluation after training")):
     """Pre-train an encoder without labels, then evaluate it and write the report."""
-    from .config import load_config
-    from .distributed import launched_by_torchrun
-
     try:
         cfg = load_config(config, overrides or [])
         if devices > 1 and not launched_by_torchrun():
             _relaunch_under_torchrun(devices)
-        from .train.loop import pretrain as run
-
-        from .distributed import is_main, shutdown
-
-        result = run(cfg, resume=resume, evaluate=not no_eval)
+        result = run_pretrain(cfg, resume=resume, evaluate=not no_eval)
         shutdown()  # on success only: after a rank's error a collective teardown would wait for it forever
         if is_main() and not no_eval:
             _print_eval(result.run_dir)
@@ -88,10 +92,6 @@ def pretrain(config: Path = typer.Option(..., "--config", "-c", help="YAML confi
 
 
 def _print_eval(run_dir: Path) -> None:
-    import json
-
-    from .report.report import print_results
-
     print_results(json.loads((Path(run_dir) / "eval.json").read_text()))
     typer.echo(f"run directory: {run_dir}  (report.md, plots, metrics.jsonl, eval.json, checkpoints/)")
 
@@ -99,12 +99,10 @@ def _print_eval(run_dir: Path) -> None:
 @app.command("eval")
 def evaluate(run_dir: Path = typer.Argument(..., help="a run directory written by pretrain")):
     """Evaluate a trained run: kNN, linear probe, baselines, transfer, diagnostics; rewrite its report."""
-    from .evaluate.suite import evaluate_run
-
     try:
         if not (run_dir / "config.yaml").exists():
             raise SelfsupError(f"{run_dir} is not a selfsup run directory (no config.yaml)")
-        evaluate_run(run_dir)
+        evaluate_and_report(run_dir)
         _print_eval(run_dir)
     except SelfsupError as e:
         _fail(str(e))
@@ -113,11 +111,6 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run directory written b
 @app.command()
 def methods():
     """List the SSL methods and their hyper-parameters."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from .methods import DESCRIPTIONS, METHODS
-
     t = Table(title="selfsup methods")
     t.add_column("name")
     t.add_column("views")
@@ -135,13 +128,13 @@ def stream(config: Path = typer.Option(..., "--config", "-c", help="YAML config 
            overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. stream.strategy=replay"),
            watch: bool = typer.Option(False, "--watch", help="keep waiting for new chunks and train on each as it lands"),
            idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout",
-                                                        help="--watch: stop after this many seconds without a new chunk")):
+                                                        help="--watch: stop after this many seconds without a new chunk"),
+           max_chunks: Optional[int] = typer.Option(None, "--max-chunks", min=1,
+                                                    help="train at most this many new chunks in this call, then stop")):
     """Pre-train on the chunks of a folder in name order, checkpointing and evaluating after each; the same command
     resumes after a crash (manifest.json records what was consumed)."""
-    from .train.stream import stream as run
-
     try:
-        r = run(config, overrides or [], source, watch=watch, idle_timeout=idle_timeout)
+        r = run_stream(config, overrides or [], source, watch=watch, idle_timeout=idle_timeout, max_chunks=max_chunks)
         _print_stream(r.run_dir, r.summary)
     except KeyboardInterrupt:
         typer.echo("stopped; run the same command to continue (manifest.json records the consumed chunks)")
@@ -166,10 +159,8 @@ def sequence(config: Path = typer.Option(..., "--config", "-c", help="YAML confi
              overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. sequence.kinds=[instance]")):
     """The streaming study in one command: build the instance / random-class / distant-class / domain incremental
     sequences from a labelled data set and run every strategy on each; prints the table, writes plots."""
-    from .train.stream import sequence as run
-
     try:
-        run(config, overrides or [])
+        run_sequence(config, overrides or [])
     except SelfsupError as e:
         _fail(str(e))
 
@@ -181,12 +172,10 @@ def finetune(config: Path = typer.Option(..., "--config", "-c", help="YAML confi
              init: Optional[Path] = typer.Option(None, "--init", help="a selfsup run directory: start from its encoder"),
              resume: bool = typer.Option(False, "--resume", help="continue the run from its last checkpoint")):
     """Train a classifier on (noisy) labels with ce, label_smoothing, gce, sat or sat_selective."""
-    from .train.finetune import finetune as run
-
     extra = [f"finetune.labels={labels}"] if labels else []
     extra += [f"finetune.init={init}"] if init else []
     try:
-        res = run(config, [*(overrides or []), *extra], resume=resume)
+        res = run_finetune(config, [*(overrides or []), *extra], resume=resume)
         _print_finetune(res)
     except SelfsupError as e:
         _fail(str(e))
@@ -219,12 +208,6 @@ def attack(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn)
            steps: int = typer.Option(20, "--steps", min=1, help="PGD steps"),
            seed: int = typer.Option(0, "--seed")):
     """Clean and robust accuracy of a classifier on the run's encoder under L-inf attacks (worst case per image)."""
-    import json
-
-    import torch
-
-    from .evaluate.robustness import ATTACKS, build_classifier, robustness_report
-
     try:
         names = _csv(attacks)
         bad = [a for a in names if a not in ATTACKS]
@@ -268,14 +251,6 @@ def corrupt(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn
             seed: int = typer.Option(0, "--seed"),
             save: Optional[Path] = typer.Option(None, "--save", help="also write the corrupted test set (.npz per corruption)")):
     """Accuracy under common corruptions (Fashion-MNIST-C, built locally in the style of MNIST-C, 5 severities)."""
-    import json
-
-    import numpy as np
-    import torch
-
-    from .augment.corruptions import CORRUPTIONS, corrupt as apply
-    from .evaluate.robustness import build_classifier, corruption_report
-
     try:
         names = _csv(corruptions) if corruptions else list(CORRUPTIONS)
         bad = [c for c in names if c not in CORRUPTIONS]
@@ -290,7 +265,7 @@ def corrupt(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn
         if save:
             save.mkdir(parents=True, exist_ok=True)
             for i, name in enumerate(names):
-                arr = np.stack([apply(imgs, name, s, seed + 1000 * i + s).numpy() for s in range(1, 6)])
+                arr = np.stack([apply_corruption(imgs, name, s, seed + 1000 * i + s).numpy() for s in range(1, 6)])
                 np.savez_compressed(save / f"{name}.npz", images=arr, labels=y[idx].cpu().numpy())
         t = _table(f"corruptions: {classifier} classifier, {len(idx)} test images", "corruption", "s1", "s2", "s3",
                    "s4", "s5", "mean")
@@ -306,21 +281,13 @@ def corrupt(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn
 @app.command()
 def demo(overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides of configs/demo.yaml")):
     """Pre-train on Fashion-MNIST without labels (≈ 8 min on 2 CPU cores), evaluate, print the results table."""
-    from .data.sources import FMNIST_DEFAULT_DIR
-
     root = os.environ.get("SELFSUP_FMNIST_DIR", FMNIST_DEFAULT_DIR)
     if not Path(root).is_dir() or not any(Path(root).glob("train-images-idx3-ubyte*")):
         _ensure_fmnist(root)
-    import time
-
-    from .config import load_config
-
     try:
         name = "demo-" + time.strftime("%Y%m%d-%H%M%S")
         cfg = load_config(CONFIG_DIR / "demo.yaml", [f"name={name}", *(overrides or [])])
-        from .train.loop import pretrain as run
-
-        result = run(cfg)
+        result = run_pretrain(cfg)
         _print_eval(result.run_dir)
     except SelfsupError as e:
         _fail(str(e))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from .errors import ConfigError
 
@@ -28,7 +28,7 @@ class DataConfig(Strict):
 
 class ModelConfig(Strict):
     backbone: Literal["cnn", "resnet18"] = "cnn"
-    widths: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
+    widths: list[PositiveInt] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
     convs_per_stage: int = Field(2, ge=1)
     pool: int = Field(2, ge=1)
     downsample: Literal["max", "avg"] = "max"
@@ -167,6 +167,14 @@ class Config(Strict):
         name = self.method.setdefault("name", "simclr")
         if name not in METHODS:
             raise ValueError(f"unknown method {name!r} (choose {', '.join(METHODS)})")
+        if name == "moco":  # each step enqueues the keys of both views of the global batch
+            try:
+                queue = self.method_params().queue_size
+            except ValidationError:  # reported by load_config with the key's name
+                return self
+            if 2 * self.train.batch_size > queue:
+                raise ValueError(f"method.queue_size: {queue} is smaller than 2 x train.batch_size = "
+                                 f"{2 * self.train.batch_size} (each step enqueues the keys of both views)")
         return self
 
     def method_params(self):

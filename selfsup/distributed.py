@@ -7,11 +7,13 @@ global loss as every other rank (Barlow Twins / VICReg statistics). Tests compar
 """
 from __future__ import annotations
 
+import gc
 import os
 import warnings
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_autograd
 from torch import nn
 
 
@@ -52,8 +54,6 @@ def shutdown() -> None:
     """Destroy the process group (all ranks, after a barrier) so that no gloo/nccl worker thread outlives the
     interpreter; a no-op outside torch.distributed."""
     if is_dist():
-        import gc
-
         gc.collect()
         dist.barrier()
         dist.destroy_process_group()
@@ -65,9 +65,7 @@ def gather(x: torch.Tensor) -> torch.Tensor:
         return x
     with warnings.catch_warnings():  # deprecated in favour of a non-autograd API; this one is autograd-correct
         warnings.simplefilter("ignore", FutureWarning)
-        import torch.distributed.nn.functional as dnn
-
-        return torch.cat(dnn.all_gather(x.contiguous()), 0)
+        return torch.cat(dist_autograd.all_gather(x.contiguous()), 0)
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
@@ -76,9 +74,7 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
         return x
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        import torch.distributed.nn.functional as dnn
-
-        return dnn.all_reduce(x.contiguous(), op=dist.ReduceOp.SUM)
+        return dist_autograd.all_reduce(x.contiguous(), op=dist.ReduceOp.SUM)
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -113,28 +109,28 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    """Synced BatchNorm for DDP: torch's SyncBatchNorm on GPUs, :class:`GlobalBatchNorm` elsewhere."""
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    return _convert_cpu(module)
+    """Synced BatchNorm for DDP: torch's SyncBatchNorm on GPUs, :class:`GlobalBatchNorm` elsewhere.
+
+    The converted layers keep the original ``weight``/``bias`` Parameter objects (and buffers), so an optimiser
+    built before the conversion still updates them. A submodule with ``local_batchnorm = True`` (e.g. MoCo's key
+    encoder, whose batch statistics must stay per shuffled group) is left as it is."""
+    return _convert(module, device.type == "cuda")
 
 
-def _convert_cpu(module: nn.Module) -> nn.Module:
+def _convert(module: nn.Module, cuda: bool) -> nn.Module:
+    if getattr(module, "local_batchnorm", False):
+        return module
     out = module
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
-        ref = module.weight if module.affine else module.running_mean
-        kw = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
-        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                              module.track_running_stats, **kw)
-        if module.affine:
-            with torch.no_grad():
-                out.weight.copy_(module.weight)
-                out.bias.copy_(module.bias)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, (GlobalBatchNorm,
+                                                                                       nn.SyncBatchNorm)):
+        cls = nn.SyncBatchNorm if cuda else GlobalBatchNorm
+        out = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        if module.affine:  # the same Parameter objects: the optimiser's references stay valid
+            out.weight, out.bias = module.weight, module.bias
         if module.track_running_stats:
-            out.running_mean.copy_(module.running_mean)
-            out.running_var.copy_(module.running_var)
-            out.num_batches_tracked.copy_(module.num_batches_tracked)
+            out.running_mean, out.running_var = module.running_mean, module.running_var
+            out.num_batches_tracked = module.num_batches_tracked
         out.train(module.training)
     for name, child in module.named_children():
-        out.add_module(name, _convert_cpu(child))
+        out.add_module(name, _convert(child, cuda))
     return out

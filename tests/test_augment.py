@@ -67,12 +67,12 @@ def test_config_without_augmentation_gives_the_images_back():
     the default aspect-ratio range does not."""
     from selfsup.config import load_config
     from selfsup.methods import METHODS
-    from selfsup.train.loop import build_view_recipe
+    from selfsup.augment import recipe_from_config
 
     x = _batch()
     off = {"recipe": "supervised", "crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0], "flip_p": 0.0}
-    (v,) = build_view_recipe(load_config({"augment": off}), METHODS["simclr"])(x, torch.Generator().manual_seed(0))
+    (v,) = recipe_from_config(load_config({"augment": off}).augment, METHODS["simclr"].recipe)(x, torch.Generator().manual_seed(0))
     torch.testing.assert_close(v, x)
     stretched = dict(off, crop_ratio=[0.5, 2.0])
-    (w,) = build_view_recipe(load_config({"augment": stretched}), METHODS["simclr"])(x, torch.Generator().manual_seed(0))
+    (w,) = recipe_from_config(load_config({"augment": stretched}).augment, METHODS["simclr"].recipe)(x, torch.Generator().manual_seed(0))
     assert (w - x).abs().max() > 0.05

@@ -66,9 +66,15 @@ def test_pretrain_eval_resume_roundtrip(npz_data, tmp_path):  # noqa: F811
     assert again.returncode == 2 and "--resume" in again.stderr
     ev = run("eval", str(run_dir))
     assert ev.returncode == 0 and "linear probe" in ev.stdout
-    resumed = run("pretrain", "--config", str(p), "--resume", "train.max_steps=12")
+    before = (run_dir / "config.yaml").read_text()
+    changed = run("pretrain", "--config", str(p), "--resume", "train.max_steps=12", "train.lr=0.1")
+    # a different config is refused, naming the keys, and config.yaml is left as it was
+    assert changed.returncode == 2 and len(changed.stderr.strip().splitlines()) == 1
+    assert "train.max_steps: 8 -> 12" in changed.stderr and "train.lr: 0.06 -> 0.1" in changed.stderr
+    assert (run_dir / "config.yaml").read_text() == before
+    resumed = run("pretrain", "--config", str(p), "--resume", "train.threads=1")  # threads may change
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads((run_dir / "train_summary.json").read_text())["steps"] == 12
+    assert json.loads((run_dir / "train_summary.json").read_text())["steps"] == 8
 
 
 @pytest.mark.slow

@@ -60,7 +60,7 @@ def test_checkpoint_roundtrip_latest_and_keep(tmp_path):
     assert dirs == ["step_00000002", "step_00000003"]
     latest = latest_checkpoint(tmp_path)
     assert latest.name == "step_00000003"
-    ms, os_, extra, meta = load_checkpoint(latest)
+    ms, os_, extra, meta = load_checkpoint(latest)[1:]
     assert torch.equal(ms["weight"], model.weight) and meta["step"] == 3 and meta["note"] == "x"
     assert torch.equal(extra["rng"], torch.arange(5))
     opt2 = torch.optim.SGD(torch.nn.Linear(3, 2).parameters(), lr=0.1, momentum=0.9)

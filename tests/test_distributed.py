@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 from selfsup.config import load_config
 from selfsup.distributed import convert_sync_batchnorm
-from selfsup.train.loop import build_method
+from selfsup.methods import build_method
 
 METHODS = ["simclr", "barlow_twins", "vicreg", "moco", "byol", "simsiam"]
 GLOBAL_BATCH = 8

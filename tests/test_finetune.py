@@ -12,7 +12,9 @@ from selfsup.data.noise import FMNIST_ASYMMETRIC_PAIRS, asymmetric_noise, read_l
 from selfsup.errors import DataError
 from selfsup.evaluate.selective import aurc, risk_coverage, selective_table, threshold_for_coverage
 from selfsup.train.checkpoint import latest_checkpoint, load_checkpoint
-from selfsup.train.finetune import finetune
+from selfsup.workflows import finetune
+
+from .crash import Crash, CrashAfter
 from selfsup.train.objectives import GCE, LabelSmoothing, SelfAdaptive, SelfAdaptiveSelective
 
 from .test_train import npz_data  # noqa: F401  (fixture)
@@ -136,10 +138,11 @@ def test_finetune_end_to_end(npz_data, tmp_path, loss):  # noqa: F811
 def test_finetune_sat_state_resumes_exactly(npz_data, tmp_path):  # noqa: F811
     full = finetune(ft_cfg(npz_data, tmp_path, "full", "sat"), progress=False)
     cfg = ft_cfg(npz_data, tmp_path, "crash", "sat")
-    finetune(cfg, progress=False, interrupt_at=10)
+    with pytest.raises(Crash):
+        finetune(cfg, progress=False, callbacks=[CrashAfter(10)])
     resumed = finetune(cfg, resume=True, progress=False)
-    a, _, _, _ = load_checkpoint(latest_checkpoint(tmp_path / "full" / "checkpoints"))
-    b, _, _, _ = load_checkpoint(latest_checkpoint(tmp_path / "crash" / "checkpoints"))
+    a = load_checkpoint(latest_checkpoint(tmp_path / "full" / "checkpoints")).model
+    b = load_checkpoint(latest_checkpoint(tmp_path / "crash" / "checkpoints")).model
     assert "objective.soft" in a and not torch.equal(a["objective.soft"], F.one_hot(a["objective.soft"].argmax(1), 2).float())
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -147,7 +150,7 @@ def test_finetune_sat_state_resumes_exactly(npz_data, tmp_path):  # noqa: F811
 
 
 def test_finetune_on_a_selfsup_encoder(npz_data, tmp_path):  # noqa: F811
-    from selfsup.train.loop import pretrain
+    from selfsup.workflows import pretrain
 
     from .test_train import tiny_cfg
 

@@ -120,7 +120,7 @@ def test_corruption_report_structure_and_clean_accuracy():
 def test_attack_and_corrupt_commands(npz_data, tmp_path):  # noqa: F811
     import yaml
 
-    from selfsup.train.loop import pretrain
+    from selfsup.workflows import pretrain
 
     r = pretrain(tiny_cfg(npz_data, tmp_path, "rob", max_steps=4), progress=False, evaluate=False)
     out = run("attack", str(r.run_dir), "--classifier", "linear", "--attack", "fgsm,pgd", "--eps", "0.1", "--n", "24")
@@ -151,7 +151,7 @@ def test_training_pgd_matches_torchattacks_pgd_on_the_same_model():
 
 
 def test_supervised_adversarial_losses_exceed_the_clean_loss():
-    from selfsup.train.adversarial import supervised_adversarial_loss
+    from selfsup.train.adversarial import SupervisedAdversary, supervised_adversarial_loss
     from selfsup.train.finetune import Classifier
     from selfsup.train.objectives import Objective
 
@@ -162,7 +162,8 @@ def test_supervised_adversarial_losses_exceed_the_clean_loss():
     clean = nn.functional.cross_entropy(clf.head(clf.backbone(x)), y)
     for kind in ("pgd", "trades"):
         torch.manual_seed(0)
-        loss = supervised_adversarial_loss(kind, clf, x, y, torch.arange(len(x)), 0.2, 5, 6.0)
+        adv = SupervisedAdversary(kind, 0.2, 5, 6.0, seed=0, device=x.device)
+        loss = supervised_adversarial_loss(adv, clf, x, y, torch.arange(len(x)))
         assert float(loss.detach()) > float(clean.detach()) and clf.training, kind
         loss.backward()
         assert all(p.grad is not None for p in clf.head.parameters())
@@ -171,7 +172,9 @@ def test_supervised_adversarial_losses_exceed_the_clean_loss():
 def test_self_supervised_adversarial_training_runs_and_rejects_impure_methods(npz_data, tmp_path):  # noqa: F811
     from selfsup.errors import TrainingError
     from selfsup.train.adversarial import AdversarialSSL
-    from selfsup.train.loop import build_method, load_config, pretrain
+    from selfsup.config import load_config
+    from selfsup.methods import build_method
+    from selfsup.workflows import pretrain
 
     cfg = load_config(tiny_cfg(npz_data, tmp_path, "x"))
     torch.manual_seed(0)
@@ -179,7 +182,7 @@ def test_self_supervised_adversarial_training_runs_and_rejects_impure_methods(np
     views = [torch.rand(16, 1, 16, 16), torch.rand(16, 1, 16, 16)]
     with torch.no_grad():
         clean = float(m(views))
-    pen = AdversarialSSL("instance", eps=0.2, steps=3, weight=1.0).penalty(m, views)
+    pen = AdversarialSSL("instance", eps=0.2, steps=3, device=views[0].device, weight=1.0).penalty(m, views)
     assert float(pen.detach()) > clean  # the attack raised the SSL loss of the pair
     for kind in ("instance", "mi"):
         r = pretrain(tiny_cfg(npz_data, tmp_path, f"adv-{kind}", max_steps=4, adversarial=kind, adv_steps=2),
@@ -192,7 +195,7 @@ def test_self_supervised_adversarial_training_runs_and_rejects_impure_methods(np
 
 
 def test_finetune_with_pgd_and_trades(npz_data, tmp_path):  # noqa: F811
-    from selfsup.train.finetune import finetune
+    from selfsup.workflows import finetune
 
     from .test_finetune import ft_cfg
 

@@ -1,5 +1,6 @@
 """Self-adaptive training, SSL variant: the per-sample EMA target update, stable sample indices through the loop
 (shuffles and resumes), and SAT state saved and resumed with the model."""
+import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -10,7 +11,10 @@ from selfsup.methods import SSLMethod
 from selfsup.methods.sat import SATParams, SelfAdaptiveSSL
 from selfsup.models import SmallCNN
 from selfsup.train.checkpoint import latest_checkpoint, load_checkpoint
-from selfsup.train.loop import fit, pretrain
+from selfsup.train.loop import FitPlan, fit
+from selfsup.workflows import pretrain
+
+from .crash import Crash, CrashAfter
 
 from .test_train import npz_data, tiny_cfg  # noqa: F401  (fixture)
 
@@ -71,9 +75,11 @@ def test_sample_indices_stay_stable_across_shuffles_and_resume(tmp_path):
                        "augment": {"recipe": "symmetric", "crop_scale": [0.5, 1.0], "jitter_p": 0.0},
                        "train": {"batch_size": 32, "max_steps": 9, "checkpoint_every_steps": 2, "warmup_epochs": 0}})
     m = IndexRecorder()
-    fit(m, ds, cfg, torch.device("cpu"), tmp_path / "ck", tmp_path / "m.jsonl", progress=False, interrupt_at=5)
+    with pytest.raises(Crash):
+        fit(m, ds, cfg, torch.device("cpu"), FitPlan(tmp_path / "ck", tmp_path / "m.jsonl", progress=False,
+                                                      callbacks=[CrashAfter(5)]))
     m2 = IndexRecorder()
-    fit(m2, ds, cfg, torch.device("cpu"), tmp_path / "ck", tmp_path / "m.jsonl", resume=True, progress=False)
+    fit(m2, ds, cfg, torch.device("cpu"), FitPlan(tmp_path / "ck", tmp_path / "m.jsonl", resume=True, progress=False))
     seen = torch.cat(m.seen[:4] + m2.seen)  # steps 1-4, then 5-9 after resuming from the step-4 checkpoint
     assert len(seen) == 9 * 32
     for e in range(3):  # every epoch (3 steps) visits every image exactly once, in a new order
@@ -84,10 +90,11 @@ def test_sample_indices_stay_stable_across_shuffles_and_resume(tmp_path):
 def test_sat_state_is_checkpointed_and_resumed_exactly(npz_data, tmp_path):  # noqa: F811
     full = pretrain(tiny_cfg(npz_data, tmp_path, "full", method="sat"), progress=False, evaluate=False)
     cfg = tiny_cfg(npz_data, tmp_path, "crash", method="sat")
-    pretrain(cfg, progress=False, evaluate=False, interrupt_at=10)
+    with pytest.raises(Crash):
+        pretrain(cfg, progress=False, evaluate=False, callbacks=[CrashAfter(10)])
     resumed = pretrain(cfg, resume=True, progress=False, evaluate=False)
-    a, _, _, _ = load_checkpoint(latest_checkpoint(full.run_dir / "checkpoints"))
-    b, _, _, _ = load_checkpoint(latest_checkpoint(resumed.run_dir / "checkpoints"))
+    a = load_checkpoint(latest_checkpoint(full.run_dir / "checkpoints")).model
+    b = load_checkpoint(latest_checkpoint(resumed.run_dir / "checkpoints")).model
     assert a["targets"].shape == (256, 8) and a["visited"].sum() > 0
     for k in a:
         assert torch.equal(a[k], b[k]), k

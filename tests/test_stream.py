@@ -13,9 +13,13 @@ from selfsup.config import load_config
 from selfsup.data import ImageDataset
 from selfsup.data.sequences import FMNIST_DISTANT_GROUPS, build_sequence
 from selfsup.evaluate.continual import continual_metrics
-from selfsup.train.loop import build_method, build_view_recipe
+from selfsup.augment import recipe_from_config
+from selfsup.methods import build_method
 from selfsup.train.strategies import Distill, Regularize, Replay
-from selfsup.train.stream import memory_chunks, run_stream, sequence, stream
+from selfsup.train.stream import StreamTrainer, discover_chunks, memory_chunks
+from selfsup.workflows import sequence, stream
+
+from .crash import Crash, CrashAfter
 
 
 def blobs(n, seed, classes=10, size=28):
@@ -84,7 +88,7 @@ def test_regularize_penalty_is_weighted_squared_drift_and_importance_is_label_fr
     for kind in ("mas", "ewc"):
         reg = Regularize(kind, lam=0.5, batches=2, batch_size=32)
         assert reg.penalty(m, []) is None  # nothing to anchor to before the first chunk
-        reg.end_chunk(m, chunk, 0, build_view_recipe(cfg, type(m)), torch.device("cpu"), cfg)
+        reg.end_chunk(m, chunk, 0, recipe_from_config(cfg.augment, type(m).recipe), torch.device("cpu"), cfg)
         omega = torch.cat([o.flatten() for o in reg.importance.values()])
         assert (omega >= 0).all() and torch.isclose(omega.mean(), torch.tensor(1.0))
         assert torch.equal(m.backbone.features[0][1].running_mean, bn_before)  # estimated on a copy
@@ -197,15 +201,14 @@ def test_stream_killed_mid_chunk_resumes_to_identical_weights(chunk_dir, strateg
     kw = dict(strategy=strategy, evaluate=False)
     ref = stream(cfg_dict(root, f"ref-{strategy}", **kw), [], src, progress=False)
     cfg = load_config(cfg_dict(root, f"crash-{strategy}", **kw))
-    from selfsup.train.stream import discover_chunks
-
     chunks = lambda: discover_chunks(src)  # noqa: E731
     run_dir = root / f"crash-{strategy}"
-    run_stream(cfg, run_dir, chunks, progress=False, interrupt=(1, 2))  # dies inside chunk 2, after its step 2
+    with pytest.raises(Crash):  # dies inside chunk 2, after its step 2
+        StreamTrainer(cfg, run_dir, progress=False, callbacks=[CrashAfter(3 + 2)]).run(chunks)
     man = json.loads((run_dir / "manifest.json").read_text())
     assert [c["name"] for c in man["chunks"]] == ["day0.npz"]
-    run_stream(cfg, run_dir, chunks, progress=False, stop_after=1)  # resumes chunk 2 at step 2, then stops
-    done = run_stream(cfg, run_dir, chunks, progress=False)
+    StreamTrainer(cfg, run_dir, progress=False).run(chunks, max_chunks=1)  # resumes chunk 2 at step 2, then stops
+    done = StreamTrainer(cfg, run_dir, progress=False).run(chunks)
     assert [c["name"] for c in done.chunks] == ["day0.npz", "day1.npz", "day2.npz"]
     a, b = _final(ref.run_dir), _final(run_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)

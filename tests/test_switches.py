@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from selfsup.config import load_config
-from selfsup.train.loop import autocast, build_method
+from selfsup.methods import build_method
+from selfsup.train.loop import autocast
 
 
 def _loss(method_name, channels_last=False, amp=False):

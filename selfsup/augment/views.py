@@ -158,6 +158,14 @@ def build_recipe(kind: str, **overrides) -> ViewRecipe:
     return RECIPES[kind](**overrides)
 
 
+def recipe_from_config(a, method_recipe: str) -> ViewRecipe:
+    """The view recipe of the ``augment`` config section ``a``; ``recipe: auto`` takes the method's own."""
+    kind = method_recipe if a.recipe == "auto" else a.recipe
+    return build_recipe(kind, crop_scale=tuple(a.crop_scale), crop_ratio=tuple(a.crop_ratio), flip_p=a.flip_p,
+                        jitter_p=a.jitter_p, brightness=a.brightness, contrast=a.contrast,
+                        grayscale_p=a.grayscale_p, blur_sigma=tuple(a.blur_sigma))
+
+
 def to_float(batch_uint8: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     x = batch_uint8.float().div_(255.0)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x

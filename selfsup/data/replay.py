@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from ..atomic import atomic_save_tensors
 from ..errors import DataError
 
 
@@ -58,14 +59,11 @@ class ReservoirBuffer:
         return self.images[idx]
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
         tensors = {"rng": self.gen.get_state()}
         if self.images is not None:
-            tensors["images"] = self.images[: self.size].contiguous()
-        save_file(tensors, str(tmp), metadata={"state": json.dumps(
+            tensors["images"] = self.images[: self.size]
+        atomic_save_tensors(path, tensors, metadata={"state": json.dumps(
             {"capacity": self.capacity, "size": self.size, "seen": self.seen})})
-        tmp.replace(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "ReservoirBuffer":

@@ -34,13 +34,15 @@ def inference_copy(backbone: nn.Module, channels_last: bool = True) -> nn.Module
 
 
 @torch.inference_mode()
-def extract_features(backbone: nn.Module, images_uint8: torch.Tensor, batch_size: int = 256,
+def extract_features(backbone: nn.Module, images: torch.Tensor, batch_size: int = 256,
                      device: str | torch.device = "cpu", channels_last: bool = True) -> torch.Tensor:
-    """Backbone features of uint8 images (eval mode: BatchNorm running statistics, no augmentation)."""
+    """Backbone features (eval mode: BatchNorm running statistics, no augmentation) of uint8 images (0..255) or
+    float images in [0, 1], used as they are (no quantisation)."""
     model = inference_copy(backbone, channels_last).to(device)
     out = []
-    for i in range(0, len(images_uint8), batch_size):
-        x = images_uint8[i:i + batch_size].to(device).float().div_(255)
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device)
+        x = x.float() if x.is_floating_point() else x.float().div_(255)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out.append(model(x).float().cpu())

@@ -15,10 +15,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torchattacks
+from pyautoattack import AutoAttack
 from torch import nn
+
+from ..augment.corruptions import CORRUPTIONS, corrupt
+from ..config import load_config
+from ..data import load_datasets, train_val_split
+from ..errors import CheckpointError, SelfsupError
+from ..models import backbone_from_config, load_backbone
+from ..train.checkpoint import latest_checkpoint, load_latest_checkpoint
+from ..train.finetune import Classifier
+from ..train.objectives import build_objective
+from .probes import _standardize, extract_features, fit_logistic, inference_copy, linear_probe
 
 
 class LinearProbeModel(nn.Module):
@@ -119,8 +132,6 @@ def run_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ep
     torch.manual_seed(seed)
     warnings: list[str] = []
     if name in ("autoattack", "apgd-ce", "apgd-t"):
-        from pyautoattack import AutoAttack
-
         log = logging.getLogger("auto-attack")
         h = _Collect()
         log.addHandler(h)
@@ -145,8 +156,6 @@ def run_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ep
         finally:
             log.removeHandler(h)
         return adv.detach(), h.messages
-    import torchattacks
-
     if name == "fgsm":
         atk = torchattacks.FGSM(model, eps=eps)
     elif name == "pgd":
@@ -187,26 +196,17 @@ def build_classifier(run_dir, kind: str, device: str | torch.device = "cpu", ban
     """The classifier to attack and its test data: ``linear`` / ``knn`` on a pre-training run's frozen encoder
     (probe fitted on the run's training data, L2 chosen on its validation split), or ``finetuned`` (a finetune
     run's classifier; kNN comes as the BPDA model). Returns (model, test images in [0, 1], test labels)."""
-    from pathlib import Path
-
-    from ..api import load
-    from ..config import load_config
-    from ..data import train_val_split
-    from ..errors import SelfsupError
-    from ..train.loop import load_datasets
-    from .probes import _standardize, extract_features, inference_copy, linear_probe
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise SelfsupError(f"{run_dir} is not a selfsup run directory (no config.yaml)")
     cfg = load_config(run_dir / "config.yaml")
-    train, test = load_datasets(cfg)
+    train, test = load_datasets(cfg.data)
     if test is None or test.labels is None or train.labels is None:
         raise SelfsupError(f"{cfg.data.source}: attacking needs a labelled data set with a test split")
     x_test, y_test = test.images.float().div(255).to(device), test.labels.to(device)
     if kind == "finetuned":
         return _load_finetuned(run_dir, cfg, train, device), x_test, y_test
-    backbone = inference_copy(load(run_dir, device), cfg.train.channels_last)  # BN folded: ~2x faster attacks
+    backbone = inference_copy(load_backbone(run_dir, device), cfg.train.channels_last)  # BN folded: ~2x faster attacks
     for p in backbone.parameters():
         p.requires_grad_(False)
     g = torch.Generator().manual_seed(seed)
@@ -220,8 +220,6 @@ def build_classifier(run_dir, kind: str, device: str | torch.device = "cpu", ban
         raise SelfsupError(f"unknown classifier {kind!r} (linear, knn, finetuned)")
     tr, va = train_val_split(len(f), 0.2, seed, y)
     lp = linear_probe(f[tr], y[tr], f[va], y[va], f[va], y[va], cfg.eval.linear_l2_grid, cfg.eval.linear_max_iter)
-    from .probes import fit_logistic
-
     mean, std = f.mean(0), f.std(0).clamp_min(1e-6)
     (fs,) = _standardize(f)
     lin = fit_logistic(fs, y, lp["l2"], int(y.max()) + 1, cfg.eval.linear_max_iter)
@@ -231,27 +229,16 @@ def build_classifier(run_dir, kind: str, device: str | torch.device = "cpu", ban
 
 
 def _load_finetuned(run_dir, cfg, train, device) -> nn.Module:
-    from ..errors import CheckpointError
-    from ..models import build_backbone
-    from .probes import inference_copy
-    from ..train.checkpoint import latest_checkpoint, load_checkpoint
-    from ..train.finetune import Classifier
-    from ..train.loop import backbone_kwargs
-    from ..train.objectives import build_objective
-
-    ck = latest_checkpoint(run_dir / "checkpoints")
-    if ck is None or not (run_dir / "finetune.json").exists():
+    if latest_checkpoint(run_dir / "checkpoints") is None or not (run_dir / "finetune.json").exists():
         raise CheckpointError(f"{run_dir} holds no finished finetune run (finetune.json + checkpoints/)")
-    state, _, _, meta = load_checkpoint(ck)
+    state = load_latest_checkpoint(run_dir / "checkpoints").model
     k = state["head.weight"].shape[0] - (1 if cfg.finetune.loss == "sat_selective" else 0)
     n_soft = state["objective.soft"].shape[0] if "objective.soft" in state else 1
     obj = build_objective(cfg.finetune.loss, torch.zeros(n_soft, dtype=torch.long), k, cfg.finetune)
     if cfg.finetune.init:
-        from ..api import load
-
-        backbone = load(cfg.finetune.init, device)
+        backbone = load_backbone(cfg.finetune.init, device)
     else:
-        backbone = build_backbone(cfg.model.backbone, train.channels, **backbone_kwargs(cfg))
+        backbone = backbone_from_config(cfg.model, train.channels)
     clf = Classifier(backbone, k, obj, cfg.train.epochs)
     clf.load_state_dict(state)
     clf.backbone = inference_copy(clf.backbone, cfg.train.channels_last)  # BN folded: same outputs, faster attacks
@@ -275,8 +262,6 @@ def corruption_report(model: nn.Module, images_uint8: torch.Tensor, labels: torc
                       severities=(1, 2, 3, 4, 5), seed: int = 0) -> dict:
     """Accuracy of ``model`` on each corruption × severity of the images (Fashion-MNIST-C when given Fashion-MNIST's
     test set), the mean over corruptions and severities, and clean accuracy."""
-    from ..augment.corruptions import CORRUPTIONS, corrupt
-
     names = list(corruptions or CORRUPTIONS)
     device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
     y = labels.to(device)

@@ -1,19 +1,25 @@
 """The evaluation suite of a run: kNN and linear probe (and the raw-pixel baselines through the same code),
-transfer to sklearn digits, RankMe, alignment/uniformity, collapse alarm. Writes ``eval.json`` and the report."""
+transfer to sklearn digits, RankMe, alignment/uniformity, collapse alarm. The workflow writes ``eval.json`` and the
+report from its results."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ..atomic import atomic_write_text
+from ..augment import recipe_from_config
 from ..config import load_config
-from ..data import digits, train_val_split
-from ..train.checkpoint import atomic_write_text
+from ..data import digits, load_datasets, train_val_split
+from ..methods import METHODS
+from ..models import load_backbone
 from . import diagnostics as diag
 from .probes import extract_features, linear_probe, raw_pixel_features, select_knn_k, knn_accuracy
 
@@ -29,18 +35,23 @@ def _probe_all(f_train, y_train, tr, va, f_test, y_test, e) -> dict:
     return out
 
 
-def evaluate_run(run_dir: str | Path, progress: bool = True, datasets=None, device: str = "cpu") -> dict:
-    from ..api import load
-    from ..report.report import write_report
-    from ..train.loop import build_view_recipe, load_datasets
-    from ..methods import METHODS
+@dataclass
+class Evaluation:
+    """The suite's results (``eval.json``) and what the report plots: test features, their labels, class names."""
+    results: dict
+    test_features: torch.Tensor
+    test_labels: torch.Tensor | None
+    classes: list[str]
 
+
+def evaluate_run(run_dir: str | Path, progress: bool = True, datasets=None, device: str = "cpu") -> Evaluation:
+    """Evaluate the backbone saved in ``run_dir`` with the protocol of its ``config.yaml``."""
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     e = cfg.eval
-    backbone = load(run_dir, device)
-    train_ds, test_ds = datasets or load_datasets(cfg)
-    stages = ["features", "knn + linear probe", "raw-pixel baselines", "transfer (digits)", "diagnostics", "report"]
+    backbone = load_backbone(run_dir, device)
+    train_ds, test_ds = datasets or load_datasets(cfg.data)
+    stages = ["features", "knn + linear probe", "raw-pixel baselines", "transfer (digits)", "diagnostics"]
     t_start = time.perf_counter()
     results: dict = {"run": str(run_dir), "method": cfg.method["name"], "data": cfg.data.source}
     with _StageProgress(stages, progress) as sp:
@@ -74,12 +85,14 @@ def evaluate_run(run_dir: str | Path, progress: bool = True, datasets=None, devi
         results["rankme"] = diag.rankme(f_test[:n])
         results["collapse_std"] = diag.collapse_std(f_test[:n])
         results["collapse_std_healthy"] = 1 / float(np.sqrt(f_test.shape[1]))
-        recipe = build_view_recipe(cfg, METHODS[cfg.method["name"]])
+        results["collapse"] = diag.collapse_check(f_test[:n])  # the alarm (not collapse_std: fooled by ReLU features)
+        results.setdefault("warnings", []).extend(diag.collapse_warnings(results["collapse"]))  # + logged
+        recipe = recipe_from_config(cfg.augment, METHODS[cfg.method["name"]].recipe)
         g = torch.Generator().manual_seed(cfg.seed + 12345)
         sample = test_x[: min(2000, len(test_x))]
         v1, v2 = recipe(sample.float() / 255, g)
-        z1 = extract_features(backbone, (v1 * 255).round().to(torch.uint8), e.batch_size, device, cl)
-        z2 = extract_features(backbone, (v2 * 255).round().to(torch.uint8), e.batch_size, device, cl)
+        z1 = extract_features(backbone, v1, e.batch_size, device, cl)
+        z2 = extract_features(backbone, v2, e.batch_size, device, cl)
         results["alignment"] = diag.alignment(z1, z2)
         results["uniformity"] = diag.uniformity(f_test[:2000])
         sp.advance()
@@ -88,11 +101,7 @@ def evaluate_run(run_dir: str | Path, progress: bool = True, datasets=None, devi
         summary = run_dir / "train_summary.json"
         if summary.exists():
             results["train"] = json.loads(summary.read_text())
-        (run_dir / "eval.json").write_text(json.dumps(results, indent=1))
-        write_report(run_dir, results, f_test, y_test, test_ds.classes if test_ds is not None else train_ds.classes,
-                     e.embedding_plot, e.embedding_points, cfg.seed)
-        sp.advance()
-    return results
+    return Evaluation(results, f_test, y_test, test_ds.classes if test_ds is not None else train_ds.classes)
 
 
 def _raw_baselines(train_ds, test_ds, tr, va, e, seed) -> dict:
@@ -137,8 +146,6 @@ class _StageProgress:
 
     def __enter__(self):
         if self.enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
             self.p = Progress(TextColumn("[bold]evaluate"), BarColumn(), TextColumn("{task.description}"),
                               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
             self.p.__enter__()

@@ -1,4 +1,10 @@
-"""The method zoo: one small file per method. ``METHODS`` maps a config name to its class."""
+"""The method zoo: one small file per method. ``METHODS`` maps a config name to its class; :func:`build_method`
+builds the configured one on a fresh backbone."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..models import backbone_from_config
 from .barlow_twins import BarlowTwins
 from .base import SSLMethod
 from .byol import BYOL
@@ -21,4 +27,17 @@ DESCRIPTIONS = {
     "sat": "self-adaptive training, SSL: per-sample EMA targets instead of a momentum network (Huang et al.)",
 }
 
-__all__ = ["METHODS", "DESCRIPTIONS", "SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "BarlowTwins", "VICReg", "SelfAdaptiveSSL"]
+if TYPE_CHECKING:
+    from ..config import Config
+
+
+def build_method(cfg: "Config", in_channels: int, num_samples: int = 0) -> SSLMethod:
+    """The configured method on a fresh backbone; methods with per-sample state get ``num_samples``."""
+    backbone = backbone_from_config(cfg.model, in_channels)
+    cls = METHODS[cfg.method["name"]]
+    if getattr(cls, "uses_indices", False):
+        return cls(backbone, cfg.method_params(), num_samples=num_samples)
+    return cls(backbone, cfg.method_params())
+
+
+__all__ = ["build_method", "METHODS", "DESCRIPTIONS", "SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "BarlowTwins", "VICReg", "SelfAdaptiveSSL"]

@@ -1,3 +1,3 @@
-from .loop import RunResult, build_method, build_view_recipe, pretrain
+from .loop import Callback, FitPlan, RunResult, StepEvent, fit
 
-__all__ = ["RunResult", "build_method", "build_view_recipe", "pretrain"]
+__all__ = ["Callback", "FitPlan", "RunResult", "StepEvent", "fit"]

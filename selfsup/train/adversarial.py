@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .. import distributed as D
 from .strategies import Strategy
 
 
@@ -28,6 +29,8 @@ def pgd(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: f
         start: torch.Tensor | None = None) -> torch.Tensor:
     """argmax over ‖δ‖∞ ≤ eps, x + δ ∈ [0, 1] of ``loss_fn(x + δ)``, by ``steps`` sign-gradient steps."""
     alpha = alpha if alpha is not None else 2.5 * eps / max(1, steps)
+    if generator is not None and generator.device.type != x.device.type:
+        raise ValueError(f"pgd: the random-start generator is on {generator.device}, the images on {x.device}")
     x = x.detach()
     if start is not None:
         adv = start.detach().clamp(0, 1)
@@ -45,9 +48,20 @@ def pgd(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: f
     return adv.detach()
 
 
-def supervised_adversarial_loss(kind: str, clf, x, labels, idx, eps: float, steps: int, beta: float) -> torch.Tensor:
-    """The classifier's (:class:`selfsup.train.finetune.Classifier`) training loss under ``kind`` (pgd | trades);
-    adversarial examples are generated in eval mode (BatchNorm running statistics), as in the TRADES code."""
+class SupervisedAdversary:
+    """Supervised adversarial training settings (``finetune.adversarial``) and the generator of its random starts,
+    which lives on the training device and is checkpointed with the run."""
+
+    def __init__(self, kind: str, eps: float, steps: int, beta: float, seed: int, device: torch.device):
+        if kind not in ("pgd", "trades"):
+            raise ValueError(f"unknown adversarial training {kind!r} (pgd, trades)")
+        self.kind, self.eps, self.steps, self.beta = kind, eps, steps, beta
+        self.gen = torch.Generator(device=device).manual_seed(seed * 7 + 3)
+
+
+def supervised_adversarial_loss(adv: SupervisedAdversary, clf, x, labels, idx) -> torch.Tensor:
+    """The classifier's (:class:`selfsup.train.classifier.Classifier`) training loss under ``adv.kind`` (pgd |
+    trades); adversarial examples are generated in eval mode (BatchNorm running statistics), as in the TRADES code."""
     k, epoch = clf.num_classes, float(clf.epoch_now)
 
     def logits(z):
@@ -55,34 +69,36 @@ def supervised_adversarial_loss(kind: str, clf, x, labels, idx, eps: float, step
 
     was = clf.training
     clf.eval()
-    if kind == "pgd":
-        adv = pgd(lambda z: F.cross_entropy(logits(z)[:, :k].float(), labels), x, eps, steps)
+    if adv.kind == "pgd":
+        x_adv = pgd(lambda z: F.cross_entropy(logits(z)[:, :k].float(), labels), x, adv.eps, adv.steps,
+                    generator=adv.gen)
         clf.train(was)
-        return clf.objective(logits(adv), labels, idx, epoch)
-    if kind == "trades":
-        with torch.no_grad():
-            p_clean = F.softmax(logits(x)[:, :k].float(), 1)
-        start = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
-        adv = pgd(lambda z: F.kl_div(F.log_softmax(logits(z)[:, :k].float(), 1), p_clean, reduction="batchmean"),
-                  x, eps, steps, start=start)
-        clf.train(was)
-        out = logits(x)
-        robust = F.kl_div(F.log_softmax(logits(adv)[:, :k].float(), 1), F.softmax(out[:, :k].float(), 1),
-                          reduction="batchmean")
-        return clf.objective(out, labels, idx, epoch) + beta * robust
-    raise ValueError(f"unknown adversarial training {kind!r} (pgd, trades)")
+        return clf.objective(logits(x_adv), labels, idx, epoch)
+    with torch.no_grad():
+        p_clean = F.softmax(logits(x)[:, :k].float(), 1)
+    start = (x + 0.001 * torch.randn(x.shape, generator=adv.gen, device=x.device, dtype=x.dtype)).clamp(0, 1)
+    x_adv = pgd(lambda z: F.kl_div(F.log_softmax(logits(z)[:, :k].float(), 1), p_clean, reduction="batchmean"),
+                x, adv.eps, adv.steps, start=start)
+    clf.train(was)
+    out = logits(x)
+    robust = F.kl_div(F.log_softmax(logits(x_adv)[:, :k].float(), 1), F.softmax(out[:, :k].float(), 1),
+                      reduction="batchmean")
+    return clf.objective(out, labels, idx, epoch) + adv.beta * robust
 
 
 class AdversarialSSL(Strategy):
     """Self-supervised adversarial training as a loop plug-in (its ``penalty`` is the adversarial term)."""
     name = "adversarial"
 
-    def __init__(self, kind: str, eps: float, steps: int, weight: float = 1.0, temperature: float = 0.2,
-                 seed: int = 0):
+    def __init__(self, kind: str, eps: float, steps: int, device: torch.device, weight: float = 1.0,
+                 temperature: float = 0.2, seed: int = 0):
         if kind not in ("instance", "mi"):
             raise ValueError(f"unknown self-supervised adversarial training {kind!r} (instance, mi)")
         self.kind, self.eps, self.steps, self.weight, self.t = kind, eps, steps, weight, temperature
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator(device=device).manual_seed(seed)  # random starts, drawn on the images' device
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"adversarial": self.gen}
 
     def _embed(self, method, x):
         z = method.backbone(x)
@@ -101,6 +117,15 @@ class AdversarialSSL(Strategy):
         za = F.normalize(self._embed(method, adv).float(), dim=1)
         zc = F.normalize(self._embed(method, x1).float(), dim=1)
         return self.weight * _info_nce(za, zc, self.t)
+
+
+def adversarial_ssl(cfg, device: torch.device) -> AdversarialSSL | None:
+    """The ``train.adversarial`` plug-in of a config (None when off), its generator on ``device``."""
+    t = cfg.train
+    if t.adversarial == "none":
+        return None
+    return AdversarialSSL(t.adversarial, t.adv_eps, t.adv_steps, device, t.adv_weight,
+                          seed=cfg.seed * 1009 + D.rank())
 
 
 def _info_nce(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:

@@ -20,21 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from ..atomic import atomic_save_tensors, atomic_write_text
 from ..augment import to_float
 from ..data import ImageDataset, ReservoirBuffer
 from ..models.heads import prediction_head
-
-
-def _save(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    tmp.replace(path)
 
 
 def _backbone_params(method: nn.Module) -> dict[str, nn.Parameter]:
@@ -86,7 +82,15 @@ class Joint(Strategy):
         self.kept = 0
 
     def end_chunk(self, method, chunk, index, recipe, device, cfg) -> None:
-        self.kept += chunk.images.numel()
+        self.kept += chunk.images.numel() * chunk.images.element_size()
+
+    def save(self, directory: Path) -> None:
+        atomic_write_text(directory / "joint.json", json.dumps({"kept_bytes": self.kept}))
+
+    def load(self, directory: Path, method) -> None:
+        path = directory / "joint.json"
+        if path.exists():
+            self.kept = int(json.loads(path.read_text())["kept_bytes"])
 
     def retained_bytes(self) -> int:
         return self.kept
@@ -173,7 +177,7 @@ class Regularize(Strategy):
 
     def save(self, directory: Path) -> None:
         if self.anchor:
-            _save(directory / "regularizer.safetensors",
+            atomic_save_tensors(directory / "regularizer.safetensors",
                   {**{f"anchor.{n}": v for n, v in self.anchor.items()},
                    **{f"importance.{n}": v for n, v in self.importance.items()}})
 
@@ -240,7 +244,7 @@ class Distill(Strategy):
 
     def save(self, directory: Path) -> None:
         if self.old is not None:
-            _save(directory / "distill_old_backbone.safetensors", self.old.state_dict())
+            atomic_save_tensors(directory / "distill_old_backbone.safetensors", self.old.state_dict())
 
     def load(self, directory: Path, method) -> None:
         path = directory / "distill_old_backbone.safetensors"

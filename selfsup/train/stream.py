@@ -9,9 +9,17 @@ chunk in progress resumes from its last step checkpoint, no chunk is lost and no
 cannot be read, is empty, has the wrong image shape or is smaller than a batch is reported, recorded as rejected and
 not trained (with ``--watch`` it is retried if the file changes).
 
+The chunk in progress keeps its step checkpoints under ``chunks/<name>-<signature>/`` with a ``chunk.json`` naming
+it: a restart resumes that very chunk first (even if a chunk that sorts earlier has arrived meanwhile), and when the
+chunk in progress has changed or vanished its partial state is discarded with a log line and the stream goes on
+cleanly — a checkpoint is never resumed under another chunk's name.
+
 Run directory: ``config.yaml``, ``manifest.json``, ``metrics.jsonl`` (every chunk's steps, tagged ``chunk``),
-``chunks/NNN/checkpoints`` (step checkpoints of the chunk in progress), ``state/after_NNN/`` (model + strategy state
-after chunk NNN), ``stream.json`` (per-chunk evaluation, accuracy matrix, metrics), ``backbone.*`` and plots.
+``chunks/<name>-<signature>/`` (the chunk in progress), ``state/after_NNN/`` (model + strategy state after chunk
+NNN), ``backbone.*``; the workflow (:mod:`selfsup.workflows.stream`) adds ``stream.json`` and the plots.
+
+Evaluation is injected: the driver calls an evaluator (``evaluate(backbone, n_chunks_available) -> dict``, with an
+``image_shape`` attribute) after each chunk and on the initial encoder; it imports no evaluation code.
 """
 from __future__ import annotations
 
@@ -21,19 +29,23 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from ..config import Config, dump_config, load_config
-from ..data import ImageDataset
-from ..data.sequences import EvalTask
-from ..errors import DataError, SelfsupError, TrainingError
-from .checkpoint import atomic_write_text
-from .loop import build_method, build_view_recipe, fit, setup_device
-from .strategies import build_strategy
+from ..atomic import atomic_dir, atomic_write_text
+from ..augment import recipe_from_config
+from ..config import Config
+from ..data import ImageDataset, image_folder, npz, webdataset_shard
+from ..errors import DataError, TrainingError
+from ..methods import build_method
+from ..models import save_backbone
+from .loop import Callback, FitPlan, fit
+from .rundir import write_config
+from .setup import setup_device
+from .strategies import Strategy, build_strategy
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
 
@@ -56,8 +68,6 @@ def _signature(path: Path) -> str:
 
 
 def load_chunk_path(path: Path, skip_bad: bool = False) -> ImageDataset:
-    from ..data.sources import image_folder, npz, webdataset_shard
-
     if path.is_dir():
         return image_folder(path, skip_bad=skip_bad)
     if path.suffix == ".npz":
@@ -91,8 +101,8 @@ def memory_chunks(datasets: list[ImageDataset]) -> list[Chunk]:
     return [Chunk(f"{i + 1:02d}-{slug(d.name)}", lambda d=d: d, sig(d)) for i, d in enumerate(datasets)]
 
 
-# ------------------------------------------------------------------------------------------------ manifest
-def _read_manifest(path: Path) -> dict:
+# ------------------------------------------------------------------------------------------------ run state
+def read_manifest(path: Path) -> dict:
     if not path.exists():
         return {"chunks": [], "rejected": {}}
     try:
@@ -102,27 +112,44 @@ def _read_manifest(path: Path) -> dict:
                             f"move it away to start the stream afresh") from None
 
 
-def _save_state(state_root: Path, index: int, method, strategy) -> str:
-    """Model + strategy state after chunk ``index`` into ``state/after_NNN`` (written under a temp name, then
-    renamed)."""
+def _save_state(state_root: Path, index: int, method: nn.Module, strategy: Strategy) -> str:
+    """Model + strategy state after chunk ``index`` into ``state/after_NNN`` (written atomically)."""
     name = f"after_{index:03d}"
-    final, tmp = state_root / name, state_root / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()}, str(tmp / "model.safetensors"))
-    strategy.save(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.replace(final)
+    with atomic_dir(state_root / name) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()},
+                  str(tmp / "model.safetensors"))
+        strategy.save(tmp)
     return name
 
 
-# ------------------------------------------------------------------------------------------------ the driver
+def _chunk_dir_name(chunk: Chunk) -> str:
+    slug = "".join(ch if ch.isalnum() or ch in "+-._" else "_" for ch in chunk.name)[:60]
+    return f"{slug}-{chunk.signature[:12]}"
+
+
+class ChunkEvaluator(Protocol):
+    image_shape: tuple[int, ...]
+
+    def __call__(self, backbone: nn.Module, n_available: int) -> dict: ...
+
+
 @dataclass
 class StreamResult:
     run_dir: Path
-    chunks: list[dict] = field(default_factory=list)
-    rejected: dict = field(default_factory=dict)
-    summary: dict = field(default_factory=dict)
+    manifest: dict
+    method: nn.Module | None = None
+
+    @property
+    def chunks(self) -> list[dict]:
+        return self.manifest["chunks"]
+
+    @property
+    def rejected(self) -> dict:
+        return self.manifest["rejected"]
+
+    @property
+    def summary(self) -> dict:
+        return self.manifest.get("summary", {})
 
 
 def _steps_for(cfg: Config, n_images: int) -> int:
@@ -130,175 +157,213 @@ def _steps_for(cfg: Config, n_images: int) -> int:
     return s.chunk_steps or max(1, int(round(s.chunk_epochs * n_images / cfg.train.batch_size)))
 
 
+# ------------------------------------------------------------------------------------------------ the driver
+class StreamTrainer:
+    """Consumes chunks in order with the configured strategy; ``run`` may be called again on the same run
+    directory (a restart) and continues where the last call stopped.
+
+    ``evaluate``: called after each chunk (None: no evaluation); ``init_eval``: the initial encoder's evaluation
+    when the caller already has it (a study shares it between strategies); ``final_only`` (the joint reference of
+    a study with a known number of chunks): train and evaluate only after the last chunk; ``callbacks``: passed to
+    every chunk's training loop."""
+
+    def __init__(self, cfg: Config, run_dir: Path, *, evaluate: ChunkEvaluator | None = None,
+                 init_eval: dict | None = None, final_only: bool = False, callbacks: list[Callback] | None = None,
+                 progress: bool = True, log: Callable[[str], None] = print):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.evaluate = evaluate if cfg.stream.evaluate else None
+        self.init_eval, self.final_only = init_eval, final_only
+        self.callbacks, self.progress, self.log = list(callbacks or []), progress, log
+        self.manifest_path = self.run_dir / "manifest.json"
+
+    # -- state
+    def _commit(self) -> None:
+        atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=1))
+
+    def _restore(self, chunks: Callable[[], list[Chunk]]) -> None:
+        cfg = self.cfg
+        self.device = setup_device(cfg)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(self.run_dir, cfg, continuing=True)
+        self.manifest = read_manifest(self.manifest_path)
+        done = self.manifest["chunks"]
+        self.strategy = build_strategy(cfg.stream.strategy, cfg)
+        self.method = None
+        self.shape = tuple(done[-1]["shape"]) if done else None
+        if done:
+            last = done[-1]
+            self.method = self._new_method(last["channels"])
+            self.method.load_state_dict(load_file(str(self.run_dir / "state" / last["state"] / "model.safetensors"),
+                                                  device=str(self.device)))
+            self.strategy.load(self.run_dir / "state" / last["state"], self.method)
+            self.log(f"resuming stream {self.run_dir}: {len(done)} chunk(s) already consumed")
+        self.seen_data: list[ImageDataset] = []  # joint keeps every chunk
+        if self.strategy.retrain_from_scratch and done:
+            self.seen_data = [_find_chunk(chunks(), c["name"]).load() for c in done]
+        if self.evaluate is not None and "init_eval" not in self.manifest:
+            if self.init_eval is None:
+                c, h, w = self.evaluate.image_shape
+                self.init_eval = _strip(self.evaluate(self._new_method(c).backbone, 0))
+            self.manifest["init_eval"] = self.init_eval
+            self._commit()  # at once: a stream killed before its first chunk commits does not redo it
+        self.in_progress = self._find_in_progress(len(done), {c["name"] for c in done})
+
+    def _new_method(self, channels: int) -> nn.Module:
+        torch.manual_seed(self.cfg.seed)
+        method = build_method(self.cfg, channels).to(self.device)
+        if self.cfg.train.channels_last:  # as fit() leaves it, so copies made from it (distill) compute identically
+            method = method.to(memory_format=torch.channels_last)
+        return method
+
+    def _find_in_progress(self, index: int, done_names: set[str]) -> dict | None:
+        """The chunk whose training was interrupted (its folder under ``chunks/``); stale folders are removed."""
+        root = self.run_dir / "chunks"
+        found = None
+        for d in sorted(root.iterdir()) if root.is_dir() else []:
+            try:
+                ident = json.loads((d / "chunk.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                ident = None
+            if ident is None or ident.get("index") != index or ident.get("name") in done_names or found:
+                shutil.rmtree(d, ignore_errors=True)  # committed already, or never started properly
+                continue
+            found = {**ident, "dir": d}
+        return found
+
+    def _order(self, new: list[Chunk]) -> list[Chunk]:
+        """The interrupted chunk first when it is still there unchanged; otherwise drop its partial state."""
+        ip = self.in_progress
+        if ip is None:
+            return new
+        same = [c for c in new if c.name == ip["name"] and c.signature == ip["signature"]]
+        if same:
+            return same + [c for c in new if c is not same[0]]
+        what = "has changed" if any(c.name == ip["name"] for c in new) else "is gone"
+        self.log(f"chunk {ip['name']} was being trained when the stream stopped but {what}: its partial training "
+                 f"is discarded and the stream continues cleanly")
+        shutil.rmtree(ip["dir"], ignore_errors=True)
+        self.in_progress = None
+        return new
+
+    # -- one chunk
+    def _admit(self, chunk: Chunk) -> ImageDataset | None:
+        """The chunk's data, or None (recorded as rejected) when it cannot be trained on."""
+        try:
+            data = chunk.load()
+            if self.shape is not None and tuple(data.images.shape[1:]) != self.shape:
+                raise DataError(f"images of shape {tuple(data.images.shape[1:])}, but the stream's are {self.shape}")
+            if len(data) < self.cfg.train.batch_size:
+                raise DataError(f"{len(data)} images, fewer than train.batch_size {self.cfg.train.batch_size}")
+        except DataError as e:
+            self.log(f"chunk {chunk.name} rejected (not trained): {e}")
+            self.manifest["rejected"][chunk.name] = {"signature": chunk.signature, "reason": str(e)}
+            self._commit()
+            return None
+        shape = tuple(data.images.shape[1:])
+        if self.evaluate is not None and tuple(self.evaluate.image_shape) != shape:
+            raise DataError(f"the chunks hold {shape} images but the evaluation data ({self.cfg.data.source}) "
+                            f"{tuple(self.evaluate.image_shape)}: point data.source/data.root at labelled images "
+                            f"like the chunks, or set stream.evaluate=false")
+        return data
+
+    def _train_chunk(self, chunk: Chunk, data: ImageDataset, n_available: int) -> None:
+        cfg, done, strategy = self.cfg, self.manifest["chunks"], self.strategy
+        index = len(done)
+        self.shape = tuple(data.images.shape[1:])
+        if self.method is None:
+            self.method = self._new_method(data.channels)
+        t0 = time.perf_counter()
+        steps = _steps_for(cfg, len(data))
+        train_data = data
+        last_of_known = self.final_only and index == n_available - 1
+        if strategy.retrain_from_scratch:
+            self.seen_data.append(data)
+            steps = sum(_steps_for(cfg, len(d)) for d in self.seen_data)
+            train_data = ImageDataset(torch.cat([d.images for d in self.seen_data]), None, [], "seen so far")
+        skip = strategy.retrain_from_scratch and self.final_only and not last_of_known
+        if not skip:
+            if strategy.retrain_from_scratch:
+                self.method = self._new_method(data.channels)
+            ckpt_root = self.run_dir / "chunks" / _chunk_dir_name(chunk)
+            ckpt_root.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(ckpt_root / "chunk.json", json.dumps(
+                {"name": chunk.name, "signature": chunk.signature, "index": index}))
+            strategy.begin_chunk(self.method, index, cfg.seed)
+            offset = 0 if strategy.retrain_from_scratch else sum(c["images"] for c in done)
+            if hasattr(self.method, "reserve"):  # per-sample state (method: sat) grows with the stream
+                self.method.reserve(offset + len(train_data))
+            fit(self.method, train_data, cfg, self.device, FitPlan(
+                ckpt_root / "checkpoints", self.run_dir / "metrics.jsonl", total_steps=steps,
+                seed=cfg.seed + 1000 * (index + 1), resume=True, strategy=strategy, callbacks=self.callbacks,
+                progress=self.progress, label=f"chunk {index + 1}", log_fields={"chunk": index + 1},
+                index_offset=offset))
+        strategy.end_chunk(self.method, data, index, recipe_from_config(cfg.augment, type(self.method).recipe),
+                           self.device, cfg)
+        entry = {"name": chunk.name, "signature": chunk.signature, "images": len(data), "channels": data.channels,
+                 "shape": list(self.shape), "steps": 0 if skip else steps,
+                 "train_seconds": round(time.perf_counter() - t0, 2), "retained_bytes": strategy.retained_bytes(),
+                 "trained": not skip}
+        if self.evaluate is not None and not skip and (not self.final_only or last_of_known):
+            t1 = time.perf_counter()
+            ev = _strip(self.evaluate(self.method.backbone, n_available))
+            ev["eval_seconds"] = round(time.perf_counter() - t1, 2)
+            entry["eval"] = ev
+            self.log(f"after chunk {index + 1} ({chunk.name}): " + ", ".join(
+                f"{k} {v:.4f}" for k, v in ev.items() if isinstance(v, float) and k != "eval_seconds"))
+        entry["state"] = _save_state(self.run_dir / "state", index + 1, self.method, strategy)
+        done.append(entry)
+        self.manifest["rejected"].pop(chunk.name, None)
+        self._commit()  # the commit point
+        shutil.rmtree(self.run_dir / "chunks", ignore_errors=True)
+        self.in_progress = None
+        for old_state in (self.run_dir / "state").iterdir():
+            if old_state.name != entry["state"]:
+                shutil.rmtree(old_state, ignore_errors=True)
+
+    # -- the loop
+    def run(self, chunks: Callable[[], list[Chunk]], watch: bool = False, idle_timeout: float | None = None,
+            max_chunks: int | None = None) -> StreamResult:
+        """Consume ``chunks()`` (re-listed on every look when ``watch``) in order; stop when nothing is new (or,
+        with ``watch``, after ``idle_timeout`` seconds without a new chunk), or after ``max_chunks`` chunks."""
+        self._restore(chunks)
+        trained_now = 0
+        last_new = time.monotonic()
+        pending: dict[str, str] = {}  # watch: name -> signature seen at the previous look
+        while True:
+            available = chunks()
+            done_names = {c["name"] for c in self.manifest["chunks"]}
+            new = [c for c in available if c.name not in done_names
+                   and self.manifest["rejected"].get(c.name, {}).get("signature") != c.signature]
+            if watch:  # a chunk must look the same on two successive looks (not being written)
+                ip = self.in_progress
+                stable = [c for c in new if pending.get(c.name) == c.signature
+                          or (ip is not None and (c.name, c.signature) == (ip["name"], ip["signature"]))]
+                pending = {c.name: c.signature for c in new}
+                new = stable
+            for chunk in self._order(new):
+                data = self._admit(chunk)
+                if data is None:
+                    continue
+                self._train_chunk(chunk, data, len(available))
+                trained_now += 1
+                last_new = time.monotonic()
+                if max_chunks is not None and trained_now >= max_chunks:
+                    return StreamResult(self.run_dir, self.manifest, self.method)
+            if not watch:
+                break
+            if idle_timeout is not None and time.monotonic() - last_new > idle_timeout:
+                self.log(f"no new chunk for {idle_timeout:.0f} s: stopping")
+                break
+            time.sleep(self.cfg.stream.watch_interval)
+        if not self.manifest["chunks"]:
+            raise DataError("the stream holds no usable chunk" + (
+                f" ({len(self.manifest['rejected'])} rejected: see manifest.json)" if self.manifest["rejected"] else ""))
+        save_backbone(self.run_dir, self.method.backbone, self.cfg.model, self.manifest["chunks"][-1]["channels"])
+        return StreamResult(self.run_dir, self.manifest, self.method)
+
+
 def _strip(ev: dict) -> dict:
     return {k: v for k, v in ev.items() if not k.startswith("_")}
-
-
-def run_stream(cfg: Config, run_dir: Path, chunks: Callable[[], list[Chunk]], *, tasks: list[EvalTask] | None = None,
-               full: EvalTask | None = None, watch: bool = False, progress: bool = True,
-               idle_timeout: float | None = None, final_only: bool = False, init_eval: dict | None = None,
-               stop_after: int | None = None, interrupt: tuple[int, int] | None = None,
-               log: Callable[[str], None] = print) -> StreamResult:
-    """Consume ``chunks()`` (re-listed on every look when ``watch``) in order. ``tasks``/``full``: evaluation after
-    each chunk (``tasks[j]`` belongs to chunk j). ``final_only`` (joint reference of the study): evaluate only
-    after the last of a known number of chunks. ``stop_after``: stop after training that many chunks in this call;
-    ``interrupt=(chunk, step)``: stop inside that chunk right after that step, as a crash would (tests)."""
-    from ..evaluate.continual import cka, evaluate_chunk
-
-    device, _ = setup_device(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.exists():
-        old = load_config(cfg_path)
-        if (old.method, old.model, old.stream.strategy) != (cfg.method, cfg.model, cfg.stream.strategy):
-            raise TrainingError(f"{run_dir} holds a stream with another method, model or strategy; choose another "
-                                f"name (name=...) or the same config")
-    atomic_write_text(cfg_path, dump_config(cfg))
-    manifest_path = run_dir / "manifest.json"
-    manifest = _read_manifest(manifest_path)
-    done = manifest["chunks"]
-    strategy = build_strategy(cfg.stream.strategy, cfg)
-    method = None
-    channels = shape = None
-    if done:
-        last = done[-1]
-        channels, shape = last["channels"], tuple(last["shape"])
-        torch.manual_seed(cfg.seed)
-        method = build_method(cfg, channels).to(device)
-        if cfg.train.channels_last:  # as fit() leaves it, so copies made from it (distill) compute identically
-            method = method.to(memory_format=torch.channels_last)
-        method.load_state_dict(load_file(str(run_dir / "state" / last["state"] / "model.safetensors"),
-                                         device=str(device)))
-        strategy.load(run_dir / "state" / last["state"], method)
-        log(f"resuming stream {run_dir}: {len(done)} chunk(s) already consumed")
-    recipe = None
-    seen_data: list[ImageDataset] = []  # joint keeps every chunk
-    if strategy.retrain_from_scratch and done:
-        seen_data = [_find_chunk(chunks(), c["name"]).load() for c in done]
-    evaluate = cfg.stream.evaluate and (full is not None or tasks)
-    if evaluate and init_eval is None and "init_eval" not in manifest:
-        torch.manual_seed(cfg.seed)
-        probe = build_method(cfg, (full or tasks[0]).train.channels).to(device)
-        manifest["init_eval"] = _strip(evaluate_chunk(probe.backbone, tasks, full, cfg, device))
-    elif init_eval is not None:
-        manifest["init_eval"] = init_eval
-    if tasks:
-        manifest["task_names"] = [t.name for t in tasks]
-    prev_features = None
-    trained_now = 0
-    last_new = time.monotonic()
-    pending: dict[str, str] = {}  # watch: name -> signature seen at the previous look
-    while True:
-        available = chunks()
-        done_names = {c["name"] for c in done}
-        new = [c for c in available if c.name not in done_names
-               and manifest["rejected"].get(c.name, {}).get("signature") != c.signature]
-        if watch:  # a chunk must look the same on two successive looks (not being written)
-            stable = [c for c in new if pending.get(c.name) == c.signature]
-            pending = {c.name: c.signature for c in new}
-            new = stable
-        for chunk in new:
-            index = len(done)
-            try:
-                data = chunk.load()
-                if shape is not None and tuple(data.images.shape[1:]) != shape:
-                    raise DataError(f"images of shape {tuple(data.images.shape[1:])}, but the stream's are {shape}")
-                if len(data) < cfg.train.batch_size:
-                    raise DataError(f"{len(data)} images, fewer than train.batch_size {cfg.train.batch_size}")
-            except DataError as e:
-                msg = str(e)
-                log(f"chunk {chunk.name} rejected (not trained): {msg}")
-                manifest["rejected"][chunk.name] = {"signature": chunk.signature, "reason": msg}
-                atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
-                continue
-            channels, shape = data.channels, tuple(data.images.shape[1:])
-            eval_shape = tuple((full or (tasks[0] if tasks else None)).train.images.shape[1:]) if evaluate else shape
-            if eval_shape != shape:
-                raise DataError(f"the chunks hold {shape} images but the evaluation data ({cfg.data.source}) "
-                                f"{eval_shape}: point data.source/data.root at labelled images like the chunks, or "
-                                f"set stream.evaluate=false")
-            if method is None:
-                torch.manual_seed(cfg.seed)
-                method = build_method(cfg, channels).to(device)
-            if recipe is None:
-                recipe = build_view_recipe(cfg, type(method))
-            t0 = time.perf_counter()
-            steps = _steps_for(cfg, len(data))
-            train_data = data
-            last_of_known = final_only and index == len(available) - 1
-            if strategy.retrain_from_scratch:
-                seen_data.append(data)
-                steps = sum(_steps_for(cfg, len(d)) for d in seen_data)
-                train_data = ImageDataset(torch.cat([d.images for d in seen_data]), None, [], "seen so far")
-            skip = strategy.retrain_from_scratch and final_only and not last_of_known
-            ckpt_dir = run_dir / "chunks" / f"{index:03d}" / "checkpoints"
-            result = None
-            if not skip:
-                if strategy.retrain_from_scratch:
-                    torch.manual_seed(cfg.seed)
-                    method = build_method(cfg, channels).to(device)
-                strategy.begin_chunk(method, index, cfg.seed)
-                offset = 0 if strategy.retrain_from_scratch else sum(c["images"] for c in done)
-                if hasattr(method, "reserve"):  # per-sample state (method: sat) grows with the stream
-                    method.reserve(offset + len(train_data))
-                result = fit(method, train_data, cfg, device, ckpt_dir, run_dir / "metrics.jsonl", resume=True,
-                             strategy=strategy, progress=progress, total_steps=steps, seed=cfg.seed + 1000 * (index + 1),
-                             label=f"chunk {index + 1}", log={"chunk": index + 1},
-                             interrupt_at=interrupt[1] if interrupt and interrupt[0] == index else None,
-                             index_offset=offset)
-                if result.interrupted:
-                    return StreamResult(run_dir, done, manifest["rejected"])
-                strategy.end_chunk(method, data, index, recipe, device, cfg)
-            else:  # joint, not re-trained at this chunk: it still keeps the chunk
-                strategy.end_chunk(method, data, index, recipe, device, cfg)
-            train_s = time.perf_counter() - t0
-            entry = {"name": chunk.name, "signature": chunk.signature, "images": len(data), "channels": channels,
-                     "shape": list(shape), "steps": 0 if skip else steps, "train_seconds": round(train_s, 2),
-                     "retained_bytes": strategy.retained_bytes(), "trained": not skip}
-            if evaluate and not skip and (not final_only or last_of_known):
-                t1 = time.perf_counter()
-                ev = evaluate_chunk(method.backbone, tasks[: len(available)] if tasks else None, full, cfg, device)
-                feats = ev.pop("_features", None)
-                if feats is not None and prev_features is not None:
-                    ev["cka_previous"] = cka(prev_features, feats)
-                prev_features = feats
-                ev["eval_seconds"] = round(time.perf_counter() - t1, 2)
-                entry["eval"] = ev
-                log(f"after chunk {index + 1} ({chunk.name}): " + ", ".join(
-                    f"{k} {v:.4f}" for k, v in ev.items() if isinstance(v, float) and k != "eval_seconds"))
-            entry["state"] = _save_state(run_dir / "state", index + 1, method, strategy)
-            done.append(entry)
-            manifest["chunks"] = done
-            manifest["rejected"].pop(chunk.name, None)
-            atomic_write_text(manifest_path, json.dumps(manifest, indent=1))  # the commit point
-            shutil.rmtree(run_dir / "chunks" / f"{index:03d}", ignore_errors=True)
-            if (run_dir / "chunks").is_dir() and not any((run_dir / "chunks").iterdir()):
-                (run_dir / "chunks").rmdir()
-            for old_state in (run_dir / "state").iterdir():
-                if old_state.name != entry["state"]:
-                    shutil.rmtree(old_state, ignore_errors=True)
-            trained_now += 1
-            last_new = time.monotonic()
-            if stop_after is not None and trained_now >= stop_after:
-                return StreamResult(run_dir, done, manifest["rejected"])
-        if not watch:
-            break
-        if idle_timeout is not None and time.monotonic() - last_new > idle_timeout:
-            log(f"no new chunk for {idle_timeout:.0f} s: stopping")
-            break
-        time.sleep(cfg.stream.watch_interval)
-    if not done:
-        raise DataError("the stream holds no usable chunk" + (
-            f" ({len(manifest['rejected'])} rejected: see manifest.json)" if manifest["rejected"] else ""))
-    summary = summarize(manifest, tasks is not None)
-    atomic_write_text(run_dir / "stream.json", json.dumps({**manifest, "summary": summary}, indent=1))
-    from ..api import save_backbone
-
-    save_backbone(run_dir, method.backbone, cfg, channels)
-    from ..report.stream import plot_stream
-
-    plot_stream(run_dir, {cfg.stream.strategy: manifest})
-    return StreamResult(run_dir, done, manifest["rejected"], summary)
 
 
 def _find_chunk(available: list[Chunk], name: str) -> Chunk:
@@ -306,105 +371,3 @@ def _find_chunk(available: list[Chunk], name: str) -> Chunk:
         if c.name == name:
             return c
     raise DataError(f"chunk {name} consumed earlier is gone from the source; the joint strategy needs every chunk")
-
-
-def accuracy_matrix(manifest: dict, key: str = "task_linear") -> list[list[float | None]] | None:
-    init = manifest.get("init_eval", {})
-    if key not in init:
-        return None
-    rows = [init[key]] + [c.get("eval", {}).get(key) for c in manifest["chunks"]]
-    return rows
-
-
-def summarize(manifest: dict, with_tasks: bool) -> dict:
-    from ..evaluate.continual import continual_metrics
-
-    chunks = manifest["chunks"]
-    out = {"chunks": len(chunks), "steps": sum(c["steps"] for c in chunks),
-           "train_seconds": round(sum(c["train_seconds"] for c in chunks), 1),
-           "retained_bytes": chunks[-1]["retained_bytes"] if chunks else 0}
-    last = chunks[-1].get("eval", {}) if chunks else {}
-    for k in ("linear", "knn", "digits_linear"):
-        if k in last:
-            out[k] = last[k]
-    if with_tasks:
-        for key, name in (("task_linear", "linear"), ("task_knn", "knn")):
-            R = accuracy_matrix(manifest, key)
-            if R and all(r is not None for r in R) and len(R) == len(R[0]) + 1:
-                out[f"{name}_R"] = R
-                out[name + "_metrics"] = continual_metrics(R)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------ entry points
-def stream(config, overrides: list[str] | None = None, source: str | Path | None = None, watch: bool = False,
-           progress: bool = True, idle_timeout: float | None = None, stop_after: int | None = None) -> StreamResult:
-    """``selfsup stream``: train on the chunks in ``source`` (a folder), evaluating on ``data`` (its test split)
-    after each chunk when that source is labelled."""
-    from ..data.sequences import EvalTask
-    from .loop import load_datasets
-
-    cfg = load_config(config, overrides)
-    if source is None:
-        raise SelfsupError("stream: pass --source DIR (a folder of chunks)")
-    source = Path(source)
-    if not source.is_dir():
-        raise DataError(f"stream source {source} is not a folder")
-    full = None
-    if cfg.stream.evaluate:
-        try:
-            train, test = load_datasets(cfg)
-        except DataError as e:
-            raise DataError(f"evaluation data ({cfg.data.source}): {e}; set stream.evaluate=false to train "
-                            f"without evaluating") from None
-        if train.labels is not None and test is not None and test.labels is not None:
-            rng = np.random.default_rng(cfg.seed)
-            tr = np.sort(rng.choice(len(train), min(len(train), cfg.stream.eval_train_samples), replace=False))
-            te = np.sort(rng.choice(len(test), min(len(test), cfg.stream.eval_test_samples), replace=False))
-            full = EvalTask("all", train.subset(tr), test.subset(te))
-    skip_bad = cfg.data.skip_bad_images
-    return run_stream(cfg, Path(cfg.output_dir) / cfg.name, lambda: discover_chunks(source, skip_bad), full=full,
-                      watch=watch, progress=progress, idle_timeout=idle_timeout, stop_after=stop_after)
-
-
-def sequence(config, overrides: list[str] | None = None, progress: bool = True,
-             log: Callable[[str], None] = print) -> dict:
-    """``selfsup sequence``: build each configured sequence from ``data`` and run every configured strategy on it
-    (same method, same steps per chunk); write ``sequence.json``, a table and the plots under ``runs/<name>/``."""
-    from ..data.sequences import build_sequence
-    from ..evaluate.continual import evaluate_chunk
-    from ..report.stream import plot_stream, sequence_table
-    from .loop import load_datasets
-
-    cfg = load_config(config, overrides)
-    device, _ = setup_device(cfg)
-    train, test = load_datasets(cfg)
-    if test is None or train.labels is None:
-        raise DataError(f"selfsup sequence needs a labelled data set with a test split ({cfg.data.source} has none)")
-    root = Path(cfg.output_dir) / cfg.name
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(root / "config.yaml", dump_config(cfg))
-    results: dict = {}
-    for kind in cfg.sequence.kinds:
-        seq = build_sequence(kind, train, test, cfg.sequence.chunks, cfg.seed, cfg.stream.eval_train_samples,
-                             cfg.stream.eval_test_samples)
-        log(f"== sequence {kind}: " + "; ".join(seq.describe()))
-        torch.manual_seed(cfg.seed)
-        init = _strip(evaluate_chunk(build_method(cfg, train.channels).to(device).backbone, seq.tasks, seq.full, cfg,
-                                     device))
-        manifests = {}
-        for strat in cfg.sequence.strategies:
-            scfg = load_config(cfg, [f"stream.strategy={strat}"])
-            final_only = strat == "joint" and not cfg.sequence.joint_every_chunk
-            t0 = time.perf_counter()
-            log(f"-- {kind} / {strat}")
-            r = run_stream(scfg, root / kind / strat, lambda: memory_chunks(seq.chunks), tasks=seq.tasks,
-                           full=seq.full, progress=progress, final_only=final_only, init_eval=init, log=log)
-            manifests[strat] = _read_manifest(root / kind / strat / "manifest.json")
-            results.setdefault(kind, {})[strat] = {**r.summary, "wall_seconds": round(time.perf_counter() - t0, 1)}
-        plot_stream(root / kind, manifests, title=f"{kind} incremental")
-        atomic_write_text(root / "sequence.json", json.dumps(results, indent=1))
-    table = sequence_table(results)
-    (root / "sequence.md").write_text(table + "\n")
-    log(table)
-    return results

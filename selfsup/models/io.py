@@ -1,0 +1,61 @@
+"""Build a backbone from the ``model`` section of a config, and save / load a trained one.
+
+A run directory's backbone is ``backbone.safetensors`` (weights) + ``backbone.json`` (what rebuilds it), both
+written atomically; loading never unpickles anything.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from ..atomic import atomic_save_tensors, atomic_write_text
+from ..errors import CheckpointError
+from .backbones import build_backbone
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+
+
+def backbone_kwargs(model: "ModelConfig") -> dict:
+    """The keyword arguments of :func:`build_backbone` that the ``model`` section sets."""
+    if model.backbone == "cnn":
+        return {"widths": tuple(model.widths), "convs_per_stage": model.convs_per_stage, "pool": model.pool,
+                "downsample": model.downsample}
+    return {"width": model.width}
+
+
+def backbone_from_config(model: "ModelConfig", in_channels: int) -> nn.Module:
+    return build_backbone(model.backbone, in_channels, **backbone_kwargs(model))
+
+
+def save_backbone(run_dir: str | Path, backbone: nn.Module, model: "ModelConfig", in_channels: int) -> None:
+    """``backbone.safetensors`` + ``backbone.json`` in ``run_dir``."""
+    run_dir = Path(run_dir)
+    atomic_save_tensors(run_dir / "backbone.safetensors", backbone.state_dict())
+    kw = {k: list(v) if isinstance(v, tuple) else v for k, v in backbone_kwargs(model).items()}
+    atomic_write_text(run_dir / "backbone.json", json.dumps(
+        {"backbone": model.backbone, "in_channels": in_channels, "kwargs": kw, "feat_dim": backbone.feat_dim},
+        indent=1))
+
+
+def load_backbone(run_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The trained backbone of a run, as an ``nn.Module`` in eval mode (inputs: float images in [0, 1])."""
+    run_dir = Path(run_dir)
+    meta_path, w_path = run_dir / "backbone.json", run_dir / "backbone.safetensors"
+    if not meta_path.exists() or not w_path.exists():
+        raise CheckpointError(f"{run_dir} holds no trained backbone (backbone.json / backbone.safetensors); "
+                              f"is it a finished selfsup run?")
+    try:
+        meta = json.loads(meta_path.read_text())
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["kwargs"].items()}
+        model = build_backbone(meta["backbone"], meta["in_channels"], **kwargs)
+        model.load_state_dict(load_file(str(w_path)))
+    except (KeyError, json.JSONDecodeError, SafetensorError, RuntimeError, OSError) as e:
+        raise CheckpointError(f"cannot load the backbone of {run_dir}: {e}") from None
+    return model.to(device).eval()

@@ -1,0 +1,35 @@
+"""Before the first step: threads, device and (under torchrun) the process group; the length of a run in steps."""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import torch
+
+from .. import distributed as D
+from ..errors import TrainingError
+
+if TYPE_CHECKING:
+    from ..config import Config, TrainConfig
+
+
+def setup_device(cfg: "Config") -> torch.device:
+    """Set the thread count, initialise the process group when launched by torchrun with several processes, and
+    return this process's device."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    distributed = D.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = D.init_from_env(cfg.train.device) if distributed else torch.device(cfg.train.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device is cuda but no CUDA device is available")
+    return device
+
+
+def plan_steps(n_images: int, t: "TrainConfig", total_steps: int | None = None) -> tuple[int, int]:
+    """(steps per epoch, total steps) for ``n_images`` at ``train.batch_size``: ``total_steps`` if given, else
+    ``train.max_steps``, else ``train.epochs`` epochs."""
+    steps_per_epoch = n_images // t.batch_size
+    if steps_per_epoch == 0:
+        raise TrainingError(f"train.batch_size {t.batch_size} is larger than the data set ({n_images} images)")
+    total = total_steps or t.max_steps or max(1, int(round(t.epochs * steps_per_epoch)))
+    return steps_per_epoch, total

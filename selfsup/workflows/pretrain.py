@@ -1,0 +1,55 @@
+"""``selfsup pretrain``: pre-train the configured method, save the backbone, evaluate and write the report."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from .. import distributed as D
+from ..atomic import atomic_write_text
+from ..config import load_config
+from ..data import load_datasets, train_val_split
+from ..errors import TrainingError
+from ..evaluate.monitor import KnnMonitor
+from ..methods import build_method
+from ..models import save_backbone
+from ..train.adversarial import adversarial_ssl
+from ..train.loop import Callback, FitPlan, RunResult, fit
+from ..train.rundir import make_run_dir, write_config
+from ..train.setup import setup_device
+from .evaluate import evaluate_and_report
+
+
+def pretrain(config, overrides: list[str] | None = None, resume: bool = False, progress: bool = True,
+             evaluate: bool = True, callbacks: list[Callback] | None = None) -> RunResult:
+    """Pre-train from a YAML path, a dict or a Config (+ ``key=value`` overrides); write checkpoints, metrics, the
+    backbone and (if ``evaluate``) ``eval.json`` and the report. ``callbacks`` are called after every step."""
+    cfg = load_config(config, overrides)
+    device = setup_device(cfg)
+    run_dir = make_run_dir(cfg, resume)
+    train_ds, test_ds = load_datasets(cfg.data)  # bad data fails here, before anything is written
+    if D.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(run_dir, cfg, continuing=resume)
+    _, val_idx = train_val_split(len(train_ds), cfg.data.val_fraction, cfg.seed, train_ds.labels)
+    torch.manual_seed(cfg.seed)
+    method = build_method(cfg, train_ds.channels, len(train_ds)).to(device)
+    if cfg.train.adversarial == "instance" and not method.pure_forward:
+        raise TrainingError(f"train.adversarial=instance attacks the SSL loss by calling the method repeatedly; "
+                            f"{cfg.method['name']} updates state in its forward (queue / targets): use "
+                            f"train.adversarial=mi, or another method")
+    monitor = [KnnMonitor(train_ds, val_idx, cfg, device)] if train_ds.labels is not None else []
+    result = fit(method, train_ds, cfg, device, FitPlan(
+        run_dir / "checkpoints", run_dir / "metrics.jsonl", resume=resume, strategy=adversarial_ssl(cfg, device),
+        callbacks=[*monitor, *(callbacks or [])], progress=progress))
+    if D.is_main():
+        save_backbone(run_dir, method.backbone, cfg.model, train_ds.channels)
+        atomic_write_text(run_dir / "train_summary.json", json.dumps(
+            {"steps": result.steps, "train_seconds": result.train_seconds, "step_seconds": result.step_seconds,
+             "images_per_second": result.images_per_second, "devices": D.world_size(), "device": str(device),
+             "threads": torch.get_num_threads()}, indent=1))
+        if evaluate:
+            evaluate_and_report(run_dir, progress=progress, datasets=(train_ds, test_ds))
+    if D.world_size() > 1:
+        torch.distributed.barrier()
+    return result

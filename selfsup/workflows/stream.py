@@ -1,0 +1,152 @@
+"""``selfsup stream`` and ``selfsup sequence``: the stream driver (:mod:`selfsup.train.stream`) with evaluation
+after each chunk, the continual-learning summary (``stream.json``) and the plots."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..atomic import atomic_write_text
+from ..config import Config, load_config
+from ..data import load_datasets
+from ..data.sequences import EvalTask, build_sequence
+from ..errors import DataError, SelfsupError
+from ..evaluate.continual import cka, continual_metrics, evaluate_chunk
+from ..methods import build_method
+from ..report.stream import plot_stream, sequence_table
+from ..train.rundir import write_config
+from ..train.setup import setup_device
+from ..train.stream import StreamResult, StreamTrainer, discover_chunks, memory_chunks, read_manifest
+
+
+class StreamEvaluator:
+    """After each chunk: kNN and linear probe on ``full`` (a labelled train/test pair), per-task accuracies on the
+    ``tasks`` seen so far (``tasks[j]`` belongs to chunk j), digits transfer, and CKA to the previous chunk's
+    encoder on the same test images."""
+
+    def __init__(self, cfg: Config, device, tasks: list[EvalTask] | None = None, full: EvalTask | None = None):
+        self.cfg, self.device, self.tasks, self.full = cfg, device, tasks, full
+        self.image_shape = tuple((full or tasks[0]).train.images.shape[1:])
+        self.previous: torch.Tensor | None = None
+
+    def __call__(self, backbone: nn.Module, n_available: int) -> dict:
+        tasks = self.tasks[: n_available] if self.tasks and n_available else self.tasks
+        ev = evaluate_chunk(backbone, tasks, self.full, self.cfg, self.device)
+        feats = ev.pop("_features", None)
+        if n_available == 0:  # the initial encoder: no previous chunk
+            return ev
+        if feats is not None and self.previous is not None:
+            ev["cka_previous"] = cka(self.previous, feats)
+        self.previous = feats
+        return ev
+
+
+def accuracy_matrix(manifest: dict, key: str = "task_linear") -> list[list[float | None]] | None:
+    init = manifest.get("init_eval", {})
+    if key not in init:
+        return None
+    return [init[key]] + [c.get("eval", {}).get(key) for c in manifest["chunks"]]
+
+
+def summarize(manifest: dict, with_tasks: bool) -> dict:
+    chunks = manifest["chunks"]
+    out = {"chunks": len(chunks), "steps": sum(c["steps"] for c in chunks),
+           "train_seconds": round(sum(c["train_seconds"] for c in chunks), 1),
+           "retained_bytes": chunks[-1]["retained_bytes"] if chunks else 0}
+    last = chunks[-1].get("eval", {}) if chunks else {}
+    for k in ("linear", "knn", "digits_linear"):
+        if k in last:
+            out[k] = last[k]
+    if with_tasks:
+        for key, name in (("task_linear", "linear"), ("task_knn", "knn")):
+            R = accuracy_matrix(manifest, key)
+            if R and all(r is not None for r in R) and len(R) == len(R[0]) + 1:
+                out[f"{name}_R"] = R
+                out[name + "_metrics"] = continual_metrics(R)
+    return out
+
+
+def _finish(r: StreamResult, cfg: Config, with_tasks: bool) -> StreamResult:
+    summary = summarize(r.manifest, with_tasks)
+    atomic_write_text(r.run_dir / "stream.json", json.dumps({**r.manifest, "summary": summary}, indent=1))
+    plot_stream(r.run_dir, {cfg.stream.strategy: r.manifest})
+    r.manifest["summary"] = summary
+    return r
+
+
+def stream(config, overrides: list[str] | None = None, source: str | Path | None = None, watch: bool = False,
+           progress: bool = True, idle_timeout: float | None = None, max_chunks: int | None = None,
+           callbacks=None) -> StreamResult:
+    """Train on the chunks in ``source`` (a folder), evaluating on ``data`` (its test split) after each chunk when
+    that source is labelled."""
+    cfg = load_config(config, overrides)
+    if source is None:
+        raise SelfsupError("stream: pass --source DIR (a folder of chunks)")
+    source = Path(source)
+    if not source.is_dir():
+        raise DataError(f"stream source {source} is not a folder")
+    evaluator = None
+    if cfg.stream.evaluate:
+        try:
+            train, test = load_datasets(cfg.data)
+        except DataError as e:
+            raise DataError(f"evaluation data ({cfg.data.source}): {e}; set stream.evaluate=false to train "
+                            f"without evaluating") from None
+        if train.labels is not None and test is not None and test.labels is not None:
+            rng = np.random.default_rng(cfg.seed)
+            tr = np.sort(rng.choice(len(train), min(len(train), cfg.stream.eval_train_samples), replace=False))
+            te = np.sort(rng.choice(len(test), min(len(test), cfg.stream.eval_test_samples), replace=False))
+            evaluator = StreamEvaluator(cfg, setup_device(cfg), full=EvalTask("all", train.subset(tr),
+                                                                              test.subset(te)))
+    trainer = StreamTrainer(cfg, Path(cfg.output_dir) / cfg.name, evaluate=evaluator, callbacks=callbacks,
+                            progress=progress)
+    skip_bad = cfg.data.skip_bad_images
+    r = trainer.run(lambda: discover_chunks(source, skip_bad), watch=watch, idle_timeout=idle_timeout,
+                    max_chunks=max_chunks)
+    return _finish(r, cfg, with_tasks=False)
+
+
+def sequence(config, overrides: list[str] | None = None, progress: bool = True,
+             log: Callable[[str], None] = print) -> dict:
+    """Build each configured sequence from ``data`` and run every configured strategy on it (same method, same
+    steps per chunk); write ``sequence.json``, a table and the plots under ``runs/<name>/``."""
+    cfg = load_config(config, overrides)
+    device = setup_device(cfg)
+    train, test = load_datasets(cfg.data)
+    if test is None or train.labels is None:
+        raise DataError(f"selfsup sequence needs a labelled data set with a test split ({cfg.data.source} has none)")
+    root = Path(cfg.output_dir) / cfg.name
+    root.mkdir(parents=True, exist_ok=True)
+    write_config(root, cfg, continuing=False)
+    results: dict = {}
+    for kind in cfg.sequence.kinds:
+        seq = build_sequence(kind, train, test, cfg.sequence.chunks, cfg.seed, cfg.stream.eval_train_samples,
+                             cfg.stream.eval_test_samples)
+        log(f"== sequence {kind}: " + "; ".join(seq.describe()))
+        torch.manual_seed(cfg.seed)
+        init = StreamEvaluator(cfg, device, seq.tasks, seq.full)(build_method(cfg, train.channels).to(device).backbone, 0)
+        init.pop("_features", None)
+        manifests = {}
+        for strat in cfg.sequence.strategies:
+            scfg = load_config(cfg, [f"stream.strategy={strat}"])
+            final_only = strat == "joint" and not cfg.sequence.joint_every_chunk
+            t0 = time.perf_counter()
+            log(f"-- {kind} / {strat}")
+            trainer = StreamTrainer(scfg, root / kind / strat, evaluate=StreamEvaluator(scfg, device, seq.tasks,
+                                                                                        seq.full),
+                                    init_eval=init, final_only=final_only, progress=progress, log=log)
+            r = _finish(trainer.run(lambda: memory_chunks(seq.chunks)), scfg, with_tasks=True)
+            manifests[strat] = read_manifest(root / kind / strat / "manifest.json")
+            results.setdefault(kind, {})[strat] = {**r.manifest["summary"],
+                                                   "wall_seconds": round(time.perf_counter() - t0, 1)}
+        plot_stream(root / kind, manifests, title=f"{kind} incremental")
+        atomic_write_text(root / "sequence.json", json.dumps(results, indent=1))
+    table = sequence_table(results)
+    atomic_write_text(root / "sequence.md", table + "\n")
+    log(table)
+    return results

@@ -1,0 +1,77 @@
+"""Training under DDP on CPU (2 gloo processes) ends with the same weights — BatchNorm's γ/β and running statistics
+included — as one process with the same global batch. (The earlier code replaced BatchNorm layers with new
+parameters after the optimiser was built, so γ/β never trained under ``--devices 2``.)"""
+import gc
+import os
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from selfsup.config import load_config
+from selfsup.data import ImageDataset
+from selfsup.methods import build_method
+from selfsup.train.loop import FitPlan, fit
+
+STEPS = 4
+
+
+def _cfg(out, method="simclr"):
+    return load_config({
+        "name": "ddp", "output_dir": str(out), "seed": 3,
+        "model": {"widths": [4, 8], "pool": 1},
+        "method": {"name": method, "proj_hidden": 16, "proj_dim": 8},
+        # identity augmentation: each rank draws its own augmentation randomness, so only without it can the two
+        # runs see the same views
+        "augment": {"recipe": "symmetric", "crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0], "flip_p": 0.0,
+                    "jitter_p": 0.0, "grayscale_p": 0.0},
+        "train": {"batch_size": 16, "max_steps": STEPS, "lr": 2.0, "warmup_epochs": 0, "channels_last": False,
+                  "checkpoint_every_steps": 100, "threads": 1}})
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    return ImageDataset(torch.randint(0, 256, (64, 1, 12, 12), dtype=torch.uint8, generator=g), None, [], "random")
+
+
+def _train(out, method):
+    cfg = _cfg(out, method)
+    torch.manual_seed(cfg.seed)
+    m = build_method(cfg, 1)
+    fit(m, _data(), cfg, torch.device("cpu"), FitPlan(out / "ck", out / "metrics.jsonl", progress=False))
+    return {k: v.detach().clone().contiguous() for k, v in m.state_dict().items()}
+
+
+def _worker(rank, world, init_file, out, method):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    state = _train(out / f"rank{rank}", method)
+    if rank == 0:
+        save_file(state, str(out / "ddp.safetensors"))
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()  # before the interpreter goes (pytorch/pytorch#179291), then leave at once
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_two_processes_train_to_the_weights_of_one(method, tmp_path):
+    for r in (0, 1):
+        (tmp_path / f"rank{r}").mkdir()
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), tmp_path, method), nprocs=2, join=True)
+    ddp = load_file(str(tmp_path / "ddp.safetensors"))
+    (tmp_path / "single").mkdir()
+    one = _train(tmp_path / "single", method)
+    bn_weights = [k for k in one if k.startswith("backbone.") and k.endswith(".1.weight")]
+    assert len(bn_weights) >= 2
+    for k in bn_weights:  # BatchNorm γ trained in both runs
+        assert not torch.allclose(one[k], torch.ones_like(one[k])), k
+        assert not torch.allclose(ddp[k], torch.ones_like(ddp[k])), k
+    assert ddp.keys() == one.keys()
+    for k in one:
+        torch.testing.assert_close(ddp[k].float(), one[k].float(), rtol=1e-2, atol=2e-3, msg=k)  # float32 noise, amplified by lr 2
