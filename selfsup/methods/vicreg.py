@@ -1,5 +1,8 @@
-"""VICReg (Bardes et al. 2022): λ·MSE(z¹, z²) + μ·[v(z¹) + v(z²)] + ν·[c(z¹) + c(z²)] with
-v(z) = mean_j max(0, 1 − sqrt(Var(z_:,j) + ε)) and c(z) = (1/D)·Σ_{i≠j} Cov(z)_ij² (statistics over the global batch)."""
+"""VICReg (Bardes et al. 2022): λ·MSE(z¹, z²) + μ·[v(z¹) + v(z²)]/2 + ν·[c(z¹) + c(z²)] with
+v(z) = mean_j max(0, 1 − sqrt(Var(z_:,j) + ε)) and c(z) = (1/D)·Σ_{i≠j} Cov(z)_ij² (statistics over the global batch).
+The variance terms are averaged (/2) as in the authors' code (facebookresearch/vicreg main_vicreg.py), whose
+coefficients λ = μ = 25, ν = 1 are the defaults; the paper's equation sums them (twice the weight), and both sum the
+covariance terms."""
 from __future__ import annotations
 
 import torch
@@ -22,10 +25,10 @@ def covariance_term(z: torch.Tensor) -> torch.Tensor:
 
 
 def vicreg_terms(z1, z2) -> dict[str, torch.Tensor]:
-    """The three terms separately (unweighted): invariance, variance, covariance."""
+    """The three terms separately (unweighted): invariance, variance (mean of the two views'), covariance (sum)."""
     inv = F.mse_loss(upcast(z1), upcast(z2))
     g1, g2 = gather(upcast(z1)), gather(upcast(z2))
-    return {"invariance": inv, "variance": variance_term(g1) + variance_term(g2),
+    return {"invariance": inv, "variance": (variance_term(g1) + variance_term(g2)) / 2,
             "covariance": covariance_term(g1) + covariance_term(g2)}
 
 
