@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .augment.corruptions import CORRUPTIONS, corrupt as apply_corruption
+from .data.corruptions import CORRUPTIONS, corrupt as apply_corruption
 from .config import load_config
 from .data.sources import FMNIST_DEFAULT_DIR
 from .distributed import is_main, launched_by_torchrun, shutdown

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from .errors import ConfigError
+from .methods import METHODS
 
 
 class Strict(BaseModel):
@@ -162,24 +163,19 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _check_method(self):
-        from .methods import METHODS
-
         name = self.method.setdefault("name", "simclr")
         if name not in METHODS:
             raise ValueError(f"unknown method {name!r} (choose {', '.join(METHODS)})")
-        if name == "moco":  # each step enqueues the keys of both views of the global batch
-            try:
-                queue = self.method_params().queue_size
-            except ValidationError:  # reported by load_config with the key's name
-                return self
-            if 2 * self.train.batch_size > queue:
-                raise ValueError(f"method.queue_size: {queue} is smaller than 2 x train.batch_size = "
-                                 f"{2 * self.train.batch_size} (each step enqueues the keys of both views)")
+        try:
+            params = self.method_params()
+        except ValidationError:  # reported by load_config with the key's name
+            return self
+        problem = METHODS[name].check_batch(params, self.train.batch_size)
+        if problem:
+            raise ValueError(problem)
         return self
 
     def method_params(self):
-        from .methods import METHODS
-
         cls = METHODS[self.method["name"]]
         kw = {k: v for k, v in self.method.items() if k != "name"}
         return cls.Params(**kw)

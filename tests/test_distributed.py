@@ -19,7 +19,7 @@ GLOBAL_BATCH = 8
 
 
 def _setup(method):
-    cfg = load_config({"model": {"widths": [4, 8], "pool": 1},
+    cfg = load_config({"model": {"widths": [4, 8], "pool": 1}, "train": {"batch_size": GLOBAL_BATCH},
                        "method": {"name": method, "proj_hidden": 16, "proj_dim": 8,
                                   **({"queue_size": 32} if method == "moco" else {})}})
     torch.manual_seed(0)

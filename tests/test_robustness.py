@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.augment.corruptions import CORRUPTIONS, corrupt
+from selfsup.data.corruptions import CORRUPTIONS, corrupt
 from selfsup.evaluate.probes import knn_predict
 from selfsup.evaluate.robustness import KNNModel, corruption_report, predict, robustness_report, run_attack
 from selfsup.models import SmallCNN

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ..atomic import atomic_save_tensors
@@ -67,8 +68,6 @@ class ReservoirBuffer:
 
     @classmethod
     def load(cls, path: str | Path) -> "ReservoirBuffer":
-        from safetensors import safe_open
-
         path = Path(path)
         try:
             with safe_open(str(path), "pt") as f:

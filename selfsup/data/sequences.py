@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..augment.corruptions import corrupt
+from .corruptions import corrupt
 from .sources import ImageDataset, digits
 
 FMNIST_DISTANT_GROUPS = [[0, 6], [2, 4], [5, 7, 9], [1, 3], [8]]

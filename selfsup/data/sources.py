@@ -12,12 +12,16 @@ import io
 import os
 import pickle
 import struct
+import tarfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 from ..errors import DataError
 
@@ -106,9 +110,6 @@ def fashion_mnist(split: str = "train", root: str | Path | None = None) -> Image
 def digits(split: str = "train", size: int = 28, test_fraction: float = 0.3, seed: int = 0) -> ImageDataset:
     """sklearn's bundled 8x8 digits (values 0..16), resized bilinearly to ``size`` and scaled to uint8.
     A fixed stratified split (``seed``) gives train/test."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     d = load_digits()
     x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)
     x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
@@ -123,8 +124,6 @@ def digits(split: str = "train", size: int = 28, test_fraction: float = 0.3, see
 def _decode_image(source, size: int | None, channels: int | None):
     """Open one image (path or file object) with Pillow, convert to ``channels`` (1 or 3; default from the image)
     and resize to ``size`` (default: its own width). Returns (C×H×W uint8 array, channels, size)."""
-    from PIL import Image
-
     with Image.open(source) as im:
         im.load()
         if channels is None:
@@ -143,8 +142,6 @@ def image_folder(path: str | Path, size: int | None = None, channels: int | None
     to ``size`` (default: the first image's size) and converted to ``channels`` (default: 1 if the first image is
     greyscale, else 3). An unreadable file raises a :class:`DataError` naming it, or is skipped with a warning
     when ``skip_bad``."""
-    from PIL import UnidentifiedImageError
-
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
@@ -321,10 +318,6 @@ def webdataset_shard(path: str | Path, size: int | None = None, channels: int | 
     """A WebDataset-style tar shard: members grouped by key (the path without its extension), one image
     (``.png``/``.jpg``/...) per key and an optional ``.cls`` (integer label as text). A truncated or corrupt shard
     raises a :class:`DataError` naming it; a bad member names the shard and the member (or is skipped)."""
-    import tarfile
-
-    from PIL import UnidentifiedImageError
-
     path = Path(path)
     samples: dict[str, dict[str, bytes]] = {}
     try:

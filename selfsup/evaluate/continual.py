@@ -12,6 +12,7 @@ import torch
 
 from ..data import digits, train_val_split
 from ..data.sequences import EvalTask
+from .diagnostics import linear_cka
 from .probes import extract_features, knn_accuracy, linear_probe
 
 
@@ -64,6 +65,4 @@ def continual_metrics(R: list[list[float]]) -> dict:
 
 
 def cka(a: torch.Tensor, b: torch.Tensor) -> float:
-    from .diagnostics import linear_cka
-
     return float(linear_cka(a, b))

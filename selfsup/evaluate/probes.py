@@ -15,14 +15,15 @@ import copy
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 def inference_copy(backbone: nn.Module, channels_last: bool = True) -> nn.Module:
     """An eval-mode copy with every Conv2d→BatchNorm2d pair folded into one convolution (same outputs, fewer
     memory passes) and weights in channels_last when asked."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
     m = copy.deepcopy(backbone).eval()
     for mod in m.modules():
         children = list(mod.named_children())
@@ -155,9 +156,6 @@ def raw_pixel_features(images_uint8: torch.Tensor) -> torch.Tensor:
 def sklearn_raw_baselines(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> dict:
     """The reference baselines of measured.md, computed with scikit-learn: kNN k=5 and logistic regression
     (lbfgs, 200 iterations) on raw pixels in [0, 1]."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.neighbors import KNeighborsClassifier
-
     knn = KNeighborsClassifier(n_neighbors=5, n_jobs=-1).fit(train_x, train_y)
     lr = LogisticRegression(max_iter=200).fit(train_x, train_y)
     return {"sklearn_knn5": float(knn.score(test_x, test_y)), "sklearn_logreg": float(lr.score(test_x, test_y))}

@@ -23,7 +23,7 @@ import torchattacks
 from pyautoattack import AutoAttack
 from torch import nn
 
-from ..augment.corruptions import CORRUPTIONS, corrupt
+from ..data.corruptions import CORRUPTIONS, corrupt
 from ..config import load_config
 from ..data import load_datasets, train_val_split
 from ..errors import CheckpointError, SelfsupError

@@ -6,6 +6,7 @@ forbidden) are the hyper-parameters a config may set. ``recipe`` names its view 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -38,6 +39,11 @@ class SSLMethod(nn.Module):
         z = head(self.backbone(torch.cat(views, 0)))
         return list(z.chunk(len(views), 0))
 
+    @classmethod
+    def check_batch(cls, params: MethodParams, global_batch: int) -> str | None:
+        """A one-line problem with training at ``global_batch`` (``train.batch_size``), or None."""
+        return None
+
     @torch.no_grad()
     def on_step(self, progress: float) -> None:
         """Called after each optimiser step with ``progress`` = step / total_steps (EMA updates live here)."""
@@ -67,6 +73,4 @@ def ema_update(target: nn.Module, online: nn.Module, m: float) -> None:
 
 def cosine_momentum(base: float, progress: float) -> float:
     """BYOL's schedule: m = 1 − (1 − base)·(cos(π·progress) + 1)/2, from ``base`` to 1."""
-    import math
-
     return 1 - (1 - base) * (math.cos(math.pi * min(max(progress, 0.0), 1.0)) + 1) / 2

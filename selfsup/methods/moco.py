@@ -41,6 +41,13 @@ class MoCo(SSLMethod):
     name = "moco"
     Params = MoCoParams
 
+    @classmethod
+    def check_batch(cls, params: MoCoParams, global_batch: int) -> str | None:
+        if 2 * global_batch > params.queue_size:  # each step enqueues the keys of both views of the global batch
+            return (f"method.queue_size: {params.queue_size} is smaller than 2 x train.batch_size = "
+                    f"{2 * global_batch} (each step enqueues the keys of both views)")
+        return None
+
     def __init__(self, backbone, params: MoCoParams):
         super().__init__(backbone, params)
         self.projector = projection_head(backbone.feat_dim, params.proj_hidden, params.proj_dim)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .report import _plt
 
 
@@ -44,8 +46,6 @@ def plot_stream(out_dir: Path, manifests: dict[str, dict], title: str = "stream"
         rows = [c.get("eval", {}).get("task_linear") for c in man.get("chunks", [])]
         if "task_linear" not in init or not rows or any(r is None for r in rows):
             continue
-        import numpy as np
-
         R = 100 * np.array([init["task_linear"]] + rows)
         fig, ax = plt.subplots(figsize=(1.2 + 0.9 * R.shape[1], 1.0 + 0.7 * R.shape[0]))
         im = ax.imshow(R, cmap="viridis", aspect="auto")

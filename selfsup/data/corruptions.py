@@ -9,6 +9,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import kornia
 
 
 def _f(x: torch.Tensor) -> torch.Tensor:
@@ -82,8 +83,6 @@ def shear(x, severity: int = 3, generator=None):
 
 
 def gaussian_blur(x, severity: int = 3, generator=None):
-    import kornia
-
     sigma = (0.6, 0.9, 1.2, 1.6, 2.0)[_check(severity) - 1]
     return _u8(kornia.filters.gaussian_blur2d(_f(x), (7, 7), (sigma, sigma)))
 
