@@ -99,13 +99,33 @@ def results_table(results: dict) -> list[tuple[str, str, str]]:
         rows.append(("transfer: digits linear (test)", _pct(td.get("linear_test")), "–"))
     rows += [("RankMe", f"{results['rankme']:.1f}", "–"),
              ("alignment / uniformity", f"{results['alignment']:.3f} / {results['uniformity']:.3f}", "–"),
-             ("collapse std (healthy ≈ {:.3f})".format(results["collapse_std_healthy"]),
+             ("l2-normalised std (≈ {:.3f} if zero-mean isotropic)".format(results["collapse_std_healthy"]),
               f"{results['collapse_std']:.4f}", "–")]
+    c = results.get("collapse")
+    if c:
+        rows.append(("collapse alarm (centred spread / eff. rank)", _collapse_cell(c), "–"))
     return rows
+
+
+def _collapse_cell(c: dict) -> str:
+    stats = ("" if c.get("var_ratio") is None else
+             f"{c['var_ratio']:.2g} / {c['effective_rank']:.1f} of {min(c['n'] - 1, c['dim'])}")
+    head = f"COLLAPSED ({c['verdict']})" if c.get("collapsed") else c.get("verdict", "ok")
+    return f"{head}: {stats}" if stats else head
+
+
+def run_warnings(results: dict) -> list[str]:
+    """The run's warning sentences (``results["warnings"]``; from ``results["collapse"]`` for older eval.json)."""
+    ws = list(results.get("warnings") or [])
+    c = results.get("collapse") or {}
+    if not ws and c.get("collapsed"):
+        ws.append(f"COLLAPSE ALARM ({c['verdict']}): {c['message']}")
+    return ws
 
 
 def print_results(results: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=f"selfsup results — {results['method']} on {results['data']}")
@@ -113,12 +133,15 @@ def print_results(results: dict) -> None:
     t.add_column("SSL encoder", justify="right")
     t.add_column("raw pixels", justify="right")
     for r in results_table(results):
-        t.add_row(*r)
+        t.add_row(*r, style="bold red" if r[1].startswith("COLLAPSED") else None)
     tr = results.get("train")
     if tr:
         t.caption = (f"pre-training {tr['train_seconds']:.0f} s, {tr['images_per_second']:.0f} img/s, "
                      f"evaluation {results['eval_seconds']:.0f} s")
-    Console().print(t)
+    con = Console()
+    con.print(t)
+    for w in run_warnings(results):  # under the table: the last lines the user sees
+        con.print(f"[bold red]WARNING:[/] {escape(w)}")
 
 
 def write_report(run_dir: Path, results: dict, f_test, y_test, classes, embedding: str, points: int, seed: int):
@@ -128,6 +151,8 @@ def write_report(run_dir: Path, results: dict, f_test, y_test, classes, embeddin
     if emb:
         plots.append(emb)
     lines = [f"# selfsup run `{run_dir.name}`", "", f"method **{results['method']}**, data **{results['data']}**", ""]
+    for w in run_warnings(results):
+        lines += [f"> **⚠ WARNING: {w}**", ""]
     tr = results.get("train")
     if tr:
         lines += [f"pre-training: {tr['steps']} steps in {tr['train_seconds']:.0f} s "
