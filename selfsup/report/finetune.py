@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .report import _plt
+from .figures import subplots
 
 
 def plot_curves(run_dir: Path, epochs: list[dict], title: str) -> str | None:
     if not epochs:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     x = [e["epoch"] for e in epochs]
     for key, label in (("train_acc_noisy", "train, noisy labels"), ("train_acc_clean", "train, true labels"),
                        ("val_acc_noisy", "validation, noisy labels"), ("test_acc", "test (clean)")):
@@ -20,14 +19,13 @@ def plot_curves(run_dir: Path, epochs: list[dict], title: str) -> str | None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
-    return _finish(plt, fig, ax, Path(run_dir) / "curves.png")
+    return _finish(fig, ax, Path(run_dir) / "curves.png")
 
 
 def plot_compare(path: Path, runs: dict[str, list[dict]], title: str) -> str:
     """The study's figure for several losses side by side: accuracy on the noisy training labels (dashed) and clean
     test accuracy (solid) per epoch — memorisation shows as the first rising while the second falls."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = subplots(figsize=(6.5, 4.2))
     for i, (name, epochs) in enumerate(runs.items()):
         x = [e["epoch"] for e in epochs]
         c = f"C{i}"
@@ -36,24 +34,22 @@ def plot_compare(path: Path, runs: dict[str, list[dict]], title: str) -> str:
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
-    return _finish(plt, fig, ax, Path(path))
+    return _finish(fig, ax, Path(path))
 
 
-def _finish(plt, fig, ax, path: Path) -> str:
+def _finish(fig, ax, path: Path) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path.name
 
 
 def plot_risk_coverage(run_dir: Path, curves: dict[str, dict]) -> str:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = subplots(figsize=(5.5, 4))
     for name, c in curves.items():
         ax.plot([100 * v for v in c["coverage"]], [100 * v for v in c["risk"]], label=name)
     ax.set_xlabel("coverage (%)")
     ax.set_ylabel("selective risk (%)")
     ax.set_xlim(50, 100)
-    return _finish(plt, fig, ax, Path(run_dir) / "risk_coverage.png")
+    return _finish(fig, ax, Path(run_dir) / "risk_coverage.png")

@@ -5,15 +5,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from .figures import get_cmap, subplots
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -24,8 +22,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def _line_plot(run_dir: Path, name: str, points, ylabel: str, title: str, marker=None) -> str:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     ax.plot(*zip(*points), marker=marker)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
@@ -33,7 +30,6 @@ def _line_plot(run_dir: Path, name: str, points, ylabel: str, title: str, marker
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(run_dir / name, dpi=110)
-    plt.close(fig)
     return name
 
 
@@ -54,24 +50,18 @@ def plot_training(run_dir: Path) -> list[str]:
 def plot_embedding(run_dir: Path, feats, labels, classes, kind: str, points: int, seed: int) -> str | None:
     if kind == "none" or labels is None:
         return None
-    plt = _plt()
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(feats), min(points, len(feats)), replace=False))
     x = feats[idx].numpy()
     x = (x - x.mean(0)) / (x.std(0) + 1e-6)
     y = labels[idx].numpy()
     if kind == "tsne":
-        from sklearn.decomposition import PCA
-        from sklearn.manifold import TSNE
-
         x = PCA(n_components=min(50, x.shape[1]), random_state=seed).fit_transform(x)
         xy = TSNE(n_components=2, init="pca", random_state=seed, perplexity=30).fit_transform(x)
     else:
-        from sklearn.decomposition import PCA
-
         xy = PCA(n_components=2, random_state=seed).fit_transform(x)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    cmap = plt.get_cmap("tab10")
+    fig, ax = subplots(figsize=(6.5, 5.5))
+    cmap = get_cmap("tab10")
     for c in np.unique(y):
         m = y == c
         ax.scatter(xy[m, 0], xy[m, 1], s=4, color=cmap(int(c) % 10),
@@ -82,7 +72,6 @@ def plot_embedding(run_dir: Path, feats, labels, classes, kind: str, points: int
     ax.set_yticks([])
     fig.tight_layout()
     fig.savefig(run_dir / "embedding.png", dpi=110)
-    plt.close(fig)
     return "embedding.png"
 
 
@@ -124,10 +113,6 @@ def run_warnings(results: dict) -> list[str]:
 
 
 def print_results(results: dict) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
     t = Table(title=f"selfsup results — {results['method']} on {results['data']}")
     t.add_column("metric")
     t.add_column("SSL encoder", justify="right")

@@ -6,16 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import _plt
+from .figures import subplots
 
 
 def plot_stream(out_dir: Path, manifests: dict[str, dict], title: str = "stream") -> list[str]:
     """``accuracy_vs_chunk.png`` (linear probe and kNN on the full test set after each chunk; chunk 0 = random
     init) and ``R_<strategy>.png`` heat maps of the per-task linear accuracy matrix."""
-    plt = _plt()
     out_dir = Path(out_dir)
     written = []
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = subplots(1, 2, figsize=(10, 3.8))
     any_line = False
     for strat, man in manifests.items():
         for ax, key in zip(axes, ("linear", "knn")):
@@ -40,14 +39,13 @@ def plot_stream(out_dir: Path, manifests: dict[str, dict], title: str = "stream"
         fig.tight_layout()
         fig.savefig(out_dir / "accuracy_vs_chunk.png", dpi=110)
         written.append("accuracy_vs_chunk.png")
-    plt.close(fig)
     for strat, man in manifests.items():
         init = man.get("init_eval", {})
         rows = [c.get("eval", {}).get("task_linear") for c in man.get("chunks", [])]
         if "task_linear" not in init or not rows or any(r is None for r in rows):
             continue
         R = 100 * np.array([init["task_linear"]] + rows)
-        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * R.shape[1], 1.0 + 0.7 * R.shape[0]))
+        fig, ax = subplots(figsize=(1.2 + 0.9 * R.shape[1], 1.0 + 0.7 * R.shape[0]))
         im = ax.imshow(R, cmap="viridis", aspect="auto")
         for i in range(R.shape[0]):
             for j in range(R.shape[1]):
@@ -60,7 +58,6 @@ def plot_stream(out_dir: Path, manifests: dict[str, dict], title: str = "stream"
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
         fig.savefig(out_dir / f"R_{strat}.png", dpi=110)
-        plt.close(fig)
         written.append(f"R_{strat}.png")
     return written
 
