@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -93,7 +94,9 @@ def write_section(rec: dict) -> None:
         gflops = 3 * rec["forward_flops"] * 2 * best / 1e9
         all_runs += v["img_s"]
         rows.append([v["name"], f"{best:.0f}", ", ".join(f"{r:.0f}" for r in v["img_s"]), f"{gflops:.0f}",
-                     f"{100 * gflops / peak:.0f} %", ", ".join(f"{g:.0f}" for g in v["matmul_gflops"])])
+                     f"{100 * gflops / peak:.0f} %", ", ".join(f"{g:.0f}" for g in v["matmul_gflops"])]
+                    + ([", ".join(f"{x:.1f}" for x in v["load_1min"])] if "load_1min" in v else []))
+    load = [x for v in rec["variants"] for x in v.get("load_1min", [])]
     body = "\n".join([
         "## Throughput: SimCLR, 6-conv reference CNN (32-64-128), batch 256, 28×28, two views",
         "",
@@ -105,11 +108,14 @@ def write_section(rec: dict) -> None:
         f"each training run: {len(matmul)} measurements, {min(matmul):.0f}–{peak:.0f} GFLOP/s).",
         "",
         md_table(["variant", "img/s (best)", "img/s (each run)", "GFLOP/s (best)", f"of {peak:.0f} GFLOP/s",
-                  "matmul GFLOP/s before each run"], rows),
+                  "matmul GFLOP/s before each run"] + (["1-min load average before each run"] if load else []),
+                 rows),
         "",
         f"Spread within this invocation: the {len(all_runs)} training runs gave {min(all_runs):.0f}–"
         f"{max(all_runs):.0f} img/s ({max(all_runs) / min(all_runs):.2f}× between slowest and fastest) and the matmul "
-        f"measured before them {min(matmul):.0f}–{peak:.0f} GFLOP/s ({peak / min(matmul):.2f}×).",
+        f"measured before them {min(matmul):.0f}–{peak:.0f} GFLOP/s ({peak / min(matmul):.2f}×)"
+        + (f"; the 1-min load average (all processes on the {rec.get('cpus', '?')} CPUs, this one included) was "
+           f"{min(load):.1f}–{max(load):.1f} before them." if load else "."),
         "",
         f"Augmentation alone (two views of 256 images): {1000 * rec['augmentation_seconds']:.0f} ms per batch. "
         + PEER,
@@ -130,14 +136,16 @@ def main():
     variants = {"channels_last (default)": [], "NCHW": ["train.channels_last=false"]}
     tmp = Path(tempfile.mkdtemp())
     rec = {"command": command(), "commit": git_rev(), "machine": machine(), "steps": args.steps,
-           "forward_flops": flops, "variants": []}
+           "forward_flops": flops, "cpus": os.cpu_count(), "variants": []}
     try:
         for k, (name, ov) in enumerate(variants.items()):
-            peak_now, runs = [], []
+            peak_now, runs, load = [], [], []
             for i in range(args.repeats):
+                load.append(os.getloadavg()[0])
                 peak_now.append(matmul_gflops())
                 runs.append(run_variant(f"v{k}_{i}", ov, args.steps, tmp)["img_s"])
-            rec["variants"].append({"name": name, "overrides": ov, "img_s": runs, "matmul_gflops": peak_now})
+            rec["variants"].append({"name": name, "overrides": ov, "img_s": runs, "matmul_gflops": peak_now,
+                                    "load_1min": load})
             gflops = 3 * flops * 2 * max(runs) / 1e9
             print(f"{name:28s} best {max(runs):5.0f} img/s (runs {runs})  {gflops:6.1f} GFLOP/s; "
                   f"matmul before each run {peak_now}", flush=True)
