@@ -1,5 +1,6 @@
 """The training loop on tiny real runs: exact resume, reproducibility, NaN stop, every method trains, and a short
 real run on Fashion-MNIST that must beat a random-init encoder."""
+import copy
 import json
 
 import numpy as np
@@ -8,10 +9,12 @@ import torch
 from safetensors.torch import load_file
 
 import selfsup
+from selfsup.config import load_config
 from selfsup.data import fashion_mnist
 from selfsup.errors import DataError
 from selfsup.errors import TrainingError
-from selfsup.methods import METHODS
+from selfsup.evaluate.probes import extract_features, knn_accuracy
+from selfsup.methods import METHODS, build_method
 from selfsup.train.checkpoint import latest_checkpoint, load_checkpoint
 from selfsup.workflows import pretrain
 
@@ -106,17 +109,81 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(npz_data, tm
     assert meta["step"] == 4 and all(torch.isfinite(v).all() for v in model_state.values() if v.is_floating_point())
 
 
+@pytest.fixture(scope="module")
+def stripes_data(tmp_path_factory):
+    """Horizontal vs vertical stripes (random period 3-6 px, phase, brightness 40-200, contrast 20-50, pixel noise
+    sigma 20): a random-init CNN separates them only partly (kNN ~0.92 with data BatchNorm statistics); crops, flips
+    and colour jitter keep the orientation, so learning their invariances is what helps."""
+    root = tmp_path_factory.mktemp("stripes")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:16, 0:16]
+    for split, n in (("train", 512), ("test", 400)):
+        y = rng.integers(0, 2, n)
+        x = np.empty((n, 16, 16))
+        for i in range(n):
+            period = rng.uniform(3, 6)
+            phase = rng.uniform(0, 2 * np.pi, 2)
+            pattern = np.sin(2 * np.pi * (yy if y[i] == 0 else xx) / period + phase[y[i]])
+            level, contrast = rng.uniform(40, 200), rng.uniform(20, 50)
+            x[i] = level + contrast * pattern + rng.normal(0, 20, (16, 16))
+        np.savez(root / f"{split}.npz", images=np.clip(x, 0, 255).astype(np.uint8), labels=y)
+    return root
+
+
+def _npz_split(root, split):
+    d = np.load(root / f"{split}.npz")
+    return torch.from_numpy(d["images"])[:, None], torch.from_numpy(d["labels"])
+
+
+def _with_data_batchnorm(backbone, images):
+    """``backbone`` with its BatchNorm running statistics measured on ``images``: a random-init baseline that a run
+    whose encoder weights never move (only BatchNorm statistics) would match."""
+    bb = copy.deepcopy(backbone).train()
+    for m in bb.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the one pass
+    with torch.no_grad():
+        bb(images.float() / 255)
+    return bb.eval()
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_trains_and_evaluates(npz_data, tmp_path, method):
-    r = pretrain(tiny_cfg(npz_data, tmp_path, method, method=method, max_steps=6), progress=False)
-    ev = json.loads((r.run_dir / "eval.json").read_text())
-    assert 0 <= ev["ssl"]["knn_test"] <= 1 and 0 <= ev["ssl"]["linear_test"] <= 1
-    assert ev["rankme"] >= 1
-    for f in ("report.md", "loss.png", "config.yaml", "metrics.jsonl"):
-        assert (r.run_dir / f).exists(), f
-    backbone = selfsup.load(r.run_dir)
-    feats = selfsup.embed(backbone, np.zeros((3, 16, 16), np.uint8))
-    assert feats.shape == (3, backbone.feat_dim)
+def test_every_method_lowers_its_loss_and_halves_the_knn_error_of_its_random_init(stripes_data, tmp_path, method):
+    """150 steps (~3 s) must lower the SSL loss and at least halve the kNN test error of the same encoder at random
+    init (with BatchNorm statistics from the data, so a bug that leaves the encoder weights untouched fails).
+    Measured with this data and seed: random init 0.925, trained 0.983-1.0 for every method; with the encoder frozen
+    (heads and BatchNorm statistics trained) 0.94 and fails. With seed 1 every method passes but SimSiam, which
+    reaches 0.9425 against 0.9175 (beats its random init without halving the error)."""
+    cfg = {"name": method, "output_dir": str(tmp_path), "seed": 0,
+           "data": {"source": "npz", "root": str(stripes_data)},
+           "model": {"widths": [8, 16], "pool": 1},
+           "method": {"name": method, "proj_hidden": 64, "proj_dim": 32,
+                      **({"queue_size": 128} if method == "moco" else {})},
+           "augment": {"crop_scale": [0.7, 1.0], "blur_sigma": [0.1, 0.3]},
+           "train": {"max_steps": 150, "batch_size": 64, "optimizer": "adamw", "lr": 0.008, "warmup_epochs": 0.1,
+                     "checkpoint_every_steps": 1000, "monitor_every_epochs": 100, "threads": 1}}
+    threads = torch.get_num_threads()
+    try:
+        r = pretrain(cfg, progress=False, evaluate=False)
+    finally:
+        torch.set_num_threads(threads)  # train.threads sets it for the whole process
+    rows = [json.loads(ln) for ln in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in rows if "loss" in row]
+    assert len(losses) == 15 and np.mean(losses[-3:]) < losses[0], losses  # logged every 10 steps
+
+    train_x, train_y = _npz_split(stripes_data, "train")
+    test_x, test_y = _npz_split(stripes_data, "test")
+
+    def knn(backbone):
+        return knn_accuracy(extract_features(backbone, train_x), train_y, extract_features(backbone, test_x), test_y,
+                            k=5)
+
+    torch.manual_seed(0)  # the initialisation pretrain starts from
+    untrained = knn(_with_data_batchnorm(build_method(load_config(cfg), 1, len(train_x)).backbone, train_x))
+    trained = knn(selfsup.load(r.run_dir))
+    assert untrained < 0.97, untrained  # the data leave room to improve
+    assert 1 - trained <= 0.5 * (1 - untrained), (trained, untrained)
 
 
 def test_short_real_run_beats_random_init_encoder(tmp_path):
