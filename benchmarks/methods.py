@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import subprocess
 import shutil
 import sys
 import time
@@ -25,6 +27,13 @@ from selfsup.workflows import pretrain  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "methods.json"
 HEADER = ["method", "epochs", "pre-train min", "img/s", "kNN %", "linear %", "digits linear %", "RankMe", "total min"]
+
+
+def git(args: list[str]) -> str:
+    try:
+        return subprocess.check_output(["git", *args], cwd=ROOT, text=True, stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
 
 
 def summary(rows: list[list[str]], raw: dict | None) -> list[str]:
@@ -57,8 +66,26 @@ def write_section(rec: dict) -> None:
     if raw:
         body += ["", f"Raw pixels through the same code: kNN {100 * raw['knn_test']:.2f} %, "
                      f"linear {100 * raw['linear_test']:.2f} %."]
-    body += ["", *summary(rec["rows"], raw)]
+    body += ["", *summary(rec["rows"], raw), *stale_rows(rec)]
     update_section("methods", "\n".join(body))
+
+
+def stale_rows(rec: dict) -> list[str]:
+    """A sentence naming the rows whose method file changed after the commit(s) the table was measured at (from
+    git, when the section is written), so an old row is never read as a measurement of today's code."""
+    commits = sorted(set(re.findall(r"\(commit ([0-9a-f]{7,40})\)", " ".join(rec.get("commands", [])))))
+    stale = []
+    for row in rec["rows"]:
+        changed = [c for base in commits
+                   for c in [git(["log", "-1", "--format=%h", f"{base}..HEAD", "--", f"selfsup/methods/{row[0]}.py"])]
+                   if c]
+        if commits and len(changed) == len(commits):
+            stale.append(f"{row[0]} (changed in {changed[0]})")
+    if not stale:
+        return []
+    return ["", f"Not re-measured since its code changed: {', '.join(stale)} — these rows describe the code at the "
+                f"commit above; re-run them with `python benchmarks/methods.py --epochs {rec['epochs']:g} --methods "
+                f"{','.join(s.split()[0] for s in stale)}`."]
 
 
 def main():
