@@ -5,6 +5,12 @@ import torch
 
 from selfsup.evaluate import alignment, collapse_std, linear_cka, linear_probe, rankme, uniformity
 from selfsup.evaluate.probes import knn_predict, select_knn_k
+from selfsup.config import load_config
+from selfsup.data import ImageDataset, load_datasets
+from selfsup.evaluate.suite import evaluate_run
+from selfsup.workflows import pretrain
+
+from .test_train import stripes_data, tiny_cfg  # noqa: F401  (fixture)
 
 
 def _clusters(n=60, d=5, seed=0, spread=0.1):
@@ -26,19 +32,81 @@ def test_knn_on_separable_clusters_and_weighting():
     assert int(knn_predict(bank, labels, query, k=3, temperature=100.0)) == 0  # ~uniform votes: majority
 
 
-def test_select_k_uses_validation_only():
-    x, y = _clusters(spread=1.5)
-    v, vy = _clusters(seed=2, spread=1.5)
-    k, scores = select_knn_k(x, y, v, vy, [1, 5, 15], 0.1)
-    assert k in scores and scores[k] == max(scores.values())
+def _on_circle(degrees):
+    a = torch.tensor(degrees, dtype=torch.float64).deg2rad()
+    return torch.stack([a.cos(), a.sin()], 1).float()
 
 
-def test_linear_probe_separable_and_l2_choice():
+def test_select_k_scores_every_k_on_validation_and_breaks_ties_to_the_smaller_k():
+    # class 0 at 0-18 degrees, class 1 at 72-90, and one class-1 point at 9.5 degrees inside class 0: k = 1 follows
+    # it for the validation query at 9.6 degrees, k = 5 and k = 7 out-vote it
+    bank = _on_circle([2.0 * i for i in range(10)] + [72 + 2.0 * i for i in range(10)] + [9.5])
+    labels = torch.tensor([0] * 10 + [1] * 10 + [1])
+    val, val_y = _on_circle([9.6, 1.0, 17.0, 80.0, 85.0]), torch.tensor([0, 0, 0, 1, 1])
+    k, scores = select_knn_k(bank, labels, val, val_y, [7, 1, 5], 0.1)
+    assert scores == pytest.approx({1: 0.8, 5: 1.0, 7: 1.0})
+    assert k == 5  # best validation accuracy, the tie between 5 and 7 going to the smaller k
+    for kk in (1, 5, 7):
+        assert scores[kk] == float((knn_predict(bank, labels, val, kk, 0.1) == val_y).float().mean())
+
+
+def test_linear_probe_separable_clusters_score_one():
     x, y = _clusters(n=90)
     v, vy = _clusters(n=30, seed=1)
     t, ty = _clusters(n=30, seed=2)
     r = linear_probe(x, y, v, vy, t, ty, l2_grid=(0.0, 1e-2), max_iter=50)
-    assert r["test_acc"] == 1.0 and r["l2"] in (0.0, 1e-2)
+    assert r["test_acc"] == 1.0 and r["val_acc"] == 1.0
+
+
+def _noisy_dims(n, seed):
+    """3 classes on 3 informative dimensions of 20: with 36 training points, L2 decides how much noise is fitted."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    x = torch.randn(n, 20, generator=g)
+    x[:, :3] += 1.5 * torch.eye(3)[y]
+    return x, y
+
+
+def test_linear_probe_l2_choice_never_sees_the_test_split():
+    """The L2 strength is chosen on validation: the same with the real test labels, with every test label moved to
+    the next class (where the best probe on validation is the worst on test) and with noise for test features."""
+    x, y = _noisy_dims(36, 10)
+    v, vy = _noisy_dims(60, 11)
+    t, ty = _noisy_dims(60, 12)
+    grid = (0.0, 0.1, 3.0)
+    real = linear_probe(x, y, v, vy, t, ty, l2_grid=grid, max_iter=100)
+    assert real["val_scores"][3.0] > real["val_scores"][0.1] > real["val_scores"][0.0]  # the choice matters
+    assert real["l2"] == 3.0 and real["val_acc"] == real["val_scores"][3.0]
+    moved = linear_probe(x, y, v, vy, t, (ty + 1) % 3, l2_grid=grid, max_iter=100)
+    noise = linear_probe(x, y, v, vy, torch.randn(60, 20, generator=torch.Generator().manual_seed(3)),
+                         ty[torch.randperm(60, generator=torch.Generator().manual_seed(4))], l2_grid=grid, max_iter=100)
+    for other in (moved, noise):
+        assert (other["l2"], other["val_acc"], other["val_scores"]) == (real["l2"], real["val_acc"], real["val_scores"])
+    assert real["test_acc"] > 0.6 and moved["test_acc"] < 0.3  # ...while the test score follows the test labels
+
+
+def test_evaluation_chooses_k_and_l2_on_validation_never_on_the_test_split(stripes_data, tmp_path):  # noqa: F811
+    """The evaluation of a run three times: with the real test split, with every test label flipped, and with noise
+    images under shuffled labels. The k and L2 chosen and their validation scores must not move; the test scores
+    must follow the test labels (flipped: exactly 1 - accuracy). (The raw-pixel baselines go through the same
+    code; left out for time.)"""
+    cfg = tiny_cfg(stripes_data, tmp_path, "sel", max_steps=12)
+    cfg["eval"].update(knn_k_grid=[1, 3, 9, 27, 81], linear_l2_grid=[1e-4, 1e-2, 1.0], baselines=False)
+    r = pretrain(cfg, progress=False, evaluate=False)
+    train, test = load_datasets(load_config(cfg).data)
+    g = torch.Generator().manual_seed(0)
+    splits = {"real": test,
+              "flipped": ImageDataset(test.images, 1 - test.labels, test.classes),
+              "noise": ImageDataset(torch.randint(0, 256, test.images.shape, generator=g, dtype=torch.uint8),
+                                    test.labels[torch.randperm(len(test), generator=g)], test.classes)}
+    res = {name: evaluate_run(r.run_dir, progress=False, datasets=(train, t)).results for name, t in splits.items()}
+    chosen = ("knn_k", "knn_val", "linear_l2", "linear_val")
+    real = {key: res["real"]["ssl"][key] for key in chosen}
+    for name in ("flipped", "noise"):
+        assert {key: res[name]["ssl"][key] for key in chosen} == real, name
+    for probe in ("knn_test", "linear_test"):
+        assert res["real"]["ssl"][probe] > 0.9 and res["flipped"]["ssl"][probe] == pytest.approx(
+            1 - res["real"]["ssl"][probe]), probe
 
 
 def test_rankme_extremes():
