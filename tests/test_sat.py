@@ -41,13 +41,29 @@ def test_target_update_is_the_documented_ema():
 
 
 def test_loss_is_normalised_mse_to_the_targets_and_trains_the_online_network():
-    m = _sat()
-    views = [torch.rand(4, 1, 16, 16), torch.rand(4, 1, 16, 16)]
-    loss = m(views, idx=torch.tensor([0, 1, 2, 3]))
-    assert 0 <= float(loss.detach()) <= 8
-    loss.backward()
-    assert all(p.grad is not None for p in m.predictor.parameters())
-    assert m.visited[:4].all() and not m.visited[4:].any()
+    """The loss against the module docstring's formula, by hand from the same projections: first visit (t = z̄),
+    then a second batch of the same images (t = normalize(α·t + (1 − α)·z̄)); gradients as if t were a constant."""
+    m = _sat(alpha=0.75)
+    g = torch.Generator().manual_seed(1)
+    idx = torch.tensor([0, 1, 2, 3])
+    expected_targets = None
+    for visit in range(2):
+        views = [torch.rand(4, 1, 16, 16, generator=g), torch.rand(4, 1, 16, 16, generator=g)]
+        z1, z2 = m.encode_joint(views, m.projector)  # BatchNorm in training mode: the batch gives the same z
+        with torch.no_grad():
+            zbar = F.normalize(F.normalize(z1, dim=1) + F.normalize(z2, dim=1), dim=1)
+            t = zbar if visit == 0 else F.normalize(0.75 * expected_targets + 0.25 * zbar, dim=1)
+        by_hand = sum((2 - 2 * F.cosine_similarity(m.predictor(z), t, dim=1)).mean() for z in (z1, z2))
+        hand_grads = torch.autograd.grad(by_hand, list(m.parameters()), allow_unused=True)
+        m.zero_grad()
+        loss = m(views, idx=idx)
+        assert float(loss.detach()) == pytest.approx(float(by_hand.detach()), rel=1e-5, abs=1e-6), visit
+        assert torch.allclose(m.targets[:4], t, atol=1e-6) and m.visited[:4].all() and not m.visited[4:].any()
+        loss.backward()
+        for (name, p), hg in zip(m.named_parameters(), hand_grads):
+            assert hg is not None and p.grad is not None, name  # predictor, projector and encoder all train
+            torch.testing.assert_close(p.grad, hg, rtol=1e-4, atol=1e-6, msg=name)
+        expected_targets = t
 
 
 class IndexRecorder(SSLMethod):
