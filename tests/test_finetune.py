@@ -112,21 +112,24 @@ def test_risk_coverage_aurc_and_thresholds_by_hand():
     assert [r["test_coverage"] for r in rows] == pytest.approx([1.0, 0.5, 0.25])
 
 
-def ft_cfg(root, out, name, loss, **f):
+def ft_cfg(root, out, name, loss, train=None, **f):
     fin = {"loss": loss, "noise": "symmetric", "noise_rate": 0.3, "sat_start_epoch": 1, "eval_samples": 64}
     fin.update(f)
+    # npz_data's classes are "blob left" / "blob right": no flips (they swap the classes) and a 2 x 2 pooled map
+    # (global pooling hides the side), else the classifier cannot beat the majority class (0.5625 on test)
     return {"name": name, "output_dir": str(out), "data": {"source": "npz", "root": str(root), "val_fraction": 0.2},
-            "model": {"widths": [4, 8], "pool": 1},
-            "train": {"epochs": 3, "batch_size": 32, "checkpoint_every_steps": 4, "warmup_epochs": 0.1,
-                      "monitor_every_epochs": 1.0, "lr": 0.05},
+            "model": {"widths": [4, 8], "pool": 2}, "augment": {"flip_p": 0.0},
+            "train": {"epochs": 3, "batch_size": 16, "checkpoint_every_steps": 4, "warmup_epochs": 0.1,
+                      "monitor_every_epochs": 1.0, "lr": 0.1, **(train or {})},
             "finetune": fin}
 
 
 @pytest.mark.parametrize("loss", ["ce", "gce", "sat", "sat_selective"])
 def test_finetune_end_to_end(npz_data, tmp_path, loss):  # noqa: F811
     res = finetune(ft_cfg(npz_data, tmp_path, loss, loss), progress=False)
-    assert len(res["epochs"]) == 3 and all(0 <= e["test_acc"] <= 1 for e in res["epochs"])
+    assert len(res["epochs"]) == 3
     assert 0.1 < res["actual_label_error"] < 0.25  # 30 % redrawn over 2 classes
+    assert res["test_acc_last"] >= 0.95, res["epochs"]  # learns the clean rule despite the wrong training labels
     assert {"softmax_response"} <= set(res["selective"]) and len(res["selective"]["softmax_response"]["table"]) == 7
     if loss == "sat_selective":
         assert "abstain" in res["selective"] and (tmp_path / loss / "risk_coverage.png").exists()
@@ -136,8 +139,8 @@ def test_finetune_end_to_end(npz_data, tmp_path, loss):  # noqa: F811
 
 
 def test_finetune_sat_state_resumes_exactly(npz_data, tmp_path):  # noqa: F811
-    full = finetune(ft_cfg(npz_data, tmp_path, "full", "sat"), progress=False)
-    cfg = ft_cfg(npz_data, tmp_path, "crash", "sat")
+    full = finetune(ft_cfg(npz_data, tmp_path, "full", "sat", train={"batch_size": 32}), progress=False)
+    cfg = ft_cfg(npz_data, tmp_path, "crash", "sat", train={"batch_size": 32})  # half the steps: time
     with pytest.raises(Crash):
         finetune(cfg, progress=False, callbacks=[CrashAfter(10)])
     resumed = finetune(cfg, resume=True, progress=False)
