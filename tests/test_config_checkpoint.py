@@ -32,10 +32,10 @@ def test_yaml_file_and_overrides(tmp_path):
     cfg = load_config(p, ["train.epochs=1.5", "method.pred_hidden=64"])
     assert cfg.train.epochs == 1.5 and cfg.method_params().pred_hidden == 64
     assert cfg.method_params().base_momentum == 0.9
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(ConfigError, match="missing.yaml not found"):
         load_config(tmp_path / "missing.yaml")
     (tmp_path / "bad.yaml").write_text("train: [unclosed")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
         load_config(tmp_path / "bad.yaml")
 
 
@@ -86,7 +86,7 @@ def test_corrupt_checkpoint_clear_error(tmp_path):
     d.mkdir()
     (d / "tensors.safetensors").write_bytes(b"garbage" * 4)
     (d / "state.json").write_text(json.dumps({"step": 1}))
-    with pytest.raises(CheckpointError, match="unreadable"):
+    with pytest.raises(CheckpointError, match="step_00000001 is unreadable"):
         load_checkpoint(d)
 
 

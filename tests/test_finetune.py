@@ -87,11 +87,11 @@ def test_read_labels_formats_and_errors(tmp_path):
     assert read_labels(tmp_path / "b.csv", 3).tolist() == [4, 1, 5]
     np.savez(tmp_path / "c.npz", labels=np.array([0, 1, 1]))
     assert read_labels(tmp_path / "c.npz", 3).tolist() == [0, 1, 1]
-    with pytest.raises(DataError, match="2 labels for 3"):
+    with pytest.raises(DataError, match="d.csv: 2 labels for 3"):
         read_labels(_write(tmp_path, "d.csv", "1\n2\n"), 3)
-    with pytest.raises(DataError, match="0..9"):
+    with pytest.raises(DataError, match=r"e.csv: labels must be in 0\.\.9"):
         read_labels(_write(tmp_path, "e.csv", "1\n12\n0\n"), 3, num_classes=10)
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match="nope.csv not found"):
         read_labels(tmp_path / "nope.csv", 3)
 
 
