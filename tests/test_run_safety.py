@@ -63,7 +63,7 @@ def test_sat_schedule_follows_max_steps_not_epochs(npz_data, tmp_path):  # noqa:
     """With train.max_steps = 12 (< 2 epochs of the ~205 training images at batch 32) and sat_start_epoch 2, SAT
     never starts, whatever train.epochs says: its targets stay the one-hot labels."""
     cfg = ft_cfg(npz_data, tmp_path, "sat", "sat", sat_start_epoch=2)
-    cfg["train"].update(epochs=100, max_steps=12)
+    cfg["train"].update(epochs=100, max_steps=12, batch_size=32)
     finetune(cfg, progress=False)
     state = load_latest_checkpoint(tmp_path / "sat" / "checkpoints").model
     soft = state["objective.soft"]
