@@ -66,11 +66,18 @@ def test_pretrain_eval_resume_roundtrip(npz_data, tmp_path):  # noqa: F811
     r = run("pretrain", "--config", str(p))
     assert r.returncode == 0, r.stderr
     run_dir = tmp_path / "runs" / "cli"
-    assert "kNN (test)" in r.stdout and (run_dir / "eval.json").exists()
+
+    def printed(stdout, row, part, key):  # the results table shows eval.json's numbers
+        value = json.loads((run_dir / "eval.json").read_text())[part][key]
+        line = next(ln for ln in stdout.splitlines() if row in ln)
+        return f"{100 * value:.2f} %" in line
+
+    assert printed(r.stdout, "kNN (test)", "ssl", "knn_test")
+    assert printed(r.stdout, "kNN (test)", "raw_pixels", "knn_test")
     again = run("pretrain", "--config", str(p))
-    assert again.returncode == 2 and "--resume" in again.stderr
+    assert again.returncode == 2 and f"run directory {run_dir} already holds a run: pass --resume" in again.stderr
     ev = run("eval", str(run_dir))
-    assert ev.returncode == 0 and "linear probe" in ev.stdout
+    assert ev.returncode == 0 and printed(ev.stdout, "linear probe (test)", "ssl", "linear_test")
     before = (run_dir / "config.yaml").read_text()
     changed = run("pretrain", "--config", str(p), "--resume", "train.max_steps=12", "train.lr=0.1")
     # a different config is refused, naming the keys, and config.yaml is left as it was
