@@ -202,8 +202,8 @@ class StreamTrainer:
             self.seen_data = [_find_chunk(chunks(), c["name"]).load() for c in done]
         if self.evaluate is not None and "init_eval" not in self.manifest:
             if self.init_eval is None:
-                c, h, w = self.evaluate.image_shape
-                self.init_eval = _strip(self.evaluate(self._new_method(c).backbone, 0))
+                channels = self.evaluate.image_shape[0]
+                self.init_eval = _strip(self.evaluate(self._new_method(channels).backbone, 0))
             self.manifest["init_eval"] = self.init_eval
             self._commit()  # at once: a stream killed before its first chunk commits does not redo it
         self.in_progress = self._find_in_progress(len(done), {c["name"] for c in done})

@@ -130,7 +130,6 @@ def sequence(config, overrides: list[str] | None = None, progress: bool = True,
         log(f"== sequence {kind}: " + "; ".join(seq.describe()))
         torch.manual_seed(cfg.seed)
         init = StreamEvaluator(cfg, device, seq.tasks, seq.full)(build_method(cfg, train.channels).to(device).backbone, 0)
-        init.pop("_features", None)
         manifests = {}
         for strat in cfg.sequence.strategies:
             scfg = load_config(cfg, [f"stream.strategy={strat}"])
