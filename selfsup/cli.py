@@ -17,10 +17,10 @@ from typing import List, Optional
 import numpy as np
 import torch
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from .data.corruptions import CORRUPTIONS, corrupt as apply_corruption
+from .commands.common import fail, show, table
 from .config import load_config
 from .data.sources import FMNIST_DEFAULT_DIR
 from .distributed import is_main, launched_by_torchrun, shutdown
@@ -37,9 +37,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg="red", err=True)
-    raise typer.Exit(2)
+_fail, _table, _show = fail, table, show
 
 
 def _relaunch_under_torchrun(devices: int) -> None:
@@ -59,17 +57,6 @@ def _relaunch_under_torchrun(devices: int) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
            "-m", "selfsup.cli", *cleaned]
     raise typer.Exit(subprocess.call(cmd))
-
-
-def _table(title: str, *columns: str):
-    t = Table(title=title)
-    for c in columns:
-        t.add_column(c)
-    return t
-
-
-def _show(table) -> None:
-    Console().print(table)
 
 
 @app.command()

@@ -1,7 +1,7 @@
 """The package's imports flow one way down the pipeline, with no cycles and no imports hidden inside functions.
 
 Layers, lowest first: helpers (errors, atomic, distributed) → data → augment → models → methods → config → train →
-evaluate → report → workflows → api / cli. A module may import its own layer or lower ones; imports needed only
+evaluate → embeddings → report → workflows → commands → api / cli. A module may import its own layer or lower ones; imports needed only
 for type annotations (under ``if TYPE_CHECKING:``) do not count."""
 import ast
 from pathlib import Path
@@ -10,7 +10,8 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "selfsup"
 LAYERS = [("errors", "atomic", "distributed"), ("data",), ("augment",), ("models",), ("methods",), ("config",),
-          ("train",), ("evaluate",), ("report",), ("workflows",), ("api", "cli", "__init__")]
+          ("train",), ("evaluate",), ("embeddings",), ("report",), ("workflows",),
+          ("commands",), ("api", "cli", "__init__")]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 
