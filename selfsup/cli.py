@@ -20,6 +20,7 @@ import typer
 from rich.table import Table
 
 from .data.corruptions import CORRUPTIONS, corrupt as apply_corruption
+from .commands import collection, compare as compare_cmd, embed as embed_cmd
 from .commands.common import fail, show, table
 from .config import load_config
 from .data.sources import FMNIST_DEFAULT_DIR
@@ -289,6 +290,13 @@ def _ensure_fmnist(root: str) -> None:
             return
     _fail(f"Fashion-MNIST not found in {root}. Install it with 'sudo apt-get update && sudo {cmd}', or set "
           f"SELFSUP_FMNIST_DIR to a folder holding the idx files")
+
+
+app.command()(embed_cmd.embed)
+app.command()(embed_cmd.export)
+app.command()(compare_cmd.compare)
+app.command()(collection.neighbours)
+app.command()(collection.select)
 
 
 def main() -> None:

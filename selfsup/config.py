@@ -147,6 +147,11 @@ class FinetuneConfig(Strict):
     trades_beta: float = Field(6.0, ge=0)
 
 
+class LogConfig(Strict):
+    tensorboard: bool = Field(False, description="also write loss, lr, img/s and kNN to <run>/tensorboard/ "
+                                                 "(view with: tensorboard --logdir runs)")
+
+
 class Config(Strict):
     name: str = "run"
     seed: int = 0
@@ -160,6 +165,7 @@ class Config(Strict):
     stream: StreamConfig = Field(default_factory=StreamConfig)
     sequence: SequenceConfig = Field(default_factory=SequenceConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
 
     @model_validator(mode="after")
     def _check_method(self):

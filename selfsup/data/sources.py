@@ -37,6 +37,7 @@ class ImageDataset:
     labels: torch.Tensor | None = None  # int64 (N,)
     classes: list[str] = field(default_factory=list)
     name: str = "data"
+    files: list[str] | None = None  # where each image came from (image folders: the path relative to the root)
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -46,6 +47,8 @@ class ImageDataset:
             raise DataError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels")
         if len(self.images) == 0:
             raise DataError(f"{self.name}: no images")
+        if self.files is not None and len(self.files) != len(self.images):
+            raise DataError(f"{self.name}: {len(self.images)} images but {len(self.files)} file names")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -57,7 +60,7 @@ class ImageDataset:
     def subset(self, idx, name: str | None = None) -> "ImageDataset":
         idx = torch.as_tensor(idx, dtype=torch.long)
         return ImageDataset(self.images[idx], None if self.labels is None else self.labels[idx], self.classes,
-                            name or self.name)
+                            name or self.name, None if self.files is None else [self.files[i] for i in idx.tolist()])
 
 
 # ----------------------------------------------------------------------------------------------- idx (MNIST family)
@@ -155,7 +158,7 @@ def image_folder(path: str | Path, size: int | None = None, channels: int | None
         files = [(f, -1) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {root}")
-    arrays, labels = [], []
+    arrays, labels, names = [], [], []
     for f, ci in files:
         try:
             a, channels, size = _decode_image(f, size, channels)
@@ -166,11 +169,12 @@ def image_folder(path: str | Path, size: int | None = None, channels: int | None
             raise DataError(f"cannot read image {f}: {e}") from None
         arrays.append(a)
         labels.append(ci)
+        names.append(f.relative_to(root).as_posix())
     if not arrays:
         raise DataError(f"no readable images in {root}")
     x = torch.from_numpy(np.stack(arrays))
     y = torch.tensor(labels, dtype=torch.long) if subdirs else None
-    return ImageDataset(x, y, classes, f"folder:{root.name}")
+    return ImageDataset(x, y, classes, f"folder:{root.name}", names)
 
 
 # ---------------------------------------------------------------------------------------------- CIFAR python batches
