@@ -34,14 +34,29 @@ def backbone_from_config(model: "ModelConfig", in_channels: int) -> nn.Module:
     return build_backbone(model.backbone, in_channels, **backbone_kwargs(model))
 
 
-def save_backbone(run_dir: str | Path, backbone: nn.Module, model: "ModelConfig", in_channels: int) -> None:
-    """``backbone.safetensors`` + ``backbone.json`` in ``run_dir``."""
+def save_backbone(run_dir: str | Path, backbone: nn.Module, model: "ModelConfig", in_channels: int,
+                  image_size: int | None = None) -> None:
+    """``backbone.safetensors`` + ``backbone.json`` in ``run_dir`` (with the image size it was trained on, which
+    ``embed`` / ``export`` resize a new collection to)."""
     run_dir = Path(run_dir)
     atomic_save_tensors(run_dir / "backbone.safetensors", backbone.state_dict())
     kw = {k: list(v) if isinstance(v, tuple) else v for k, v in backbone_kwargs(model).items()}
     atomic_write_text(run_dir / "backbone.json", json.dumps(
-        {"backbone": model.backbone, "in_channels": in_channels, "kwargs": kw, "feat_dim": backbone.feat_dim},
+        {"backbone": model.backbone, "in_channels": in_channels, "image_size": image_size, "kwargs": kw,
+         "feat_dim": backbone.feat_dim},
         indent=1))
+
+
+def backbone_info(run_dir: str | Path) -> dict:
+    """``backbone.json`` of a run: backbone, in_channels, image_size (None for runs saved before it was recorded),
+    kwargs, feat_dim."""
+    path = Path(run_dir) / "backbone.json"
+    if not path.exists():
+        raise CheckpointError(f"{run_dir} holds no trained backbone (backbone.json); is it a finished selfsup run?")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
 
 
 def load_backbone(run_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:

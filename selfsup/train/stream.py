@@ -358,7 +358,8 @@ class StreamTrainer:
         if not self.manifest["chunks"]:
             raise DataError("the stream holds no usable chunk" + (
                 f" ({len(self.manifest['rejected'])} rejected: see manifest.json)" if self.manifest["rejected"] else ""))
-        save_backbone(self.run_dir, self.method.backbone, self.cfg.model, self.manifest["chunks"][-1]["channels"])
+        last = self.manifest["chunks"][-1]
+        save_backbone(self.run_dir, self.method.backbone, self.cfg.model, last["channels"], last["shape"][-1])
         return StreamResult(self.run_dir, self.manifest, self.method)
 
 

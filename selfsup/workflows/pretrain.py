@@ -43,7 +43,7 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
         run_dir / "checkpoints", run_dir / "metrics.jsonl", resume=resume, strategy=adversarial_ssl(cfg, device),
         callbacks=[*monitor, *(callbacks or [])], progress=progress))
     if D.is_main():
-        save_backbone(run_dir, method.backbone, cfg.model, train_ds.channels)
+        save_backbone(run_dir, method.backbone, cfg.model, train_ds.channels, train_ds.images.shape[-1])
         atomic_write_text(run_dir / "train_summary.json", json.dumps(
             {"steps": result.steps, "train_seconds": result.train_seconds, "step_seconds": result.step_seconds,
              "images_per_second": result.images_per_second, "devices": D.world_size(), "device": str(device),
