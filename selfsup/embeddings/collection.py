@@ -1,0 +1,86 @@
+"""A collection to embed — a folder of the user's images, the data set a config names, or the run's own data — and
+its features, extracted batch by batch on the device with a progress bar, never the whole set on the device at once.
+
+Images are converted to the channels and resized to the size the encoder was trained on (``backbone.json``), so a
+folder of full-size photos goes through the same encoder as the training data."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+    TimeRemainingColumn
+from torch import nn
+
+from ..config import load_config
+from ..data import load_datasets
+from ..data.sources import ImageDataset, image_folder
+from ..errors import ConfigError, DataError
+from ..evaluate.probes import inference_copy
+from ..models import backbone_info
+
+
+def open_collection(run_dir: str | Path, source: str | Path | None = None, config: str | Path | None = None,
+                    split: str = "train", skip_bad: bool = False) -> ImageDataset:
+    """The images to embed: the folder ``source`` (sub-folders are classes; images converted to the run's channels
+    and resized to its image size), else the ``split`` ("train" or "test") of the data set ``config`` names, else of
+    the run's own config."""
+    if source is not None and config is not None:
+        raise ConfigError("give a source folder or a config, not both")
+    info = backbone_info(run_dir)
+    if source is not None:
+        return image_folder(source, size=info.get("image_size"), channels=info["in_channels"], skip_bad=skip_bad)
+    if split not in ("train", "test"):
+        raise ConfigError(f"split {split!r}: choose train or test")
+    cfg = load_config(config if config is not None else Path(run_dir) / "config.yaml")
+    train, test = load_datasets(cfg.data)
+    if split == "test" and test is None:
+        raise DataError(f"{cfg.data.source} has no test split")
+    ds = train if split == "train" else test
+    if ds.channels != info["in_channels"]:
+        raise DataError(f"{ds.name} has {ds.channels} channel(s) but the run's encoder takes {info['in_channels']}")
+    return ds
+
+
+def item_ids(ds: ImageDataset) -> list[str]:
+    """What names each image in a table: its file (image folders) or its index in the data set."""
+    return list(ds.files) if ds.files is not None else [str(i) for i in range(len(ds))]
+
+
+def _progress(enabled: bool, description: str, total: int) -> Progress:
+    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                 TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled)
+    p.add_task(description, total=total)
+    return p
+
+
+@torch.inference_mode()
+def iter_features(backbone: nn.Module, images: torch.Tensor, batch_size: int = 512,
+                  device: str | torch.device = "cpu", size: int | None = None, channels_last: bool = True,
+                  progress: bool = True, description: str = "embedding") -> Iterator[tuple[int, torch.Tensor]]:
+    """(start index, features on the CPU) for each batch of ``images`` (uint8 0..255 or float in [0, 1],
+    N×C×H×W), each batch moved to ``device``, resized to ``size`` when it differs, and run through an eval-mode
+    copy of the backbone."""
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be positive, got {batch_size}")
+    model = inference_copy(backbone, channels_last).to(device)
+    with _progress(progress, description, len(images)) as bar:
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size].to(device)
+            x = x.float() if x.is_floating_point() else x.float().div_(255)
+            if size is not None and tuple(x.shape[-2:]) != (size, size):
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield start, model(x).float().cpu()
+            bar.advance(bar.task_ids[0], len(x))
+
+
+def embed_images(backbone: nn.Module, images: torch.Tensor, batch_size: int = 512,
+                 device: str | torch.device = "cpu", size: int | None = None, channels_last: bool = True,
+                 progress: bool = True) -> torch.Tensor:
+    """All features of ``images`` as one N×D CPU tensor (see :func:`iter_features`)."""
+    parts = [f for _, f in iter_features(backbone, images, batch_size, device, size, channels_last, progress)]
+    return torch.cat(parts)
