@@ -20,32 +20,50 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    source: Literal["fashion_mnist", "digits", "folder", "cifar", "npz", "webdataset"] = "fashion_mnist"
-    root: str | None = None
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    skip_bad_images: bool = False
+    source: Literal["fashion_mnist", "digits", "folder", "cifar", "npz", "webdataset"] = Field(
+        "fashion_mnist", description="where the images come from: fashion_mnist (idx files), digits (sklearn's, "
+        "resized to 28x28), folder (PNG/JPEG; class = sub-folder; train/ and test/ used when present), cifar "
+        "(CIFAR-10/100 python batches), npz (images + optional labels), webdataset (tar shards of KEY.png + KEY.cls)")
+    root: str | None = Field(None, description="path of the data (required by folder, cifar, npz, webdataset); "
+                             "fashion_mnist: its idx folder (default SELFSUP_FMNIST_DIR or "
+                             "/usr/share/datasets/fashion-mnist)")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of the training images held out as the "
+                                "validation split (chooses kNN k and the linear probe's L2; monitor queries)")
+    skip_bad_images: bool = Field(False, description="folder / webdataset: skip unreadable images with a warning "
+                                                     "instead of stopping")
     subset: int | None = Field(None, gt=0, description="use only the first N training images (quick runs)")
 
 
 class ModelConfig(Strict):
-    backbone: Literal["cnn", "resnet18"] = "cnn"
-    widths: list[PositiveInt] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
-    convs_per_stage: int = Field(2, ge=1)
-    pool: int = Field(2, ge=1)
-    downsample: Literal["max", "avg"] = "max"
+    backbone: Literal["cnn", "resnet18"] = Field("cnn", description="encoder: cnn (small VGG-style CNN, the "
+                                                 "benchmarks' backbone) or resnet18 (CIFAR-style ResNet-18)")
+    widths: list[PositiveInt] = Field(default_factory=lambda: [32, 64, 128], min_length=1,
+                                      description="cnn: channels of each stage (2x2 pooling between stages)")
+    convs_per_stage: int = Field(2, ge=1, description="cnn: 3x3 conv-BN-ReLU layers per stage")
+    pool: int = Field(2, ge=1, description="cnn: the last stage is average-pooled to pool x pool and flattened "
+                                           "(feature size widths[-1] x pool²; 1 = global average pooling)")
+    downsample: Literal["max", "avg"] = Field("max", description="cnn: 2x2 pooling between stages")
     width: int = Field(64, ge=1, description="resnet18 base width")
 
 
 class AugmentConfig(Strict):
-    recipe: Literal["auto", "symmetric", "asymmetric", "supervised"] = "auto"
-    crop_scale: tuple[float, float] = (0.4, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = Field(0.5, ge=0, le=1)
-    jitter_p: float = Field(0.8, ge=0, le=1)
-    brightness: float = Field(0.4, ge=0, le=1)
-    contrast: float = Field(0.4, ge=0, le=1)
-    grayscale_p: float = Field(0.2, ge=0, le=1)
-    blur_sigma: tuple[float, float] = (0.1, 1.0)
+    recipe: Literal["auto", "symmetric", "asymmetric", "supervised"] = Field(
+        "auto", description="views: auto (the method's own recipe, see selfsup methods), symmetric (two views "
+        "from one distribution, SimCLR), asymmetric (BYOL: view 1 always blurred, view 2 blurred 10 % and "
+        "solarised 20 % of the time), supervised (one crop + flip view, no colour changes)")
+    crop_scale: tuple[float, float] = Field((0.4, 1.0), description="random resized crop: [low, high] share of "
+                                                                    "the image's area (0 < low <= high <= 1)")
+    crop_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="random resized crop: [low, high] aspect "
+                                                                        "ratio (0 < low <= high)")
+    flip_p: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
+    jitter_p: float = Field(0.8, ge=0, le=1, description="probability of the brightness / contrast jitter")
+    brightness: float = Field(0.4, ge=0, le=1, description="jitter: pixels scaled by a factor drawn from "
+                                                           "[1 - b, 1 + b]")
+    contrast: float = Field(0.4, ge=0, le=1, description="jitter: distance to the image mean scaled by a factor "
+                                                         "drawn from [1 - c, 1 + c]")
+    grayscale_p: float = Field(0.2, ge=0, le=1, description="probability of turning a colour view grey")
+    blur_sigma: tuple[float, float] = Field((0.1, 1.0), description="Gaussian blur sigma range (how often: set by "
+                                                                    "the recipe; symmetric never blurs)")
 
     @model_validator(mode="after")
     def _check(self):
@@ -58,93 +76,125 @@ class AugmentConfig(Strict):
 
 
 class TrainConfig(Strict):
-    epochs: float = Field(5, gt=0)
-    max_steps: int | None = Field(None, gt=0)
-    batch_size: int = Field(256, gt=1)
-    optimizer: Literal["sgd", "lars", "adamw"] = "sgd"
+    epochs: float = Field(5, gt=0, description="training length in passes over the training images "
+                                               "(fractions allowed; max_steps overrides it)")
+    max_steps: int | None = Field(None, gt=0, description="training length in optimiser steps (overrides epochs)")
+    batch_size: int = Field(256, gt=1, description="images per step in all; under --devices N split across the "
+                                                   "N processes (must divide evenly)")
+    optimizer: Literal["sgd", "lars", "adamw"] = Field("sgd", description="sgd (with momentum), lars (SGD with "
+                                                       "a per-layer trust ratio) or adamw")
     lr: float = Field(0.06, gt=0, description="learning rate at batch 256 (scaled linearly with batch size)")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    warmup_epochs: float = Field(0.5, ge=0)
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
-    grad_clip: float | None = Field(None, gt=0)
-    amp: bool = False
-    channels_last: bool = True
-    compile: bool = False
-    device: str = "cpu"
-    threads: int | None = Field(None, gt=0)
-    checkpoint_every_steps: int = Field(200, gt=0)
-    keep_checkpoints: int = Field(2, ge=1)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd / lars momentum (adamw ignores it)")
+    weight_decay: float = Field(5e-4, ge=0, description="weight decay on weights (not on biases and "
+                                                        "normalisation parameters)")
+    warmup_epochs: float = Field(0.5, ge=0, description="linear learning-rate warm-up before the cosine decay")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="the cosine decay ends at this share of the "
+                                                             "learning rate")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value (unset: off)")
+    amp: bool = Field(False, description="bfloat16 autocast (for GPUs; slower on CPUs without AVX-512/AMX)")
+    channels_last: bool = Field(True, description="channels-last memory format (faster convolutions)")
+    compile: bool = Field(False, description="torch.compile the model")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N (may change on --resume)")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (unset: torch's default; may change "
+                                                        "on --resume)")
+    checkpoint_every_steps: int = Field(200, gt=0, description="save a checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = Field(2, ge=1, description="how many of the latest checkpoints are kept")
     monitor_every_epochs: float = Field(1.0, gt=0, description="kNN accuracy on the validation split")
-    monitor_samples: int = Field(10000, gt=0)
+    monitor_samples: int = Field(10000, gt=0, description="kNN monitor: labelled training images in its bank "
+                                                          "(queries: max(1000, N/5) validation images)")
     adversarial: Literal["none", "instance", "mi"] = Field(
         "none", description="self-supervised adversarial training: PGD on the SSL loss, or clean/adversarial agreement")
-    adv_eps: float = Field(0.1, gt=0, le=1)
-    adv_steps: int = Field(5, gt=0)
-    adv_weight: float = Field(1.0, ge=0)
+    adv_eps: float = Field(0.1, gt=0, le=1, description="train.adversarial: L-inf radius for images in [0, 1]")
+    adv_steps: int = Field(5, gt=0, description="train.adversarial: PGD steps (step size 2.5 x adv_eps / steps)")
+    adv_weight: float = Field(1.0, ge=0, description="train.adversarial: weight of the adversarial term added to "
+                                                     "the clean loss")
 
 
 class EvalConfig(Strict):
-    knn_k: int = Field(20, gt=0)
-    knn_temperature: float = Field(0.1, gt=0)
-    knn_k_grid: list[int] = Field(default_factory=lambda: [5, 10, 20, 50])
-    linear: bool = True
-    linear_l2_grid: list[float] = Field(default_factory=lambda: [1e-5, 1e-4, 1e-3])
-    linear_max_iter: int = Field(200, gt=0)
-    baselines: bool = True
-    transfer: bool = True
-    embedding_plot: Literal["tsne", "pca", "none"] = "tsne"
-    embedding_points: int = Field(2000, gt=10)
-    batch_size: int = Field(256, gt=0)
+    knn_k: int = Field(20, gt=0, description="k of the kNN monitor, of stream evaluations and of selfsup attack's "
+                                             "kNN (the evaluation suite chooses k from knn_k_grid)")
+    knn_temperature: float = Field(0.1, gt=0, description="T of the kNN votes, weighted by exp(cosine / T)")
+    knn_k_grid: list[int] = Field(default_factory=lambda: [5, 10, 20, 50],
+                                  description="values of k tried on the validation split")
+    linear: bool = Field(True, description="run the linear probe (logistic regression on standardised features)")
+    linear_l2_grid: list[float] = Field(default_factory=lambda: [1e-5, 1e-4, 1e-3],
+                                        description="linear probe: L2 strengths tried on the validation split")
+    linear_max_iter: int = Field(200, gt=0, description="linear probe: L-BFGS iterations")
+    baselines: bool = Field(True, description="also score raw pixels with the same kNN and linear probe "
+                                              "(cached under ~/.cache/selfsup)")
+    transfer: bool = Field(True, description="also score the frozen encoder on sklearn digits (linear transfer)")
+    embedding_plot: Literal["tsne", "pca", "none"] = Field("tsne", description="2-D map of the test features in "
+                                                            "embedding.png")
+    embedding_points: int = Field(2000, gt=10, description="test images drawn in embedding.png")
+    batch_size: int = Field(256, gt=0, description="images per forward pass when extracting features")
 
 
 class StreamConfig(Strict):
     """Streamed pre-training (``selfsup stream`` / ``selfsup sequence``)."""
-    strategy: Literal["sequential", "joint", "replay", "regularize", "distill"] = "sequential"
+    strategy: Literal["sequential", "joint", "replay", "regularize", "distill"] = Field(
+        "sequential", description="sequential (naive), joint (re-train from scratch on everything seen), replay "
+        "(reservoir buffer), regularize (MAS / EWC penalty on drift), distill (CaSSLe predictor to the frozen "
+        "previous encoder)")
     chunk_epochs: float = Field(1.0, gt=0, description="epochs over each chunk (steps = epochs x chunk / batch)")
     chunk_steps: int | None = Field(None, gt=0, description="fixed steps per chunk (overrides chunk_epochs)")
     buffer_size: int = Field(3000, gt=0, description="replay: images kept on disk")
     replay_fraction: float = Field(0.5, gt=0, lt=1, description="replay: share of each batch drawn from the buffer")
-    regularizer: Literal["mas", "ewc"] = "mas"
-    reg_lambda: float = Field(1.0, ge=0)
-    importance_batches: int = Field(10, gt=0)
-    distill_weight: float = Field(1.0, ge=0)
-    distill_hidden: int = Field(512, gt=0)
-    evaluate: bool = True
+    regularizer: Literal["mas", "ewc"] = Field("mas", description="regularize: weight importance from "
+                                               "unlabelled data, MAS or EWC")
+    reg_lambda: float = Field(1.0, ge=0, description="regularize: lambda of the penalty lambda x sum "
+                                                     "importance x (w - w_prev)² (importance scaled to mean 1)")
+    importance_batches: int = Field(10, gt=0, description="regularize: batches of the finished chunk that "
+                                                          "estimate the importance")
+    distill_weight: float = Field(1.0, ge=0, description="distill: weight of the distillation loss")
+    distill_hidden: int = Field(512, gt=0, description="distill: hidden width of the predictor from the new to "
+                                                       "the old features")
+    evaluate: bool = Field(True, description="probe the encoder on data's labelled set after every chunk "
+                                             "(false: train only)")
     eval_train_samples: int = Field(10000, gt=0, description="labelled training images for the probes after a chunk")
-    eval_test_samples: int = Field(10000, gt=0)
+    eval_test_samples: int = Field(10000, gt=0, description="test images scored by the probes after a chunk")
     watch_interval: float = Field(5.0, gt=0, description="--watch: seconds between looks at the folder")
 
 
 class SequenceConfig(Strict):
     """``selfsup sequence``: the benchmark sequences built from a labelled data set."""
     kinds: list[Literal["instance", "random_class", "distant_class", "domain"]] = Field(
-        default_factory=lambda: ["instance", "random_class", "distant_class", "domain"], min_length=1)
-    chunks: int = Field(5, ge=2)
+        default_factory=lambda: ["instance", "random_class", "distant_class", "domain"], min_length=1,
+        description="sequences to build: instance (random equal chunks), random_class (classes split at random), "
+                    "distant_class (groups of similar classes per chunk), domain (a different domain per chunk)")
+    chunks: int = Field(5, ge=2, description="chunks per sequence")
     strategies: list[Literal["sequential", "joint", "replay", "regularize", "distill"]] = Field(
-        default_factory=lambda: ["joint", "sequential", "replay", "regularize", "distill"], min_length=1)
+        default_factory=lambda: ["joint", "sequential", "replay", "regularize", "distill"], min_length=1,
+        description="stream strategies run on every sequence")
     joint_every_chunk: bool = Field(False, description="joint: re-train after every chunk (else only after the last)")
 
 
 class FinetuneConfig(Strict):
     """``selfsup finetune``: a classifier on (possibly noisy) labels, from scratch or on a selfsup encoder."""
-    loss: Literal["ce", "label_smoothing", "gce", "sat", "sat_selective"] = "ce"
+    loss: Literal["ce", "label_smoothing", "gce", "sat", "sat_selective"] = Field(
+        "ce", description="ce, label_smoothing, gce (generalized cross-entropy), sat (self-adaptive training) or "
+        "sat_selective (SAT with an extra abstain output)")
     init: str | None = Field(None, description="a selfsup run directory whose backbone initialises the classifier")
-    freeze_backbone: bool = False
+    freeze_backbone: bool = Field(False, description="train only the linear head (the encoder stays fixed, in "
+                                                     "eval mode)")
     labels: str | None = Field(None, description="training labels to use instead of the data set's (.csv/.npz/.npy)")
-    noise: Literal["none", "symmetric", "asymmetric"] = "none"
-    noise_rate: float = Field(0.0, ge=0, le=1)
-    noise_seed: int = 0
-    smoothing: float = Field(0.1, ge=0, lt=1)
-    gce_q: float = Field(0.7, gt=0, le=1)
-    sat_alpha: float = Field(0.9, ge=0, lt=1)
+    noise: Literal["none", "symmetric", "asymmetric"] = Field(
+        "none", description="label noise injected into the training labels: symmetric (redrawn over all classes) "
+        "or asymmetric (T-shirt<->shirt, pullover<->coat, sandal<->sneaker)")
+    noise_rate: float = Field(0.0, ge=0, le=1, description="share of training labels the noise redraws")
+    noise_seed: int = Field(0, description="seed of the label-noise draw")
+    smoothing: float = Field(0.1, ge=0, lt=1, description="label_smoothing: epsilon")
+    gce_q: float = Field(0.7, gt=0, le=1, description="gce: q of the loss (1 - p_y^q) / q")
+    sat_alpha: float = Field(0.9, ge=0, lt=1, description="sat: EMA momentum of the per-sample targets")
     sat_start_epoch: float = Field(5.0, ge=0, description="E_s: plain cross-entropy before this epoch")
     eval_samples: int = Field(10000, gt=0, description="training images scored each epoch (noisy-label accuracy)")
-    coverages: list[float] = Field(default_factory=lambda: [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7])
-    adversarial: Literal["none", "pgd", "trades"] = "none"
+    coverages: list[float] = Field(default_factory=lambda: [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7],
+                                   description="sat_selective: coverages of the selective-risk table "
+                                               "(thresholds chosen on the validation split)")
+    adversarial: Literal["none", "pgd", "trades"] = Field("none", description="adversarial training: pgd (train "
+                                                          "on PGD examples) or trades (CE + beta x KL)")
     adv_eps: float = Field(0.1, gt=0, le=1, description="L-inf radius for images in [0, 1]")
-    adv_steps: int = Field(10, gt=0)
-    trades_beta: float = Field(6.0, ge=0)
+    adv_steps: int = Field(10, gt=0, description="PGD steps per training batch")
+    trades_beta: float = Field(6.0, ge=0, description="trades: beta, weight of KL(f(x) || f(x_adv))")
 
 
 class LogConfig(Strict):
@@ -153,19 +203,20 @@ class LogConfig(Strict):
 
 
 class Config(Strict):
-    name: str = "run"
-    seed: int = 0
-    output_dir: str = "runs"
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    method: dict[str, Any] = Field(default_factory=lambda: {"name": "simclr"})
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    stream: StreamConfig = Field(default_factory=StreamConfig)
-    sequence: SequenceConfig = Field(default_factory=SequenceConfig)
-    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-    log: LogConfig = Field(default_factory=LogConfig)
+    name: str = Field("run", description="run name: the run directory is output_dir/name")
+    seed: int = Field(0, description="seed of data order, augmentation, initialisation and splits")
+    output_dir: str = Field("runs", description="folder that holds the run directories")
+    data: DataConfig = Field(default_factory=DataConfig, description="the images")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the encoder")
+    method: dict[str, Any] = Field(default_factory=lambda: {"name": "simclr"},
+                                   description="the SSL method: name plus its parameters")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="the augmented views")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="the training loop")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="the evaluation protocol")
+    stream: StreamConfig = Field(default_factory=StreamConfig, description="streamed pre-training")
+    sequence: SequenceConfig = Field(default_factory=SequenceConfig, description="the streaming study")
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="classifier training")
+    log: LogConfig = Field(default_factory=LogConfig, description="extra logging")
 
     @model_validator(mode="after")
     def _check_method(self):
