@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ..config import Config
 
 # keys that may change between a run and its resumption: they do not change what is computed
-RESUMABLE_CHANGES = ("train.threads", "train.device", "stream.watch_interval")
+RESUMABLE_CHANGES = ("train.threads", "train.device", "stream.watch_interval", "log.tensorboard")
 
 
 def make_run_dir(cfg: "Config", resume: bool) -> Path:

@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .. import distributed as D
 from ..atomic import atomic_dir, atomic_write_text
 from ..augment import recipe_from_config
 from ..config import Config
@@ -46,6 +47,7 @@ from .loop import Callback, FitPlan, fit
 from .rundir import write_config
 from .setup import setup_device
 from .strategies import Strategy, build_strategy
+from .tensorboard import TensorBoardLog
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
 
@@ -165,15 +167,18 @@ class StreamTrainer:
     ``evaluate``: called after each chunk (None: no evaluation); ``init_eval``: the initial encoder's evaluation
     when the caller already has it (a study shares it between strategies); ``final_only`` (the joint reference of
     a study with a known number of chunks): train and evaluate only after the last chunk; ``callbacks``: passed to
-    every chunk's training loop."""
+    every chunk's training loop; ``on_chunk(name)``: called when a chunk has been dealt with (trained and committed,
+    skipped by ``final_only``, or rejected), e.g. to advance a progress bar."""
 
     def __init__(self, cfg: Config, run_dir: Path, *, evaluate: ChunkEvaluator | None = None,
                  init_eval: dict | None = None, final_only: bool = False, callbacks: list[Callback] | None = None,
-                 progress: bool = True, log: Callable[[str], None] = print):
+                 progress: bool = True, log: Callable[[str], None] = print,
+                 on_chunk: Callable[[str], None] | None = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.evaluate = evaluate if cfg.stream.evaluate else None
         self.init_eval, self.final_only = init_eval, final_only
         self.callbacks, self.progress, self.log = list(callbacks or []), progress, log
+        self.on_chunk = on_chunk or (lambda name: None)
         self.manifest_path = self.run_dir / "manifest.json"
 
     # -- state
@@ -292,11 +297,18 @@ class StreamTrainer:
             offset = 0 if strategy.retrain_from_scratch else sum(c["images"] for c in done)
             if hasattr(self.method, "reserve"):  # per-sample state (method: sat) grows with the stream
                 self.method.reserve(offset + len(train_data))
-            fit(self.method, train_data, cfg, self.device, FitPlan(
-                ckpt_root / "checkpoints", self.run_dir / "metrics.jsonl", total_steps=steps,
-                seed=cfg.seed + 1000 * (index + 1), resume=True, strategy=strategy, callbacks=self.callbacks,
-                progress=self.progress, label=f"chunk {index + 1}", log_fields={"chunk": index + 1},
-                index_offset=offset))
+            # log.tensorboard: this chunk's rows of metrics.jsonl, on one step axis after the earlier chunks' steps
+            tb = [TensorBoardLog(self.run_dir / "tensorboard", self.run_dir / "metrics.jsonl", {"chunk": index + 1},
+                                 sum(c["steps"] for c in done))] if cfg.log.tensorboard and D.is_main() else []
+            try:
+                fit(self.method, train_data, cfg, self.device, FitPlan(
+                    ckpt_root / "checkpoints", self.run_dir / "metrics.jsonl", total_steps=steps,
+                    seed=cfg.seed + 1000 * (index + 1), resume=True, strategy=strategy,
+                    callbacks=[*self.callbacks, *tb], progress=self.progress, label=f"chunk {index + 1}",
+                    log_fields={"chunk": index + 1}, index_offset=offset))
+            finally:
+                for t in tb:
+                    t.close()
         strategy.end_chunk(self.method, data, index, recipe_from_config(cfg.augment, type(self.method).recipe),
                            self.device, cfg)
         entry = {"name": chunk.name, "signature": chunk.signature, "images": len(data), "channels": data.channels,
@@ -343,8 +355,10 @@ class StreamTrainer:
             for chunk in self._order(new):
                 data = self._admit(chunk)
                 if data is None:
+                    self.on_chunk(chunk.name)
                     continue
                 self._train_chunk(chunk, data, len(available))
+                self.on_chunk(chunk.name)
                 trained_now += 1
                 last_new = time.monotonic()
                 if max_chunks is not None and trained_now >= max_chunks:

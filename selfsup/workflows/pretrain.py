@@ -17,13 +17,15 @@ from ..train.adversarial import adversarial_ssl
 from ..train.loop import Callback, FitPlan, RunResult, fit
 from ..train.rundir import make_run_dir, write_config
 from ..train.setup import setup_device
+from ..train.tensorboard import TensorBoardLog
 from .evaluate import evaluate_and_report
 
 
 def pretrain(config, overrides: list[str] | None = None, resume: bool = False, progress: bool = True,
              evaluate: bool = True, callbacks: list[Callback] | None = None) -> RunResult:
     """Pre-train from a YAML path, a dict or a Config (+ ``key=value`` overrides); write checkpoints, metrics, the
-    backbone and (if ``evaluate``) ``eval.json`` and the report. ``callbacks`` are called after every step."""
+    backbone and (if ``evaluate``) ``eval.json`` and the report. ``callbacks`` are called after every step.
+    ``log.tensorboard=true`` also writes the metrics to ``<run_dir>/tensorboard/``."""
     cfg = load_config(config, overrides)
     device = setup_device(cfg)
     run_dir = make_run_dir(cfg, resume)
@@ -39,9 +41,16 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
                             f"{cfg.method['name']} updates state in its forward (queue / targets): use "
                             f"train.adversarial=mi, or another method")
     monitor = [KnnMonitor(train_ds, val_idx, cfg, device)] if train_ds.labels is not None else []
-    result = fit(method, train_ds, cfg, device, FitPlan(
-        run_dir / "checkpoints", run_dir / "metrics.jsonl", resume=resume, strategy=adversarial_ssl(cfg, device),
-        callbacks=[*monitor, *(callbacks or [])], progress=progress))
+    # last: it mirrors the metrics rows the loop and the callbacks before it wrote at each step
+    tb = [TensorBoardLog(run_dir / "tensorboard", run_dir / "metrics.jsonl")] if cfg.log.tensorboard and D.is_main() \
+        else []
+    try:
+        result = fit(method, train_ds, cfg, device, FitPlan(
+            run_dir / "checkpoints", run_dir / "metrics.jsonl", resume=resume, strategy=adversarial_ssl(cfg, device),
+            callbacks=[*monitor, *(callbacks or []), *tb], progress=progress))
+    finally:  # flushed on a crash too
+        for t in tb:
+            t.close()
     if D.is_main():
         save_backbone(run_dir, method.backbone, cfg.model, train_ds.channels, train_ds.images.shape[-1])
         atomic_write_text(run_dir / "train_summary.json", json.dumps(
