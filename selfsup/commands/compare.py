@@ -1,7 +1,31 @@
-"""``selfsup compare RUN RUN ...``: one table and one plot across runs."""
+"""``selfsup compare RUN RUN ...``: one table and one plot across runs (pre-training and stream runs)."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import List
 
-def compare():
-    """One table and one plot across runs."""
-    raise NotImplementedError
+import typer
+
+from ..errors import SelfsupError
+from ..report.compare import COLUMNS, compare_runs, format_rows, write_comparison
+from .common import fail, show, table
+
+HEADERS = {"run": "run", "kind": "kind", "method": "method", "data": "data", "steps": "steps", "train_s": "time s",
+           "img_per_s": "img/s", "knn": "kNN %", "linear": "linear %", "linear_1pct": "linear 1 % labels",
+           "linear_10pct": "linear 10 % labels", "fewshot_5w5s": "5-way 5-shot %", "rankme": "RankMe"}
+
+
+def compare(runs: List[Path] = typer.Argument(..., help="run directories (pretrain or stream runs)"),
+            out: Path = typer.Option(Path("compare"), "--out", help="folder for compare.csv, compare.json, compare.png")):
+    """One table (method, data, steps, time, img/s, kNN, linear, low-label probes, few-shot, RankMe) and one plot
+    across runs; stream runs also plot their accuracy after each chunk."""
+    try:
+        rows = compare_runs(runs)
+        files = write_comparison(rows, out)
+    except SelfsupError as e:
+        fail(str(e))
+    t = table(f"{len(rows)} runs", *[HEADERS[c] for c in COLUMNS])
+    for r in format_rows(rows):
+        t.add_row(*r)
+    show(t)
+    typer.echo(f"written: {files['csv']}, {files['json']}, {files['png']}")
