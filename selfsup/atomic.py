@@ -79,3 +79,21 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(path)
     os.replace(tmp, path)
     fsync_path(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for a writer that streams into a file of its own (a Parquet writer, a
+    memory-mapped array); when the block ends without error, fsync it and rename it to ``path``. On error the
+    temporary file is removed and whatever was at ``path`` stays as it was."""
+    path = Path(path)
+    tmp = _tmp_name(path)
+    tmp.unlink(missing_ok=True)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    fsync_path(path.parent)

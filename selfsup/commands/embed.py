@@ -1,12 +1,52 @@
 """``selfsup embed`` (features of every image to parquet / npy) and ``selfsup export`` (ONNX / TorchScript)."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
 
-def embed():
-    """Features of every image of a collection, written to FILE.parquet or FILE.npy."""
-    raise NotImplementedError
+import typer
+
+from ..embeddings.export import FORMATS, export_backbone
+from ..embeddings.extract import embed_to_file, embeddings_shape, ids_csv_path
+from ..errors import SelfsupError
+from .common import fail
 
 
-def export():
-    """The backbone as ONNX or TorchScript."""
-    raise NotImplementedError
+def embed(run_dir: Path = typer.Argument(..., help="a trained run directory (holds backbone.json)"),
+          out: Path = typer.Option(..., "--out", "-o", help="FILE.parquet or FILE.npy (+ FILE.ids.csv)"),
+          source: Optional[Path] = typer.Option(None, "--source", help="a folder of images (sub-folders = classes)"),
+          config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                                help="embed the data set this config names (default: the run's)"),
+          split: str = typer.Option("train", "--split", help="train | test (with --config or the run's data)"),
+          device: Optional[str] = typer.Option(None, "--device",
+                                               help="cpu, cuda, cuda:N (default: the run's train.device if "
+                                                    "available here, else cpu)"),
+          batch_size: int = typer.Option(512, "--batch-size", help="images per batch on the device"),
+          skip_bad: bool = typer.Option(False, "--skip-bad", help="skip unreadable images with a warning")):
+    """Features of every image of a collection, written to FILE.parquet (id, label, class, embedding) or FILE.npy
+    (+ FILE.ids.csv), batch by batch, atomically."""
+    try:
+        path = embed_to_file(run_dir, out, source=source, config=config, split=split, device=device,
+                             batch_size=batch_size, skip_bad=skip_bad)
+        rows, dim = embeddings_shape(path)
+    except SelfsupError as e:
+        fail(str(e))
+    extra = f" (ids: {ids_csv_path(path)})" if path.suffix.lower() == ".npy" else ""
+    typer.echo(f"wrote {rows} embeddings of dimension {dim} to {path}{extra}")
+
+
+def export(run_dir: Path = typer.Argument(..., help="a trained run directory (holds backbone.json)"),
+           format: str = typer.Option("onnx", "--format", help=" | ".join(FORMATS)),
+           out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                              help="default: RUN/export/backbone.onnx or backbone.pt"),
+           device: str = typer.Option("cpu", "--device", help="device the model is traced on"),
+           image_size: Optional[int] = typer.Option(None, "--image-size",
+                                                    help="only for runs whose backbone.json records none")):
+    """The backbone (eval mode, normalisation inside) as ONNX or TorchScript: input float32 N×C×H×W pixels in
+    [0, 1], output N×D features, free batch axis; checked against PyTorch before it is written."""
+    try:
+        path = export_backbone(run_dir, format=format, out=out, device=device, image_size=image_size)
+    except SelfsupError as e:
+        fail(str(e))
+    typer.echo(f"wrote {path} (input float32 N×C×H×W in [0, 1]; contract and check in "
+               f"{Path(run_dir) / 'export' / 'export.json'})")
