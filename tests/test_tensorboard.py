@@ -50,7 +50,7 @@ def test_tensorboard_mirrors_metrics_through_a_crash_and_resume(npz_data, tmp_pa
     with pytest.raises(Crash):  # rows at 10, 20, 30 and kNN at 16, 32 written; last checkpoint 20
         pretrain(cfg, progress=False, evaluate=False, callbacks=[CrashAfter(35)])
     run_dir = tmp_path / "tb"
-    crashed = _scalars(run_dir)  # on disk although the run died (closed on the way out)
+    crashed = _scalars(run_dir)  # on disk although the run died
     assert [s for s, _ in crashed["loss"]] == [10, 20, 30] and [s for s, _ in crashed["knn_val"]] == [16, 32]
 
     pretrain(cfg, resume=True, progress=False, evaluate=False)  # redoes 21-40: rows 30, 40; kNN 32, 40

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,7 @@ from ..models import backbone_from_config, load_backbone
 from ..train.checkpoint import latest_checkpoint, load_latest_checkpoint
 from ..train.finetune import Classifier
 from ..train.objectives import build_objective
+from ..train.progress import TaskProgress
 from .probes import _standardize, extract_features, fit_logistic, inference_copy, linear_probe
 
 
@@ -125,9 +128,14 @@ to see which part of AutoAttack does the work when it and PGD disagree."""
 
 
 def run_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int = 0,
-               steps: int = 20, batch: int = 500) -> tuple[torch.Tensor, list[str]]:
+               steps: int = 20, batch: int = 500,
+               on_batches: Callable[[int], None] | None = None) -> tuple[torch.Tensor, list[str]]:
     """Adversarial images for ``model`` (L∞ ``eps``) and any warnings the attack library raised. The model is put in
-    eval mode first: torchattacks hands a training-mode model back in training mode (BatchNorm on batch statistics)."""
+    eval mode first: torchattacks hands a training-mode model back in training mode (BatchNorm on batch statistics).
+
+    ``on_batches(n)`` is told when ``n`` more of the ``ceil(len(x) / batch)`` batches are done: after each batch,
+    or for AutoAttack (which batches internally, attack by attack) all of them at its end."""
+    on_batches = on_batches or (lambda n: None)
     model.eval()
     torch.manual_seed(seed)
     warnings: list[str] = []
@@ -155,6 +163,7 @@ def run_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ep
             adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch)
         finally:
             log.removeHandler(h)
+        on_batches(math.ceil(len(x) / batch))
         return adv.detach(), h.messages
     if name == "fgsm":
         atk = torchattacks.FGSM(model, eps=eps)
@@ -164,30 +173,38 @@ def run_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ep
         atk = torchattacks.Square(model, norm="Linf", eps=eps, n_queries=1000, n_restarts=1, seed=seed, loss="margin")
     else:
         raise ValueError(f"unknown attack {name!r} ({', '.join(ATTACKS)})")
-    adv = torch.cat([atk(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)])
-    return adv.detach(), warnings
+    parts = []
+    for i in range(0, len(x), batch):
+        parts.append(atk(x[i:i + batch], y[i:i + batch]))
+        on_batches(1)
+    return torch.cat(parts).detach(), warnings
 
 
 def robustness_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list, attacks, seed: int = 0,
-                      steps: int = 20) -> dict:
+                      steps: int = 20, progress: bool = True, batch: int = 500) -> dict:
     """Clean and robust accuracy of ``model`` for every (eps, attack), and the per-image worst case over the attacks
-    (for kNN, ``model`` is the BPDA :class:`KNNModel`)."""
+    (for kNN, ``model`` is the BPDA :class:`KNNModel`). ``progress``: one bar with ETA over eps × attacks ×
+    batches of ``batch`` images."""
     model.eval()
     clean_ok = predict(model, x) == y
     out = {"n": len(x), "clean": float(clean_ok.float().mean()), "eps": {}}
-    for eps in eps_list:
-        worst = clean_ok.clone()
-        per: dict = {}
-        for a in attacks:
-            adv, warn = run_attack(a, model, x, y, eps, seed, steps)
-            assert float((adv - x).abs().max()) <= eps + 1e-5 and adv.min() >= 0 and adv.max() <= 1
-            ok = predict(model, adv) == y
-            worst &= ok
-            per[a] = {"accuracy": float(ok.float().mean())}
-            if warn:
-                per[a]["library_warnings"] = warn
-        per["worst_case"] = {"accuracy": float(worst.float().mean())}
-        out["eps"][f"{eps:g}"] = per
+    total = len(eps_list) * len(attacks) * math.ceil(len(x) / batch)
+    with TaskProgress("attack", total, progress, unit="batches") as bar:
+        for eps in eps_list:
+            worst = clean_ok.clone()
+            per: dict = {}
+            for a in attacks:
+                bar.describe(f"{a}, eps {eps:g}")
+                adv, warn = run_attack(a, model, x, y, eps, seed, steps, batch, on_batches=bar.advance)
+                assert float((adv - x).abs().max()) <= eps + 1e-5 and adv.min() >= 0 and adv.max() <= 1
+                ok = predict(model, adv) == y
+                worst &= ok
+                per[a] = {"accuracy": float(ok.float().mean())}
+                if warn:
+                    per[a]["library_warnings"] = warn
+            per["worst_case"] = {"accuracy": float(worst.float().mean())}
+            out["eps"][f"{eps:g}"] = per
+        bar.describe("done")
     return out
 
 
@@ -259,9 +276,10 @@ def _load_finetuned(run_dir, cfg, train, device) -> nn.Module:
 
 @torch.no_grad()
 def corruption_report(model: nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor, corruptions=None,
-                      severities=(1, 2, 3, 4, 5), seed: int = 0) -> dict:
+                      severities=(1, 2, 3, 4, 5), seed: int = 0, progress: bool = True) -> dict:
     """Accuracy of ``model`` on each corruption × severity of the images (Fashion-MNIST-C when given Fashion-MNIST's
-    test set), the mean over corruptions and severities, and clean accuracy."""
+    test set), the mean over corruptions and severities, and clean accuracy. ``progress``: one bar with ETA over
+    corruptions × severities."""
     names = list(corruptions or CORRUPTIONS)
     device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
     y = labels.to(device)
@@ -270,9 +288,14 @@ def corruption_report(model: nn.Module, images_uint8: torch.Tensor, labels: torc
         return float((predict(model, imgs.float().div(255).to(device)) == y).float().mean())
 
     out = {"clean": acc(images_uint8), "corruptions": {}}
-    for i, name in enumerate(names):
-        out["corruptions"][name] = {str(s): acc(corrupt(images_uint8, name, s, seed + 1000 * i + s))
-                                    for s in severities}
+    with TaskProgress("corrupt", len(names) * len(severities), progress, unit="sets") as bar:
+        for i, name in enumerate(names):
+            bar.describe(name)
+            out["corruptions"][name] = {}
+            for s in severities:
+                out["corruptions"][name][str(s)] = acc(corrupt(images_uint8, name, s, seed + 1000 * i + s))
+                bar.advance()
+        bar.describe("done")
     vals = [v for per in out["corruptions"].values() for v in per.values()]
     out["mean_corruption_accuracy"] = sum(vals) / len(vals)
     return out

@@ -19,6 +19,7 @@ from ..errors import DataError, SelfsupError
 from ..evaluate.continual import cka, continual_metrics, evaluate_chunk
 from ..methods import build_method
 from ..report.stream import plot_stream, sequence_table
+from ..train.progress import TaskProgress
 from ..train.rundir import write_config
 from ..train.setup import setup_device
 from ..train.stream import StreamResult, StreamTrainer, discover_chunks, memory_chunks, read_manifest
@@ -114,7 +115,9 @@ def stream(config, overrides: list[str] | None = None, source: str | Path | None
 def sequence(config, overrides: list[str] | None = None, progress: bool = True,
              log: Callable[[str], None] = print) -> dict:
     """Build each configured sequence from ``data`` and run every configured strategy on it (same method, same
-    steps per chunk); write ``sequence.json``, a table and the plots under ``runs/<name>/``."""
+    steps per chunk); write ``sequence.json``, a table and the plots under ``runs/<name>/``. ``progress``: a bar
+    with ETA over sequences × strategies × chunks (chunks already done by an earlier call count as done), above each
+    chunk's training bar."""
     cfg = load_config(config, overrides)
     device = setup_device(cfg)
     train, test = load_datasets(cfg.data)
@@ -124,27 +127,37 @@ def sequence(config, overrides: list[str] | None = None, progress: bool = True,
     root.mkdir(parents=True, exist_ok=True)
     write_config(root, cfg, continuing=False)
     results: dict = {}
-    for kind in cfg.sequence.kinds:
-        seq = build_sequence(kind, train, test, cfg.sequence.chunks, cfg.seed, cfg.stream.eval_train_samples,
-                             cfg.stream.eval_test_samples)
-        log(f"== sequence {kind}: " + "; ".join(seq.describe()))
-        torch.manual_seed(cfg.seed)
-        init = StreamEvaluator(cfg, device, seq.tasks, seq.full)(build_method(cfg, train.channels).to(device).backbone, 0)
-        manifests = {}
-        for strat in cfg.sequence.strategies:
-            scfg = load_config(cfg, [f"stream.strategy={strat}"])
-            final_only = strat == "joint" and not cfg.sequence.joint_every_chunk
-            t0 = time.perf_counter()
-            log(f"-- {kind} / {strat}")
-            trainer = StreamTrainer(scfg, root / kind / strat, evaluate=StreamEvaluator(scfg, device, seq.tasks,
-                                                                                        seq.full),
-                                    init_eval=init, final_only=final_only, progress=progress, log=log)
-            r = _finish(trainer.run(lambda: memory_chunks(seq.chunks)), scfg, with_tasks=True)
-            manifests[strat] = read_manifest(root / kind / strat / "manifest.json")
-            results.setdefault(kind, {})[strat] = {**r.manifest["summary"],
-                                                   "wall_seconds": round(time.perf_counter() - t0, 1)}
-        plot_stream(root / kind, manifests, title=f"{kind} incremental")
-        atomic_write_text(root / "sequence.json", json.dumps(results, indent=1))
+    seq_cfg = cfg.sequence
+    total = len(seq_cfg.kinds) * len(seq_cfg.strategies) * seq_cfg.chunks
+    with TaskProgress("sequence", total, progress, unit="chunks") as bar:
+        for kind in seq_cfg.kinds:
+            bar.describe(f"{kind}: initial evaluation")
+            seq = build_sequence(kind, train, test, seq_cfg.chunks, cfg.seed, cfg.stream.eval_train_samples,
+                                 cfg.stream.eval_test_samples)
+            log(f"== sequence {kind}: " + "; ".join(seq.describe()))
+            torch.manual_seed(cfg.seed)
+            init = StreamEvaluator(cfg, device, seq.tasks, seq.full)(
+                build_method(cfg, train.channels).to(device).backbone, 0)
+            manifests = {}
+            for strat in seq_cfg.strategies:
+                scfg = load_config(cfg, [f"stream.strategy={strat}"])
+                final_only = strat == "joint" and not seq_cfg.joint_every_chunk
+                t0 = time.perf_counter()
+                log(f"-- {kind} / {strat}")
+                bar.describe(f"{kind} / {strat}")
+                earlier = read_manifest(root / kind / strat / "manifest.json")  # what an earlier call dealt with
+                bar.advance(len(earlier["chunks"]) + len(earlier["rejected"]))
+                trainer = StreamTrainer(scfg, root / kind / strat, evaluate=StreamEvaluator(scfg, device, seq.tasks,
+                                                                                            seq.full),
+                                        init_eval=init, final_only=final_only, progress=progress, log=log,
+                                        on_chunk=lambda name: bar.advance())
+                r = _finish(trainer.run(lambda: memory_chunks(seq.chunks)), scfg, with_tasks=True)
+                manifests[strat] = read_manifest(root / kind / strat / "manifest.json")
+                results.setdefault(kind, {})[strat] = {**r.manifest["summary"],
+                                                       "wall_seconds": round(time.perf_counter() - t0, 1)}
+            plot_stream(root / kind, manifests, title=f"{kind} incremental")
+            atomic_write_text(root / "sequence.json", json.dumps(results, indent=1))
+        bar.describe("done")
     table = sequence_table(results)
     atomic_write_text(root / "sequence.md", table + "\n")
     log(table)
