@@ -6,7 +6,7 @@ An unknown key, a wrong type or an impossible value is reported as one line nami
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
@@ -127,6 +127,14 @@ class EvalConfig(Strict):
                                                             "embedding.png")
     embedding_points: int = Field(2000, gt=10, description="test images drawn in embedding.png")
     batch_size: int = Field(256, gt=0, description="images per forward pass when extracting features")
+    label_fractions: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=lambda: [0.01, 0.1],
+        description="low-label linear probes: class-balanced seeded fractions of the training labels ([] disables)")
+    fewshot_episodes: int = Field(200, ge=0, description="N-way K-shot prototype episodes per K (0 disables)")
+    fewshot_ways: int = Field(5, ge=2, description="few-shot: classes per episode")
+    fewshot_shots: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=lambda: [1, 5], description="few-shot: support images per class (one result per K)")
+    fewshot_queries: int = Field(15, gt=0, description="few-shot: test images per class and episode")
 
 
 class StreamConfig(Strict):

@@ -124,7 +124,8 @@ def linear_probe(train_f, train_y, val_f, val_y, test_f, test_y, l2_grid=(1e-5, 
                  select_samples: int | None = 20000, seed: int = 0) -> dict:
     """Choose the L2 strength on (train, val) — on a seeded subsample of ``select_samples`` training points, walking
     the grid from strong to weak regularisation with warm starts (``select_iter`` iterations each) — then refit on
-    all of train ∪ val from the chosen solution (``max_iter`` iterations) and score test once."""
+    all of train ∪ val from the chosen solution (``max_iter`` iterations) and score test once (``test_pred``: the
+    predicted test labels)."""
     num_classes = num_classes or int(max(train_y.max(), val_y.max())) + 1
     select_iter = select_iter or max(1, max_iter // 3)
     if select_samples and len(train_f) > select_samples:
@@ -145,8 +146,9 @@ def linear_probe(train_f, train_y, val_f, val_y, test_f, test_y, l2_grid=(1e-5, 
     full, te = _standardize(full_f, test_f.float())
     lin = fit_logistic(full, full_y, best, num_classes, max_iter, init=models[best])
     with torch.no_grad():
-        acc = float((lin(te).argmax(1) == test_y).float().mean())
-    return {"test_acc": acc, "l2": best, "val_acc": val_scores[best], "val_scores": val_scores}
+        pred = lin(te).argmax(1)
+    acc = float((pred == test_y).float().mean())
+    return {"test_acc": acc, "l2": best, "val_acc": val_scores[best], "val_scores": val_scores, "test_pred": pred}
 
 
 def raw_pixel_features(images_uint8: torch.Tensor) -> torch.Tensor:

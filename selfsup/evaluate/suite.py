@@ -1,5 +1,5 @@
-"""The evaluation suite of a run: kNN and linear probe (and the raw-pixel baselines through the same code),
-transfer to sklearn digits, RankMe, alignment/uniformity, collapse alarm. The workflow writes ``eval.json`` and the
+"""The evaluation suite of a run: kNN and linear probe with per-class accuracy and confusion matrix, low-label
+probes and few-shot episodes (and the raw-pixel baselines through the same code), transfer to sklearn digits, RankMe, alignment/uniformity, collapse alarm. The workflow writes ``eval.json`` and the
 report from its results."""
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from ..data import digits, load_datasets, train_val_split
 from ..methods import METHODS
 from ..models import load_backbone
 from . import diagnostics as diag
+from .fewshot import fewshot_eval, low_label_probes, per_class_and_confusion
 from .probes import extract_features, linear_probe, raw_pixel_features, select_knn_k, knn_accuracy
 
 
@@ -32,6 +33,22 @@ def _probe_all(f_train, y_train, tr, va, f_test, y_test, e) -> dict:
         lp = linear_probe(f_train[tr], y_train[tr], f_train[va], y_train[va], f_test, y_test, e.linear_l2_grid,
                           e.linear_max_iter)
         out.update(linear_test=lp["test_acc"], linear_val=lp["val_acc"], linear_l2=lp["l2"])
+        num_classes = int(max(y_train.max(), y_test.max())) + 1
+        out["per_class"], out["confusion"] = per_class_and_confusion(y_test, lp["test_pred"], num_classes)
+    return out
+
+
+def _low_label_fewshot(f_train, y_train, f_test, y_test, e, seed: int, val_fraction: float) -> dict:
+    """Low-label linear probes (``eval.label_fractions``) and N-way K-shot episodes (``eval.fewshot_*``); the
+    label subsets and episodes depend only on the labels and the seed, so every encoder (and the raw pixels) is
+    scored on the same ones."""
+    out = {}
+    if e.linear and e.label_fractions:
+        out["low_label"] = low_label_probes(f_train, y_train, f_test, y_test, e.label_fractions, seed, val_fraction,
+                                            e.linear_l2_grid, e.linear_max_iter)
+    if e.fewshot_episodes:
+        out["fewshot"] = fewshot_eval(f_train, y_train, f_test, y_test, e.fewshot_ways, e.fewshot_shots,
+                                      e.fewshot_queries, e.fewshot_episodes, seed)
     return out
 
 
@@ -51,7 +68,7 @@ def evaluate_run(run_dir: str | Path, progress: bool = True, datasets=None, devi
     e = cfg.eval
     backbone = load_backbone(run_dir, device)
     train_ds, test_ds = datasets or load_datasets(cfg.data)
-    stages = ["features", "knn + linear probe", "raw-pixel baselines", "transfer (digits)", "diagnostics"]
+    stages = ["features", "knn + linear probe", "low-label + few-shot", "raw-pixel baselines", "transfer (digits)", "diagnostics"]
     t_start = time.perf_counter()
     results: dict = {"run": str(run_dir), "method": cfg.method["name"], "data": cfg.data.source}
     with _StageProgress(stages, progress) as sp:
@@ -75,8 +92,12 @@ def evaluate_run(run_dir: str | Path, progress: bool = True, datasets=None, devi
         if labelled:
             results["ssl"] = _probe_all(f_train, y_train_all, tr, va, f_test, y_test, e)
         sp.advance()
+        if labelled:
+            results["ssl"].update(_low_label_fewshot(f_train, y_train_all, f_test, y_test, e, cfg.seed,
+                                                     cfg.data.val_fraction))
+        sp.advance()
         if labelled and e.baselines and test_ds is not None:
-            results["raw_pixels"] = _raw_baselines(train_ds, test_ds, tr, va, e, cfg.seed)
+            results["raw_pixels"] = _raw_baselines(train_ds, test_ds, tr, va, e, cfg.seed, cfg.data.val_fraction)
         sp.advance()
         if e.transfer:
             results["transfer_digits"] = _transfer_digits(backbone, train_ds.channels, e, device, cl)
@@ -104,13 +125,19 @@ def evaluate_run(run_dir: str | Path, progress: bool = True, datasets=None, devi
     return Evaluation(results, f_test, y_test, test_ds.classes if test_ds is not None else train_ds.classes)
 
 
-def _raw_baselines(train_ds, test_ds, tr, va, e, seed) -> dict:
-    """Raw-pixel kNN and linear probe through the same code as the encoder. They depend only on the data and the
-    protocol, so the result is cached under ~/.cache/selfsup keyed by a hash of both."""
+_BASELINE_PROTOCOL = 2  # raise when the baselines' code changes what they compute: older cache entries are ignored
+
+
+def _raw_baselines(train_ds, test_ds, tr, va, e, seed, val_fraction) -> dict:
+    """Raw-pixel kNN, linear probe, low-label probes and few-shot episodes through the same code as the encoder.
+    They depend only on the data and the protocol, so the result is cached under ~/.cache/selfsup keyed by a hash of
+    both (every eval key they read, and the protocol's version)."""
     h = hashlib.sha1()
     for t in (train_ds.images, train_ds.labels, test_ds.images, test_ds.labels, torch.as_tensor(tr), torch.as_tensor(va)):
         h.update(t.contiguous().numpy().tobytes())
-    h.update(json.dumps([e.knn_k_grid, e.knn_temperature, e.linear, e.linear_l2_grid, e.linear_max_iter, seed]).encode())
+    h.update(json.dumps([_BASELINE_PROTOCOL, e.knn_k_grid, e.knn_temperature, e.linear, e.linear_l2_grid,
+                         e.linear_max_iter, seed, val_fraction, e.label_fractions, e.fewshot_episodes, e.fewshot_ways,
+                         e.fewshot_shots, e.fewshot_queries]).encode())
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "selfsup" / "baselines"
     path = cache / f"{h.hexdigest()}.json"
     if path.exists():
@@ -118,8 +145,9 @@ def _raw_baselines(train_ds, test_ds, tr, va, e, seed) -> dict:
             return dict(json.loads(path.read_text()), cached=True)
         except (OSError, json.JSONDecodeError):
             pass
-    out = _probe_all(raw_pixel_features(train_ds.images), train_ds.labels, tr, va, raw_pixel_features(test_ds.images),
-                     test_ds.labels, e)
+    f_train, f_test = raw_pixel_features(train_ds.images), raw_pixel_features(test_ds.images)
+    out = _probe_all(f_train, train_ds.labels, tr, va, f_test, test_ds.labels, e)
+    out.update(_low_label_fewshot(f_train, train_ds.labels, f_test, test_ds.labels, e, seed, val_fraction))
     try:
         cache.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(out))

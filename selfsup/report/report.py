@@ -83,6 +83,7 @@ def results_table(results: dict) -> list[tuple[str, str, str]]:
     ssl, raw = results.get("ssl", {}), results.get("raw_pixels", {})
     rows = [("kNN (test)", _pct(ssl.get("knn_test")), _pct(raw.get("knn_test"))),
             ("linear probe (test)", _pct(ssl.get("linear_test")), _pct(raw.get("linear_test")))]
+    rows += _low_label_rows(ssl, raw)
     td = results.get("transfer_digits")
     if td:
         rows.append(("transfer: digits linear (test)", _pct(td.get("linear_test")), "–"))
@@ -94,6 +95,29 @@ def results_table(results: dict) -> list[tuple[str, str, str]]:
     if c:
         rows.append(("collapse alarm (centred spread / eff. rank)", _collapse_cell(c), "–"))
     return rows
+
+
+def _low_label_rows(ssl: dict, raw: dict) -> list[tuple[str, str, str]]:
+    """"linear (1 % labels)", ... and "5-way 1-shot", ... rows, the raw-pixel cell beside each."""
+    rows = []
+    low, raw_low = ssl.get("low_label") or {}, raw.get("low_label") or {}
+    for frac in sorted(low, key=float):
+        rows.append((f"linear ({100 * float(frac):g} % labels)", _pct(low[frac].get("linear_test")),
+                     _pct((raw_low.get(frac) or {}).get("linear_test"))))
+    few, raw_few = ssl.get("fewshot") or {}, raw.get("fewshot") or {}
+    for key in sorted(few, key=_episode_order):
+        ways, shots = _episode_order(key)
+        rows.append((f"{ways}-way {shots}-shot", _mean_ci(few[key]), _mean_ci(raw_few.get(key))))
+    return rows
+
+
+def _episode_order(key: str) -> tuple[int, int]:
+    ways, shots = key.split("way_")
+    return int(ways), int(shots.removesuffix("shot"))
+
+
+def _mean_ci(r: dict | None) -> str:
+    return "–" if not r else f"{100 * r['mean']:.2f} ± {100 * r['ci95']:.2f} %"
 
 
 def _collapse_cell(c: dict) -> str:
@@ -149,6 +173,14 @@ def write_report(run_dir: Path, results: dict, f_test, y_test, classes, embeddin
         lines += ["", f"kNN: cosine, weighted exp(s/T), k={s['knn_k']} chosen on the validation split; linear probe: "
                   f"standardised features, L-BFGS logistic regression, L2={s.get('linear_l2')} chosen on the "
                   f"validation split, refit on all of train; test set used once.", ""]
+        if s.get("low_label"):
+            sizes = ", ".join(f"{100 * float(k):g} %: {v['n_labels']}" for k, v in s["low_label"].items())
+            lines += [f"Low-label probes: the same probe on a seeded class-balanced subset of the training labels "
+                      f"({sizes} labels), L2 chosen on a validation part of that subset; no other label used.", ""]
+        if s.get("fewshot"):
+            eps = next(iter(s["fewshot"].values()))["episodes"]
+            lines += [f"Few-shot: {eps} seeded episodes, supports from train, queries from test, nearest prototype "
+                      "(mean of l2-normalised supports, cosine); mean ± 95 % CI (1.96·s/√episodes).", ""]
     lines += [f"![{p}]({p})" for p in plots]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
     return plots

@@ -1,0 +1,152 @@
+"""Low-label linear probes, N-way K-shot prototype episodes, and the per-class accuracy and confusion matrix of a
+probe's test predictions — all on frozen features.
+
+Protocols (stated so they can be checked):
+- low-label probe: a class-balanced subset of the labelled training set — ``round(fraction · N / classes)`` images
+  of every class (at least 2, at most all of a class), the first ones of a seeded permutation per class, so the same
+  seed and labels give the same subset for every run, and a smaller fraction's subset lies inside a larger one's.
+  The L2 strength is chosen on a stratified validation part of that subset (at least one image per class), then the
+  probe is refit on the whole subset (``linear_probe``) and scored once on the test split. No label outside the
+  subset is used, so ``n_labels`` counts every label the probe saw.
+- few-shot episodes (Snell et al. 2017, on frozen features): each episode draws N classes, K support images per
+  class from the training split and Q query images per class from the test split (seeded, the same episodes for
+  every run with the same seed and labels); prototypes are the class means of the l2-normalised support features,
+  each query goes to the prototype of highest cosine similarity. Reported: mean episode accuracy ± 1.96 · s / √E
+  (s the sample standard deviation of the E episode accuracies).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .probes import linear_probe
+
+_SUBSET_STREAM = 7101  # seed streams of their own: not the draws of train_val_split with the same seed
+_EPISODE_STREAM = 7102
+
+
+def label_subset(labels, fraction: float, seed: int, min_per_class: int = 2) -> np.ndarray:
+    """Sorted indices of a seeded class-balanced subset of ``labels`` holding about ``fraction`` of them: the same
+    number of every class present (``round(fraction · N / classes)``, at least ``min_per_class``, at most all of a
+    class). Subsets of different fractions with the same seed are nested."""
+    y = np.asarray(labels)
+    classes = np.unique(y)
+    per = max(min_per_class, int(round(fraction * len(y) / len(classes))))
+    rng = np.random.default_rng((seed, _SUBSET_STREAM))
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per] for c in classes]))
+
+
+def _split_subset(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (train, val) in a small labelled subset, stratified, with at least one validation image of every
+    class that has two or more."""
+    rng = np.random.default_rng((seed, _SUBSET_STREAM, 1))
+    tr, va = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        k = max(1, int(round(len(idx) * val_fraction))) if len(idx) >= 2 else 0
+        va.append(idx[:k])
+        tr.append(idx[k:])
+    return np.sort(np.concatenate(tr)), np.sort(np.concatenate(va))
+
+
+def low_label_probe(f_train, y_train, f_test, y_test, fraction: float, seed: int, val_fraction: float = 0.1,
+                    l2_grid=(1e-5, 1e-4, 1e-3), max_iter: int = 200, num_classes: int | None = None) -> dict:
+    """The linear probe trained on the class-balanced ``fraction`` of the training labels (see the module's
+    protocol): ``{"linear_test", "n_labels", "linear_l2", "linear_val"}``."""
+    num_classes = num_classes or int(max(y_train.max(), y_test.max())) + 1
+    idx = label_subset(y_train, fraction, seed)
+    tr, va = _split_subset(np.asarray(y_train)[idx], val_fraction, seed)
+    itr, iva = torch.as_tensor(idx[tr]), torch.as_tensor(idx[va])
+    lp = linear_probe(f_train[itr], y_train[itr], f_train[iva], y_train[iva], f_test, y_test, l2_grid, max_iter,
+                      num_classes=num_classes, seed=seed)
+    return {"linear_test": lp["test_acc"], "n_labels": int(len(idx)), "linear_l2": lp["l2"],
+            "linear_val": lp["val_acc"]}
+
+
+def low_label_probes(f_train, y_train, f_test, y_test, fractions, seed: int, val_fraction: float = 0.1,
+                     l2_grid=(1e-5, 1e-4, 1e-3), max_iter: int = 200) -> dict:
+    """``low_label_probe`` for every fraction, keyed by the fraction as written (``"0.01"``, ``"0.1"``)."""
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    return {f"{fr:g}": low_label_probe(f_train, y_train, f_test, y_test, fr, seed, val_fraction, l2_grid, max_iter,
+                                       num_classes) for fr in fractions}
+
+
+def prototypes(support: torch.Tensor) -> torch.Tensor:
+    """Class prototypes from support features shaped (..., ways, shots, dim): the means of the l2-normalised
+    shots, shaped (..., ways, dim)."""
+    return F.normalize(support.float(), dim=-1).mean(-2)
+
+
+def nearest_prototype(queries: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    """The index of the prototype of highest cosine similarity for every query: queries (..., M, dim), prototypes
+    (..., ways, dim) → (..., M)."""
+    q = F.normalize(queries.float(), dim=-1)
+    p = F.normalize(protos.float(), dim=-1)
+    return (q @ p.transpose(-1, -2)).argmax(-1)
+
+
+def sample_episodes(y_support, y_query, ways: int, shots: int, queries: int, episodes: int, seed: int):
+    """Seeded episodes: support indices (E, ways, shots) into ``y_support`` and query indices (E, ways, queries)
+    into ``y_query``, the classes of an episode drawn among those with enough images in both. Fewer eligible classes
+    than ``ways`` lower the ways to their number; fewer than two give None."""
+    ys, yq = np.asarray(y_support), np.asarray(y_query)
+    eligible = [c for c in np.intersect1d(ys, yq) if (ys == c).sum() >= shots and (yq == c).sum() >= queries]
+    ways = min(ways, len(eligible))
+    if ways < 2:
+        return None
+    by_s = {c: np.flatnonzero(ys == c) for c in eligible}
+    by_q = {c: np.flatnonzero(yq == c) for c in eligible}
+    rng = np.random.default_rng((seed, _EPISODE_STREAM, ways, shots, queries))
+    sup = np.empty((episodes, ways, shots), dtype=np.int64)
+    qry = np.empty((episodes, ways, queries), dtype=np.int64)
+    for e in range(episodes):
+        for w, c in enumerate(rng.choice(eligible, ways, replace=False)):
+            sup[e, w] = rng.choice(by_s[c], shots, replace=False)
+            qry[e, w] = rng.choice(by_q[c], queries, replace=False)
+    return torch.from_numpy(sup), torch.from_numpy(qry)
+
+
+def episode_accuracies(f_support, f_query, sup: torch.Tensor, qry: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Accuracy of the nearest-prototype classifier in every episode (support / query indices as from
+    ``sample_episodes``; the true class of a query is its position among the episode's ways)."""
+    fs, fq = f_support.float(), f_query.float()
+    _, ways, n_q = qry.shape
+    target = torch.arange(ways).repeat_interleave(n_q)
+    out = []
+    for i in range(0, len(sup), chunk):
+        s, q = sup[i:i + chunk], qry[i:i + chunk]
+        pred = nearest_prototype(fq[q.flatten(1)], prototypes(fs[s]))
+        out.append((pred == target).float().mean(1))
+    return torch.cat(out)
+
+
+def mean_ci95(accs) -> tuple[float, float]:
+    """Mean and 95 % confidence half-width 1.96 · s / √n (s: sample standard deviation; 0 for one value)."""
+    a = np.asarray(accs, dtype=np.float64)
+    half = 1.96 * a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else 0.0
+    return float(a.mean()), float(half)
+
+
+def fewshot_eval(f_support, y_support, f_query, y_query, ways: int = 5, shots=(1, 5), queries: int = 15,
+                 episodes: int = 200, seed: int = 0) -> dict:
+    """N-way K-shot accuracy for every K of ``shots``: ``{"5way_1shot": {"mean", "ci95", "episodes"}, ...}``
+    (supports from ``f_support``, the training split; queries from ``f_query``, the test split)."""
+    out = {}
+    for k in shots:
+        ep = sample_episodes(y_support, y_query, ways, k, queries, episodes, seed)
+        if ep is None:
+            continue
+        mean, ci = mean_ci95(episode_accuracies(f_support, f_query, *ep).numpy())
+        out[f"{ep[0].shape[1]}way_{k}shot"] = {"mean": mean, "ci95": ci, "episodes": episodes}
+    return out
+
+
+def per_class_and_confusion(y_true, y_pred, num_classes: int) -> tuple[list[float | None], list[list[int]]]:
+    """Accuracy of every class (None for a class absent from ``y_true``) and the confusion matrix of counts,
+    rows = true class, columns = predicted class."""
+    t, p = torch.as_tensor(y_true).long(), torch.as_tensor(y_pred).long()
+    cm = torch.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    rows = cm.sum(1)
+    acc = [float(cm[c, c] / rows[c]) if rows[c] else None for c in range(num_classes)]
+    return acc, cm.tolist()
