@@ -58,7 +58,8 @@ def test_ci95_is_1_96_sample_std_over_root_n():
 
 
 def test_label_subsets_are_class_balanced_seeded_nested_and_sized():
-    y = torch.tensor([0] * 500 + [1] * 300 + [2] * 200)[torch.randperm(1000, generator=torch.Generator().manual_seed(0))]
+    shuffle = torch.randperm(1000, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0] * 500 + [1] * 300 + [2] * 200)[shuffle]
     ten = label_subset(y, 0.1, seed=3)
     one = label_subset(y, 0.01, seed=3)
     # round(0.1 * 1000 / 3) = 33 of every class; round(0.01 * 1000 / 3) = 3

@@ -1,5 +1,6 @@
 """The evaluation suite of a run: kNN and linear probe with per-class accuracy and confusion matrix, low-label
-probes and few-shot episodes (and the raw-pixel baselines through the same code), transfer to sklearn digits, RankMe, alignment/uniformity, collapse alarm. The workflow writes ``eval.json`` and the
+probes and few-shot episodes (and the raw-pixel baselines through the same code), transfer to sklearn digits,
+RankMe, alignment/uniformity, collapse alarm. The workflow writes ``eval.json`` and the
 report from its results."""
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def evaluate_run(run_dir: str | Path, progress: bool = True, datasets=None, devi
     e = cfg.eval
     backbone = load_backbone(run_dir, device)
     train_ds, test_ds = datasets or load_datasets(cfg.data)
-    stages = ["features", "knn + linear probe", "low-label + few-shot", "raw-pixel baselines", "transfer (digits)", "diagnostics"]
+    stages = ["features", "knn + linear probe", "low-label + few-shot", "raw-pixel baselines", "transfer (digits)",
+              "diagnostics"]
     t_start = time.perf_counter()
     results: dict = {"run": str(run_dir), "method": cfg.method["name"], "data": cfg.data.source}
     with _StageProgress(stages, progress) as sp:
