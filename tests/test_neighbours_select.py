@@ -91,8 +91,11 @@ def test_kcenter_takes_the_centre_then_the_corners_of_the_square():
 
 def test_kcenter_covering_radius_is_within_twice_the_optimum():
     rng = np.random.default_rng(0)
-    for trial in range(6):
-        x = np.concatenate([rng.normal(size=(3, 4)) * 3, rng.normal(size=(9, 4))])  # spread-out points plus a bulk
+    for trial in range(8):
+        if trial % 2:  # spread-out points plus a bulk
+            x = np.concatenate([rng.normal(size=(3, 4)) * 3, rng.normal(size=(9, 4))])
+        else:  # three tight groups of four: the optimum is one centre per group
+            x = np.repeat(rng.normal(size=(3, 4)), 4, axis=0) + rng.normal(scale=0.05, size=(12, 4))
         u = _unit(x)
         opt = min(_covering_radius(u, list(c)) for c in itertools.combinations(range(len(u)), 3))
         for seed in range(3):
