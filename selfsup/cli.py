@@ -19,6 +19,7 @@ import torch
 import typer
 from rich.table import Table
 
+from .atomic import atomic_write_text
 from .data.corruptions import CORRUPTIONS, corrupt as apply_corruption
 from .commands import collection, compare as compare_cmd, embed as embed_cmd
 from .commands.common import fail, show, table
@@ -28,6 +29,7 @@ from .distributed import is_main, launched_by_torchrun, shutdown
 from .errors import SelfsupError
 from .evaluate.robustness import ATTACKS, build_classifier, corruption_report, robustness_report
 from .methods import DESCRIPTIONS, METHODS
+from .report.html import write_html_report
 from .report.report import print_results
 from .workflows import evaluate_and_report, finetune as run_finetune, pretrain as run_pretrain, \
     sequence as run_sequence, stream as run_stream
@@ -211,7 +213,8 @@ def attack(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn)
         idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: min(n, len(x))]
         rep = robustness_report(model, x[idx], y[idx], radii, names, seed, steps)
         rep.update(classifier=classifier, attacks=names)
-        (Path(run_dir) / f"robustness_{classifier}.json").write_text(json.dumps(rep, indent=1))
+        atomic_write_text(Path(run_dir) / f"robustness_{classifier}.json", json.dumps(rep, indent=1))
+        write_html_report(run_dir)  # the robustness section and any gradient-masking warning at the top
         _print_robustness(rep)
     except SelfsupError as e:
         _fail(str(e))
@@ -249,7 +252,8 @@ def corrupt(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn
         imgs = (x[idx].cpu() * 255).round().to(torch.uint8)
         rep = corruption_report(model, imgs, y[idx], names, seed=seed)
         rep.update(classifier=classifier, n=len(idx))
-        (Path(run_dir) / f"corruptions_{classifier}.json").write_text(json.dumps(rep, indent=1))
+        atomic_write_text(Path(run_dir) / f"corruptions_{classifier}.json", json.dumps(rep, indent=1))
+        write_html_report(run_dir)
         if save:
             save.mkdir(parents=True, exist_ok=True)
             for i, name in enumerate(names):

@@ -1,20 +1,43 @@
-"""``selfsup eval`` (and the end of ``selfsup pretrain``): the evaluation suite, then ``eval.json`` and the report."""
+"""``selfsup eval`` (and the end of ``selfsup pretrain``): the evaluation suite, then ``eval.json``, the report
+(``report.md`` and the self-contained ``report.html``) and its plots, the retrieval grid included."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import torch
+
 from ..atomic import atomic_write_text
 from ..config import load_config
+from ..data import load_datasets, train_val_split
 from ..evaluate.suite import evaluate_run
+from ..report.html import write_html_report
 from ..report.report import write_report
+from ..report.retrieval import plot_retrieval
 
 
 def evaluate_and_report(run_dir: str | Path, progress: bool = True, datasets=None, device: str = "cpu") -> dict:
     run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    datasets = datasets or load_datasets(cfg.data)
     ev = evaluate_run(run_dir, progress=progress, datasets=datasets, device=device)
+    if ev.classes and "classes" not in ev.results:  # names for the per-class table when the report is re-rendered
+        ev.results["classes"] = list(ev.classes)
     atomic_write_text(run_dir / "eval.json", json.dumps(ev.results, indent=1))
-    e = load_config(run_dir / "config.yaml")
-    write_report(run_dir, ev.results, ev.test_features, ev.test_labels, ev.classes, e.eval.embedding_plot,
-                 e.eval.embedding_points, e.seed)
+    e = cfg.eval
+    write_report(run_dir, ev.results, ev.test_features, ev.test_labels, ev.classes, e.embedding_plot,
+                 e.embedding_points, cfg.seed)
+    plot_retrieval(run_dir, ev.test_features, evaluated_test_images(datasets, cfg), ev.test_labels, ev.classes,
+                   cfg.seed)
+    write_html_report(run_dir)
     return ev.results
+
+
+def evaluated_test_images(datasets, cfg) -> torch.Tensor:
+    """The images the suite's test features belong to: the test split, or (without one) the validation split it
+    scores on instead."""
+    train_ds, test_ds = datasets
+    if test_ds is not None:
+        return test_ds.images
+    _, va = train_val_split(len(train_ds), cfg.data.val_fraction, cfg.seed, train_ds.labels)
+    return train_ds.images[va]

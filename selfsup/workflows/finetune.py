@@ -1,5 +1,5 @@
 """``selfsup finetune``: train a classifier on (noisy) labels with the one loop, then write ``finetune.json``,
-the curves and (for a test set) the risk-coverage table."""
+the curves, (for a test set) the risk-coverage table, and ``report.html``."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,7 @@ from ..data import ImageDataset, load_datasets, train_val_split
 from ..evaluate.selective import aurc, risk_coverage, selective_table
 from ..models import backbone_from_config, load_backbone
 from ..report.finetune import plot_curves, plot_risk_coverage
+from ..report.html import write_html_report
 from ..train.adversarial import SupervisedAdversary
 from ..train.finetune import Classifier, EpochMonitor, noisy_labels
 from ..train.loop import Callback, FitPlan, fit
@@ -72,6 +73,7 @@ def finetune(config, overrides: list[str] | None = None, resume: bool = False, p
     plot_curves(run_dir, epochs, f"{f.loss}, {f.noise} noise {f.noise_rate:.0%}" if f.noise != "none" else f.loss)
     if res.get("selective"):
         plot_risk_coverage(run_dir, res["selective"]["curves"])
+    write_html_report(run_dir)
     return res
 
 
