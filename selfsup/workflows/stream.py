@@ -18,6 +18,7 @@ from ..data.sequences import EvalTask, build_sequence
 from ..errors import DataError, SelfsupError
 from ..evaluate.continual import cka, continual_metrics, evaluate_chunk
 from ..methods import build_method
+from ..report.html import write_html_report
 from ..report.stream import plot_stream, sequence_table
 from ..train.progress import TaskProgress
 from ..train.rundir import write_config
@@ -77,6 +78,7 @@ def _finish(r: StreamResult, cfg: Config, with_tasks: bool) -> StreamResult:
     atomic_write_text(r.run_dir / "stream.json", json.dumps({**r.manifest, "summary": summary}, indent=1))
     plot_stream(r.run_dir, {cfg.stream.strategy: r.manifest})
     r.manifest["summary"] = summary
+    write_html_report(r.run_dir)  # reads stream.json and the plots just written
     return r
 
 
