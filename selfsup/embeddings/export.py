@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, RuntimeException
+from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
 from torch import nn
 
 from ..atomic import atomic_write_bytes, atomic_write_text
@@ -33,6 +35,7 @@ from .device import resolve_device
 FORMATS = {"onnx": "backbone.onnx", "torchscript": "backbone.pt"}
 OPSET = 18
 TOLERANCE = 1e-4
+ORT_ERRORS = (Fail, InvalidArgument, InvalidGraph, OrtNotImplemented, RuntimeException)
 TRACE_BATCH, CHECK_BATCH = 4, 3  # the check runs a batch of another size than the traced one: the axis is free
 
 
@@ -57,27 +60,42 @@ def _quiet():
         logger.setLevel(level)
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
     """``model`` as a serialised ONNX model (opset :data:`OPSET`, weights inside) with a symbolic batch axis."""
-    with _quiet():
-        program = torch.onnx.export(model, (example,), None, input_names=["images"], output_names=["features"],
-                                    dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
-                                    opset_version=OPSET, external_data=False, verbose=False)
+    try:
+        with _quiet():
+            program = torch.onnx.export(model, (example,), None, input_names=["images"], output_names=["features"],
+                                        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
+                                        opset_version=OPSET, external_data=False, verbose=False)
+    except Exception as e:  # the exporter's own error types vary by torch version; any failure is the same story
+        raise ExportError(f"torch.onnx cannot export this backbone: {_first_line(e)}") from None
     return program.model_proto.SerializeToString()
 
 
 def torchscript_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
     """``model`` traced to TorchScript and saved (``torch.jit.save``) to bytes."""
     buf = io.BytesIO()
-    with _quiet():
-        torch.jit.save(torch.jit.trace(model, example), buf)
+    try:
+        with _quiet():
+            torch.jit.save(torch.jit.trace(model, example), buf)
+    except Exception as e:
+        raise ExportError(f"torch.jit cannot trace this backbone: {_first_line(e)}") from None
     return buf.getvalue()
 
 
 def run_onnx(data: bytes, images: np.ndarray) -> np.ndarray:
     """Features of ``images`` from a serialised ONNX model, on onnxruntime's CPU provider."""
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    return session.run(["features"], {"images": images})[0]
+    try:
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        return session.run(["features"], {"images": images})[0]
+    except ORT_ERRORS as e:
+        raise ExportError(f"onnxruntime cannot run the exported model on a batch of {len(images)}: "
+                          f"{_first_line(e)}; nothing written") from None
 
 
 def run_torchscript(data: bytes, images: np.ndarray) -> np.ndarray:

@@ -1,0 +1,234 @@
+"""selfsup embed / export: features streamed to parquet / npy equal the in-memory features, ids / labels / class
+names right, written atomically; exported ONNX / TorchScript models reproduce PyTorch on any batch size."""
+import csv
+import io
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import selfsup.embeddings.export as export_mod
+import selfsup.embeddings.extract as extract_mod
+from selfsup.cli import app
+from selfsup.config import ModelConfig, load_config
+from selfsup.data import load_datasets
+from selfsup.embeddings.collection import embed_images, open_collection
+from selfsup.embeddings.device import resolve_device
+from selfsup.embeddings.export import ExportError, export_backbone
+from selfsup.embeddings.extract import embed_to_file, ids_csv_path
+from selfsup.errors import ConfigError
+from selfsup.models import build_backbone, load_backbone, save_backbone
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run directory holding only a backbone (no training): BatchNorm statistics set at random so that folding
+    them into the convolutions is exercised; trained on SIZE×SIZE greyscale images; config.yaml asks for CUDA."""
+    torch.manual_seed(0)
+    run = tmp_path_factory.mktemp("run")
+    cfg = ModelConfig(widths=[4, 8], pool=2)
+    bb = build_backbone("cnn", 1, widths=(4, 8), pool=2)
+    for m in bb.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    save_backbone(run, bb, cfg, 1, image_size=SIZE)
+    (run / "config.yaml").write_text("name: t\ntrain: {device: 'cuda:7'}\n")
+    return run
+
+
+def _png(path, rng, shape=(20, 24, 3)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A folder with two class sub-folders (RGB 20×24: converted to 1 channel, resized to SIZE) and a flat one."""
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("imgs")
+    for i in range(4):
+        _png(root / "classed" / "boot" / f"b{i}.png", rng)
+    for i in range(3):
+        _png(root / "classed" / "coat" / f"c{i}.png", rng)
+    for i in range(5):
+        _png(root / "flat" / f"img{i}.png", rng, (SIZE, SIZE))
+    return root / "classed", root / "flat"
+
+
+def _reference(run, source):
+    ds = open_collection(run, source=source)
+    return embed_images(load_backbone(run), ds.images, size=SIZE, progress=False).numpy()
+
+
+def test_parquet_rows_and_features_equal_in_memory_embedding(run, folders, tmp_path):
+    torch.set_num_threads(1)
+    classed, _ = folders
+    out = embed_to_file(run, tmp_path / "sub" / "e.parquet", source=classed, batch_size=3, progress=False)
+    f = pq.ParquetFile(out)
+    assert f.metadata.num_row_groups == 3  # 7 images, batches of 3: streamed, one row group per batch
+    assert [f.metadata.row_group(i).num_rows for i in range(3)] == [3, 3, 1]
+    t = f.read()
+    assert t.column_names == ["id", "label", "class", "embedding"]
+    assert t.schema.field("embedding").type.list_size == 8 * 2 * 2
+    assert t["id"].to_pylist() == [f"boot/b{i}.png" for i in range(4)] + [f"coat/c{i}.png" for i in range(3)]
+    assert t["label"].to_pylist() == [0, 0, 0, 0, 1, 1, 1]
+    assert t["class"].to_pylist() == ["boot"] * 4 + ["coat"] * 3
+    emb = np.array(t["embedding"].to_pylist(), dtype=np.float32)
+    np.testing.assert_allclose(emb, _reference(run, classed), rtol=1e-5, atol=1e-6)
+
+
+def test_npy_and_ids_csv_of_a_flat_folder(run, folders, tmp_path):
+    torch.set_num_threads(1)
+    _, flat = folders
+    out = embed_to_file(run, tmp_path / "e.npy", source=flat, batch_size=2, progress=False)
+    np.testing.assert_allclose(np.load(out), _reference(run, flat), rtol=1e-5, atol=1e-6)
+    rows = list(csv.DictReader(ids_csv_path(out).open()))
+    assert ids_csv_path(out).name == "e.ids.csv"
+    assert rows == [{"id": f"img{i}.png", "label": "", "class": ""} for i in range(5)]
+
+
+def test_parquet_labels_are_null_for_a_flat_folder(run, folders, tmp_path):
+    _, flat = folders
+    t = pq.read_table(embed_to_file(run, tmp_path / "e.parquet", source=flat, progress=False))
+    assert t["label"].null_count == 5 and t["class"].null_count == 5
+    assert t["id"].to_pylist() == [f"img{i}.png" for i in range(5)]
+
+
+def test_config_split_gives_index_ids_labels_and_class_names(run, tmp_path):
+    torch.set_num_threads(1)
+    cfg = tmp_path / "digits.yaml"
+    cfg.write_text("data: {source: digits}\n")
+    out = embed_to_file(run, tmp_path / "d.parquet", config=cfg, split="test", batch_size=256, progress=False)
+    test = load_datasets(load_config(cfg).data)[1]
+    t = pq.read_table(out)
+    assert t["id"].to_pylist() == [str(i) for i in range(len(test))]
+    assert t["label"].to_pylist() == test.labels.tolist()
+    assert t["class"].to_pylist() == [str(v) for v in test.labels.tolist()]  # digits' class names are "0".."9"
+    emb = np.array(t["embedding"].to_pylist(), dtype=np.float32)
+    ref = embed_images(load_backbone(run), test.images, size=SIZE, progress=False).numpy()
+    np.testing.assert_allclose(emb, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_cli_embed_prints_rows_dimension_and_path(run, folders, tmp_path):
+    classed, _ = folders
+    out = tmp_path / "e.npy"
+    r = CliRunner().invoke(app, ["embed", str(run), "--source", str(classed), "--out", str(out),
+                                 "--batch-size", "4"], env={"COLUMNS": "250"})
+    assert r.exit_code == 0, r.output
+    assert f"wrote 7 embeddings of dimension 32 to {out}" in r.output
+    assert np.load(out).shape == (7, 32)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--out", "{tmp}/e.csv", "--source", "{src}"], "e.csv"),
+    (["--out", "{tmp}/e.npy", "--source", "{src}", "--config", "{tmp}/c.yaml"], "not both"),
+    (["--out", "{tmp}/e.npy", "--source", "{tmp}/nowhere"], "nowhere"),
+    (["--out", "{tmp}/e.npy", "--source", "{src}", "--device", "nonsense"], "nonsense"),
+    (["--out", "{tmp}/e.npy", "--split", "val"], "val"),
+])
+def test_cli_embed_user_errors_are_one_line(run, folders, tmp_path, args, needle):
+    args = [a.format(tmp=tmp_path, src=folders[0]) for a in args]
+    r = CliRunner().invoke(app, ["embed", str(run), *args])
+    assert r.exit_code == 2
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.output
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_cli_embed_missing_run_is_one_line(tmp_path):
+    r = CliRunner().invoke(app, ["embed", str(tmp_path / "norun"), "--out", str(tmp_path / "e.npy")])
+    assert r.exit_code == 2
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "norun" in lines[0] and "backbone" in lines[0]
+
+
+def test_device_choice(run):
+    assert resolve_device(None, run) == torch.device("cuda:7" if torch.cuda.device_count() > 7 else "cpu")
+    assert resolve_device("cpu", run) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="cuda:99"):
+        resolve_device("cuda:99", run)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".npy"])
+def test_interrupted_write_leaves_no_file_under_the_final_name(run, folders, tmp_path, monkeypatch, suffix):
+    classed, _ = folders
+    real = extract_mod.iter_features
+
+    def crash_after_first_batch(*a, **kw):
+        gen = real(*a, **kw)
+        yield next(gen)
+        raise KeyboardInterrupt  # the user's Ctrl-C, mid-way
+
+    monkeypatch.setattr(extract_mod, "iter_features", crash_after_first_batch)
+    out = tmp_path / f"e{suffix}"
+    with pytest.raises(KeyboardInterrupt):
+        embed_to_file(run, out, source=classed, batch_size=2, progress=False)
+    assert not list(tmp_path.iterdir())  # neither the final name nor a temporary file
+    out.write_bytes(b"old")  # an older file under the name survives an interrupted rewrite untouched
+    with pytest.raises(KeyboardInterrupt):
+        embed_to_file(run, out, source=classed, batch_size=2, progress=False)
+    assert out.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def _pytorch(run, x):
+    with torch.inference_mode():
+        return load_backbone(run)(torch.from_numpy(x)).numpy()
+
+
+def test_onnx_export_matches_pytorch_for_any_batch_size(run, tmp_path):
+    torch.set_num_threads(1)
+    path = export_backbone(run, "onnx")
+    assert path == run / "export" / "backbone.onnx"
+    model = onnx.load(str(path))
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a symbolic batch axis
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    for n in (1, 7):
+        x = rng.random((n, 1, SIZE, SIZE), dtype=np.float32)  # pixels in [0, 1]: the normalisation is inside
+        got = session.run(None, {"images": x})[0]
+        assert got.shape == (n, 32)
+        np.testing.assert_allclose(got, _pytorch(run, x), rtol=0, atol=1e-4)
+    rec = json.loads((run / "export" / "export.json").read_text())
+    assert rec["input"]["shape"] == ["batch", 1, SIZE, SIZE] and rec["input"]["range"] == [0.0, 1.0]
+    assert (rec["channels"], rec["image_size"], rec["feat_dim"]) == (1, SIZE, 32)
+    assert rec["exports"]["onnx"]["opset"] == 18 and rec["exports"]["onnx"]["max_abs_diff"] <= 1e-4
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:DeprecationWarning")
+def test_torchscript_export_matches_pytorch_for_any_batch_size(run, tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "model.pt"
+    r = CliRunner().invoke(app, ["export", str(run), "--format", "torchscript", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    module = torch.jit.load(str(out))
+    rng = np.random.default_rng(2)
+    for n in (1, 7):
+        x = rng.random((n, 1, SIZE, SIZE), dtype=np.float32)
+        with torch.inference_mode():
+            got = module(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(got, _pytorch(run, x), rtol=0, atol=1e-4)
+    rec = json.loads((run / "export" / "export.json").read_text())
+    assert rec["exports"]["torchscript"]["file"] == str(out)
+
+
+def test_export_refuses_a_model_that_differs_from_pytorch(run, tmp_path, monkeypatch):
+    real = export_mod.run_torchscript
+    monkeypatch.setattr(export_mod, "run_torchscript", lambda data, x: real(data, x) + 2e-4)
+    out = tmp_path / "bad.pt"
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_backbone(run, "torchscript", out=out)
+    assert not out.exists()
+    r = CliRunner().invoke(app, ["export", str(run), "--format", "tflite"])
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [
+        "error: export format 'tflite': choose onnx or torchscript"]
