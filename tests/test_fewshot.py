@@ -92,7 +92,7 @@ def test_low_label_probe_sees_only_its_subset():
 
 
 def test_episodes_are_seeded_and_draw_supports_from_train_and_queries_from_test():
-    ys, yq = torch.arange(600) % 10, torch.arange(200) % 10
+    ys, yq = torch.arange(600) % 10, torch.arange(200) // 20  # an index means another class in each split
     sup, qry = sample_episodes(ys, yq, 5, 3, 7, episodes=20, seed=1)
     assert sup.shape == (20, 5, 3) and qry.shape == (20, 5, 7)
     for e in range(20):
