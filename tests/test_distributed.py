@@ -1,6 +1,7 @@
 """Two CPU processes (gloo, DDP, synced BatchNorm) must give the same loss and gradients as one process with the
-same global batch: the gathers in NT-Xent / Barlow Twins / VICReg / MoCo are autograd-correct (no 1/world_size
-error) and BatchNorm statistics are global."""
+same global batch: the gathers in every loss that needs the whole batch (NT-Xent, Barlow Twins, VICReg, MoCo's queue,
+NNCLR's support queue, W-MSE's whitening, TiCo's covariance, SupCon's labels, DCLW's softmax) are autograd-correct (no
+1/world_size error) and BatchNorm statistics are global. A warm-up forward first fills queues and running state."""
 import gc
 import os
 import sys
@@ -14,14 +15,17 @@ from selfsup.config import load_config
 from selfsup.distributed import convert_sync_batchnorm
 from selfsup.methods import build_method
 
-METHODS = ["simclr", "barlow_twins", "vicreg", "moco", "byol", "simsiam"]
+METHODS = ["simclr", "barlow_twins", "vicreg", "moco", "byol", "simsiam", "moco_v3", "nnclr", "dcl", "dclw", "wmse",
+           "tico", "supcon"]
+EXTRA = {"moco": {"queue_size": 32}, "nnclr": {"queue_size": 12, "pred_hidden": 16}, "moco_v3": {"pred_hidden": 16},
+         "wmse": {"proj_dim": 4, "w_size": 8}}
+LABELS = torch.tensor([0, 1, 0, 2, 1, 1, 0, 2])
 GLOBAL_BATCH = 8
 
 
 def _setup(method):
     cfg = load_config({"model": {"widths": [4, 8], "pool": 1}, "train": {"batch_size": GLOBAL_BATCH},
-                       "method": {"name": method, "proj_hidden": 16, "proj_dim": 8,
-                                  **({"queue_size": 32} if method == "moco" else {})}})
+                       "method": {"name": method, "proj_hidden": 16, "proj_dim": 8, **EXTRA.get(method, {})}})
     torch.manual_seed(0)
     m = build_method(cfg, 1).double()
     g = torch.Generator().manual_seed(1)
@@ -34,6 +38,14 @@ def _grads(m):
     return {n: p.grad.detach().clone() for n, p in m.named_parameters() if p.grad is not None}
 
 
+def _step(model, method, x1, x2, labels):
+    """One warm-up forward (fills queues / running statistics, so the measured step uses them), then the loss."""
+    extra = {"labels": labels} if getattr(method, "uses_labels", False) else {}
+    with torch.no_grad():
+        model([x2, x1], **extra)
+    return model([x1, x2], **extra)
+
+
 def _worker(rank, world, init_file, method, out):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
@@ -42,7 +54,7 @@ def _worker(rank, world, init_file, method, out):
     ddp = torch.nn.parallel.DistributedDataParallel(m, static_graph=True)  # as the trainer
     n = GLOBAL_BATCH // world
     sl = slice(rank * n, (rank + 1) * n)
-    loss = ddp([x1[sl], x2[sl]])
+    loss = _step(ddp, m, x1[sl], x2[sl], LABELS[sl])
     loss.backward()
     losses = [torch.zeros(1, dtype=torch.float64) for _ in range(world)]
     dist.all_gather(losses, loss.detach().view(1))
@@ -67,7 +79,7 @@ def test_ddp_two_processes_match_one_process(method, tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), method, str(out)), nprocs=2, join=True)
     res = torch.load(out, weights_only=True)
     m, x1, x2 = _setup(method)
-    loss = m([x1, x2])
+    loss = _step(m, m, x1, x2, LABELS)
     loss.backward()
     ref = _grads(m)
     # the global loss is the mean of the ranks' losses (DDP averages their gradients the same way)

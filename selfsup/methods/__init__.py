@@ -8,14 +8,20 @@ from ..models import backbone_from_config
 from .barlow_twins import BarlowTwins
 from .base import SSLMethod
 from .byol import BYOL
+from .dcl import DCL, DCLW
 from .moco import MoCo
+from .moco_v3 import MoCoV3
+from .nnclr import NNCLR
 from .sat import SelfAdaptiveSSL
 from .simclr import SimCLR
 from .simsiam import SimSiam
+from .supcon import SupCon
+from .tico import TiCo
 from .vicreg import VICReg
+from .wmse import WMSE
 
-METHODS: dict[str, type[SSLMethod]] = {m.name: m for m in (SimCLR, MoCo, BYOL, SimSiam, BarlowTwins, VICReg,
-                                                                 SelfAdaptiveSSL)}
+METHODS: dict[str, type[SSLMethod]] = {m.name: m for m in (
+    SimCLR, MoCo, BYOL, SimSiam, BarlowTwins, VICReg, SelfAdaptiveSSL, MoCoV3, NNCLR, DCL, DCLW, WMSE, TiCo, SupCon)}
 
 DESCRIPTIONS = {
     "simclr": "NT-Xent contrastive loss over 2N views (Chen et al. 2020)",
@@ -25,6 +31,13 @@ DESCRIPTIONS = {
     "barlow_twins": "Barlow Twins: cross-correlation matrix to identity (Zbontar et al. 2021)",
     "vicreg": "VICReg: variance-invariance-covariance regularisation (Bardes et al. 2022)",
     "sat": "self-adaptive training, SSL: per-sample EMA targets instead of a momentum network (Huang et al.)",
+    "moco_v3": "MoCo v3: momentum encoder + predictor, symmetric InfoNCE over the batch, no queue (Chen et al. 2021)",
+    "nnclr": "NNCLR: nearest neighbour from a support queue as the positive (Dwibedi et al. 2021)",
+    "dcl": "DCL: NT-Xent without the positive in the denominator (Yeh et al. 2022)",
+    "dclw": "DCLW: DCL with von Mises-Fisher weighting of the positives (Yeh et al. 2022)",
+    "wmse": "W-MSE: Cholesky whitening of sub-batches, then MSE between positives (Ermolov et al. 2021)",
+    "tico": "TiCo: invariance + contrast against a running covariance of embeddings (Zhu et al. 2022)",
+    "supcon": "SupCon: supervised contrastive, L_out, for labelled data (Khosla et al. 2020)",
 }
 
 if TYPE_CHECKING:
@@ -40,4 +53,5 @@ def build_method(cfg: "Config", in_channels: int, num_samples: int = 0) -> SSLMe
     return cls(backbone, cfg.method_params())
 
 
-__all__ = ["build_method", "METHODS", "DESCRIPTIONS", "SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "BarlowTwins", "VICReg", "SelfAdaptiveSSL"]
+__all__ = ["build_method", "METHODS", "DESCRIPTIONS", "SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "BarlowTwins",
+           "VICReg", "SelfAdaptiveSSL", "MoCoV3", "NNCLR", "DCL", "DCLW", "WMSE", "TiCo", "SupCon"]

@@ -13,9 +13,9 @@ from ..models.heads import projection_head
 from .base import MethodParams, SSLMethod, upcast
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, positive_in_denominator: bool = True) -> torch.Tensor:
-    """NT-Xent of local anchors ``z1``/``z2`` (n×D, view pairs by row) against the views of every rank.
-    ``positive_in_denominator=False`` gives DCL (Yeh et al. 2022)."""
+def contrastive_logits(z1: torch.Tensor, z2: torch.Tensor, temperature: float):
+    """Cosine logits of the local anchors [z1; z2] (2n) against every rank's views [Z1; Z2] (2N), with each
+    anchor's own column (``self_idx``) and its positive's column (``pos_idx``)."""
     z1 = F.normalize(upcast(z1), dim=1)
     z2 = F.normalize(upcast(z2), dim=1)
     n = z1.shape[0]
@@ -28,14 +28,15 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, positive_in_
     local = torch.arange(n, device=z1.device)
     self_idx = torch.cat([off + local, big_n + off + local])
     pos_idx = torch.cat([big_n + off + local, off + local])
-    rows = torch.arange(2 * n, device=z1.device)
+    return logits, self_idx, pos_idx
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent of local anchors ``z1``/``z2`` (n×D, view pairs by row) against the views of every rank."""
+    logits, self_idx, pos_idx = contrastive_logits(z1, z2, temperature)
+    rows = torch.arange(len(logits), device=logits.device)
     mask = torch.zeros_like(logits, dtype=torch.bool)
     mask[rows, self_idx] = True
-    if not positive_in_denominator:
-        pos = logits[rows, pos_idx]
-        mask[rows, pos_idx] = True
-        neg = logits.masked_fill(mask, float("-inf"))
-        return (torch.logsumexp(neg, 1) - pos).mean()
     return F.cross_entropy(logits.masked_fill(mask, float("-inf")), pos_idx)
 
 

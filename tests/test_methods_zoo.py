@@ -1,0 +1,135 @@
+"""The second wave of losses (DCL/DCLW, SupCon, TiCo, W-MSE, MoCo v3, NNCLR) against hand computations on tiny
+tensors and against each one's defining property."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from selfsup.methods.dcl import dcl_loss, dclw_weights
+from selfsup.methods.moco_v3 import moco_v3_ctr
+from selfsup.methods.nnclr import NNCLR, nearest_support, nnclr_ctr
+from selfsup.methods.simclr import nt_xent
+from selfsup.methods.supcon import supcon_loss
+from selfsup.methods.tico import tico_loss
+from selfsup.methods.wmse import whiten, wmse_loss
+from selfsup.models import build_backbone
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _randn(seed, *shape):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_dcl_drops_the_positive_from_the_denominator_by_hand():
+    z1, z2 = _randn(0, 3, 4), _randn(1, 3, 4)
+    tau = 0.3
+    z = _unit(np.concatenate([z1.numpy(), z2.numpy()]))
+    losses = []
+    for i in range(6):
+        j = (i + 3) % 6
+        s = z @ z[i] / tau
+        losses.append(-s[j] + math.log(sum(math.exp(s[k]) for k in range(6) if k not in (i, j))))
+    assert float(dcl_loss(z1, z2, tau)) == pytest.approx(np.mean(losses), rel=1e-10)
+    assert float(dcl_loss(z1, z2, tau)) < float(nt_xent(z1, z2, tau))  # NT-Xent's denominator also has the positive
+
+
+def test_dclw_weights_by_hand_and_uniform_pairs_give_dcl():
+    z1, z2 = _randn(2, 4, 5), _randn(3, 4, 5)
+    s = (_unit(z1.numpy()) * _unit(z2.numpy())).sum(1)
+    e = np.exp(s / 0.5)
+    np.testing.assert_allclose(dclw_weights(z1, z2, 0.5).numpy(), 2 - 4 * e / e.sum(), rtol=1e-10)
+    # every pair equally similar → w = 1 → DCLW = DCL
+    a = F.normalize(_randn(4, 4, 6), dim=1)
+    assert float(dcl_loss(a, a.clone(), 0.2, sigma=0.5)) == pytest.approx(float(dcl_loss(a, a.clone(), 0.2)), rel=1e-10)
+    assert float(dcl_loss(z1, z2, 0.2, sigma=0.5)) != pytest.approx(float(dcl_loss(z1, z2, 0.2)), rel=1e-3)
+
+
+def test_supcon_is_nt_xent_with_distinct_labels_and_matches_a_hand_loop():
+    z1, z2 = _randn(5, 6, 4), _randn(6, 6, 4)
+    assert float(supcon_loss(z1, z2, torch.arange(6), 0.1)) == pytest.approx(float(nt_xent(z1, z2, 0.1)), rel=1e-10)
+    y = torch.tensor([0, 1, 0, 2, 1, 0])
+    z = _unit(np.concatenate([z1.numpy(), z2.numpy()]))
+    yy = np.concatenate([y.numpy(), y.numpy()])
+    losses = []
+    for i in range(12):
+        s = z @ z[i] / 0.1
+        log_denom = math.log(sum(math.exp(s[a]) for a in range(12) if a != i))
+        pos = [p for p in range(12) if p != i and yy[p] == yy[i]]
+        losses.append(-np.mean([s[p] - log_denom for p in pos]))
+    assert float(supcon_loss(z1, z2, y, 0.1)) == pytest.approx(np.mean(losses), rel=1e-10)
+
+
+def test_tico_by_hand_and_the_running_covariance():
+    z1, z2 = _randn(7, 5, 3), _randn(8, 5, 3)
+    c0 = torch.eye(3, dtype=torch.float64) * 0.3
+    loss, cov = tico_loss(z1, z2, c0, beta=0.9, rho=8.0)
+    a, b = _unit(z1.numpy()), _unit(z2.numpy())
+    c = 0.9 * c0.numpy() + 0.1 * a.T @ a / 5
+    np.testing.assert_allclose(cov.numpy(), c, rtol=1e-10)
+    expected = -(a * b).sum(1).mean() + 8.0 * np.mean([x @ c @ x for x in a])
+    assert float(loss) == pytest.approx(expected, rel=1e-10)
+    assert not cov.requires_grad
+
+
+def test_whitened_batch_has_identity_covariance():
+    z = _randn(9, 64, 8) @ _randn(10, 8, 8) + 3.0  # correlated, off-centre
+    w = whiten(z)
+    cov = torch.cov(w.T)
+    torch.testing.assert_close(cov, torch.eye(8, dtype=torch.float64), atol=1e-8, rtol=0)
+    # Cholesky whitening is lower-triangular: the first coordinate is just standardised
+    first = (z[:, 0] - z[:, 0].mean()) / z[:, 0].std()
+    torch.testing.assert_close(w[:, 0], first, atol=1e-10, rtol=0)
+
+
+def test_wmse_is_zero_for_identical_views_and_positive_otherwise():
+    z = _randn(11, 32, 4)
+    g = torch.Generator().manual_seed(0)
+    assert float(wmse_loss(z, z.clone(), 16, 2, g)) == pytest.approx(0.0, abs=1e-10)
+    # a mean over sub-batches of 2 − 2cos between whitened rows
+    z2 = _randn(12, 32, 4)
+    perm = torch.randperm(32, generator=torch.Generator().manual_seed(3))
+    expected = np.mean([float((2 - 2 * F.cosine_similarity(whiten(z[i]), whiten(z2[i]), dim=1)).mean())
+                        for i in perm.view(-1, 16)])
+    assert float(wmse_loss(z, z2, 16, 1, torch.Generator().manual_seed(3))) == pytest.approx(expected, rel=1e-10)
+
+
+def test_moco_v3_ctr_by_hand_and_keys_get_no_gradient():
+    q = torch.tensor([[1.0, 0.0], [0.0, 2.0]], requires_grad=True)
+    k = torch.tensor([[3.0, 0.0], [1.0, 1.0]], requires_grad=True)
+    tau = 0.5
+    qs, ks = _unit(q.detach().numpy()), _unit(k.detach().numpy())
+    logits = qs @ ks.T / tau
+    ce = np.mean([-logits[i, i] + math.log(np.exp(logits[i]).sum()) for i in range(2)])
+    loss = moco_v3_ctr(q, k, tau)
+    assert float(loss.detach()) == pytest.approx(2 * tau * ce, rel=1e-6)
+    loss.backward()
+    assert k.grad is None and q.grad is not None
+
+
+def test_nnclr_takes_the_nearest_support_vector_as_positive():
+    support = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]), dim=1)
+    z = torch.tensor([[0.9, 0.2], [-0.5, -0.1], [0.1, 3.0]])
+    assert torch.equal(nearest_support(z, support), support[[0, 2, 1]])
+    nn_z, p = support[[0, 1]].double(), torch.tensor([[2.0, 0.5], [0.3, 1.0]], dtype=torch.float64)
+    logits = nn_z.numpy() @ _unit(p.numpy()).T / 0.1
+    ce = np.mean([-logits[i, i] + math.log(np.exp(logits[i]).sum()) for i in range(2)])
+    assert float(nnclr_ctr(nn_z, p, 0.1)) == pytest.approx(ce, rel=1e-6)
+
+
+def test_nnclr_queue_is_fifo_and_used_once_filled():
+    m = NNCLR(build_backbone("cnn", 1, widths=(4,)), NNCLR.Params(proj_hidden=8, proj_dim=4, pred_hidden=8,
+                                                                 queue_size=6))
+    a, b = torch.randn(4, 4), torch.randn(4, 4)
+    z = torch.randn(3, 4)
+    assert torch.equal(m._support(z), F.normalize(z, dim=1))  # empty queue: a view is its own neighbour
+    m._enqueue(a)
+    assert int(m.queue_filled) == 4 and torch.equal(m._support(z), F.normalize(a, dim=1))
+    m._enqueue(b)  # 8 entries into 6 slots: b[0:2] fill 4-5, b[2:4] overwrite the oldest (a[0:2])
+    assert int(m.queue_filled) == 6 and int(m.queue_ptr) == 2
+    torch.testing.assert_close(m.queue, F.normalize(torch.cat([b[2:4], a[2:4], b[0:2]]), dim=1))
+    assert {"queue", "queue_ptr", "queue_filled"} <= set(m.state_dict())  # so a checkpoint carries them
