@@ -84,7 +84,7 @@ def _results(labelled: bool = True) -> dict:
         r["classes"] = CLASSES
         r["ssl"] = {"knn_k": 5, "knn_test": 0.61234, "linear_test": 0.73456, "linear_l2": 0.001,
                     "per_class": PER_CLASS, "confusion": CONFUSION}
-        r["raw_pixels"] = {"knn_test": 0.5, "linear_test": 0.52111}
+        r["raw_pixels"] = {"knn_test": 0.5, "linear_test": 0.52111, "per_class": [0.5, 0.25, None]}
     return r
 
 
@@ -118,7 +118,8 @@ def test_evaluation_table_shows_eval_json_numbers(run_dir):
 
 def test_per_class_and_confusion_tables_from_eval_json(run_dir):
     t = tables(render_html_report(run_dir))
-    assert [r[:2] for r in t["per-class"][1:]] == [["cat", "90.0 %"], ["dog", "55.0 %"], ["owl", "72.5 %"]]
+    assert [r[:2] + r[3:] for r in t["per-class"][1:]] == [["cat", "90.0 %", "50.0 %"], ["dog", "55.0 %", "25.0 %"],
+                                                           ["owl", "72.5 %", "–"]]  # SSL, raw pixels
     conf = t["confusion"]
     assert conf[0][1:] == CLASSES  # predicted classes across, true classes down
     assert [r[0] for r in conf[1:]] == CLASSES
@@ -256,14 +257,23 @@ CHECK = """<script>
 window.__problems = [];
 window.addEventListener("error", e => window.__problems.push("error: " + (e.message || (e.target && e.target.src
   ? "could not load " + e.target.src.slice(0, 60) : "resource"))), true);
-window.addEventListener("load", async () => {
-  const widths = [];
-  for (const img of document.images) {
-    try { await img.decode(); widths.push(img.naturalWidth); } catch (e) { widths.push(-1); }
+window.addEventListener("load", () => {
+  const widths = [], painted = [];
+  for (const img of document.images) {  // drawing forces a full decode; a blank result means it failed
+    widths.push(img.naturalWidth);
+    const c = document.createElement("canvas");
+    c.width = Math.max(1, img.naturalWidth);
+    c.height = Math.max(1, img.naturalHeight);
+    const ctx = c.getContext("2d");
+    ctx.drawImage(img, 0, 0);
+    const px = ctx.getImageData(0, 0, c.width, c.height).data;
+    let opaque = 0;
+    for (let i = 3; i < px.length; i += 4) opaque += px[i] > 0;
+    painted.push(opaque / (c.width * c.height));
   }
   const out = document.createElement("pre");
   out.id = "img-check";
-  out.textContent = JSON.stringify({widths: widths, problems: window.__problems});
+  out.textContent = JSON.stringify({widths: widths, painted: painted, problems: window.__problems});
   document.body.appendChild(out);
 });
 </script>"""
@@ -292,7 +302,24 @@ def test_report_opens_in_headless_chromium(run_dir, tmp_path):
     check = json.loads(m.group(1).replace("&quot;", '"'))
     n_img = page.count("<img ")
     assert n_img == 5 and len(check["widths"]) == n_img
-    assert all(w > 0 for w in check["widths"]), check  # every embedded PNG decoded
+    assert all(w > 0 for w in check["widths"]), check  # every embedded PNG decoded ...
+    assert all(p > 0.99 for p in check["painted"]), check  # ... completely (a truncated one is drawn in part)
     assert check["problems"] == []
     console = [ln for ln in r.stderr.splitlines() if ":CONSOLE" in ln]
     assert console == [], console
+
+
+def test_sequence_study_root_shows_the_summary_table(tmp_path):
+    per = {"sequential": {"linear": 0.5, "knn": 0.4, "steps": 9, "train_seconds": 3.0, "retained_bytes": 0},
+           "joint": {"linear": 0.7, "knn": 0.6, "steps": 18, "train_seconds": 6.0, "retained_bytes": 0},
+           "replay": {"linear": 0.65, "knn": 0.45, "steps": 9, "train_seconds": 3.5, "retained_bytes": 1e6}}
+    (tmp_path / "sequence.json").write_text(json.dumps({"instance": per}))
+    (tmp_path / "instance").mkdir()
+    _png(tmp_path / "instance" / "accuracy_vs_chunk.png")
+    page = render_html_report(tmp_path)
+    table = tables(page)["sequence"]
+    assert len(table) == 4 and table[0][:2] == ["sequence", "strategy"]  # header + one row per strategy
+    rows = {r[1]: r for r in table[1:]}
+    assert rows["replay"][2:4] == ["65.00", "45.00"] and rows["replay"][-2:] == ["75 %", "25 %"]  # gap closed
+    assert base64.b64encode((tmp_path / "instance" / "accuracy_vs_chunk.png").read_bytes()).decode() in page
+    assert "Joint − sequential (points): instance: linear +20.00, kNN +20.00." in page

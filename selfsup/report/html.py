@@ -50,13 +50,13 @@ h3 { font-size: 16px; margin: 20px 0 8px; }
 table { border-collapse: collapse; margin: 8px 0 12px; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid #d0d7de; padding: 4px 10px; text-align: right; }
 th { background: #f6f8fa; }
-td:first-child, th:first-child { text-align: left; }
+td:first-child, th:first-child, td.text { text-align: left; }
 tr.bad td { color: #cf222e; font-weight: 600; }
 table.confusion td, table.confusion th { padding: 2px 6px; font-size: 13px; text-align: center; }
 .bar { display: inline-block; height: 10px; background: #2f81f7; border-radius: 2px; vertical-align: middle; }
 figure { margin: 12px 0; }
 figure img { max-width: 100%; border: 1px solid #d0d7de; border-radius: 4px; }
-.figs { display: grid; grid-template-columns: repeat(auto-fill, minmax(330px, 1fr)); gap: 4px 16px; }
+.figs { display: grid; grid-template-columns: repeat(auto-fill, minmax(440px, 1fr)); gap: 4px 16px; }
 .figs figure { margin: 6px 0; }
 .figs figure img { width: 100%; }
 figcaption { color: #57606a; font-size: 13px; }
@@ -98,8 +98,12 @@ def render_html_report(run_dir: str | Path) -> str:
     """The page's HTML text (see :func:`write_html_report`)."""
     run = _read_run(Path(run_dir))
     body = [_header(run), _warnings_box(run), _config(run), _training(run), _evaluation(run), _per_class(run),
-            _figures_section(run, "Embedding of the test features", ["embedding.png"]),
-            _figures_section(run, "Retrieval: nearest test neighbours", ["retrieval.png"]),
+            _section("Embedding of the test features",
+                     _file_figure(run, "embedding.png", "2-D projection of the test features, coloured by class"),
+                     sid="embedding"),
+            _section("Retrieval: nearest test neighbours",
+                     _file_figure(run, "retrieval.png", "seeded test queries (left) and their nearest test "
+                                  "neighbours by cosine similarity of the features"), sid="retrieval"),
             _stream(run), _sequence(run), _finetune(run), _robustness(run)]
     title = f"selfsup run {run.path.name}"
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -192,10 +196,16 @@ def _attr(name: str, value: str) -> str:
     return f' {name}="{_e(value)}"' if value else ""
 
 
+def _numeric(cell: str) -> bool:
+    """Numbers (and the "–" of a missing one) are right-aligned, words left-aligned."""
+    return bool(re.match(r"^[-+−–]?\d|^[–—]?$", cell.strip()))
+
+
 def _table(header: list[str], rows: list[list[str]], cls: str = "", row_classes: list[str] | None = None) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "".join(f"<tr{_attr('class', row_classes[i] if row_classes else '')}>"
-                   + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for i, r in enumerate(rows))
+                   + "".join(f"<td{_attr('class', '' if _numeric(c) else 'text')}>{_e(c)}</td>" for c in r) + "</tr>"
+                   for i, r in enumerate(rows))
     return f"<table{_attr('class', cls)}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -226,6 +236,10 @@ def _header(run: _Run) -> str:
     method = r.get("method") or (cfg.get("method") or {}).get("name")
     data = r.get("data") or (cfg.get("data") or {}).get("source")
     facts: list[tuple[str, str]] = [("run kind", _kind(run))]
+    if run.finetune is not None:  # the config's SSL method is not what a fine-tuning run trains
+        method = None
+        facts.append(("encoder", "from " + Path(run.finetune["init"]).name if run.finetune.get("init")
+                      else "random init"))
     if method:
         facts.append(("method", method))
     if data:
@@ -376,21 +390,31 @@ def _classes(run: _Run) -> list[str]:
     return list(r.get("classes") or (r.get("ssl") or {}).get("classes") or [])
 
 
+def _bar(a) -> str:
+    width = 0 if a is None else 200 * max(0.0, min(1.0, a))
+    return f"<td class=\"text\"><span class=\"bar\" style=\"width:{width:.0f}px\"></span></td>"
+
+
 def _per_class(run: _Run) -> str:
-    s = (run.results or {}).get("ssl") or {}
+    r = run.results or {}
+    s = r.get("ssl") or {}
     per, conf = s.get("per_class"), s.get("confusion")
     if per is None and conf is None:
         return ""
     classes = _classes(run)
     parts = []
     if per is not None:
-        rows = "".join(f"<tr><td>{_e(_class_name(classes, i))}</td><td>{_pct(a, 1)}</td>"
-                       f"<td><span class=\"bar\" style=\"width:{200 * max(0.0, min(1.0, a)):.0f}px\"></span></td></tr>"
-                       for i, a in enumerate(per))
+        raw = (r.get("raw_pixels") or {}).get("per_class")
+        raw = raw if raw is not None and len(raw) == len(per) else None
+        rows = "".join(f"<tr><td>{_e(_class_name(classes, i))}</td><td>{_pct(a, 1)}</td>{_bar(a)}"
+                       + (f"<td>{_pct(raw[i], 1)}</td>" if raw else "") + "</tr>" for i, a in enumerate(per))
         parts.append("<h3>Per-class accuracy (linear probe, test)</h3><table class=\"per-class\"><thead><tr>"
-                     f"<th>class</th><th>accuracy</th><th></th></tr></thead><tbody>{rows}</tbody></table>")
+                     "<th>class</th><th>SSL encoder</th><th></th>" + ("<th>raw pixels</th>" if raw else "")
+                     + f"</tr></thead><tbody>{rows}</tbody></table>"
+                     + "<p class=\"note\">–: the class does not occur in the test set.</p>" * (None in per))
     if conf is not None:
-        parts.append("<h3>Confusion matrix (rows: true class, columns: predicted; shade: share of the row)</h3>")
+        parts.append("<h3>Confusion matrix of the linear probe (rows: true class, columns: predicted; shade: share "
+                     "of the row)</h3>")
         parts.append(_confusion(np.asarray(conf, dtype=float), classes))
     return _section("Per-class results", *parts, sid="per-class")
 
@@ -423,11 +447,6 @@ def _confusion(m: np.ndarray, classes: list[str]) -> str:
 
 def _count(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:.3g}"
-
-
-def _figures_section(run: _Run, title: str, names: list[str]) -> str:
-    return _section(title, *[_file_figure(run, n) for n in names],
-                    sid=re.sub(r"[^a-z]+", "-", title.lower()).strip("-"))
 
 
 # -------------------------------------------------------------------------------------------------------- stream
@@ -509,7 +528,7 @@ def _finetune(run: _Run) -> str:
               ("test_acc_max", "best test accuracy over epochs (optimistic)"))
     rows = [[name, _pct(f[k])] for k, name in labels if f.get(k) is not None]
     if f.get("best_val_epoch") is not None:
-        rows.append(["best validation epoch", str(f["best_val_epoch"])])
+        rows.append(["best validation epoch", f"{f['best_val_epoch']:g}"])
     if f.get("init"):
         rows.append(["encoder initialised from", str(f["init"])])
     parts = [_table(["metric", "value"], rows, cls="finetune") if rows else "",
