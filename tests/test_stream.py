@@ -255,6 +255,8 @@ def test_sequence_study_end_to_end(tmp_path):
     out = tmp_path / "study"
     assert (out / "sequence.md").exists() and (out / "random_class" / "accuracy_vs_chunk.png").exists()
     assert (out / "random_class" / "R_sequential.png").exists()
+    page = (out / "report.html").read_text()  # the study's own page: its summary table, every strategy's row
+    assert "random_class" in page and all(f">{s}<" in page for s in ("joint", "sequential", "replay"))
 
 
 def test_chunks_unlike_the_evaluation_data_give_one_clear_error(chunk_dir):

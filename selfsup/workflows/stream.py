@@ -162,5 +162,6 @@ def sequence(config, overrides: list[str] | None = None, progress: bool = True,
         bar.describe("done")
     table = sequence_table(results)
     atomic_write_text(root / "sequence.md", table + "\n")
+    write_html_report(root)  # the study's summary table and each kind's plots
     log(table)
     return results
