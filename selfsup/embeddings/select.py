@@ -47,16 +47,16 @@ def kcenter_greedy(features: torch.Tensor, n: int, seed: int = 0, start: str = "
     else:
         raise ConfigError(f"k-centre start {start!r}: choose random or mean")
     picked = [first]
-    # squared euclidean distance of unit vectors, 2 - 2 cos, to the nearest picked point
-    min_d = torch.full((n_all,), float("inf"))
+    # the nearest picked point of each row, as its cosine similarity (on unit vectors the squared euclidean
+    # distance is 2 - 2 cos, so the farthest row is the one of least similarity): one matrix-vector product a pick
+    max_sim = torch.full((n_all,), -float("inf"))
     taken = torch.zeros(n_all, dtype=torch.bool)
     for _ in range(n - 1):
         c = f[picked[-1]]
         taken[picked[-1]] = True
         for a in range(0, n_all, chunk):
-            d = (2 - 2 * (f[a:a + chunk] @ c)).clamp_min_(0)
-            torch.minimum(min_d[a:a + chunk], d, out=min_d[a:a + chunk])
-        picked.append(int(min_d.masked_fill(taken, -1.0).argmax()))
+            torch.maximum(max_sim[a:a + chunk], f[a:a + chunk] @ c, out=max_sim[a:a + chunk])
+        picked.append(int(max_sim.masked_fill(taken, float("inf")).argmin()))
     return picked
 
 
@@ -81,9 +81,11 @@ def typical_clusters(features: torch.Tensor, n: int, seed: int = 0) -> list[int]
     cluster first. Should k-means leave fewer than ``n`` clusters non-empty, the rest are filled with each
     cluster's next most typical points, round robin from the largest cluster."""
     f = F.normalize(features.float(), dim=1)
-    x = f.numpy().astype(np.float64)
-    km = (MiniBatchKMeans(n, random_state=seed, n_init=3, batch_size=max(1024, 3 * n)) if len(f) > MINIBATCH_ABOVE
-          else KMeans(n, random_state=seed, n_init=1))
+    x = f.numpy()
+    # scikit-learn's k-means++ seeding costs minutes for hundreds of clusters on a large collection: there the
+    # mini-batch k-means starts from the best of three random draws
+    km = (MiniBatchKMeans(n, init="random", n_init=3, batch_size=max(2048, 3 * n), random_state=seed)
+          if len(f) > MINIBATCH_ABOVE else KMeans(n, random_state=seed, n_init=1))
     assign = km.fit_predict(x)
     members = [np.flatnonzero(assign == c) for c in range(n)]
     members = sorted((m for m in members if len(m)), key=lambda m: (-len(m), m[0]))
