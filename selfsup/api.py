@@ -1,4 +1,6 @@
-"""The Python API: ``pretrain(config)``, ``load(run_dir)`` → backbone ``nn.Module``, ``embed(model, images)``."""
+"""The Python API: ``pretrain(config)``, ``load(run_dir)`` → backbone ``nn.Module``, ``embed(model, images)``, and
+what the commands after training do: ``embed_to_file``, ``export_backbone``, ``find_neighbours`` /
+``near_duplicates``, ``select_to_label``, ``compare_runs``, ``write_html_report``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,9 +10,16 @@ import torch
 from torch import nn
 
 from .config import load_config
+from .embeddings.export import export_backbone
+from .embeddings.extract import embed_to_file
+from .embeddings.neighbours import find_neighbours, near_duplicates, nearest
+from .embeddings.select import select_from_collection, select_to_label
+from .evaluate.fewshot import fewshot_eval, low_label_probes
 from .evaluate.probes import extract_features
 from .models import load_backbone as load
 from .models import save_backbone
+from .report.compare import compare_runs
+from .report.html import write_html_report
 from .workflows import finetune, pretrain, sequence, stream
 
 
@@ -26,4 +35,6 @@ def embed(model: nn.Module | str | Path, images, batch_size: int = 1024, device:
     return extract_features(model.to(device), x, batch_size, device, channels_last)
 
 
-__all__ = ["pretrain", "finetune", "stream", "sequence", "load", "embed", "load_config", "save_backbone"]
+__all__ = ["pretrain", "finetune", "stream", "sequence", "load", "embed", "load_config", "save_backbone",
+           "embed_to_file", "export_backbone", "find_neighbours", "nearest", "near_duplicates", "select_to_label",
+           "select_from_collection", "compare_runs", "write_html_report", "fewshot_eval", "low_label_probes"]
