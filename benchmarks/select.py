@@ -14,15 +14,22 @@ from the stored numbers.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
+import os
 import sys
-import time
-from pathlib import Path
 
-import numpy as np
-import torch
+# run as a script, this file's folder comes first on sys.path and this file would shadow the standard library's
+# ``select`` module (which subprocess, imported by torch, needs): drop the folder before importing anything else
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, command, cpu, git_rev, machine, md_table, update_section  # noqa: E402
