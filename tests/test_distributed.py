@@ -46,24 +46,26 @@ def _step(model, method, x1, x2, labels):
     return model([x1, x2], **extra)
 
 
-def _worker(rank, world, init_file, method, out):
+def _worker(rank, world, init_file, methods, out_dir):
+    """Every method in one pair of processes (starting processes costs more than the steps)."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    m, x1, x2 = _setup(method)
-    m = convert_sync_batchnorm(m, torch.device("cpu"))
-    ddp = torch.nn.parallel.DistributedDataParallel(m, static_graph=True)  # as the trainer
-    n = GLOBAL_BATCH // world
-    sl = slice(rank * n, (rank + 1) * n)
-    loss = _step(ddp, m, x1[sl], x2[sl], LABELS[sl])
-    loss.backward()
-    losses = [torch.zeros(1, dtype=torch.float64) for _ in range(world)]
-    dist.all_gather(losses, loss.detach().view(1))
-    if rank == 0:
-        torch.save({"loss": torch.cat(losses), "grads": _grads(m)}, out)
+    for method in methods:
+        m, x1, x2 = _setup(method)
+        m = convert_sync_batchnorm(m, torch.device("cpu"))
+        ddp = torch.nn.parallel.DistributedDataParallel(m, static_graph=True)  # as the trainer
+        n = GLOBAL_BATCH // world
+        sl = slice(rank * n, (rank + 1) * n)
+        loss = _step(ddp, m, x1[sl], x2[sl], LABELS[sl])
+        loss.backward()
+        losses = [torch.zeros(1, dtype=torch.float64) for _ in range(world)]
+        dist.all_gather(losses, loss.detach().view(1))
+        if rank == 0:
+            torch.save({"loss": torch.cat(losses), "grads": _grads(m)}, f"{out_dir}/{method}.pt")
+        del ddp, loss, m
     # Tear down in order: gloo work objects that still hold tensors must go before the process group, and the
     # process group before the interpreter (pytorch/pytorch#179291: gloo threads outliving the interpreter abort
     # the process with "terminate called without an active exception"); then leave without finalization.
-    del ddp, loss, m
     gc.collect()
     dist.barrier()
     dist.destroy_process_group()
@@ -72,12 +74,17 @@ def _worker(rank, world, init_file, method, out):
     os._exit(0)
 
 
+@pytest.fixture(scope="module")
+def two_process_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(2, str(out / "init"), METHODS, str(out)), nprocs=2, join=True)
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
-def test_ddp_two_processes_match_one_process(method, tmp_path):
-    out = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), method, str(out)), nprocs=2, join=True)
-    res = torch.load(out, weights_only=True)
+def test_ddp_two_processes_match_one_process(method, two_process_results):
+    res = torch.load(two_process_results / f"{method}.pt", weights_only=True)
     m, x1, x2 = _setup(method)
     loss = _step(m, m, x1, x2, LABELS)
     loss.backward()
