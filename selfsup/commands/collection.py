@@ -53,7 +53,7 @@ def select(run_dir: Path = typer.Argument(..., help="a run directory with a trai
            source: Optional[Path] = typer.Option(None, "--source",
                                                  help="image folder to choose from (default: the run's training data)"),
            n: int = typer.Option(..., "--n", help="how many images to choose"),
-           strategy: str = typer.Option("kcenter", "--strategy", help=" | ".join(STRATEGIES)),
+           strategy: str = typer.Option("typical", "--strategy", help=" | ".join(STRATEGIES) + " (typical: best on the 1 %-label benchmark, BENCHMARKS.md)"),
            out: Optional[Path] = typer.Option(None, "--out", help="CSV file (default: RUN/select-STRATEGY-N.csv)"),
            seed: int = typer.Option(0, "--seed"),
            device: str = typer.Option("cpu", "--device")):

@@ -102,7 +102,7 @@ def typical_clusters(features: torch.Tensor, n: int, seed: int = 0) -> list[int]
     return picked
 
 
-def select_to_label(features: torch.Tensor, n: int, strategy: str = "kcenter", seed: int = 0) -> list[int]:
+def select_to_label(features: torch.Tensor, n: int, strategy: str = "typical", seed: int = 0) -> list[int]:
     """The ``n`` rows of ``features`` to label first, in order, by ``strategy`` (kcenter, typical or random)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r} (choose {', '.join(STRATEGIES)})")
@@ -118,7 +118,7 @@ def select_to_label(features: torch.Tensor, n: int, strategy: str = "kcenter", s
 
 
 def select_from_collection(run_dir: str | Path, source: str | Path | None = None, n: int = 100,
-                           strategy: str = "kcenter", seed: int = 0, device: str = "cpu",
+                           strategy: str = "typical", seed: int = 0, device: str = "cpu",
                            out: str | Path | None = None, batch_size: int = 512,
                            progress: bool = True) -> list[dict]:
     """Embed the collection (the folder ``source``, else the run's training data) with the run's encoder and choose
