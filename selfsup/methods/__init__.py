@@ -16,12 +16,14 @@ from .sat import SelfAdaptiveSSL
 from .simclr import SimCLR
 from .simsiam import SimSiam
 from .supcon import SupCon
+from .swav import SwAV
 from .tico import TiCo
 from .vicreg import VICReg
 from .wmse import WMSE
 
 METHODS: dict[str, type[SSLMethod]] = {m.name: m for m in (
-    SimCLR, MoCo, BYOL, SimSiam, BarlowTwins, VICReg, SelfAdaptiveSSL, MoCoV3, NNCLR, DCL, DCLW, WMSE, TiCo, SupCon)}
+    SimCLR, MoCo, BYOL, SimSiam, BarlowTwins, VICReg, SelfAdaptiveSSL, MoCoV3, NNCLR, DCL, DCLW, WMSE, TiCo, SupCon,
+    SwAV)}
 
 DESCRIPTIONS = {
     "simclr": "NT-Xent contrastive loss over 2N views (Chen et al. 2020)",
@@ -38,6 +40,7 @@ DESCRIPTIONS = {
     "wmse": "W-MSE: Cholesky whitening of sub-batches, then MSE between positives (Ermolov et al. 2021)",
     "tico": "TiCo: invariance + contrast against a running covariance of embeddings (Zhu et al. 2022)",
     "supcon": "SupCon: supervised contrastive, L_out, for labelled data (Khosla et al. 2020)",
+    "swav": "SwAV: swapped prediction of Sinkhorn-Knopp codes over learned prototypes (Caron et al. 2020)",
 }
 
 if TYPE_CHECKING:
@@ -54,4 +57,4 @@ def build_method(cfg: "Config", in_channels: int, num_samples: int = 0) -> SSLMe
 
 
 __all__ = ["build_method", "METHODS", "DESCRIPTIONS", "SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "BarlowTwins",
-           "VICReg", "SelfAdaptiveSSL", "MoCoV3", "NNCLR", "DCL", "DCLW", "WMSE", "TiCo", "SupCon"]
+           "VICReg", "SelfAdaptiveSSL", "MoCoV3", "NNCLR", "DCL", "DCLW", "WMSE", "TiCo", "SupCon", "SwAV"]
