@@ -16,7 +16,7 @@ from selfsup.distributed import convert_sync_batchnorm
 from selfsup.methods import build_method
 
 METHODS = ["simclr", "barlow_twins", "vicreg", "moco", "byol", "simsiam", "moco_v3", "nnclr", "dcl", "dclw", "wmse",
-           "tico", "supcon", "swav"]
+           "tico", "supcon", "swav", "dino"]
 EXTRA = {"moco": {"queue_size": 32}, "nnclr": {"queue_size": 12, "pred_hidden": 16}, "moco_v3": {"pred_hidden": 16},
          "wmse": {"proj_dim": 4, "w_size": 8},
          "swav": {"num_prototypes": 6, "queue_size": 8, "freeze_prototypes_fraction": 0.0}}

@@ -160,7 +160,9 @@ def test_every_method_lowers_its_loss_and_halves_the_knn_error_of_its_random_ini
            "model": {"widths": [8, 16], "pool": 1},
            "method": {"name": method, "proj_hidden": 64, "proj_dim": 32,
                       **{"moco": {"queue_size": 128}, "nnclr": {"queue_size": 512},
-                         "wmse": {"w_size": 64}}.get(method, {})},
+                         "wmse": {"w_size": 64},
+                         "dino": {"warmup_teacher_temp_fraction": 0.0},  # its loss rises while τ_t warms up
+                         }.get(method, {})},
            "augment": {"crop_scale": [0.7, 1.0], "blur_sigma": [0.1, 0.3]},
            "train": {"max_steps": 150, "batch_size": 64, "optimizer": "adamw", "lr": 0.008, "warmup_epochs": 0.1,
                      "checkpoint_every_steps": 1000, "monitor_every_epochs": 100, "threads": 1}}

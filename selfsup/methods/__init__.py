@@ -9,6 +9,7 @@ from .barlow_twins import BarlowTwins
 from .base import SSLMethod
 from .byol import BYOL
 from .dcl import DCL, DCLW
+from .dino import DINO
 from .moco import MoCo
 from .moco_v3 import MoCoV3
 from .nnclr import NNCLR
@@ -23,7 +24,7 @@ from .wmse import WMSE
 
 METHODS: dict[str, type[SSLMethod]] = {m.name: m for m in (
     SimCLR, MoCo, BYOL, SimSiam, BarlowTwins, VICReg, SelfAdaptiveSSL, MoCoV3, NNCLR, DCL, DCLW, WMSE, TiCo, SupCon,
-    SwAV)}
+    SwAV, DINO)}
 
 DESCRIPTIONS = {
     "simclr": "NT-Xent contrastive loss over 2N views (Chen et al. 2020)",
@@ -41,6 +42,7 @@ DESCRIPTIONS = {
     "tico": "TiCo: invariance + contrast against a running covariance of embeddings (Zhu et al. 2022)",
     "supcon": "SupCon: supervised contrastive, L_out, for labelled data (Khosla et al. 2020)",
     "swav": "SwAV: swapped prediction of Sinkhorn-Knopp codes over learned prototypes (Caron et al. 2020)",
+    "dino": "DINO: self-distillation from a centred, sharpened EMA teacher over K prototypes (Caron et al. 2021)",
 }
 
 if TYPE_CHECKING:
@@ -57,4 +59,4 @@ def build_method(cfg: "Config", in_channels: int, num_samples: int = 0) -> SSLMe
 
 
 __all__ = ["build_method", "METHODS", "DESCRIPTIONS", "SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "BarlowTwins",
-           "VICReg", "SelfAdaptiveSSL", "MoCoV3", "NNCLR", "DCL", "DCLW", "WMSE", "TiCo", "SupCon", "SwAV"]
+           "VICReg", "SelfAdaptiveSSL", "MoCoV3", "NNCLR", "DCL", "DCLW", "WMSE", "TiCo", "SupCon", "SwAV", "DINO"]
