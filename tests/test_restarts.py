@@ -1,6 +1,6 @@
 """Restarts that must be exact: a stream whose chunk in progress is overtaken by a chunk that sorts earlier, changed
 or removed; adversarial training (self-supervised and supervised) killed and resumed; resuming past a truncated
-checkpoint; a stream's initial evaluation done once."""
+checkpoint; a stream's initial evaluation done once; every SSL method killed and resumed."""
 import json
 
 import numpy as np
@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from selfsup.config import load_config
+from selfsup.methods import METHODS
 from selfsup.train.adversarial import AdversarialSSL, SupervisedAdversary, adversarial_ssl
 from selfsup.train.checkpoint import load_latest_checkpoint
 from selfsup.train.stream import StreamTrainer, discover_chunks
@@ -197,3 +198,28 @@ def test_resume_falls_back_past_a_truncated_checkpoint(npz_data, tmp_path, caplo
         resumed = pretrain(cfg, resume=True, progress=False, evaluate=False)
     assert any("step_00000008" in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)
     assert resumed.steps == 12 and _same(_final(full.run_dir), _final(resumed.run_dir))
+
+
+# ------------------------------------------------------------------------------------------------ every method
+METHOD_PARAMS = {"moco": {"queue_size": 64}, "wmse": {"w_size": 32}, "nnclr": {"queue_size": 48},
+                 "swav": {"queue_size": 64, "freeze_prototypes_fraction": 0.2}}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_resumes_exactly(npz_data, tmp_path, method):  # noqa: F811
+    """Killed at step 10 (last checkpoint: step 8) and resumed, every method ends at step 12 with the state of an
+    uninterrupted run: weights and every buffer (queues and their pointers, DINO's centre, SwAV's prototypes and
+    queue, TiCo's running covariance, momentum encoders, per-sample targets)."""
+    def cfg(name):
+        c = tiny_cfg(npz_data, tmp_path, name, method)
+        c["method"].update(METHOD_PARAMS.get(method, {}))
+        return c
+
+    pretrain(cfg("full"), progress=False, evaluate=False)
+    with pytest.raises(Crash):
+        pretrain(cfg("crash"), progress=False, evaluate=False, callbacks=[CrashAfter(10)])
+    pretrain(cfg("crash"), resume=True, progress=False, evaluate=False)
+    a = load_latest_checkpoint(tmp_path / "full" / "checkpoints")
+    b = load_latest_checkpoint(tmp_path / "crash" / "checkpoints")
+    assert a.meta["step"] == b.meta["step"] == 12
+    assert _same(a.model, b.model), [k for k in a.model if not torch.equal(a.model[k], b.model[k])][:5]
