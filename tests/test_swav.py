@@ -157,7 +157,7 @@ def test_queue_fills_then_joins_sinkhorn_and_rides_in_the_state_dict():
     m.eval(), restored.eval()
     views = _views(14)
     full = float(m(views).detach())
-    assert float(restored(views)) == pytest.approx(full, rel=1e-12)
+    assert float(restored(views).detach()) == pytest.approx(full, rel=1e-12)
     # the full queue changes the codes: the same model without it gives another loss
     restored.queue_count.zero_()
     assert float(restored(views)) != pytest.approx(full, rel=1e-6)
