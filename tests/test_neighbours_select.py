@@ -231,3 +231,18 @@ def test_bad_input_is_one_line_and_exit_2(collection, args, needle):
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert r.output.startswith("error:") and needle in r.output
+
+
+def test_kcenter_dense_skips_the_outliers_plain_kcenter_picks_first():
+    """Two tight groups of 40 points plus 4 far, isolated outliers: plain k-centre spends its first picks on the
+    outliers; kcenter_dense keeps the densest half, so it picks only group points, in k-centre order there."""
+    g = torch.Generator().manual_seed(0)
+    groups = torch.cat([torch.tensor([1.0, 0, 0]) + 0.05 * torch.randn(40, 3, generator=g),
+                        torch.tensor([0.8, 0.6, 0]) + 0.05 * torch.randn(40, 3, generator=g)])
+    outliers = torch.tensor([[0, 0, 1.0], [0, 0, -1.0], [-1.0, 0, 0], [0, -1.0, 0]])
+    f = torch.cat([groups, outliers])
+    plain = kcenter_greedy(f, 5, seed=0)
+    assert sorted(plain[1:]) == [80, 81, 82, 83]  # after its first point: every outlier before the other group
+    dense = select_to_label(f, 4, "kcenter_dense", seed=0)
+    assert all(i < 80 for i in dense) and len(set(dense)) == 4
+    assert {i < 40 for i in dense} == {True, False}  # both groups covered

@@ -26,7 +26,8 @@ def neighbours(run_dir: Path = typer.Argument(..., help="a run directory with a 
                threshold: float = typer.Option(0.95, "--threshold",
                                                help="cosine similarity at or above which a pair is a near-duplicate"),
                out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: RUN/neighbours/)"),
-               device: str = typer.Option("cpu", "--device"),
+               device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: the run's "
+                                                  "train.device if available here, else cpu)"),
                seed: int = typer.Option(0, "--seed", help="seed of --sample's draw")):
     """Nearest images in a collection (neighbours.png, neighbours.csv) and near-duplicate pairs (duplicates.csv)."""
     try:
@@ -56,7 +57,8 @@ def select(run_dir: Path = typer.Argument(..., help="a run directory with a trai
            strategy: str = typer.Option("typical", "--strategy", help=" | ".join(STRATEGIES) + " (typical: best on the 1 %-label benchmark, BENCHMARKS.md)"),
            out: Optional[Path] = typer.Option(None, "--out", help="CSV file (default: RUN/select-STRATEGY-N.csv)"),
            seed: int = typer.Option(0, "--seed"),
-           device: str = typer.Option("cpu", "--device")):
+           device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: the run's "
+                                                  "train.device if available here, else cpu)")):
     """Which K images to label first: k-centre greedy coverage, typicality per cluster, or random."""
     try:
         path = out if out is not None else run_dir / f"select-{strategy}-{n}.csv"

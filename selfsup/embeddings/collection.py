@@ -5,6 +5,7 @@ Images are converted to the channels and resized to the size the encoder was tra
 folder of full-size photos goes through the same encoder as the training data."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -19,7 +20,8 @@ from ..data import load_datasets
 from ..data.sources import ImageDataset, image_folder
 from ..errors import ConfigError, DataError
 from ..evaluate.probes import inference_copy
-from ..models import backbone_info
+from ..models import backbone_info, load_backbone
+from .device import resolve_device
 
 
 def open_collection(run_dir: str | Path, source: str | Path | None = None, config: str | Path | None = None,
@@ -84,3 +86,28 @@ def embed_images(backbone: nn.Module, images: torch.Tensor, batch_size: int = 51
     """All features of ``images`` as one N×D CPU tensor (see :func:`iter_features`)."""
     parts = [f for _, f in iter_features(backbone, images, batch_size, device, size, channels_last, progress)]
     return torch.cat(parts)
+
+
+@dataclass
+class EmbeddedCollection:
+    """A collection and its features under a run's encoder (kept, with its image size, to embed queries alike)."""
+    dataset: ImageDataset
+    features: torch.Tensor
+    backbone: nn.Module
+    image_size: int | None
+    device: torch.device
+
+
+def embed_run_collection(run_dir: str | Path, source: str | Path | None = None,
+                         device: str | torch.device | None = None, batch_size: int = 512,
+                         progress: bool = True) -> EmbeddedCollection:
+    """Open the collection (:func:`open_collection`) and embed it with the run's encoder on ``device`` (default:
+    the run's device when it exists here, else the CPU; a named device that does not exist is an error)."""
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"run directory {run_dir} does not exist")
+    device = resolve_device(device, run_dir)
+    size = backbone_info(run_dir).get("image_size")
+    ds = open_collection(run_dir, source=source)
+    backbone = load_backbone(run_dir, device)
+    feats = embed_images(backbone, ds.images, batch_size, device, size, progress=progress)
+    return EmbeddedCollection(ds, feats, backbone, size, device)

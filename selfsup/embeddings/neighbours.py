@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ConfigError, DataError
-from ..models import backbone_info, load_backbone
-from .collection import embed_images, item_ids, open_collection
+from .collection import embed_images, embed_run_collection, item_ids
 
 
 @torch.inference_mode()
@@ -107,17 +106,6 @@ class NeighbourSearch:
     threshold: float
 
 
-def check_device(device: str) -> str:
-    """``device`` if torch can use it here, else a :class:`ConfigError` naming it."""
-    try:
-        d = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {device!r} (cpu, cuda, cuda:N)") from None
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r}: no CUDA device is available")
-    return device
-
-
 def load_query_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
     """One query image as a C×size×size uint8 tensor, converted and resized as image folders are."""
     try:
@@ -144,7 +132,7 @@ def _collection_row(path: Path, source: Path | None, ids: list[str]) -> int:
 
 def find_neighbours(run_dir: str | Path, source: str | Path | None = None,
                     queries: Sequence[str | Path] | None = None, sample: int | None = None, k: int = 8,
-                    threshold: float = 0.95, device: str = "cpu", seed: int = 0, batch_size: int = 512,
+                    threshold: float = 0.95, device: str | None = None, seed: int = 0, batch_size: int = 512,
                     progress: bool = True) -> NeighbourSearch:
     """Embed the collection (the folder ``source``, else the run's training data) with the run's encoder; find the
     ``k`` nearest images of each query — the image files ``queries``, or ``sample`` collection images drawn with
@@ -159,15 +147,9 @@ def find_neighbours(run_dir: str | Path, source: str | Path | None = None,
         raise ConfigError(f"--sample must be at least 1, got {sample}")
     if not 0 < threshold <= 1:
         raise ConfigError(f"--threshold {threshold}: a cosine similarity in (0, 1]")
-    check_device(device)
-    if not Path(run_dir).is_dir():
-        raise ConfigError(f"run directory {run_dir} does not exist")
-    info = backbone_info(run_dir)
-    ds = open_collection(run_dir, source=source)
+    emb = embed_run_collection(run_dir, source, device, batch_size, progress)
+    ds, feats, backbone, size, device = emb.dataset, emb.features, emb.backbone, emb.image_size, emb.device
     ids = item_ids(ds)
-    backbone = load_backbone(run_dir, device)
-    size = info.get("image_size")
-    feats = embed_images(backbone, ds.images, batch_size, device, size, progress=progress)
     if sample is not None:
         g = torch.Generator().manual_seed(seed)
         rows = torch.randperm(len(ds), generator=g)[:min(sample, len(ds))].sort().values.tolist()

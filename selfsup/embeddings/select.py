@@ -21,11 +21,11 @@ from sklearn.cluster import KMeans, MiniBatchKMeans
 
 from ..atomic import atomic_write_text
 from ..errors import ConfigError
-from ..models import backbone_info, load_backbone
-from .collection import embed_images, item_ids, open_collection
-from .neighbours import check_device
+from .collection import embed_run_collection, item_ids
 
-STRATEGIES = ("kcenter", "typical", "random")
+STRATEGIES = ("kcenter", "kcenter_dense", "typical", "random")
+DENSE_FRACTION = 0.5
+"""kcenter_dense covers only this fraction of the collection: its most typical (densest) images."""
 TYPICALITY_K = 20
 """Neighbours within the cluster whose mean distance defines a point's typicality (TypiClust's k)."""
 MINIBATCH_ABOVE = 20000
@@ -58,6 +58,17 @@ def kcenter_greedy(features: torch.Tensor, n: int, seed: int = 0, start: str = "
             torch.maximum(max_sim[a:a + chunk], f[a:a + chunk] @ c, out=max_sim[a:a + chunk])
         picked.append(int(max_sim.masked_fill(taken, float("inf")).argmin()))
     return picked
+
+
+@torch.inference_mode()
+def kcenter_dense(features: torch.Tensor, n: int, seed: int = 0, fraction: float = DENSE_FRACTION) -> list[int]:
+    """k-centre greedy over the ``fraction`` most typical rows only (typicality on l2-normalised features): plain
+    k-centre spends a small budget on outliers, far from everything and unlike the test images; dropping the
+    sparsest part of the collection first keeps the coverage without them."""
+    f = F.normalize(features.float(), dim=1)
+    keep = max(n, int(round(fraction * len(f))))
+    dense = torch.argsort(-typicality(f), stable=True)[:keep]
+    return dense[kcenter_greedy(f[dense], n, seed)].tolist()
 
 
 def typicality(features: torch.Tensor, k: int = TYPICALITY_K, chunk: int = 2048) -> torch.Tensor:
@@ -103,7 +114,7 @@ def typical_clusters(features: torch.Tensor, n: int, seed: int = 0) -> list[int]
 
 
 def select_to_label(features: torch.Tensor, n: int, strategy: str = "typical", seed: int = 0) -> list[int]:
-    """The ``n`` rows of ``features`` to label first, in order, by ``strategy`` (kcenter, typical or random)."""
+    """The ``n`` rows of ``features`` to label first, in order, by ``strategy`` (kcenter, kcenter_dense, typical or random)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r} (choose {', '.join(STRATEGIES)})")
     if n < 1:
@@ -112,13 +123,15 @@ def select_to_label(features: torch.Tensor, n: int, strategy: str = "typical", s
         raise ConfigError(f"--n {n} is more than the {len(features)} images in the collection")
     if strategy == "kcenter":
         return kcenter_greedy(features, n, seed)
+    if strategy == "kcenter_dense":
+        return kcenter_dense(features, n, seed)
     if strategy == "typical":
         return typical_clusters(features, n, seed)
     return torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:n].tolist()
 
 
 def select_from_collection(run_dir: str | Path, source: str | Path | None = None, n: int = 100,
-                           strategy: str = "typical", seed: int = 0, device: str = "cpu",
+                           strategy: str = "typical", seed: int = 0, device: str | None = None,
                            out: str | Path | None = None, batch_size: int = 512,
                            progress: bool = True) -> list[dict]:
     """Embed the collection (the folder ``source``, else the run's training data) with the run's encoder and choose
@@ -128,13 +141,8 @@ def select_from_collection(run_dir: str | Path, source: str | Path | None = None
         raise ConfigError(f"unknown strategy {strategy!r} (choose {', '.join(STRATEGIES)})")
     if n < 1:
         raise ConfigError(f"--n must be at least 1, got {n}")
-    check_device(device)
-    if not Path(run_dir).is_dir():
-        raise ConfigError(f"run directory {run_dir} does not exist")
-    info = backbone_info(run_dir)
-    ds = open_collection(run_dir, source=source)
-    feats = embed_images(load_backbone(run_dir, device), ds.images, batch_size, device, info.get("image_size"),
-                         progress=progress)
+    emb = embed_run_collection(run_dir, source, device, batch_size, progress)
+    ds, feats = emb.dataset, emb.features
     ids = item_ids(ds)
     rows = []
     for rank, i in enumerate(select_to_label(feats, n, strategy, seed), start=1):

@@ -7,21 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from ..atomic import atomic_write_bytes
+from ..embeddings.neighbours import nearest
 
 SAME, DIFFERENT = "#1a9850", "#d73027"  # neighbour border: same class as the query / another class
 
 
 def nearest_neighbours(features: torch.Tensor, queries: torch.Tensor, k: int) -> torch.Tensor:
     """(len(queries), k) indices into ``features`` of each query's k most cosine-similar rows, most similar first;
-    a query is never its own neighbour."""
-    f = F.normalize(features.float(), dim=1)
-    sim = f[queries] @ f.T
-    sim[torch.arange(len(queries)), queries] = -float("inf")
-    return sim.topk(min(k, len(f) - 1), dim=1).indices
+    a query is never its own neighbour (the collection search of ``selfsup neighbours``)."""
+    queries = torch.as_tensor(queries, dtype=torch.long)
+    return nearest(features, features[queries], k, exclude_self=queries)[1]
 
 
 def pick_queries(n_items: int, n_queries: int, seed: int) -> torch.Tensor:
