@@ -34,6 +34,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, command, cpu, git_rev, machine, md_table, update_section  # noqa: E402
 from selfsup.atomic import atomic_write_text  # noqa: E402
+from selfsup.config import load_config  # noqa: E402
 from selfsup.data.sources import fashion_mnist  # noqa: E402
 from selfsup.embeddings.collection import embed_images  # noqa: E402
 from selfsup.embeddings.select import STRATEGIES, select_to_label  # noqa: E402
@@ -50,7 +51,12 @@ def _encoder(args) -> tuple[Path, str]:
     """The run directory whose encoder gives the features, and how it came to be (for the section)."""
     if args.run:
         run = Path(args.run)
-        return run, f"the encoder of the existing run `{run}` (reused with --run)"
+        cfg = load_config(run / "config.yaml")
+        steps = json.loads((run / "train_summary.json").read_text())["steps"] \
+            if (run / "train_summary.json").exists() else "?"
+        return run, (f"the encoder of the existing run `{run}` (reused with --run: {cfg.method['name']} on "
+                     f"{cfg.data.source}, train.epochs={cfg.train.epochs:g}, {steps} steps, batch "
+                     f"{cfg.train.batch_size}, as its config.yaml and train_summary.json record)")
     run = Path(args.out) / "select-encoder"
     shutil.rmtree(run, ignore_errors=True)
     t0 = time.perf_counter()
