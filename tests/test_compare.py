@@ -76,6 +76,7 @@ def test_cli_prints_every_run_and_rejects_unevaluated_runs(tmp_path):
     assert res.exit_code == 0, res.output
     for v in ("81.23", "85.67", "70.01", "75.02", "alpha", "beta"):
         assert v in res.output
+    assert "5-way" not in res.output  # neither run has few-shot numbers: no empty column
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "config.yaml").write_text("name: raw\n")
     res = CliRunner().invoke(app, ["compare", str(a), str(tmp_path / "raw")])

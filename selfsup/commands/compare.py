@@ -24,8 +24,10 @@ def compare(runs: List[Path] = typer.Argument(..., help="run directories (pretra
         files = write_comparison(rows, out)
     except SelfsupError as e:
         fail(str(e))
-    t = table(f"{len(rows)} runs", *[HEADERS[c] for c in COLUMNS])
-    for r in format_rows(rows):
-        t.add_row(*r)
+    cells = format_rows(rows)
+    shown = [i for i, _ in enumerate(COLUMNS) if any(r[i] != "–" for r in cells)]  # no all-empty columns
+    t = table(f"{len(rows)} runs", *[HEADERS[COLUMNS[i]] for i in shown])
+    for r in cells:
+        t.add_row(*[r[i] for i in shown])
     show(t)
     typer.echo(f"written: {files['csv']}, {files['json']}, {files['png']}")
