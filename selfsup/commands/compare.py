@@ -5,14 +5,15 @@ from pathlib import Path
 from typing import List
 
 import typer
+from rich.table import Table
 
 from ..errors import SelfsupError
 from ..report.compare import COLUMNS, compare_runs, format_rows, write_comparison
-from .common import fail, show, table
+from .common import fail, show
 
 HEADERS = {"run": "run", "kind": "kind", "method": "method", "data": "data", "steps": "steps", "train_s": "time s",
-           "img_per_s": "img/s", "knn": "kNN %", "linear": "linear %", "linear_1pct": "linear 1 % labels",
-           "linear_10pct": "linear 10 % labels", "fewshot_5w5s": "5-way 5-shot %", "rankme": "RankMe"}
+           "img_per_s": "img/s", "knn": "kNN %", "linear": "linear %", "linear_1pct": "linear, 1 % labels",
+           "linear_10pct": "linear, 10 % labels", "fewshot_5w5s": "5-way 5-shot %", "rankme": "RankMe"}
 
 
 def compare(runs: List[Path] = typer.Argument(..., help="run directories (pretrain or stream runs)"),
@@ -26,8 +27,12 @@ def compare(runs: List[Path] = typer.Argument(..., help="run directories (pretra
         fail(str(e))
     cells = format_rows(rows)
     shown = [i for i, _ in enumerate(COLUMNS) if any(r[i] != "–" for r in cells)]  # no all-empty columns
-    t = table(f"{len(rows)} runs", *[HEADERS[COLUMNS[i]] for i in shown])
+    # one row per measure, one column per run: reads in a terminal for the few runs one compares at a time
+    t = Table(title=f"{len(rows)} runs (accuracy % on the test set; 1 % / 10 % labels: linear probe)")
+    t.add_column("")
     for r in cells:
-        t.add_row(*[r[i] for i in shown])
+        t.add_column(r[0], min_width=max(len(r[i]) for i in shown))
+    for i in shown[1:]:
+        t.add_row(HEADERS[COLUMNS[i]], *[r[i] for r in cells])
     show(t)
     typer.echo(f"written: {files['csv']}, {files['json']}, {files['png']}")
