@@ -11,8 +11,6 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-    TimeRemainingColumn
 from torch import nn
 
 from ..config import load_config
@@ -21,6 +19,7 @@ from ..data.sources import ImageDataset, image_folder
 from ..errors import ConfigError, DataError
 from ..evaluate.probes import inference_copy
 from ..models import backbone_info, load_backbone
+from ..train.progress import TaskProgress
 from .device import resolve_device
 
 
@@ -51,13 +50,6 @@ def item_ids(ds: ImageDataset) -> list[str]:
     return list(ds.files) if ds.files is not None else [str(i) for i in range(len(ds))]
 
 
-def _progress(enabled: bool, description: str, total: int) -> Progress:
-    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                 TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled)
-    p.add_task(description, total=total)
-    return p
-
-
 @torch.inference_mode()
 def iter_features(backbone: nn.Module, images: torch.Tensor, batch_size: int = 512,
                   device: str | torch.device = "cpu", size: int | None = None, channels_last: bool = True,
@@ -68,7 +60,7 @@ def iter_features(backbone: nn.Module, images: torch.Tensor, batch_size: int = 5
     if batch_size < 1:
         raise ConfigError(f"batch size must be positive, got {batch_size}")
     model = inference_copy(backbone, channels_last).to(device)
-    with _progress(progress, description, len(images)) as bar:
+    with TaskProgress(description, len(images), enabled=progress, unit="images") as bar:
         for start in range(0, len(images), batch_size):
             x = images[start:start + batch_size].to(device)
             x = x.float() if x.is_floating_point() else x.float().div_(255)
@@ -77,7 +69,7 @@ def iter_features(backbone: nn.Module, images: torch.Tensor, batch_size: int = 5
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield start, model(x).float().cpu()
-            bar.advance(bar.task_ids[0], len(x))
+            bar.advance(len(x))
 
 
 def embed_images(backbone: nn.Module, images: torch.Tensor, batch_size: int = 512,

@@ -7,15 +7,9 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 
-class StepProgress:
-    def __init__(self, total: int, start: int, enabled: bool, label: str = "pretrain"):
-        self.enabled = enabled
-        self.extra = ""
-        if enabled:
-            self.p = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                              TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                              TextColumn("{task.fields[info]}"))
-            self.task = self.p.add_task("train", total=total, completed=start, info="")
+class _Bar:
+    """A rich Progress that is only drawn when ``enabled``; a context manager."""
+    enabled: bool
 
     def __enter__(self):
         if self.enabled:
@@ -26,6 +20,17 @@ class StepProgress:
         if self.enabled:
             self.p.__exit__(*a)
 
+
+class StepProgress(_Bar):
+    def __init__(self, total: int, start: int, enabled: bool, label: str = "pretrain"):
+        self.enabled = enabled
+        self.extra = ""
+        if enabled:
+            self.p = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                              TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                              TextColumn("{task.fields[info]}"))
+            self.task = self.p.add_task("train", total=total, completed=start, info="")
+
     def update(self, step: int, loss: float) -> None:
         if self.enabled:
             self.p.update(self.task, completed=step, info=f"loss {loss:.4f} {self.extra}")
@@ -34,7 +39,7 @@ class StepProgress:
         self.extra = text
 
 
-class TaskProgress:
+class TaskProgress(_Bar):
     """One bar over ``total`` units of work, ``label`` in bold, what is being done now (``description``) after it.
 
     Bars opened while one is showing (a chunk's :class:`StepProgress` inside a sequence study) are shown below it on
@@ -47,15 +52,6 @@ class TaskProgress:
                               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                               TextColumn("{task.description}"), console=console)
             self.task = self.p.add_task("", total=total)
-
-    def __enter__(self):
-        if self.enabled:
-            self.p.__enter__()
-        return self
-
-    def __exit__(self, *a):
-        if self.enabled:
-            self.p.__exit__(*a)
 
     def describe(self, text: str) -> None:
         if self.enabled:
