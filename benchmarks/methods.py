@@ -1,12 +1,14 @@
 """The method table: every method with the same backbone and the same number of epochs on Fashion-MNIST,
 each through the full pipeline (pre-training, then the evaluation suite).
 
-    python benchmarks/methods.py [--epochs 8] [--methods simclr,byol,...] [--out runs/bench]
+    python benchmarks/methods.py [--epochs 4] [--methods simclr,byol,...] [--out runs/bench]
     python benchmarks/methods.py --report-only     # rewrite the section from benchmarks/results/methods.json
 
-Prints the table, keeps it in benchmarks/results/methods.json and writes the "methods" section of BENCHMARKS.md.
-Accuracies are on the Fashion-MNIST test set, with k (kNN) and L2 (linear probe) chosen on a validation split held
-out from train.
+Prints the table, keeps every method's row (with the command, commit and machine that measured it) in
+benchmarks/results/methods.json and writes the "methods" section of BENCHMARKS.md. A run replaces its method's row
+and keeps the others, so the table can be filled over several invocations; a row whose method file changed after its
+commit is named as stale. Accuracies are on the Fashion-MNIST test set, with k (kNN) and L2 (linear probe) chosen
+on a validation split held out from train.
 """
 from __future__ import annotations
 
@@ -21,12 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
-from selfsup.config import load_config  # noqa: E402
 from selfsup.methods import METHODS  # noqa: E402
 from selfsup.workflows import pretrain  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "methods.json"
-HEADER = ["method", "epochs", "pre-train min", "img/s", "kNN %", "linear %", "digits linear %", "RankMe", "total min"]
+HEADER = ["method", "epochs", "pre-train min", "img/s", "kNN %", "linear %", "1 % labels linear %",
+          "10 % labels linear %", "5-way 5-shot %", "digits linear %", "RankMe", "total min"]
 
 
 def git(args: list[str]) -> str:
@@ -34,6 +36,29 @@ def git(args: list[str]) -> str:
         return subprocess.check_output(["git", *args], cwd=ROOT, text=True, stderr=subprocess.DEVNULL).strip()
     except (OSError, subprocess.CalledProcessError):
         return ""
+
+
+def pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def row_from_run(m: str, epochs: float, d: Path) -> dict:
+    """One method's row from its run directory (eval.json, train_summary.json, bench_wall.json)."""
+    ev = json.loads((d / "eval.json").read_text())
+    ts = json.loads((d / "train_summary.json").read_text())
+    wall = json.loads((d / "bench_wall.json").read_text())
+    s = ev["ssl"]
+    low = s.get("low_label", {})
+    shot = s.get("fewshot", {}).get("5way_5shot")
+    cells = [m, f"{epochs:g}", f"{ts['train_seconds'] / 60:.1f}", f"{ts['images_per_second']:.0f}",
+             pct(s["knn_test"]), pct(s["linear_test"]), pct(low.get("0.01", {}).get("linear_test")),
+             pct(low.get("0.1", {}).get("linear_test")),
+             "–" if shot is None else f"{100 * shot['mean']:.2f} ± {100 * shot['ci95']:.2f}",
+             pct(ev.get("transfer_digits", {}).get("linear_test")), f"{ev['rankme']:.1f}",
+             f"{wall['total_seconds'] / 60:.1f}"]
+    raw = ev.get("raw_pixels")
+    return {"cells": cells, "command": wall["command"], "commit": wall["commit"], "machine": wall["machine"],
+            "raw": raw and {k: raw[k] for k in ("knn_test", "linear_test")}}
 
 
 def summary(rows: list[list[str]], raw: dict | None) -> list[str]:
@@ -50,55 +75,71 @@ def summary(rows: list[list[str]], raw: dict | None) -> list[str]:
     return out
 
 
+def stale_rows(rec: dict) -> list[str]:
+    """A sentence naming the rows whose method file changed after the commit that measured them (from git, when
+    the section is written), so an old row is never read as a measurement of today's code."""
+    stale = []
+    for m, r in rec["rows"].items():
+        changed = git(["log", "-1", "--format=%h", f"{r['commit']}..HEAD", "--", f"selfsup/methods/{m}.py"])
+        if changed:
+            stale.append(f"{m} (changed in {changed})")
+    if not stale:
+        return []
+    return ["", f"Not re-measured since its code changed: {', '.join(stale)} — these rows describe the code at the "
+                f"commit that measured them; re-run them with `python benchmarks/methods.py --epochs "
+                f"{rec['epochs']:g} --methods {','.join(s.split()[0] for s in stale)}`."]
+
+
+def ordered(rec: dict) -> list[str]:
+    """Rows in the registry's order (METHODS), then any method no longer registered."""
+    return [m for m in METHODS if m in rec["rows"]] + [m for m in rec["rows"] if m not in METHODS]
+
+
 def write_section(rec: dict) -> None:
+    names = ordered(rec)
+    runs: dict[tuple[str, str], list[str]] = {}
+    for m in names:
+        r = rec["rows"][m]
+        runs.setdefault((r["command"], r["commit"]), []).append(m)
+    machines = sorted({rec["rows"][m]["machine"] for m in names})
+    rows = [rec["rows"][m]["cells"] for m in names]
     body = [
         "## Method table: Fashion-MNIST, same backbone and epochs for every method",
         "",
-        f"Commands: {'; '.join(rec['commands'])}; machine: {'; '.join(rec['machines'])}.",
+        "Commands (rows each measured): " + "; ".join(f"`{c}` at commit {k}: {', '.join(ms)}"
+                                                       for (c, k), ms in runs.items()) + ".",
+        "Machine: " + "; ".join(machines) + ".",
         "Backbone and per-method settings: `configs/<method>_fmnist.yaml`. Test accuracy; k and L2 chosen on a "
-        "validation split carved from train. img/s = source images per second (two views each).",
+        "validation split carved from train. img/s = source images per second (each seen in the method's views). "
+        "1 % / 10 % labels: linear probe on a class-balanced seeded share of the training labels; 5-way 5-shot: "
+        "prototype classifier on frozen features, mean ± 95 % CI over 200 episodes; – = not measured by that run.",
         "",
-        md_table(HEADER, rec["rows"]),
+        md_table(HEADER, rows),
     ]
-    if rec.get("source"):
-        body[3:3] = [f"Numbers {rec['source']}."]
     raw = rec.get("raw")
     if raw:
         body += ["", f"Raw pixels through the same code: kNN {100 * raw['knn_test']:.2f} %, "
                      f"linear {100 * raw['linear_test']:.2f} %."]
-    body += ["", *summary(rec["rows"], raw), *stale_rows(rec)]
+    body += ["", *summary(rows, raw), *stale_rows(rec)]
     update_section("methods", "\n".join(body))
-
-
-def stale_rows(rec: dict) -> list[str]:
-    """A sentence naming the rows whose method file changed after the commit(s) the table was measured at (from
-    git, when the section is written), so an old row is never read as a measurement of today's code."""
-    commits = sorted(set(re.findall(r"\(commit ([0-9a-f]{7,40})\)", " ".join(rec.get("commands", [])))))
-    stale = []
-    for row in rec["rows"]:
-        changed = [c for base in commits
-                   for c in [git(["log", "-1", "--format=%h", f"{base}..HEAD", "--", f"selfsup/methods/{row[0]}.py"])]
-                   if c]
-        if commits and len(changed) == len(commits):
-            stale.append(f"{row[0]} (changed in {changed[0]})")
-    if not stale:
-        return []
-    return ["", f"Not re-measured since its code changed: {', '.join(stale)} — these rows describe the code at the "
-                f"commit above; re-run them with `python benchmarks/methods.py --epochs {rec['epochs']:g} --methods "
-                f"{','.join(s.split()[0] for s in stale)}`."]
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=float, default=8)
+    ap.add_argument("--epochs", type=float, default=4)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     ap.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every method")
     ap.add_argument("--report-only", action="store_true",
                     help=f"rewrite the section from {RESULTS.relative_to(ROOT)} without training")
     args = ap.parse_args()
+    rec = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"epochs": args.epochs, "rows": {}, "raw": None}
     if args.report_only:
-        return write_section(json.loads(RESULTS.read_text()))
+        return write_section(rec)
+    if rec["rows"] and rec["epochs"] != args.epochs:
+        sys.exit(f"{RESULTS.relative_to(ROOT)} holds a {rec['epochs']:g}-epoch table; run with --epochs "
+                 f"{rec['epochs']:g} or move the file away to start a new table")
+    rec["epochs"] = args.epochs
     out = Path(args.out)
     rev = git_rev()  # the code this invocation runs (HEAD may move during the runs)
     for m in args.methods.split(","):
@@ -111,33 +152,13 @@ def main():
         (r.run_dir / "bench_wall.json").write_text(json.dumps({"total_seconds": time.perf_counter() - t0,
                                                                "command": command(), "commit": rev,
                                                                "machine": machine()}))
-    # the table: every method whose run in --out has this budget (so methods can be run in separate invocations)
-    rows, raw, commands, machines = [], None, set(), set()
-    for m in METHODS:
-        d = out / f"bench-{m}"
-        if not (d / "eval.json").exists() or not (d / "config.yaml").exists():
-            continue
-        if load_config(d / "config.yaml").train.epochs != args.epochs:
-            continue
-        ev = json.loads((d / "eval.json").read_text())
-        ts = json.loads((d / "train_summary.json").read_text())
-        wall = json.loads((d / "bench_wall.json").read_text()) if (d / "bench_wall.json").exists() else {}
-        commands.add(f"`{wall.get('command', 'python benchmarks/methods.py --epochs ' + format(args.epochs, 'g'))}` "
-                     f"(commit {wall.get('commit', '?')})")
-        machines.add(wall.get("machine", "not recorded with the run"))
-        raw = ev.get("raw_pixels", raw)
-        s = ev["ssl"]
-        total = wall.get("total_seconds", ts["train_seconds"] + ev.get("eval_seconds", 0))
-        row = [m, f"{args.epochs:g}", f"{ts['train_seconds'] / 60:.1f}", f"{ts['images_per_second']:.0f}",
-               f"{100 * s['knn_test']:.2f}", f"{100 * s['linear_test']:.2f}",
-               f"{100 * ev['transfer_digits']['linear_test']:.2f}", f"{ev['rankme']:.1f}", f"{total / 60:.1f}"]
-        rows.append(row)
-        print(" | ".join(row), flush=True)
-    rec = {"epochs": args.epochs, "commands": sorted(commands), "machines": sorted(machines), "rows": rows,
-           "raw": raw and {k: raw[k] for k in ("knn_test", "linear_test")}}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(rec, indent=1))
-    write_section(rec)
+        row = row_from_run(m, args.epochs, r.run_dir)
+        rec["raw"] = row.pop("raw") or rec.get("raw")
+        rec["rows"][m] = row
+        print(" | ".join(row["cells"]), flush=True)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(rec, indent=1))  # after every method: a stopped invocation keeps its rows
+        write_section(rec)
 
 
 if __name__ == "__main__":

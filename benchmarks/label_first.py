@@ -1,9 +1,9 @@
 """Which images to label first: k-centre greedy, typicality and random selection of 1 % of Fashion-MNIST's training
 set, scored by the linear probe trained on the chosen images and their labels.
 
-    python benchmarks/select.py                          # train an encoder briefly (configs/demo.yaml, 1 epoch), then select
-    python benchmarks/select.py --run runs/demo-...      # reuse a trained run's encoder
-    python benchmarks/select.py --report-only            # rewrite the BENCHMARKS.md section from the stored results
+    python benchmarks/label_first.py                          # train an encoder briefly (configs/demo.yaml, 1 epoch), then select
+    python benchmarks/label_first.py --run runs/demo-...      # reuse a trained run's encoder
+    python benchmarks/label_first.py --report-only            # rewrite the BENCHMARKS.md section from the stored results
 
 Features: the encoder's backbone output (eval mode) for all 60 000 training and 10 000 test images. For each strategy
 and seed, ``select_to_label`` picks ``--n`` training images from the features alone (no label is looked at); the
