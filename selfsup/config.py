@@ -32,6 +32,13 @@ class DataConfig(Strict):
     skip_bad_images: bool = Field(False, description="folder / webdataset: skip unreadable images with a warning "
                                                      "instead of stopping")
     subset: int | None = Field(None, gt=0, description="use only the first N training images (quick runs)")
+    labelled_fraction: float | None = Field(None, gt=0, le=1, description="pre-training sees the labels of only "
+                                            "this class-balanced, seeded share of the training images (the others: "
+                                            "unlabelled, -1; for method suncet); unset: every label; evaluation "
+                                            "always uses every label")
+    labelled_per_batch: int = Field(0, ge=0, description="pre-training: each step's train.batch_size images are "
+                                    "this many labelled images, the same number per class (a multiple of the "
+                                    "classes), plus the rest from the epoch's order; 0: off")
 
 
 class ModelConfig(Strict):
@@ -235,7 +242,12 @@ class Config(Strict):
             params = self.method_params()
         except ValidationError:  # reported by load_config with the key's name
             return self
-        problem = METHODS[name].check_batch(params, self.train.batch_size)
+        cls = METHODS[name]
+        if self.data.labelled_fraction is not None and getattr(cls, "uses_labels", False) \
+                and not getattr(cls, "accepts_unlabelled", False):
+            raise ValueError(f"method {name} needs every training label but data.labelled_fraction leaves some "
+                             f"unknown (method suncet accepts unlabelled images)")
+        problem = cls.check_batch(params, self.train.batch_size)
         if problem:
             raise ValueError(problem)
         return self

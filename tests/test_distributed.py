@@ -1,7 +1,8 @@
 """Two CPU processes (gloo, DDP, synced BatchNorm) must give the same loss and gradients as one process with the
 same global batch: the gathers in every loss that needs the whole batch (NT-Xent, Barlow Twins, VICReg, MoCo's queue,
-NNCLR's support queue, W-MSE's whitening, TiCo's covariance, SupCon's labels, DCLW's softmax) are autograd-correct (no
-1/world_size error) and BatchNorm statistics are global. A warm-up forward first fills queues and running state."""
+NNCLR's support queue, W-MSE's whitening, TiCo's covariance, SupCon's and SuNCEt's labels, DCLW's softmax) are
+autograd-correct (no 1/world_size error) and BatchNorm statistics are global. A warm-up forward first fills queues and
+running state."""
 import gc
 import os
 import sys
@@ -16,16 +17,20 @@ from selfsup.distributed import convert_sync_batchnorm
 from selfsup.methods import build_method
 
 METHODS = ["simclr", "barlow_twins", "vicreg", "moco", "byol", "simsiam", "moco_v3", "nnclr", "dcl", "dclw", "wmse",
-           "tico", "supcon", "swav", "dino"]
+           "tico", "supcon", "swav", "dino", "suncet", "mae"]
 EXTRA = {"moco": {"queue_size": 32}, "nnclr": {"queue_size": 12, "pred_hidden": 16}, "moco_v3": {"pred_hidden": 16},
          "wmse": {"proj_dim": 4, "w_size": 8},
-         "swav": {"num_prototypes": 6, "queue_size": 8, "freeze_prototypes_fraction": 0.0}}
+         "swav": {"num_prototypes": 6, "queue_size": 8, "freeze_prototypes_fraction": 0.0},
+         "mae": {"decoder_dim": 8, "decoder_depth": 1, "decoder_heads": 2}}
+MODEL = {"mae": {"backbone": "vit", "vit_dim": 8, "vit_depth": 1, "vit_heads": 2}}  # 12x12 images: 9 patches of 4x4
 LABELS = torch.tensor([0, 1, 0, 2, 1, 1, 0, 2])
+LABELS_OF = {"suncet": torch.tensor([0, 1, -1, 2, 1, -1, 0, 2])}  # -1: unlabelled; one labelled class-2 per rank
 GLOBAL_BATCH = 8
 
 
 def _setup(method):
-    cfg = load_config({"model": {"widths": [4, 8], "pool": 1}, "train": {"batch_size": GLOBAL_BATCH},
+    cfg = load_config({"model": {"widths": [4, 8], "pool": 1, **MODEL.get(method, {})},
+                       "train": {"batch_size": GLOBAL_BATCH},
                        "method": {"name": method, "proj_hidden": 16, "proj_dim": 8, **EXTRA.get(method, {})}})
     torch.manual_seed(0)
     m = build_method(cfg, 1).double()
@@ -57,7 +62,7 @@ def _worker(rank, world, init_file, methods, out_dir):
         ddp = torch.nn.parallel.DistributedDataParallel(m, static_graph=True)  # as the trainer
         n = GLOBAL_BATCH // world
         sl = slice(rank * n, (rank + 1) * n)
-        loss = _step(ddp, m, x1[sl], x2[sl], LABELS[sl])
+        loss = _step(ddp, m, x1[sl], x2[sl], LABELS_OF.get(method, LABELS)[sl])
         loss.backward()
         losses = [torch.zeros(1, dtype=torch.float64) for _ in range(world)]
         dist.all_gather(losses, loss.detach().view(1))
@@ -87,7 +92,7 @@ def two_process_results(tmp_path_factory):
 def test_ddp_two_processes_match_one_process(method, two_process_results):
     res = torch.load(two_process_results / f"{method}.pt", weights_only=True)
     m, x1, x2 = _setup(method)
-    loss = _step(m, m, x1, x2, LABELS)
+    loss = _step(m, m, x1, x2, LABELS_OF.get(method, LABELS))
     loss.backward()
     ref = _grads(m)
     # the global loss is the mean of the ranks' losses (DDP averages their gradients the same way)

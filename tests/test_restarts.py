@@ -202,17 +202,21 @@ def test_resume_falls_back_past_a_truncated_checkpoint(npz_data, tmp_path, caplo
 
 # ------------------------------------------------------------------------------------------------ every method
 METHOD_PARAMS = {"moco": {"queue_size": 64}, "wmse": {"w_size": 32}, "nnclr": {"queue_size": 48},
-                 "swav": {"queue_size": 64, "freeze_prototypes_fraction": 0.2}}
+                 "swav": {"queue_size": 64, "freeze_prototypes_fraction": 0.2},
+                 "suncet": {"suncet_until": 0.6},  # its supervised term is off after step 8
+                 "mae": {"decoder_dim": 8, "decoder_depth": 1, "decoder_heads": 2}}
+METHOD_MODEL = {"mae": {"backbone": "vit", "vit_dim": 8, "vit_depth": 1, "vit_heads": 2}}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_resumes_exactly(npz_data, tmp_path, method):  # noqa: F811
     """Killed at step 10 (last checkpoint: step 8) and resumed, every method ends at step 12 with the state of an
     uninterrupted run: weights and every buffer (queues and their pointers, DINO's centre, SwAV's prototypes and
-    queue, TiCo's running covariance, momentum encoders, per-sample targets)."""
+    queue, TiCo's running covariance, momentum encoders, per-sample targets, SuNCEt's switch, MAE's mask generator)."""
     def cfg(name):
         c = tiny_cfg(npz_data, tmp_path, name, method)
         c["method"].update(METHOD_PARAMS.get(method, {}))
+        c["model"].update(METHOD_MODEL.get(method, {}))
         return c
 
     pretrain(cfg("full"), progress=False, evaluate=False)

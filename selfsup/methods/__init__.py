@@ -17,6 +17,7 @@ from .sat import SelfAdaptiveSSL
 from .simclr import SimCLR
 from .simsiam import SimSiam
 from .supcon import SupCon
+from .suncet import SuNCEt
 from .swav import SwAV
 from .tico import TiCo
 from .vicreg import VICReg
@@ -24,7 +25,7 @@ from .wmse import WMSE
 
 METHODS: dict[str, type[SSLMethod]] = {m.name: m for m in (
     SimCLR, MoCo, BYOL, SimSiam, BarlowTwins, VICReg, SelfAdaptiveSSL, MoCoV3, NNCLR, DCL, DCLW, WMSE, TiCo, SupCon,
-    SwAV, DINO)}
+    SwAV, DINO, SuNCEt)}
 
 DESCRIPTIONS = {
     "simclr": "NT-Xent contrastive loss over 2N views (Chen et al. 2020)",
@@ -43,6 +44,7 @@ DESCRIPTIONS = {
     "supcon": "SupCon: supervised contrastive, L_out, for labelled data (Khosla et al. 2020)",
     "swav": "SwAV: swapped prediction of Sinkhorn-Knopp codes over learned prototypes (Caron et al. 2020)",
     "dino": "DINO: self-distillation from a centred, sharpened EMA teacher over K prototypes (Caron et al. 2021)",
+    "suncet": "SuNCEt: NT-Xent + a supervised contrastive term over the labelled images (Assran et al. 2020)",
 }
 
 if TYPE_CHECKING:
@@ -59,4 +61,5 @@ def build_method(cfg: "Config", in_channels: int, num_samples: int = 0) -> SSLMe
 
 
 __all__ = ["build_method", "METHODS", "DESCRIPTIONS", "SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "BarlowTwins",
-           "VICReg", "SelfAdaptiveSSL", "MoCoV3", "NNCLR", "DCL", "DCLW", "WMSE", "TiCo", "SupCon", "SwAV", "DINO"]
+           "VICReg", "SelfAdaptiveSSL", "MoCoV3", "NNCLR", "DCL", "DCLW", "WMSE", "TiCo", "SupCon", "SwAV", "DINO",
+           "SuNCEt"]

@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import distributed as D
 from ..augment import recipe_from_config, to_float
-from ..data import ImageDataset
+from ..data import BatchComposer, ImageDataset
 from ..errors import TrainingError
 from ..methods import SSLMethod
 from .checkpoint import latest_checkpoint, load_latest_checkpoint, save_checkpoint
@@ -61,7 +61,9 @@ class FitPlan:
     ``total_steps``: default ``train.max_steps`` or ``train.epochs`` over the data; ``seed``: default the config's
     (a stream gives each chunk its own); ``resume``: continue from the newest readable checkpoint in ``ckpt_dir``
     if there is one; ``log_fields``: added to every metrics row (a stream's chunk); ``index_offset``: added to the
-    sample indices passed to methods with per-sample state (a stream's earlier chunks)."""
+    sample indices passed to methods with per-sample state (a stream's earlier chunks); ``batches``: which images
+    make up each step and which labels the method sees (default: ``train.batch_size`` images of the epoch's order,
+    every label of ``train_ds``)."""
     ckpt_dir: Path
     metrics_path: Path
     total_steps: int | None = None
@@ -73,6 +75,7 @@ class FitPlan:
     label: str = "pretrain"
     log_fields: dict = field(default_factory=dict)
     index_offset: int = 0
+    batches: BatchComposer | None = None
 
 
 @dataclass
@@ -151,7 +154,8 @@ def fit(method: SSLMethod, train_ds: ImageDataset, cfg: "Config", device: torch.
     optimizer = build_optimizer(owner, t.optimizer, base_lr, t.momentum, t.weight_decay)
     aug_gen = torch.Generator(device=device).manual_seed(seed * 7919 + 17 + rank)
     mix_gen = torch.Generator().manual_seed(seed * 104_729 + 5)
-    rng = _RandomState({"aug": aug_gen, "mix": mix_gen,
+    batches = plan.batches or BatchComposer(len(train_ds), t.batch_size, train_ds.labels)
+    rng = _RandomState({"aug": aug_gen, "mix": mix_gen, **{f"batches.{k}": g for k, g in batches.generators().items()},
                         **{f"strategy.{k}": g for k, g in _generators(strategy).items()},
                         **{f"method.{k}": g for k, g in _generators(method).items()}})
 
@@ -213,8 +217,7 @@ def fit(method: SSLMethod, train_ds: ImageDataset, cfg: "Config", device: torch.
                     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
                     perm = torch.randperm(len(train_ds), generator=g)
                     perm_epoch = epoch
-                pos = (step % steps_per_epoch) * t.batch_size
-                idx = perm[pos:pos + t.batch_size]
+                idx = batches.indices(perm, step % steps_per_epoch)
                 images, ids = strategy.batch(train_ds.images[idx], idx, mix_gen)
                 images, ids = images[rank::world], ids[rank::world]
                 x = to_float(images.to(device, non_blocking=True), t.channels_last)
@@ -222,9 +225,11 @@ def fit(method: SSLMethod, train_ds: ImageDataset, cfg: "Config", device: torch.
                 if uses_indices:
                     extra_in["idx"] = torch.where(ids >= 0, ids + plan.index_offset, ids).to(device)
                 if uses_labels:
-                    if (ids < 0).any() or train_ds.labels is None:
-                        raise TrainingError(f"{type(method).__name__} needs a label for every training image")
-                    extra_in["labels"] = train_ds.labels[ids].to(device)
+                    labels = batches.labels_of(ids)  # -1: unlabelled
+                    if labels is None or ((labels < 0).any() and not getattr(method, "accepts_unlabelled", False)):
+                        raise TrainingError(f"{type(method).__name__} needs a label for every training image "
+                                            f"(method suncet accepts unlabelled ones)")
+                    extra_in["labels"] = labels.to(device)
                 lr = lr_at(step, total_steps, warmup, base_lr, t.min_lr_ratio)
                 for gr in optimizer.param_groups:
                     gr["lr"] = lr

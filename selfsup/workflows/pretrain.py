@@ -8,7 +8,7 @@ import torch
 from .. import distributed as D
 from ..atomic import atomic_write_text
 from ..config import load_config
-from ..data import load_datasets, train_val_split
+from ..data import batch_composer, load_datasets, train_val_split
 from ..errors import TrainingError
 from ..evaluate.monitor import KnnMonitor
 from ..methods import build_method
@@ -30,6 +30,7 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
     device = setup_device(cfg)
     run_dir = make_run_dir(cfg, resume)
     train_ds, test_ds = load_datasets(cfg.data)  # bad data fails here, before anything is written
+    batches = batch_composer(cfg.data, train_ds, cfg.train.batch_size, cfg.seed)  # labels pre-training sees
     if D.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(run_dir, cfg, continuing=resume)
@@ -47,7 +48,8 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
     try:
         result = fit(method, train_ds, cfg, device, FitPlan(
             run_dir / "checkpoints", run_dir / "metrics.jsonl", resume=resume, strategy=adversarial_ssl(cfg, device),
-            callbacks=[*monitor, *(callbacks or []), *tb], progress=progress))
+            callbacks=[*monitor, *(callbacks or []), *tb], progress=progress,
+            batches=batches))
     finally:  # flushed on a crash too
         for t in tb:
             t.close()
