@@ -2,11 +2,21 @@
 method and steps per chunk, evaluated after every chunk.
 
     python benchmarks/streaming.py [--kinds instance,random_class] [--set key=value ...]
-    python benchmarks/streaming.py --report-only     # rewrite the section from the stored results, run nothing
+    python benchmarks/streaming.py --report-only     # rewrite the sections from the stored results, run nothing
+    python benchmarks/streaming.py --budgets 1,4,16 --seeds 3 --kinds domain,distant_class,far_domain
+                                                     # the budget sweep (section "streaming-sweep")
 
 Runs ``selfsup sequence`` (configs/stream_fmnist.yaml), keeps the per-kind results in
 ``benchmarks/results/streaming.json`` (so kinds can be run in separate invocations) and rewrites the "streaming"
 section of BENCHMARKS.md from it (the settings described come from the config and each record's overrides).
+
+The budget sweep (``--budgets``) multiplies ``stream.chunk_steps`` by each budget and runs ``selfsup sequence
+--seeds N`` per budget (run directory ``<out>/sweep_x<B>/``); each (kind, budget) is stored under the results'
+``"sweep"`` key (the other records are kept) and the "streaming-sweep" section is rewritten from all of them: mean ±
+std tables per budget, the joint − sequential gap only where it exceeds twice its std, the CKA to the previous
+chunk, and each strategy's extra storage and compute. ``--stop-cka 0.8`` skips the larger budgets of a sequence
+once sequential's encoder has moved that far (its lowest CKA to the previous chunk, mean over seeds, is below it).
+``--results`` / ``--markdown`` write elsewhere (smoke runs).
 """
 from __future__ import annotations
 
@@ -17,9 +27,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import benchmarks.common as common  # noqa: E402
 from benchmarks.common import ROOT, command, git_rev, machine, update_section  # noqa: E402
-from selfsup.report.stream import sequence_table  # noqa: E402
+from selfsup.config import load_config  # noqa: E402
+from selfsup.report.stream import GAP_NAMES, seeds_table, sequence_table  # noqa: E402
 from selfsup.workflows import sequence  # noqa: E402
+from selfsup.workflows.stream import aggregate_study  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "streaming.json"
 
@@ -64,8 +77,9 @@ def _rel(path: str) -> str:
 def write_section(stored: dict, config: str) -> None:
     """The "streaming" section from the stored records; the settings described are those of the first record's
     config file and overrides (records without a "config" entry ran the default config)."""
-    from selfsup.config import load_config
-
+    stored = {k: v for k, v in stored.items() if k != "sweep"}  # the budget sweep has its own section
+    if not stored:
+        return
     recs = list(stored.values())
     src = recs[0].get("config") or _rel(config)
     cfg = load_config(ROOT / src, recs[0].get("overrides", []))
@@ -96,31 +110,176 @@ def write_section(stored: dict, config: str) -> None:
     update_section("streaming", "\n".join(body))
 
 
+SWEEP_KEY = "all_tasks_linear"  # the gap the sweep's conclusions are about: linear probe on every task
+
+
+def _num(rec: dict, strat: str, key: str) -> float | None:
+    return rec["study"]["aggregate"].get(rec["kind"], {}).get(strat, {}).get("numbers", {}).get(key, {}).get("mean")
+
+
+def sweep_conclusions(sweep: dict, threshold: float) -> list[str]:
+    """Sentences computed from the stored sweep records: per sequence, the budgets at which sequential falls behind
+    joint beyond noise (``SWEEP_KEY``), where sequential's encoder first drifts below ``threshold`` CKA, and what
+    each strategy closes of each real gap per MB of extra storage and per unit of extra training time."""
+    out = []
+    kinds = {r["kind"]: None for r in sweep.values()}
+    for kind in kinds:
+        recs = sorted((r for r in sweep.values() if r["kind"] == kind), key=lambda r: r["budget"])
+        budgets = ", ".join(f"×{r['budget']}" for r in recs)
+        behind = [r for r in recs if r["study"]["gaps"].get(kind, {}).get(SWEEP_KEY, {}).get("real")]
+        if behind:
+            first, at = behind[0], ", ".join(f"×{r['budget']}" for r in behind)
+            g = first["study"]["gaps"][kind][SWEEP_KEY]
+            out.append(f"- {kind}: sequential falls behind joint beyond noise ({GAP_NAMES[SWEEP_KEY]}) at "
+                       f"{at} of the budgets run ({budgets}); first at "
+                       f"×{first['budget']} ({first['chunk_steps']} steps per chunk): {100 * g['gap']:+.2f} ± "
+                       f"{100 * g['std']:.2f} points over {g['n']} seeds.")
+        else:
+            out.append(f"- {kind}: at none of the budgets run ({budgets}) does sequential fall behind joint beyond "
+                       f"noise ({GAP_NAMES[SWEEP_KEY]}; gap ≤ 2 std, or a single seed).")
+        drift = [(r["budget"], _num(r, "sequential", "cka_min")) for r in recs]
+        drift_txt = ", ".join(f"×{b} {c:.3f}" for b, c in drift if c is not None)
+        low = [b for b, c in drift if c is not None and c < threshold]
+        if drift_txt:
+            out.append(f"  Sequential's lowest CKA to the previous chunk's encoder (mean over seeds): {drift_txt}; "
+                       + (f"below {threshold} from ×{low[0]} on." if low else f"never below {threshold}."))
+        for r in behind:
+            g = r["study"]["gaps"][kind][SWEEP_KEY]
+            seq_b = _num(r, "sequential", "retained_bytes") or 0.0
+            seq_t = _num(r, "sequential", "train_seconds")
+            parts = []
+            for strat, c in g["closed"].items():
+                extra_mb = ((_num(r, strat, "retained_bytes") or 0.0) - seq_b) / 1e6
+                t = _num(r, strat, "train_seconds")
+                ratio = t / seq_t if t and seq_t else None
+                per_mb = f", {100 * c['share'] / extra_mb:.0f} % per MB" if extra_mb > 0 else ""
+                per_t = f", {100 * c['share'] / (ratio - 1):.0f} % per extra sequential training time" \
+                    if ratio and ratio > 1.01 else ""
+                parts.append(f"{strat} {100 * c['share']:.0f} % (+{extra_mb:.2f} MB"
+                             + (f", ×{ratio:.2f} sequential's training time" if ratio else "") + f"{per_mb}{per_t})")
+            if parts:
+                out.append(f"  At ×{r['budget']} the strategies close: " + "; ".join(parts) + ".")
+    return out
+
+
+def write_sweep_section(sweep: dict, threshold: float = 0.8) -> None:
+    """The "streaming-sweep" section from the stored sweep records (``{"<kind>@x<budget>": record}``)."""
+    if not sweep:
+        return
+    recs = sorted(sweep.values(), key=lambda r: (r["budget"], r["kind"]))
+    first = recs[0]
+    cfg = load_config(ROOT / first["config"], first.get("overrides", []))
+    seeds = sorted({len(r["study"]["seeds"]) for r in recs})
+    body = ["## Streaming pre-training: budget sweep (steps per chunk ×budget), mean ± std over seeds", "",
+            f"Method {cfg.method['name']} on a {cfg.model.backbone} (widths {cfg.model.widths}, "
+            f"{cfg.model.convs_per_stage} conv per stage), batch {cfg.train.batch_size}, {cfg.sequence.chunks} chunks; "
+            f"budget ×B = B × {first['base_chunk_steps']} steps per chunk for every strategy (joint: one run from "
+            f"scratch on all chunks with the same total steps); {'/'.join(map(str, seeds))} seeds per (sequence, "
+            f"budget); replay buffer {cfg.stream.buffer_size} images, {cfg.stream.regularizer.upper()} λ = "
+            f"{cfg.stream.reg_lambda}, distill = CaSSLe-style predictor. linear, all tasks = linear probe on every "
+            f"task's test images (its classes or domain) after the last chunk; min CKA = the lowest linear CKA "
+            f"between the encoder after chunk t and after t − 1 (full test set); downstream = low-label linear "
+            f"probes and N-way K-shot episodes on the clean test set after the last chunk, digits = linear probe on "
+            f"sklearn digits. The gap (joint − sequential) and 'closes' are printed only where the mean of the "
+            f"per-seed differences exceeds twice their sample std. retained MB: replay = the buffer's images, "
+            f"regularize = the anchor weights and importances, distill = the frozen encoder, joint = all data.", ""]
+    for r in recs:
+        body.append(f"- {r['kind']} ×{r['budget']} ({r['chunk_steps']} steps per chunk): `{r['command']}` (commit "
+                    f"{r['commit']}), {r['wall_minutes_of_command']} min for the command; {r['machine']}")
+    for b in sorted({r["budget"] for r in recs}):
+        at = [r for r in recs if r["budget"] == b]
+        study = {"seeds": at[0]["study"]["seeds"],
+                 "aggregate": {r["kind"]: r["study"]["aggregate"][r["kind"]] for r in at},
+                 "gaps": {r["kind"]: r["study"]["gaps"].get(r["kind"], {}) for r in at}}
+        body += ["", f"### Budget ×{b} ({at[0]['chunk_steps']} steps per chunk)", "", seeds_table(study)]
+    body += ["", "### What the sweep shows (computed from the records above)", "",
+             *sweep_conclusions(sweep, threshold)]
+    update_section("streaming-sweep", "\n".join(body))
+
+
+def run_sweep(args, stored: dict, results_path: Path) -> None:
+    kinds, strategies = args.kinds.split(","), args.strategies.split(",")
+    budgets = [int(b) for b in args.budgets.split(",")]
+    base_ov = [f"sequence.strategies={json.dumps(strategies)}", f"output_dir={args.out}", *args.set]
+    cfg = load_config(args.config, base_ov)
+    base = cfg.stream.chunk_steps
+    if base is None:
+        raise SystemExit("--budgets multiplies stream.chunk_steps: set it in the config or with --set")
+    sweep = stored.setdefault("sweep", {})
+    active = list(kinds)
+    for b in budgets:
+        if not active:
+            break
+        ov = [*base_ov, f"sequence.kinds={json.dumps(active)}", f"stream.chunk_steps={base * b}",
+              f"name=sweep_x{b}"]
+        t0 = time.perf_counter()
+        res = sequence(args.config, ov, seeds=args.seeds)
+        wall = time.perf_counter() - t0
+        study = res if "aggregate" in res else aggregate_study({cfg.seed: res})
+        for kind in active:
+            sweep[f"{kind}@x{b}"] = {
+                "kind": kind, "budget": b, "chunk_steps": base * b, "base_chunk_steps": base,
+                "study": {"seeds": study["seeds"], "per_seed": {s: {kind: r[kind]} for s, r in
+                                                                study["per_seed"].items()},
+                          "aggregate": {kind: study["aggregate"][kind]}, "gaps": {kind: study["gaps"][kind]}},
+                "command": command(), "commit": git_rev(), "machine": machine(),
+                "wall_minutes_of_command": round(wall / 60, 1), "overrides": args.set, "config": _rel(args.config)}
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(stored, indent=1))  # after every budget: a later one may be cut short
+        write_sweep_section(sweep, args.stop_cka or 0.8)
+        if args.stop_cka:
+            moved = [k for k in active if (c := _num(sweep[f"{k}@x{b}"], "sequential", "cka_min")) is not None
+                     and c < args.stop_cka]
+            active = [k for k in active if k not in moved]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default=str(ROOT / "configs" / "stream_fmnist.yaml"))
-    ap.add_argument("--kinds", default="instance,random_class,distant_class,domain")
+    ap.add_argument("--kinds", default=None, help="sequences (default: instance,random_class,distant_class,domain; "
+                    "with --budgets: domain,distant_class,far_domain)")
     ap.add_argument("--strategies", default="joint,sequential,replay,regularize,distill")
     ap.add_argument("--set", nargs="*", default=[])
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     ap.add_argument("--report-only", action="store_true",
-                    help=f"rewrite the section from {RESULTS.relative_to(ROOT)} without running anything")
+                    help=f"rewrite the sections from {RESULTS.relative_to(ROOT)} without running anything")
+    ap.add_argument("--budgets", default=None, help="the budget sweep: multipliers of stream.chunk_steps, e.g. "
+                    "1,4,16 (default kinds then: domain,distant_class,far_domain)")
+    ap.add_argument("--seeds", type=int, default=1, help="seeds per study (selfsup sequence --seeds)")
+    ap.add_argument("--stop-cka", type=float, default=None, help="sweep: no larger budget for a sequence once "
+                    "sequential's lowest CKA to the previous chunk (mean over seeds) is below this, e.g. 0.8")
+    ap.add_argument("--results", default=str(RESULTS), help="results JSON (default: %(default)s)")
+    ap.add_argument("--markdown", default=str(common.BENCH_MD), help="the file whose sections are rewritten")
     args = ap.parse_args()
+    results_path = Path(args.results)
+    common.BENCH_MD = Path(args.markdown)
     if args.report_only:
-        return write_section(json.loads(RESULTS.read_text()), args.config)
+        stored = json.loads(results_path.read_text())
+        write_section(stored, args.config)
+        return write_sweep_section(stored.get("sweep", {}), args.stop_cka or 0.8)
+    if args.budgets:
+        if args.kinds is None:
+            args.kinds = "domain,distant_class,far_domain"
+        stored = json.loads(results_path.read_text()) if results_path.exists() else {}
+        return run_sweep(args, stored, results_path)
+    if args.seeds != 1:
+        raise SystemExit("--seeds N: with --budgets (the sweep's section reports mean ± std; use --budgets 1 for "
+                         "today's budget)")
+    if args.kinds is None:
+        args.kinds = "instance,random_class,distant_class,domain"
     kinds, strategies = args.kinds.split(","), args.strategies.split(",")
     ov = [f"sequence.kinds={json.dumps(kinds)}", f"sequence.strategies={json.dumps(strategies)}",
           f"output_dir={args.out}", "name=streaming", *args.set]
     t0 = time.perf_counter()
     res = sequence(args.config, ov)
     wall = time.perf_counter() - t0
-    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    stored = json.loads(results_path.read_text()) if results_path.exists() else {}
     for kind in kinds:
         stored[kind] = {"results": res[kind], "command": command(), "commit": git_rev(), "machine": machine(),
                         "wall_minutes_of_command": round(wall / 60, 1), "overrides": args.set,
                         "config": _rel(args.config)}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(stored, indent=1))
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(stored, indent=1))
     write_section(stored, args.config)
 
 

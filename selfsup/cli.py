@@ -146,11 +146,14 @@ def _print_stream(run_dir: Path, summary: dict) -> None:
 
 @app.command()
 def sequence(config: Path = typer.Option(..., "--config", "-c", help="YAML config (see configs/stream_fmnist.yaml)"),
-             overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. sequence.kinds=[instance]")):
-    """The streaming study in one command: build the instance / random-class / distant-class / domain incremental
-    sequences from a labelled data set and run every strategy on each; prints the table, writes plots."""
+             overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. sequence.kinds=[instance]"),
+             seeds: int = typer.Option(1, "--seeds", min=1, help="run the study for seeds seed .. seed+N-1 (each in "
+                                       "runs/<name>/seed<S>/) and aggregate them: mean ± std, the joint - "
+                                       "sequential gap where it exceeds 2 std, a summary plot per sequence")):
+    """The streaming study in one command: build the instance / random-class / distant-class / domain / far-domain
+    incremental sequences from a labelled data set and run every strategy on each; prints the table, writes plots."""
     try:
-        run_sequence(config, overrides or [])
+        run_sequence(config, overrides or [], seeds=seeds)
     except SelfsupError as e:
         _fail(str(e))
 

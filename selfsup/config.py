@@ -172,10 +172,11 @@ class StreamConfig(Strict):
 
 class SequenceConfig(Strict):
     """``selfsup sequence``: the benchmark sequences built from a labelled data set."""
-    kinds: list[Literal["instance", "random_class", "distant_class", "domain"]] = Field(
+    kinds: list[Literal["instance", "random_class", "distant_class", "domain", "far_domain"]] = Field(
         default_factory=lambda: ["instance", "random_class", "distant_class", "domain"], min_length=1,
         description="sequences to build: instance (random equal chunks), random_class (classes split at random), "
-                    "distant_class (groups of similar classes per chunk), domain (a different domain per chunk)")
+                    "distant_class (groups of similar classes per chunk), domain (a different domain per chunk), "
+                    "far_domain (a larger shift: clean, inverted, heavily blurred, edge maps, digits)")
     chunks: int = Field(5, ge=2, description="chunks per sequence")
     strategies: list[Literal["sequential", "joint", "replay", "regularize", "distill"]] = Field(
         default_factory=lambda: ["joint", "sequential", "replay", "regularize", "distill"], min_length=1,

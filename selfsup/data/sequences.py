@@ -1,4 +1,4 @@
-"""The four benchmark sequences of the streaming study, built from a labelled data set (Hu et al. 2022 style).
+"""The benchmark sequences of the streaming study, built from a labelled data set (Hu et al. 2022 style).
 
 - ``instance``: random equal chunks of the training set (no distribution shift).
 - ``random_class``: the classes split at random across chunks.
@@ -7,13 +7,17 @@
 - ``domain``: each chunk a different domain: clean Fashion-MNIST, Gaussian noise, edges only, inverted (MNIST-C
   style, see :mod:`selfsup.augment.corruptions`) and sklearn digits as a far domain; disjoint Fashion-MNIST images
   per chunk.
+- ``far_domain``: a larger shift than ``domain``: every step flips the images' polarity or frequency content —
+  clean Fashion-MNIST, inverted, heavily blurred (Gaussian blur at the strongest severity, applied twice: σ ≈ 2.8 px),
+  Sobel edge maps, sklearn digits upscaled to 28×28 (and, for a sixth chunk, inverted digits); disjoint
+  Fashion-MNIST images per chunk, so the last chunks share neither objects nor low-level statistics with the first.
 
 Each chunk comes with an evaluation task (labelled probe-training and test images of its classes or domain), from
 which the accuracy matrix R[i][j] is measured; ``full`` is the whole test set.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,7 +27,8 @@ from .sources import ImageDataset, digits
 
 FMNIST_DISTANT_GROUPS = [[0, 6], [2, 4], [5, 7, 9], [1, 3], [8]]
 DOMAINS = ["clean", "gaussian_noise", "edges", "invert", "digits"]
-KINDS = ("instance", "random_class", "distant_class", "domain")
+FAR_DOMAINS = ["clean", "invert", "heavy_blur", "edges", "digits", "digits_invert"]
+KINDS = ("instance", "random_class", "distant_class", "domain", "far_domain")
 
 
 @dataclass
@@ -40,6 +45,8 @@ class ChunkSequence:
     chunks: list[ImageDataset]  # training chunks (labels kept only for evaluation bookkeeping)
     tasks: list[EvalTask]  # one per chunk: its classes / domain
     full: EvalTask  # the whole (clean) test set
+    sources: list[np.ndarray | None] = field(default_factory=list)  # domain kinds: each chunk's rows of the
+    # training set (None: not drawn from it, e.g. digits)
 
     def describe(self) -> list[str]:
         return [f"{c.name}: {len(c)} images" for c in self.chunks]
@@ -57,6 +64,14 @@ def _class_sets(kind: str, num_classes: int, n_chunks: int, seed: int) -> list[l
         return FMNIST_DISTANT_GROUPS
     perm = np.random.default_rng(seed).permutation(num_classes)
     return [sorted(int(c) for c in part) for part in np.array_split(perm, n_chunks)]
+
+
+def _transform(images: torch.Tensor, dom: str, seed: int) -> torch.Tensor:
+    """``images`` in domain ``dom`` (a corruption at severity 3, or ``heavy_blur``: the strongest Gaussian blur
+    twice)."""
+    if dom == "heavy_blur":
+        return corrupt(corrupt(images, "gaussian_blur", 5, seed), "gaussian_blur", 5, seed)
+    return corrupt(images, dom, 3, seed)
 
 
 def build_sequence(kind: str, train: ImageDataset, test: ImageDataset, n_chunks: int = 5, seed: int = 0,
@@ -90,27 +105,32 @@ def build_sequence(kind: str, train: ImageDataset, test: ImageDataset, n_chunks:
             tasks.append(EvalTask(names, full.train.subset(np.flatnonzero(np.isin(ft, cs))),
                                   full.test.subset(np.flatnonzero(np.isin(fte, cs)))))
         return ChunkSequence(kind, chunks, tasks, full)
-    # domain incremental
+    # domain incremental (domain, far_domain)
     if train.images.shape[1:] != (1, 28, 28):
-        raise ValueError("the domain sequence is defined for 28x28 grey images (Fashion-MNIST)")
-    doms = DOMAINS[:n_chunks] if n_chunks <= len(DOMAINS) else None
+        raise ValueError(f"the {kind} sequence is defined for 28x28 grey images (Fashion-MNIST)")
+    domains = DOMAINS if kind == "domain" else FAR_DOMAINS
+    doms = domains[:n_chunks] if n_chunks <= len(domains) else None
     if doms is None:
-        raise ValueError(f"the domain sequence has at most {len(DOMAINS)} chunks")
+        raise ValueError(f"the {kind} sequence has at most {len(domains)} chunks")
     parts = np.array_split(rng.permutation(len(train)), n_chunks)
     per_train, per_test = max(200, eval_train // n_chunks), max(200, eval_test // n_chunks)
-    chunks, tasks = [], []
+    chunks, tasks, sources = [], [], []
     for i, dom in enumerate(doms):
-        if dom == "digits":
+        if dom.startswith("digits"):
             dtr, dte = digits("train"), digits("test")
-            chunks.append(ImageDataset(dtr.images, dtr.labels, dtr.classes, f"chunk{i + 1} (digits)"))
-            tasks.append(EvalTask("digits", dtr, dte))
+            if dom == "digits_invert":
+                dtr, dte = (ImageDataset(255 - d.images, d.labels, d.classes, d.name) for d in (dtr, dte))
+            chunks.append(ImageDataset(dtr.images, dtr.labels, dtr.classes, f"chunk{i + 1} ({dom})"))
+            tasks.append(EvalTask(dom, dtr, dte))
+            sources.append(None)
             continue
         src = train.subset(np.sort(parts[i]))
         ptr, pte = _take(train, per_train, rng, "t"), _take(test, per_test, rng, "t")
         if dom != "clean":
-            src = ImageDataset(corrupt(src.images, dom, 3, seed + i), src.labels, src.classes)
-            ptr = ImageDataset(corrupt(ptr.images, dom, 3, seed + 100 + i), ptr.labels, ptr.classes)
-            pte = ImageDataset(corrupt(pte.images, dom, 3, seed + 200 + i), pte.labels, pte.classes)
+            src = ImageDataset(_transform(src.images, dom, seed + i), src.labels, src.classes)
+            ptr = ImageDataset(_transform(ptr.images, dom, seed + 100 + i), ptr.labels, ptr.classes)
+            pte = ImageDataset(_transform(pte.images, dom, seed + 200 + i), pte.labels, pte.classes)
         chunks.append(ImageDataset(src.images, src.labels, src.classes, f"chunk{i + 1} ({dom})"))
         tasks.append(EvalTask(dom, ptr, pte))
-    return ChunkSequence(kind, chunks, tasks, full)
+        sources.append(np.sort(parts[i]))
+    return ChunkSequence(kind, chunks, tasks, full, sources)

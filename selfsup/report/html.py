@@ -25,7 +25,7 @@ import yaml
 from ..atomic import atomic_write_text
 from .figures import subplots
 from .report import read_metrics, results_table, run_warnings
-from .stream import sequence_table
+from .stream import seeds_table, sequence_table
 
 REPORT_NAME = "report.html"
 MAX_TABLE_CLASSES = 30  # a larger confusion matrix is drawn as a heat map instead of a table
@@ -506,6 +506,13 @@ def _markdown_table(md: str) -> str:
 def _sequence(run: _Run) -> str:
     if run.sequence is None:
         return ""
+    if "aggregate" in run.sequence:  # selfsup sequence --seeds N: the aggregate over the seeds
+        parts = [_markdown_table(seeds_table(run.sequence))]
+        parts += [_file_figure(run, p.name, f"{p.stem[8:]}: linear probe on the tasks seen so far and CKA to the "
+                               f"previous chunk's encoder, mean ± std over the seeds")
+                  for p in sorted(run.path.glob("summary_*.png"))]
+        parts.append("<p class=\"note\">Each seed's own study: <code>seed&lt;S&gt;/report.html</code>.</p>")
+        return _section("Sequence study", *parts, sid="sequence")
     parts = [_markdown_table(sequence_table(run.sequence))]
     for kind in run.sequence:
         figs = [_file_figure(run, f"{kind}/accuracy_vs_chunk.png", f"{kind}: accuracy after each chunk"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from .figures import subplots
 
@@ -102,3 +103,116 @@ def sequence_table(results: dict) -> str:
     if gaps:
         lines += ["", "Joint − sequential (points): " + "; ".join(gaps) + "."]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- several seeds
+GAP_KEYS = ("all_tasks_linear", "linear", "knn")
+"""Summary numbers whose joint − sequential gap a multi-seed study reports: linear probe on every task after the
+last chunk (the mean of the accuracy matrix's last row), linear probe and kNN on the full clean test set."""
+
+GAP_NAMES = {"all_tasks_linear": "linear, all tasks", "linear": "linear, full test set", "knn": "kNN, full test set"}
+
+
+def pm(stats: dict | None, scale: float = 100.0, digits: int = 2) -> str:
+    """``mean ± std`` of a :func:`selfsup.evaluate.continual.mean_std` dict (× ``scale``), "—" when absent."""
+    if not stats or stats.get("mean") is None:
+        return "—"
+    m, s = scale * stats["mean"], scale * (stats.get("std") or 0.0)
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if stats.get("n", 1) > 1 else f"{m:.{digits}f}"
+
+
+def gap_sentence(kind: str, key: str, g: dict) -> str:
+    """One line: the joint − sequential gap of ``key`` on ``kind`` and what each strategy closes, or "no gap
+    beyond noise" when it is not above twice its std (or there is a single seed)."""
+    what = f"{kind}, {GAP_NAMES.get(key, key)}: joint − sequential {100 * g['gap']:+.2f} ± {100 * g['std']:.2f} " \
+           f"points ({g['n']} seed{'s' if g['n'] != 1 else ''})"
+    if not g["real"]:
+        why = "one seed, no noise estimate" if g["n"] < 2 else "gap ≤ 2 std"
+        return f"{what}: no gap beyond noise ({why})."
+    closed = "; ".join(f"{s} closes {100 * c['share']:.0f} % ({100 * c['mean']:+.2f} ± {100 * c['std']:.2f} points "
+                       f"over sequential)" for s, c in g["closed"].items())
+    return f"{what}: a gap beyond noise (> 2 std)" + (f"; {closed}." if closed else ".")
+
+
+def _downstream_columns(aggregate: dict) -> list[tuple[str, str]]:
+    keys = {k: None for per in aggregate.values() for r in per.values() for k in r["numbers"]
+            if k.startswith("downstream.")}
+    cols = []
+    for k in keys:
+        parts = k.split(".", 2)
+        if parts[1] == "low_label":
+            cols.append((k, f"{100 * float(parts[2]):g} % labels %"))
+        elif parts[1] == "fewshot":
+            cols.append((k, parts[2].replace("way_", "-way ").replace("shot", "-shot") + " %"))
+    return cols
+
+
+def seeds_table(study: dict) -> str:
+    """Markdown of a multi-seed study (``{"seeds", "aggregate", "gaps"}``): one row per (sequence, strategy) with
+    mean ± std over the seeds, then the gap lines (see :func:`gap_sentence`)."""
+    agg = study["aggregate"]
+    down = _downstream_columns(agg)
+    head = ["sequence", "strategy", "linear, all tasks %", "linear %", "kNN %", "digits %", "forgetting", "BWT",
+            "min CKA to previous", *[name for _, name in down], "steps", "train s", "retained MB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for kind, per in agg.items():
+        for strat, r in per.items():
+            n = r["numbers"]
+            cells = [kind, strat, pm(n.get("all_tasks_linear")), pm(n.get("linear")), pm(n.get("knn")),
+                     pm(n.get("digits_linear")), pm(n.get("linear_metrics.forgetting")),
+                     pm(n.get("linear_metrics.bwt")), pm(n.get("cka_min"), 1, 3),
+                     *[pm(n.get(k)) for k, _ in down], pm(n.get("steps"), 1, 0), pm(n.get("train_seconds"), 1, 0),
+                     pm(n.get("retained_bytes"), 1e-6, 2)]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Mean ± sample std over seeds {', '.join(str(s) for s in study['seeds'])}. linear, all tasks = "
+                  "the linear probe on every task's test images after the last chunk (mean of the accuracy "
+                  "matrix's last row); linear / kNN = the full clean test set; forgetting and BWT in points."]
+    for kind, gaps in study.get("gaps", {}).items():
+        for key, g in gaps.items():
+            lines.append("- " + gap_sentence(kind, key, g))
+    return "\n".join(lines)
+
+
+def plot_seed_summary(path: Path, per_strategy: dict, title: str = "") -> list[str]:
+    """Left: linear-probe accuracy on the tasks seen so far (mean of R[i][0..i]) after each chunk, one line per
+    strategy, shaded ± std across seeds (a strategy measured only after the last chunk, joint by default, is a
+    point with an error bar); right: CKA between the encoder after chunk t and after chunk t − 1 (full test set).
+    ``per_strategy``: one sequence of :func:`selfsup.evaluate.continual.aggregate_seeds`. Returns the strategies
+    drawn on the accuracy panel."""
+    fig, (ax, ax2) = subplots(1, 2, figsize=(11, 4))
+    drawn = []
+    for strat, r in per_strategy.items():
+        curve = r.get("curves", {}).get("seen_linear_curve")
+        if not curve:
+            continue
+        pts = [(i + 1, 100 * c["mean"], 100 * c["std"]) for i, c in enumerate(curve) if c["mean"] is not None]
+        if not pts:
+            continue
+        x, m, s = (np.array(v) for v in zip(*pts))
+        style = "--" if strat == "joint" else "-"
+        if len(x) == 1:
+            ax.errorbar(x, m, yerr=s, marker="D", linestyle="none", capsize=4, label=strat)
+        else:
+            line, = ax.plot(x, m, marker="o", linestyle=style, label=strat)
+            ax.fill_between(x, m - s, m + s, color=line.get_color(), alpha=0.2)
+        drawn.append(strat)
+        cka = r.get("curves", {}).get("cka_curve")
+        cpts = [(i + 1, c["mean"], c["std"]) for i, c in enumerate(cka or []) if c["mean"] is not None]
+        if len(cpts) > 0:
+            cx, cm, cs = (np.array(v) for v in zip(*cpts))
+            line, = ax2.plot(cx, cm, marker="o", linestyle=style, label=strat)
+            ax2.fill_between(cx, cm - cs, cm + cs, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("chunks trained")
+    ax.set_ylabel("linear probe, tasks seen so far (%)")
+    ax2.set_xlabel("chunks trained")
+    ax2.set_ylabel("CKA to the previous chunk's encoder")
+    ax2.axhline(0.8, color="grey", linewidth=0.8, linestyle=":")
+    for a in (ax, ax2):
+        a.grid(alpha=0.3)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if drawn:
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return drawn

@@ -1,5 +1,7 @@
 """``selfsup stream`` and ``selfsup sequence``: the stream driver (:mod:`selfsup.train.stream`) with evaluation
-after each chunk, the continual-learning summary (``stream.json``) and the plots."""
+after each chunk, the continual-learning summary (``stream.json``) and the plots; ``selfsup sequence --seeds N``
+repeats the study for N seeds (one sub-directory each) and aggregates them (mean ± std, the joint − sequential gap
+where it exceeds the noise, a summary plot per sequence)."""
 from __future__ import annotations
 
 import json
@@ -16,10 +18,11 @@ from ..config import Config, load_config
 from ..data import load_datasets
 from ..data.sequences import EvalTask, build_sequence
 from ..errors import DataError, SelfsupError
-from ..evaluate.continual import cka, continual_metrics, evaluate_chunk
+from ..evaluate.continual import (aggregate_seeds, cka, continual_metrics, downstream_eval, evaluate_chunk,
+                                  gap_stats, seen_task_accuracy)
 from ..methods import build_method
 from ..report.html import write_html_report
-from ..report.stream import plot_stream, sequence_table
+from ..report.stream import GAP_KEYS, plot_seed_summary, plot_stream, seeds_table, sequence_table
 from ..train.progress import TaskProgress
 from ..train.rundir import write_config
 from ..train.setup import setup_device
@@ -64,7 +67,17 @@ def summarize(manifest: dict, with_tasks: bool) -> dict:
     for k in ("linear", "knn", "digits_linear"):
         if k in last:
             out[k] = last[k]
+    out["linear_curve"] = [c.get("eval", {}).get("linear") for c in chunks]  # full test set, after chunk 1..T
+    cka_curve = [c.get("eval", {}).get("cka_previous") for c in chunks]  # encoder after chunk t vs after t − 1
+    if any(v is not None for v in cka_curve):
+        out["cka_curve"] = cka_curve
+        out["cka_min"] = min(v for v in cka_curve if v is not None)
     if with_tasks:
+        rows = [manifest.get("init_eval", {}).get("task_linear")] + [c.get("eval", {}).get("task_linear")
+                                                                    for c in chunks]
+        out["seen_linear_curve"] = seen_task_accuracy(rows)  # mean accuracy on the tasks seen so far
+        if rows[-1] is not None and chunks:
+            out["all_tasks_linear"] = float(np.mean(rows[-1]))
         for key, name in (("task_linear", "linear"), ("task_knn", "knn")):
             R = accuracy_matrix(manifest, key)
             if R and all(r is not None for r in R) and len(R) == len(R[0]) + 1:
@@ -73,8 +86,8 @@ def summarize(manifest: dict, with_tasks: bool) -> dict:
     return out
 
 
-def _finish(r: StreamResult, cfg: Config, with_tasks: bool) -> StreamResult:
-    summary = summarize(r.manifest, with_tasks)
+def _finish(r: StreamResult, cfg: Config, with_tasks: bool, extra: dict | None = None) -> StreamResult:
+    summary = {**summarize(r.manifest, with_tasks), **(extra or {})}
     atomic_write_text(r.run_dir / "stream.json", json.dumps({**r.manifest, "summary": summary}, indent=1))
     plot_stream(r.run_dir, {cfg.stream.strategy: r.manifest})
     r.manifest["summary"] = summary
@@ -114,13 +127,85 @@ def stream(config, overrides: list[str] | None = None, source: str | Path | None
     return _finish(r, cfg, with_tasks=False)
 
 
+def _study(cfg: Config, root: Path, device, train, test, bar: TaskProgress, progress: bool,
+           log: Callable[[str], None]) -> dict:
+    """One seed's study under ``root``: every sequence × strategy (resumable), ``sequence.json``/``.md``, plots."""
+    root.mkdir(parents=True, exist_ok=True)
+    write_config(root, cfg, continuing=False)
+    results: dict = {}
+    seq_cfg = cfg.sequence
+    for kind in seq_cfg.kinds:
+        bar.describe(f"{kind}: initial evaluation")
+        seq = build_sequence(kind, train, test, seq_cfg.chunks, cfg.seed, cfg.stream.eval_train_samples,
+                             cfg.stream.eval_test_samples)
+        log(f"== sequence {kind} (seed {cfg.seed}): " + "; ".join(seq.describe()))
+        torch.manual_seed(cfg.seed)
+        init = StreamEvaluator(cfg, device, seq.tasks, seq.full)(
+            build_method(cfg, train.channels).to(device).backbone, 0)
+        manifests = {}
+        for strat in seq_cfg.strategies:
+            scfg = load_config(cfg, [f"stream.strategy={strat}"])
+            final_only = strat == "joint" and not seq_cfg.joint_every_chunk
+            t0 = time.perf_counter()
+            log(f"-- {kind} / {strat}")
+            bar.describe(f"{kind} / {strat}, seed {cfg.seed}")
+            earlier = read_manifest(root / kind / strat / "manifest.json")  # what an earlier call dealt with
+            bar.advance(len(earlier["chunks"]) + len(earlier["rejected"]))
+            trainer = StreamTrainer(scfg, root / kind / strat, evaluate=StreamEvaluator(scfg, device, seq.tasks,
+                                                                                        seq.full),
+                                    init_eval=init, final_only=final_only, progress=progress, log=log,
+                                    on_chunk=lambda name: bar.advance())
+            r = trainer.run(lambda: memory_chunks(seq.chunks))
+            extra = {"downstream": downstream_eval(r.method.backbone, seq.full, scfg, device)} \
+                if cfg.stream.evaluate else {}
+            r = _finish(r, scfg, with_tasks=True, extra=extra)
+            manifests[strat] = read_manifest(root / kind / strat / "manifest.json")
+            results.setdefault(kind, {})[strat] = {**r.manifest["summary"],
+                                                   "wall_seconds": round(time.perf_counter() - t0, 1)}
+        plot_stream(root / kind, manifests, title=f"{kind} incremental")
+        atomic_write_text(root / "sequence.json", json.dumps(results, indent=1))
+    table = sequence_table(results)
+    atomic_write_text(root / "sequence.md", table + "\n")
+    write_html_report(root)  # the study's summary table and each kind's plots
+    log(table)
+    return results
+
+
+def aggregate_study(per_seed: dict) -> dict:
+    """Per-seed study results (``{seed: {kind: {strategy: summary}}}``) → ``{"seeds", "per_seed", "aggregate",
+    "gaps"}``: mean ± std of every summary number and curve, and the joint − sequential gap of each of
+    ``GAP_KEYS`` per sequence (see :func:`selfsup.evaluate.continual.gap_stats`)."""
+    per_seed = {str(k): v for k, v in per_seed.items()}
+    agg = aggregate_seeds(per_seed)
+    gaps = {kind: {key: g for key in GAP_KEYS if (g := gap_stats(per_seed, kind, key)) is not None} for kind in agg}
+    return {"seeds": [int(k) for k in per_seed], "per_seed": per_seed, "aggregate": agg, "gaps": gaps}
+
+
+def write_study_summary(root: Path, study: dict) -> str:
+    """``sequence.json``, ``sequence.md`` and ``summary_<kind>.png`` of an aggregated study under ``root``."""
+    atomic_write_text(root / "sequence.json", json.dumps(study, indent=1))
+    table = seeds_table(study)
+    atomic_write_text(root / "sequence.md", table + "\n")
+    for kind, per in study["aggregate"].items():
+        plot_seed_summary(root / f"summary_{kind}.png", per, title=f"{kind} incremental, "
+                          f"{len(study['seeds'])} seeds (mean ± std)")
+    return table
+
+
 def sequence(config, overrides: list[str] | None = None, progress: bool = True,
-             log: Callable[[str], None] = print) -> dict:
+             log: Callable[[str], None] = print, seeds: int = 1) -> dict:
     """Build each configured sequence from ``data`` and run every configured strategy on it (same method, same
     steps per chunk); write ``sequence.json``, a table and the plots under ``runs/<name>/``. ``progress``: a bar
-    with ETA over sequences × strategies × chunks (chunks already done by an earlier call count as done), above each
-    chunk's training bar."""
+    with ETA over seeds × sequences × strategies × chunks (chunks already done by an earlier call count as done),
+    above each chunk's training bar.
+
+    ``seeds`` > 1: the study for seeds ``cfg.seed`` … ``cfg.seed + seeds − 1``, each in ``runs/<name>/seed<S>/``
+    (resumable like a single study); ``runs/<name>/`` then holds the aggregate (``sequence.json``: per-seed results,
+    mean ± std, gaps; ``sequence.md``; ``summary_<kind>.png``), which is what is returned. One seed: the study is
+    written to ``runs/<name>/`` itself and its ``{kind: {strategy: summary}}`` returned."""
     cfg = load_config(config, overrides)
+    if seeds < 1:
+        raise SelfsupError(f"--seeds must be at least 1, got {seeds}")
     device = setup_device(cfg)
     train, test = load_datasets(cfg.data)
     if test is None or train.labels is None:
@@ -128,40 +213,21 @@ def sequence(config, overrides: list[str] | None = None, progress: bool = True,
     root = Path(cfg.output_dir) / cfg.name
     root.mkdir(parents=True, exist_ok=True)
     write_config(root, cfg, continuing=False)
-    results: dict = {}
     seq_cfg = cfg.sequence
-    total = len(seq_cfg.kinds) * len(seq_cfg.strategies) * seq_cfg.chunks
+    total = seeds * len(seq_cfg.kinds) * len(seq_cfg.strategies) * seq_cfg.chunks
+    per_seed: dict = {}
     with TaskProgress("sequence", total, progress, unit="chunks") as bar:
-        for kind in seq_cfg.kinds:
-            bar.describe(f"{kind}: initial evaluation")
-            seq = build_sequence(kind, train, test, seq_cfg.chunks, cfg.seed, cfg.stream.eval_train_samples,
-                                 cfg.stream.eval_test_samples)
-            log(f"== sequence {kind}: " + "; ".join(seq.describe()))
-            torch.manual_seed(cfg.seed)
-            init = StreamEvaluator(cfg, device, seq.tasks, seq.full)(
-                build_method(cfg, train.channels).to(device).backbone, 0)
-            manifests = {}
-            for strat in seq_cfg.strategies:
-                scfg = load_config(cfg, [f"stream.strategy={strat}"])
-                final_only = strat == "joint" and not seq_cfg.joint_every_chunk
-                t0 = time.perf_counter()
-                log(f"-- {kind} / {strat}")
-                bar.describe(f"{kind} / {strat}")
-                earlier = read_manifest(root / kind / strat / "manifest.json")  # what an earlier call dealt with
-                bar.advance(len(earlier["chunks"]) + len(earlier["rejected"]))
-                trainer = StreamTrainer(scfg, root / kind / strat, evaluate=StreamEvaluator(scfg, device, seq.tasks,
-                                                                                            seq.full),
-                                        init_eval=init, final_only=final_only, progress=progress, log=log,
-                                        on_chunk=lambda name: bar.advance())
-                r = _finish(trainer.run(lambda: memory_chunks(seq.chunks)), scfg, with_tasks=True)
-                manifests[strat] = read_manifest(root / kind / strat / "manifest.json")
-                results.setdefault(kind, {})[strat] = {**r.manifest["summary"],
-                                                       "wall_seconds": round(time.perf_counter() - t0, 1)}
-            plot_stream(root / kind, manifests, title=f"{kind} incremental")
-            atomic_write_text(root / "sequence.json", json.dumps(results, indent=1))
+        for k in range(seeds):
+            s = cfg.seed + k
+            if seeds == 1:
+                per_seed[s] = _study(cfg, root, device, train, test, bar, progress, log)
+            else:
+                per_seed[s] = _study(load_config(cfg, [f"seed={s}"]), root / f"seed{s}", device, train, test, bar,
+                                     progress, log)
         bar.describe("done")
-    table = sequence_table(results)
-    atomic_write_text(root / "sequence.md", table + "\n")
-    write_html_report(root)  # the study's summary table and each kind's plots
-    log(table)
-    return results
+    if seeds == 1:
+        return per_seed[cfg.seed]
+    study = aggregate_study(per_seed)
+    log(write_study_summary(root, study))
+    write_html_report(root)  # the aggregate table and the summary plots
+    return study
