@@ -46,6 +46,8 @@ PARAM_DESCRIPTIONS = {
 # Rules that involve several keys (model validators), stated by hand.
 CROSS_CHECKS = [
     "`augment.crop_scale`: 0 < low <= high <= 1; `augment.crop_ratio`: 0 < low <= high.",
+    "`augment.local_crops` > 0 (multi-crop): only with a method that takes multi-crop (`swav`, `dino`) "
+    "and not with `augment.recipe: supervised`; `augment.local_crop_scale`: 0 < low <= high <= 1.",
     "`method.name: moco`: `method.queue_size` must be at least 2 x `train.batch_size` (each step enqueues the keys "
     "of both views of the global batch).",
     "`selfsup pretrain --devices N`: `train.batch_size` must be divisible by N.",

@@ -71,12 +71,23 @@ class AugmentConfig(Strict):
     grayscale_p: float = Field(0.2, ge=0, le=1, description="probability of turning a colour view grey")
     blur_sigma: tuple[float, float] = Field((0.1, 1.0), description="Gaussian blur sigma range (how often: set by "
                                                                     "the recipe; symmetric never blurs)")
+    local_crops: int = Field(0, ge=0, description="multi-crop (SwAV, DINO): small local crops added to the two "
+                             "global views (0: off, two views only; only methods that take multi-crop accept more)")
+    local_crop_scale: tuple[float, float] = Field((0.05, 0.4), description="local crops: [low, high] share of the "
+                                                  "image's area (0 < low <= high <= 1; DINO's local_crops_scale)")
+    local_size: int = Field(12, ge=1, description="local crops: output side in pixels (global views keep the image "
+                                                  "size; DINO: 96 for 224-px images)")
 
     @model_validator(mode="after")
     def _check(self):
         lo, hi = self.crop_scale
         if not (0 < lo <= hi <= 1):
             raise ValueError("crop_scale must satisfy 0 < low <= high <= 1")
+        lo, hi = self.local_crop_scale
+        if not (0 < lo <= hi <= 1):
+            raise ValueError("local_crop_scale must satisfy 0 < low <= high <= 1")
+        if self.local_crops and self.recipe == "supervised":
+            raise ValueError("local_crops needs two global views; recipe supervised has one")
         if not (0 < self.crop_ratio[0] <= self.crop_ratio[1]):
             raise ValueError("crop_ratio must satisfy 0 < low <= high")
         return self
@@ -239,6 +250,10 @@ class Config(Strict):
         name = self.method.setdefault("name", "simclr")
         if name not in METHODS:
             raise ValueError(f"unknown method {name!r} (choose {', '.join(METHODS)})")
+        if self.augment.local_crops and not METHODS[name].multi_crop:
+            takers = ", ".join(n for n, c in METHODS.items() if c.multi_crop)
+            raise ValueError(f"augment.local_crops: {name} takes no multi-crop views (set it to 0; methods that "
+                             f"do: {takers})")
         try:
             params = self.method_params()
         except ValidationError:  # reported by load_config with the key's name

@@ -4,11 +4,14 @@ All randomness comes from one ``torch.Generator`` passed in by the caller, so a 
 checkpoint can store the generator state (exact resume). Geometry (random resized crop + horizontal flip) is one
 affine warp of the whole batch (``affine_grid`` + ``grid_sample``); blur is kornia's ``gaussian_blur2d`` with a
 per-sample sigma; brightness/contrast/solarize are element-wise.
+
+Multi-crop (Caron et al. 2020, SwAV; DINO): a recipe may add ``local_crops`` small crops (area ``local_crop_scale``,
+resized to ``local_size`` pixels) after its two global views; the k local crops are made as one batch of k·N images.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -124,11 +127,26 @@ def augment(x: torch.Tensor, spec: ViewSpec, g: torch.Generator) -> torch.Tensor
 
 @dataclass
 class ViewRecipe:
-    """The list of views a method trains on (two for every method here)."""
+    """The list of views a method trains on (two for every method here), then ``local_crops`` views of the
+    ``local`` recipe (multi-crop; none by default)."""
     views: list[ViewSpec] = field(default_factory=lambda: [ViewSpec(), ViewSpec()])
+    local: ViewSpec | None = None
+    local_crops: int = 0
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> list[torch.Tensor]:
-        return [augment(x, v, g) for v in self.views]
+        out = [augment(x, v, g) for v in self.views]
+        if self.local_crops and self.local is not None:  # one batch of k·N crops: one warp, one draw per op
+            k = self.local_crops
+            out += list(augment(x.repeat(k, 1, 1, 1), self.local, g).chunk(k, 0))
+        return out
+
+    def with_local_crops(self, k: int, scale: tuple[float, float], size: int | None, **colour) -> "ViewRecipe":
+        """This recipe plus ``k`` local crops: the first global view's settings with crop area ``scale``, output
+        size ``size`` and the ``colour`` overrides (e.g. blur / solarisation probabilities)."""
+        if len(self.views) < 2:
+            raise ValueError("multi-crop needs two global views; this recipe has one")
+        local = replace(self.views[0], crop_scale=tuple(scale), out_size=size, **colour)
+        return ViewRecipe(list(self.views), local, k)
 
 
 def symmetric(**overrides) -> ViewRecipe:
@@ -151,18 +169,30 @@ def supervised(**overrides) -> ViewRecipe:
 
 RECIPES = {"symmetric": symmetric, "asymmetric": asymmetric, "supervised": supervised}
 
+# the local crops' blur / solarisation per recipe (crop, flip and colour jitter: those of the global views):
+# symmetric as its global views; asymmetric as DINO's local crops (blurred half of the time, never solarised)
+LOCAL_OVERRIDES = {"symmetric": {}, "asymmetric": {"blur_p": 0.5, "solarize_p": 0.0}}
 
-def build_recipe(kind: str, **overrides) -> ViewRecipe:
+
+def build_recipe(kind: str, local_crops: int = 0, local_crop_scale: tuple[float, float] = (0.05, 0.4),
+                 local_size: int | None = None, **overrides) -> ViewRecipe:
+    """The recipe ``kind`` with ``overrides`` on every view, plus ``local_crops`` local crops (multi-crop)."""
     if kind not in RECIPES:
         raise ValueError(f"unknown view recipe {kind!r} (choose {', '.join(RECIPES)})")
-    return RECIPES[kind](**overrides)
+    recipe = RECIPES[kind](**overrides)
+    if local_crops:
+        if kind not in LOCAL_OVERRIDES:
+            raise ValueError(f"the {kind} recipe takes no local crops")
+        recipe = recipe.with_local_crops(local_crops, local_crop_scale, local_size, **LOCAL_OVERRIDES[kind])
+    return recipe
 
 
 def recipe_from_config(a, method_recipe: str) -> ViewRecipe:
     """The view recipe of the ``augment`` config section ``a``; ``recipe: auto`` takes the method's own."""
     kind = method_recipe if a.recipe == "auto" else a.recipe
-    return build_recipe(kind, crop_scale=tuple(a.crop_scale), crop_ratio=tuple(a.crop_ratio), flip_p=a.flip_p,
-                        jitter_p=a.jitter_p, brightness=a.brightness, contrast=a.contrast,
+    return build_recipe(kind, local_crops=a.local_crops, local_crop_scale=tuple(a.local_crop_scale),
+                        local_size=a.local_size, crop_scale=tuple(a.crop_scale), crop_ratio=tuple(a.crop_ratio),
+                        flip_p=a.flip_p, jitter_p=a.jitter_p, brightness=a.brightness, contrast=a.contrast,
                         grayscale_p=a.grayscale_p, blur_sigma=tuple(a.blur_sigma))
 
 

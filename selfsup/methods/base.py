@@ -24,6 +24,7 @@ class SSLMethod(nn.Module):
     recipe = "symmetric"
     Params = MethodParams
     pure_forward = True  # forward has no side effects (it may be called again, e.g. by an attack)
+    multi_crop = False  # takes 2 global views + local crops of another size (augment.local_crops > 0)
 
     def __init__(self, backbone: nn.Module, params: MethodParams):
         super().__init__()
@@ -35,9 +36,19 @@ class SSLMethod(nn.Module):
 
     def encode_joint(self, views: list[torch.Tensor], head: nn.Module) -> list[torch.Tensor]:
         """``head(backbone(v))`` for every view, computed as one concatenated batch (BatchNorm statistics over all
-        views, as in SimCLR's reference implementation; one large convolution call is faster than several)."""
-        z = head(self.backbone(torch.cat(views, 0)))
-        return list(z.chunk(len(views), 0))
+        views, as in SimCLR's reference implementation; one large convolution call is faster than several).
+        Views of different sizes (multi-crop): the backbone once per resolution (the global views together, the
+        local crops together), the head once over all of them (as DINO's MultiCropWrapper)."""
+        groups = resolution_groups(views)
+        if len(groups) == 1:
+            z = head(self.backbone(torch.cat(views, 0)))
+            return list(z.chunk(len(views), 0))
+        order = [i for g in groups for i in g]
+        feats = torch.cat([self.backbone(torch.cat([views[i] for i in g], 0)) for g in groups], 0)
+        out: list[torch.Tensor] = [None] * len(views)  # type: ignore[list-item]
+        for i, z in zip(order, head(feats).split([len(views[i]) for i in order], 0)):
+            out[i] = z
+        return out
 
     @classmethod
     def check_batch(cls, params: MethodParams, global_batch: int) -> str | None:
@@ -47,6 +58,15 @@ class SSLMethod(nn.Module):
     @torch.no_grad()
     def on_step(self, progress: float) -> None:
         """Called after each optimiser step with ``progress`` = step / total_steps (EMA updates live here)."""
+
+
+def resolution_groups(views: list[torch.Tensor]) -> list[list[int]]:
+    """Indices of the views grouped by spatial size, groups in order of first appearance (multi-crop: the global
+    views, then the local crops)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, v in enumerate(views):
+        groups.setdefault(tuple(v.shape[2:]), []).append(i)
+    return list(groups.values())
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:

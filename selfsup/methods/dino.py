@@ -11,7 +11,11 @@ updated after the loss is computed) and sharpened (τ_t rises linearly from ``wa
 prototype from dominating, sharpening keeps the output from going uniform; both stop the collapse.
 The DINO head: MLP (Linear-GELU, ``head_layers`` deep) → l2-normalised bottleneck (``proj_dim``) → weight-normalised
 Linear to K = ``out_dim`` prototypes (no bias; its norm fixed at 1 unless ``norm_last_layer`` is false).
-c and τ_t are buffers, so checkpoints carry them and a resumed run continues exactly."""
+c and τ_t are buffers, so checkpoints carry them and a resumed run continues exactly.
+
+Multi-crop (``augment.local_crops`` > 0; the paper's 2×224 + 10×96): the teacher sees the two global views only, the
+student every view; loss = mean over the pairs (teacher view i, student view j), j ≠ i, of H(P_t(x^i), P_s(x^j));
+the centre is updated from the teacher's outputs of the global views (with two views: the loss above)."""
 from __future__ import annotations
 
 import math
@@ -82,6 +86,16 @@ def dino_loss(s1: torch.Tensor, s2: torch.Tensor, t1: torch.Tensor, t2: torch.Te
     return 0.5 * (-(p1 * log_s2).sum(1).mean() - (p2 * log_s1).sum(1).mean())
 
 
+def multi_crop_dino_loss(students: list[torch.Tensor], teachers: list[torch.Tensor], center: torch.Tensor,
+                         student_temp: float, teacher_temp: float | torch.Tensor) -> torch.Tensor:
+    """mean over the pairs (i, j), j ≠ i, of H(P_t(teachers[i]), P_s(students[j])) (each H a batch mean): the
+    teacher's logits of the global views (the first views of ``students``), the student's of every view."""
+    p_t = [teacher_probs(t, center, teacher_temp) for t in teachers]
+    log_s = [F.log_softmax(upcast(s) / student_temp, dim=1) for s in students]
+    terms = [-(p * log_s[j]).sum(1).mean() for i, p in enumerate(p_t) for j in range(len(log_s)) if j != i]
+    return torch.stack(terms).mean()
+
+
 def teacher_temperature(progress: float, start: float, end: float, warmup_fraction: float) -> float:
     """τ_t: linear from ``start`` to ``end`` over the first ``warmup_fraction`` of training, then ``end``."""
     if warmup_fraction <= 0 or progress >= warmup_fraction:
@@ -115,6 +129,7 @@ class DINO(SSLMethod):
     name = "dino"
     Params = DINOParams
     pure_forward = False  # forward updates the teacher centre
+    multi_crop = True
 
     def __init__(self, backbone, params: DINOParams):
         super().__init__(backbone, params)
@@ -127,10 +142,14 @@ class DINO(SSLMethod):
                                                           else params.teacher_temp))
 
     def forward(self, views):
-        s1, s2 = self.encode_joint(views, self.head)
-        with torch.no_grad():
-            t1, t2 = self.teacher(torch.cat(views, 0)).chunk(2, 0)
-        loss = dino_loss(s1, s2, t1, t2, self.center, self.params.student_temp, self.teacher_temp)
+        students = self.encode_joint(views, self.head)
+        with torch.no_grad():  # the teacher sees the two global views only (multi-crop: the rest are local crops)
+            t1, t2 = self.teacher(torch.cat(views[:2], 0)).chunk(2, 0)
+        if len(views) == 2:
+            s1, s2 = students
+            loss = dino_loss(s1, s2, t1, t2, self.center, self.params.student_temp, self.teacher_temp)
+        else:
+            loss = multi_crop_dino_loss(students, [t1, t2], self.center, self.params.student_temp, self.teacher_temp)
         if self.training:
             self.center.copy_(updated_center(self.center, torch.cat([t1, t2]), self.params.center_momentum))
         return loss

@@ -10,7 +10,12 @@ loss = ½·mean_i [ −Σ_k q²_ik log softmax(s¹_i)_k − Σ_k q¹_ik log soft
 
 ε = 0.05, 3 iterations, τ = 0.1. B is the GLOBAL batch under DDP (the scores are gathered without gradient, every rank
 runs Sinkhorn on the same matrix and keeps its rows), plus the ``queue_size`` past projections of each view when the
-queue is on (used once full, as in the authors' code; its rows only shape the codes and are then dropped)."""
+queue is on (used once full, as in the authors' code; its rows only shape the codes and are then dropped).
+
+Multi-crop (``augment.local_crops`` > 0; the paper's 2×224 + 6×96): codes come from the two global views only;
+every view v (global or local) predicts the code of each global view g ≠ v, and the loss is the mean over those
+(g, v) pairs: loss = mean_{g ∈ {1,2}, v ≠ g} mean_i [ −Σ_k q^g_ik log softmax(s^v_i)_k ] (with two views: the
+loss above)."""
 from __future__ import annotations
 
 import torch
@@ -43,6 +48,14 @@ def swapped_prediction(s1: torch.Tensor, s2: torch.Tensor, q1: torch.Tensor, q2:
     return -0.5 * ((q2 * F.log_softmax(s1, 1)).sum(1).mean() + (q1 * F.log_softmax(s2, 1)).sum(1).mean())
 
 
+def multi_crop_swapped_prediction(scores: list[torch.Tensor], codes: list[torch.Tensor]) -> torch.Tensor:
+    """mean over the pairs (g, v), v ≠ g, of −mean_i Σ_k q^g_ik log softmax(s^v_i)_k: ``codes[g]`` are the codes of
+    view g (the global views, first in ``scores``), ``scores`` the logits ẑ·c/τ of every view."""
+    log_p = [F.log_softmax(upcast(s), 1) for s in scores]
+    terms = [-(q * log_p[v]).sum(1).mean() for g, q in enumerate(codes) for v in range(len(scores)) if v != g]
+    return torch.stack(terms).mean()
+
+
 class SwAVParams(MethodParams):
     num_prototypes: int = Field(100, ge=2, description="K, the number of prototypes (clusters)")
     temperature: float = Field(0.1, gt=0, description="τ of the softmax over prototype scores")
@@ -57,6 +70,7 @@ class SwAVParams(MethodParams):
 class SwAV(SSLMethod):
     name = "swav"
     Params = SwAVParams
+    multi_crop = True
 
     def __init__(self, backbone, params: SwAVParams):
         super().__init__(backbone, params)
@@ -97,11 +111,15 @@ class SwAV(SSLMethod):
         self.queue_count.add_(len(new))
 
     def forward(self, views):
-        z1, z2 = (F.normalize(upcast(z), dim=1) for z in self.encode_joint(views, self.projector))
+        zs = [F.normalize(upcast(z), dim=1) for z in self.encode_joint(views, self.projector)]
+        z1, z2 = zs[:2]  # the global views; any further ones are local crops (multi-crop)
         w = upcast(self.prototype_weight())
         q1, q2 = self.codes(z1, w, 0), self.codes(z2, w, 1)
         t = self.params.temperature
-        loss = swapped_prediction(z1 @ w.T / t, z2 @ w.T / t, q1, q2)
+        if len(zs) == 2:
+            loss = swapped_prediction(z1 @ w.T / t, z2 @ w.T / t, q1, q2)
+        else:
+            loss = multi_crop_swapped_prediction([z @ w.T / t for z in zs], [q1, q2])
         if self.training and self.queue.shape[1]:
             self._enqueue([z1, z2])
         return loss

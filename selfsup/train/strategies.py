@@ -30,6 +30,7 @@ from torch import nn
 from ..atomic import atomic_save_tensors, atomic_write_text
 from ..augment import to_float
 from ..data import ImageDataset, ReservoirBuffer
+from ..methods.base import resolution_groups
 from ..models.heads import prediction_head
 
 
@@ -227,11 +228,13 @@ class Distill(Strategy):
         if self.old is None or not self._captured:
             return None
         z_new = torch.cat(self._captured, 0)
-        x = torch.cat(views, 0)
-        if z_new.shape[0] != x.shape[0]:  # the method ran its backbone on something else too: use the views only
-            z_new = z_new[: x.shape[0]]
+        # one batch per resolution, as the method's encode_joint (multi-crop: the global views, then the local crops)
+        xs = [torch.cat([views[i] for i in g], 0) for g in resolution_groups(views)]
+        n = sum(len(x) for x in xs)
+        if z_new.shape[0] != n:  # the method ran its backbone on something else too: use the views only
+            z_new = z_new[:n]
         with torch.no_grad():
-            z_old = self.old(x)
+            z_old = torch.cat([self.old(x) for x in xs], 0)
         p = nn.functional.normalize(self.module(z_new).float(), dim=1)
         z = nn.functional.normalize(z_old.float(), dim=1)
         self._captured = []
