@@ -26,6 +26,7 @@ from .commands.common import fail, show, table
 from .config import load_config
 from .data.sources import FMNIST_DEFAULT_DIR
 from .distributed import is_main, launched_by_torchrun, shutdown
+from .embeddings.device import resolve_device
 from .errors import SelfsupError
 from .evaluate.robustness import ATTACKS, build_classifier, corruption_report, robustness_report
 from .methods import DESCRIPTIONS, METHODS
@@ -87,12 +88,15 @@ def _print_eval(run_dir: Path) -> None:
 
 
 @app.command("eval")
-def evaluate(run_dir: Path = typer.Argument(..., help="a run directory written by pretrain")):
-    """Evaluate a trained run: kNN, linear probe, baselines, transfer, diagnostics; rewrite its report."""
+def evaluate(run_dir: Path = typer.Argument(..., help="a run directory written by pretrain"),
+             device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: the run's "
+                                                                "train.device if available here, else cpu)")):
+    """Evaluate a trained run: kNN, linear probe, baselines, transfer, diagnostics; rewrite its report. Features are
+    extracted in batches on the device."""
     try:
         if not (run_dir / "config.yaml").exists():
             raise SelfsupError(f"{run_dir} is not a selfsup run directory (no config.yaml)")
-        evaluate_and_report(run_dir)
+        evaluate_and_report(run_dir, device=resolve_device(device, run_dir))
         _print_eval(run_dir)
     except SelfsupError as e:
         _fail(str(e))
@@ -163,11 +167,15 @@ def finetune(config: Path = typer.Option(..., "--config", "-c", help="YAML confi
              overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. finetune.loss=sat"),
              labels: Optional[Path] = typer.Option(None, "--labels", help="training labels (.csv, .npz or .npy)"),
              init: Optional[Path] = typer.Option(None, "--init", help="a selfsup run directory: start from its encoder"),
-             resume: bool = typer.Option(False, "--resume", help="continue the run from its last checkpoint")):
+             resume: bool = typer.Option(False, "--resume", help="continue the run from its last checkpoint"),
+             device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: the config's "
+                                                                         "train.device)")):
     """Train a classifier on (noisy) labels with ce, label_smoothing, gce, sat or sat_selective."""
     extra = [f"finetune.labels={labels}"] if labels else []
     extra += [f"finetune.init={init}"] if init else []
     try:
+        if device is not None:
+            extra.append(f"train.device={resolve_device(device)}")
         res = run_finetune(config, [*(overrides or []), *extra], resume=resume)
         _print_finetune(res)
     except SelfsupError as e:
@@ -199,8 +207,11 @@ def attack(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn)
            eps: str = typer.Option("0.05,0.1", "--eps", help="comma list of L-inf radii (images in [0, 1])"),
            n: int = typer.Option(1000, "--n", min=1, help="test images attacked (a seeded random subset)"),
            steps: int = typer.Option(20, "--steps", min=1, help="PGD steps"),
-           seed: int = typer.Option(0, "--seed")):
-    """Clean and robust accuracy of a classifier on the run's encoder under L-inf attacks (worst case per image)."""
+           seed: int = typer.Option(0, "--seed"),
+           device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: the run's "
+                                                                "train.device if available here, else cpu)")):
+    """Clean and robust accuracy of a classifier on the run's encoder under L-inf attacks (worst case per image),
+    attacked on the device."""
     try:
         names = _csv(attacks)
         bad = [a for a in names if a not in ATTACKS]
@@ -212,8 +223,8 @@ def attack(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn)
             raise SelfsupError(f"--eps {eps!r}: expected numbers like 0.05,0.1") from None
         if not radii or any(not 0 < e <= 1 for e in radii):
             raise SelfsupError("--eps: every radius must be in (0, 1]")
-        model, x, y = build_classifier(run_dir, classifier, seed=seed)
-        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: min(n, len(x))]
+        model, x, y = build_classifier(run_dir, classifier, resolve_device(device, run_dir), seed=seed)
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: min(n, len(x))].to(x.device)
         rep = robustness_report(model, x[idx], y[idx], radii, names, seed, steps)
         rep.update(classifier=classifier, attacks=names)
         atomic_write_text(Path(run_dir) / f"robustness_{classifier}.json", json.dumps(rep, indent=1))
@@ -243,15 +254,17 @@ def corrupt(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn
             n: int = typer.Option(10000, "--n", min=1, help="test images (a seeded random subset)"),
             corruptions: Optional[str] = typer.Option(None, "--corruptions", help="comma list (default: all 15)"),
             seed: int = typer.Option(0, "--seed"),
-            save: Optional[Path] = typer.Option(None, "--save", help="also write the corrupted test set (.npz per corruption)")):
+            save: Optional[Path] = typer.Option(None, "--save", help="also write the corrupted test set (.npz per corruption)"),
+            device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: the run's "
+                                                                "train.device if available here, else cpu)")):
     """Accuracy under common corruptions (Fashion-MNIST-C, built locally in the style of MNIST-C, 5 severities)."""
     try:
         names = _csv(corruptions) if corruptions else list(CORRUPTIONS)
         bad = [c for c in names if c not in CORRUPTIONS]
         if bad:
             raise SelfsupError(f"unknown corruption {bad[0]!r} (choose {', '.join(CORRUPTIONS)})")
-        model, x, y = build_classifier(run_dir, classifier, seed=seed)
-        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: min(n, len(x))]
+        model, x, y = build_classifier(run_dir, classifier, resolve_device(device, run_dir), seed=seed)
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: min(n, len(x))].to(x.device)
         imgs = (x[idx].cpu() * 255).round().to(torch.uint8)
         rep = corruption_report(model, imgs, y[idx], names, seed=seed)
         rep.update(classifier=classifier, n=len(idx))

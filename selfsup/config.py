@@ -42,8 +42,9 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
-    backbone: Literal["cnn", "resnet18"] = Field("cnn", description="encoder: cnn (small VGG-style CNN, the "
-                                                 "benchmarks' backbone) or resnet18 (CIFAR-style ResNet-18)")
+    backbone: Literal["cnn", "resnet18", "vit"] = Field("cnn", description="encoder: cnn (small VGG-style CNN, "
+                                                        "the benchmarks' backbone), resnet18 (CIFAR-style "
+                                                        "ResNet-18) or vit (small Vision Transformer; mae needs it)")
     widths: list[PositiveInt] = Field(default_factory=lambda: [32, 64, 128], min_length=1,
                                       description="cnn: channels of each stage (2x2 pooling between stages)")
     convs_per_stage: int = Field(2, ge=1, description="cnn: 3x3 conv-BN-ReLU layers per stage")
@@ -51,6 +52,21 @@ class ModelConfig(Strict):
                                            "(feature size widths[-1] x pool²; 1 = global average pooling)")
     downsample: Literal["max", "avg"] = Field("max", description="cnn: 2x2 pooling between stages")
     width: int = Field(64, ge=1, description="resnet18 base width")
+    vit_patch: int = Field(4, ge=1, description="vit: patch side in pixels; must divide the image size (4: 49 "
+                                                "patches at 28x28, 64 at 32x32)")
+    vit_dim: int = Field(192, ge=4, multiple_of=4, description="vit: token width = feature size (divisible by 4 "
+                                                              "for the 2-D sin-cos positions, and by vit_heads)")
+    vit_depth: int = Field(6, ge=1, description="vit: transformer blocks")
+    vit_heads: int = Field(3, ge=1, description="vit: attention heads per block")
+    vit_mlp_ratio: float = Field(4.0, gt=0, description="vit: MLP hidden width as a multiple of vit_dim")
+    vit_pool: Literal["cls", "mean"] = Field("cls", description="vit: the features are the CLS token (cls) or the "
+                                                                "mean of the patch tokens (mean)")
+
+    @model_validator(mode="after")
+    def _check_vit(self):
+        if self.vit_dim % self.vit_heads:
+            raise ValueError(f"vit_dim {self.vit_dim} is not divisible by vit_heads {self.vit_heads}")
+        return self
 
 
 class AugmentConfig(Strict):
@@ -204,6 +220,10 @@ class FinetuneConfig(Strict):
     freeze_backbone: bool = Field(False, description="train only the linear head (the encoder stays fixed, in "
                                                      "eval mode)")
     labels: str | None = Field(None, description="training labels to use instead of the data set's (.csv/.npz/.npy)")
+    label_fraction: float | None = Field(None, gt=0, le=1, description="train on the labels of only this "
+                                         "class-balanced, seeded share of the training images (the subset "
+                                         "data.labelled_fraction picks with the same seed; few-label fine-tuning); "
+                                         "unset: every label")
     noise: Literal["none", "symmetric", "asymmetric"] = Field(
         "none", description="label noise injected into the training labels: symmetric (redrawn over all classes) "
         "or asymmetric (T-shirt<->shirt, pullover<->coat, sandal<->sneaker)")
@@ -263,7 +283,7 @@ class Config(Strict):
                 and not getattr(cls, "accepts_unlabelled", False):
             raise ValueError(f"method {name} needs every training label but data.labelled_fraction leaves some "
                              f"unknown (method suncet accepts unlabelled images)")
-        problem = cls.check_batch(params, self.train.batch_size)
+        problem = cls.check_batch(params, self.train.batch_size) or cls.check_model(params, self.model)
         if problem:
             raise ValueError(problem)
         return self

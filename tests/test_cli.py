@@ -76,8 +76,11 @@ def test_pretrain_eval_resume_roundtrip(npz_data, tmp_path):  # noqa: F811
     assert printed(r.stdout, "kNN (test)", "raw_pixels", "knn_test")
     again = run("pretrain", "--config", str(p))
     assert again.returncode == 2 and f"run directory {run_dir} already holds a run: pass --resume" in again.stderr
-    ev = run("eval", str(run_dir))
+    ev = run("eval", str(run_dir), "--device", "cpu")
     assert ev.returncode == 0 and printed(ev.stdout, "linear probe (test)", "ssl", "linear_test")
+    no_gpu = run("eval", str(run_dir), "--device", "cuda:97")  # a device this machine lacks: one line, exit 2
+    assert no_gpu.returncode == 2 and len(no_gpu.stderr.strip().splitlines()) == 1, no_gpu.stderr
+    assert "device 'cuda:97' is not available" in no_gpu.stderr
     before = (run_dir / "config.yaml").read_text()
     changed = run("pretrain", "--config", str(p), "--resume", "train.max_steps=12", "train.lr=0.1")
     # a different config is refused, naming the keys, and config.yaml is left as it was

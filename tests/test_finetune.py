@@ -161,3 +161,18 @@ def test_finetune_on_a_selfsup_encoder(npz_data, tmp_path):  # noqa: F811
     res = finetune(ft_cfg(npz_data, tmp_path, "on-ssl", "ce", init=str(r.run_dir), freeze_backbone=True,
                           noise="none"), progress=False)
     assert res["init"] == str(r.run_dir) and res["actual_label_error"] == 0.0
+
+
+def test_finetune_with_few_labels_trains_on_the_labelled_subset_only(npz_data, tmp_path):  # noqa: F811
+    from selfsup.data import labelled_subset, load_datasets, train_val_split
+    from selfsup.config import load_config
+
+    cfg = ft_cfg(npz_data, tmp_path, "few", "ce", noise="none", label_fraction=0.25)
+    res = finetune(cfg, progress=False)
+    c = load_config(cfg)
+    train, _ = load_datasets(c.data)
+    tr, _ = train_val_split(len(train), c.data.val_fraction, c.seed, train.labels)
+    expected = np.intersect1d(tr, labelled_subset(train.labels, 0.25, c.seed))  # the images data.labelled_fraction picks
+    assert res["train_labels"] == len(expected) < len(tr) // 3
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "few" / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 3 * max(1, len(expected) // 16)  # 3 epochs over the subset, batch 16

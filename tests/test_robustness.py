@@ -160,10 +160,14 @@ def test_attack_and_corrupt_commands(npz_data, tmp_path):  # noqa: F811
     assert out.returncode == 0, out.stderr
     assert set(json.loads((r.run_dir / "corruptions_knn.json").read_text())["corruptions"]) == {"stripe", "fog"}
     for args, needles in ((["--eps", "2"], ("--eps", "(0, 1]")), (["--attack", "magic"], ("unknown attack 'magic'",)),
-                          (["--classifier", "tree"], ("unknown classifier 'tree'",))):
+                          (["--classifier", "tree"], ("unknown classifier 'tree'",)),
+                          (["--device", "cuda:97"], ("device 'cuda:97' is not available",)),
+                          (["--device", "gpu9"], ("device 'gpu9' is not a torch device",))):
         bad = run("attack", str(r.run_dir), *args)
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
         assert all(n in bad.stderr for n in needles), bad.stderr  # names the option / the rejected value
+    bad = run("corrupt", str(r.run_dir), "--device", "cuda:97")
+    assert bad.returncode == 2 and "device 'cuda:97' is not available" in bad.stderr, bad.stderr
     assert yaml.safe_load((r.run_dir / "config.yaml").read_text())["name"] == "rob"
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import torch
 
 from ..atomic import atomic_write_text
 from ..config import load_config
-from ..data import ImageDataset, load_datasets, train_val_split
+from ..data import ImageDataset, labelled_subset, load_datasets, train_val_split
 from ..evaluate.selective import aurc, risk_coverage, selective_table
 from ..models import backbone_from_config, load_backbone
 from ..report.finetune import plot_curves, plot_risk_coverage
@@ -35,6 +36,8 @@ def finetune(config, overrides: list[str] | None = None, resume: bool = False, p
     noisy = noisy_labels(cfg, train, num_classes)
     num_classes = max(num_classes, int(noisy.max()) + 1)
     tr_idx, val_idx = train_val_split(len(train), cfg.data.val_fraction, cfg.seed, noisy)
+    if f.label_fraction is not None:  # few labels: the class-balanced subset, minus the validation images
+        tr_idx = np.intersect1d(np.asarray(tr_idx), labelled_subset(train.labels, f.label_fraction, cfg.seed))
     fit_ds = ImageDataset(train.images[tr_idx], noisy[tr_idx], train.classes, "train (labels used)")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(run_dir, cfg, continuing=resume)
@@ -59,7 +62,8 @@ def finetune(config, overrides: list[str] | None = None, resume: bool = False, p
     epochs = [row for row in rows if "train_acc_noisy" in row]
     res: dict = {"loss": f.loss, "noise": f.noise, "noise_rate": f.noise_rate, "init": f.init,
                  "actual_label_error": float((noisy != train.labels).float().mean()) if train.labels is not None else None,
-                 "train_seconds": round(time.perf_counter() - t0, 1), "images_per_second": r.images_per_second,
+                 "train_labels": int(len(tr_idx)), "train_seconds": round(time.perf_counter() - t0, 1),
+                 "images_per_second": r.images_per_second,
                  "epochs": epochs}
     if epochs and "test_acc" in epochs[-1]:
         res["test_acc_last"] = epochs[-1]["test_acc"]

@@ -60,7 +60,7 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
              "images_per_second": result.images_per_second, "devices": D.world_size(), "device": str(device),
              "threads": torch.get_num_threads()}, indent=1))
         if evaluate:
-            evaluate_and_report(run_dir, progress=progress, datasets=(train_ds, test_ds))
+            evaluate_and_report(run_dir, progress=progress, datasets=(train_ds, test_ds), device=device)
     if D.world_size() > 1:
         torch.distributed.barrier()
     return result
