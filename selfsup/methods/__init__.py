@@ -10,6 +10,7 @@ from .base import SSLMethod
 from .byol import BYOL
 from .dcl import DCL, DCLW
 from .dino import DINO
+from .mae import MAE
 from .moco import MoCo
 from .moco_v3 import MoCoV3
 from .nnclr import NNCLR
@@ -25,7 +26,7 @@ from .wmse import WMSE
 
 METHODS: dict[str, type[SSLMethod]] = {m.name: m for m in (
     SimCLR, MoCo, BYOL, SimSiam, BarlowTwins, VICReg, SelfAdaptiveSSL, MoCoV3, NNCLR, DCL, DCLW, WMSE, TiCo, SupCon,
-    SwAV, DINO, SuNCEt)}
+    SwAV, DINO, SuNCEt, MAE)}
 
 DESCRIPTIONS = {
     "simclr": "NT-Xent contrastive loss over 2N views (Chen et al. 2020)",
@@ -45,6 +46,7 @@ DESCRIPTIONS = {
     "swav": "SwAV: swapped prediction of Sinkhorn-Knopp codes over learned prototypes (Caron et al. 2020)",
     "dino": "DINO: self-distillation from a centred, sharpened EMA teacher over K prototypes (Caron et al. 2021)",
     "suncet": "SuNCEt: NT-Xent + a supervised contrastive term over the labelled images (Assran et al. 2020)",
+    "mae": "MAE: a ViT encodes a quarter of the patches, a light decoder predicts the masked rest (He et al. 2022)",
 }
 
 if TYPE_CHECKING:
@@ -62,4 +64,4 @@ def build_method(cfg: "Config", in_channels: int, num_samples: int = 0) -> SSLMe
 
 __all__ = ["build_method", "METHODS", "DESCRIPTIONS", "SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "BarlowTwins",
            "VICReg", "SelfAdaptiveSSL", "MoCoV3", "NNCLR", "DCL", "DCLW", "WMSE", "TiCo", "SupCon", "SwAV", "DINO",
-           "SuNCEt"]
+           "SuNCEt", "MAE"]

@@ -55,6 +55,12 @@ class SSLMethod(nn.Module):
         """A one-line problem with training at ``global_batch`` (``train.batch_size``), or None."""
         return None
 
+    @classmethod
+    def check_model(cls, params: MethodParams, model) -> str | None:
+        """A one-line problem with the encoder that the ``model`` config section (``ModelConfig``) describes, or
+        None (e.g. a method that needs a ViT)."""
+        return None
+
     @torch.no_grad()
     def on_step(self, progress: float) -> None:
         """Called after each optimiser step with ``progress`` = step / total_steps (EMA updates live here)."""

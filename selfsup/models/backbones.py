@@ -1,4 +1,4 @@
-"""Backbones: a CPU-efficient small CNN (default) and a CIFAR-style ResNet-18.
+"""Backbones: a CPU-efficient small CNN (default), a CIFAR-style ResNet-18 and a small ViT (:mod:`.vit`).
 
 Every backbone maps a float image batch ``(N, C, H, W)`` in [0, 1] to features ``(N, feat_dim)`` and exposes
 ``feat_dim``. Input normalisation lives inside the backbone (``mean``/``std`` buffers) so that attacks and
@@ -9,15 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-class Normalize(nn.Module):
-    def __init__(self, mean: float = 0.5, std: float = 0.25):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(float(mean)))
-        self.register_buffer("std", torch.tensor(float(std)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+from .normalize import Normalize
+from .vit import ViT
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -102,4 +95,6 @@ def build_backbone(name: str, in_channels: int, **kwargs) -> nn.Module:
         return SmallCNN(in_channels=in_channels, **kwargs)
     if name == "resnet18":
         return ResNet18(in_channels=in_channels, **kwargs)
-    raise ValueError(f"unknown backbone {name!r} (choose cnn or resnet18)")
+    if name == "vit":
+        return ViT(in_channels=in_channels, **kwargs)
+    raise ValueError(f"unknown backbone {name!r} (choose cnn, resnet18 or vit)")

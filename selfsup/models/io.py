@@ -27,6 +27,9 @@ def backbone_kwargs(model: "ModelConfig") -> dict:
     if model.backbone == "cnn":
         return {"widths": tuple(model.widths), "convs_per_stage": model.convs_per_stage, "pool": model.pool,
                 "downsample": model.downsample}
+    if model.backbone == "vit":
+        return {"patch": model.vit_patch, "dim": model.vit_dim, "depth": model.vit_depth, "heads": model.vit_heads,
+                "mlp_ratio": model.vit_mlp_ratio, "pool": model.vit_pool}
     return {"width": model.width}
 
 
