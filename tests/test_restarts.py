@@ -208,16 +208,22 @@ METHOD_PARAMS = {"moco": {"queue_size": 64}, "wmse": {"w_size": 32}, "nnclr": {"
 METHOD_MODEL = {"mae": {"backbone": "vit", "vit_dim": 8, "vit_depth": 1, "vit_heads": 2}}
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_resumes_exactly(npz_data, tmp_path, method):  # noqa: F811
+# cases beyond one per method: (method, top-level config sections merged into the tiny config)
+EXTRA_CASES = {"dino+multicrop": ("dino", {"augment": {"local_crops": 2, "local_size": 8}})}  # local crops' draws
+
+
+@pytest.mark.parametrize("case", sorted(METHODS) + sorted(EXTRA_CASES))
+def test_every_method_resumes_exactly(npz_data, tmp_path, case):  # noqa: F811
     """Killed at step 10 (last checkpoint: step 8) and resumed, every method ends at step 12 with the state of an
     uninterrupted run: weights and every buffer (queues and their pointers, DINO's centre, SwAV's prototypes and
     queue, TiCo's running covariance, momentum encoders, per-sample targets, SuNCEt's switch, MAE's mask generator)."""
+    method, sections = EXTRA_CASES.get(case, (case, {}))
+
     def cfg(name):
         c = tiny_cfg(npz_data, tmp_path, name, method)
         c["method"].update(METHOD_PARAMS.get(method, {}))
         c["model"].update(METHOD_MODEL.get(method, {}))
-        return c
+        return {**c, **sections}
 
     pretrain(cfg("full"), progress=False, evaluate=False)
     with pytest.raises(Crash):
