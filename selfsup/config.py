@@ -42,16 +42,26 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
-    backbone: Literal["cnn", "resnet18", "vit"] = Field("cnn", description="encoder: cnn (small VGG-style CNN, "
-                                                        "the benchmarks' backbone), resnet18 (CIFAR-style "
-                                                        "ResNet-18) or vit (small Vision Transformer; mae needs it)")
+    backbone: Literal["cnn", "resnet18", "resnet50", "vit"] = Field(
+        "cnn", description="encoder: cnn (small VGG-style CNN, the benchmarks' backbone), resnet18 (basic blocks "
+        "[2, 2, 2, 2], 8·width features), resnet50 (bottleneck blocks [3, 4, 6, 3], 32·width features; stem: see "
+        "model.stem) or vit (small Vision Transformer; mae needs it)")
     widths: list[PositiveInt] = Field(default_factory=lambda: [32, 64, 128], min_length=1,
                                       description="cnn: channels of each stage (2x2 pooling between stages)")
     convs_per_stage: int = Field(2, ge=1, description="cnn: 3x3 conv-BN-ReLU layers per stage")
     pool: int = Field(2, ge=1, description="cnn: the last stage is average-pooled to pool x pool and flattened "
                                            "(feature size widths[-1] x pool²; 1 = global average pooling)")
     downsample: Literal["max", "avg"] = Field("max", description="cnn: 2x2 pooling between stages")
-    width: int = Field(64, ge=1, description="resnet18 base width")
+    width: int = Field(64, ge=1, description="resnet18 / resnet50 base width: channels of the first stage, doubled "
+                                             "at each of the 3 others (64: the standard networks, 512 / 2048 "
+                                             "features)")
+    stem: Literal["auto", "cifar", "imagenet"] = Field(
+        "auto", description="resnet18 / resnet50 stem: cifar (3x3 conv stride 1, no max-pool), imagenet (7x7 conv "
+        "stride 2 + 3x3 max-pool stride 2: a quarter of the side into the first stage), auto (cifar for images up "
+        "to 64 px, imagenet above)")
+    zero_init_residual: bool = Field(False, description="resnet18 / resnet50: start the last BatchNorm scale (γ) of "
+                                                        "every residual block at 0, so each block starts as the "
+                                                        "identity (Goyal et al. 2017)")
     vit_patch: int = Field(4, ge=1, description="vit: patch side in pixels; must divide the image size (4: 49 "
                                                 "patches at 28x28, 64 at 32x32)")
     vit_dim: int = Field(192, ge=4, multiple_of=4, description="vit: token width = feature size (divisible by 4 "

@@ -255,7 +255,7 @@ def _load_finetuned(run_dir, cfg, train, device) -> nn.Module:
     if cfg.finetune.init:
         backbone = load_backbone(cfg.finetune.init, device)
     else:
-        backbone = backbone_from_config(cfg.model, train.channels)
+        backbone = backbone_from_config(cfg.model, train.channels, train.images.shape[-1])
     clf = Classifier(backbone, k, obj, cfg.train.epochs)
     clf.load_state_dict(state)
     clf.backbone = inference_copy(clf.backbone, cfg.train.channels_last)  # BN folded: same outputs, faster attacks

@@ -53,9 +53,10 @@ if TYPE_CHECKING:
     from ..config import Config
 
 
-def build_method(cfg: "Config", in_channels: int, num_samples: int = 0) -> SSLMethod:
-    """The configured method on a fresh backbone; methods with per-sample state get ``num_samples``."""
-    backbone = backbone_from_config(cfg.model, in_channels)
+def build_method(cfg: "Config", in_channels: int, num_samples: int = 0, image_size: int | None = None) -> SSLMethod:
+    """The configured method on a fresh backbone for images of side ``image_size`` (a ResNet's ``stem: auto``
+    depends on it); methods with per-sample state get ``num_samples``."""
+    backbone = backbone_from_config(cfg.model, in_channels, image_size)
     cls = METHODS[cfg.method["name"]]
     if getattr(cls, "uses_indices", False):
         return cls(backbone, cfg.method_params(), num_samples=num_samples)

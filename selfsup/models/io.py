@@ -16,25 +16,29 @@ from torch import nn
 
 from ..atomic import atomic_save_tensors, atomic_write_text
 from ..errors import CheckpointError
-from .backbones import build_backbone
+from .backbones import build_backbone, resolve_stem
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
 
 
-def backbone_kwargs(model: "ModelConfig") -> dict:
-    """The keyword arguments of :func:`build_backbone` that the ``model`` section sets."""
+def backbone_kwargs(model: "ModelConfig", image_size: int | None = None) -> dict:
+    """The keyword arguments of :func:`build_backbone` that the ``model`` section sets; a ResNet's ``stem: auto``
+    becomes cifar or imagenet from ``image_size`` (the image side in pixels; unknown: cifar)."""
     if model.backbone == "cnn":
         return {"widths": tuple(model.widths), "convs_per_stage": model.convs_per_stage, "pool": model.pool,
                 "downsample": model.downsample}
     if model.backbone == "vit":
         return {"patch": model.vit_patch, "dim": model.vit_dim, "depth": model.vit_depth, "heads": model.vit_heads,
                 "mlp_ratio": model.vit_mlp_ratio, "pool": model.vit_pool}
-    return {"width": model.width}
+    return {"width": model.width, "stem": resolve_stem(model.stem, image_size),
+            "zero_init_residual": model.zero_init_residual}
 
 
-def backbone_from_config(model: "ModelConfig", in_channels: int) -> nn.Module:
-    return build_backbone(model.backbone, in_channels, **backbone_kwargs(model))
+def backbone_from_config(model: "ModelConfig", in_channels: int, image_size: int | None = None) -> nn.Module:
+    """A fresh backbone for images of ``in_channels`` channels and side ``image_size`` (which picks a ResNet's stem
+    under ``stem: auto``)."""
+    return build_backbone(model.backbone, in_channels, **backbone_kwargs(model, image_size))
 
 
 def save_backbone(run_dir: str | Path, backbone: nn.Module, model: "ModelConfig", in_channels: int,
@@ -43,7 +47,9 @@ def save_backbone(run_dir: str | Path, backbone: nn.Module, model: "ModelConfig"
     ``embed`` / ``export`` resize a new collection to)."""
     run_dir = Path(run_dir)
     atomic_save_tensors(run_dir / "backbone.safetensors", backbone.state_dict())
-    kw = {k: list(v) if isinstance(v, tuple) else v for k, v in backbone_kwargs(model).items()}
+    kw = {k: list(v) if isinstance(v, tuple) else v for k, v in backbone_kwargs(model, image_size).items()}
+    if hasattr(backbone, "stem_kind"):  # the stem the ResNet was built with is what its weights fit
+        kw["stem"] = backbone.stem_kind
     atomic_write_text(run_dir / "backbone.json", json.dumps(
         {"backbone": model.backbone, "in_channels": in_channels, "image_size": image_size, "kwargs": kw,
          "feat_dim": backbone.feat_dim},

@@ -197,7 +197,7 @@ class StreamTrainer:
         self.shape = tuple(done[-1]["shape"]) if done else None
         if done:
             last = done[-1]
-            self.method = self._new_method(last["channels"])
+            self.method = self._new_method(last["channels"], last["shape"][-1])
             self.method.load_state_dict(load_file(str(self.run_dir / "state" / last["state"] / "model.safetensors"),
                                                   device=str(self.device)))
             self.strategy.load(self.run_dir / "state" / last["state"], self.method)
@@ -207,15 +207,15 @@ class StreamTrainer:
             self.seen_data = [_find_chunk(chunks(), c["name"]).load() for c in done]
         if self.evaluate is not None and "init_eval" not in self.manifest:
             if self.init_eval is None:
-                channels = self.evaluate.image_shape[0]
-                self.init_eval = _strip(self.evaluate(self._new_method(channels).backbone, 0))
+                channels, size = self.evaluate.image_shape[0], self.evaluate.image_shape[-1]
+                self.init_eval = _strip(self.evaluate(self._new_method(channels, size).backbone, 0))
             self.manifest["init_eval"] = self.init_eval
             self._commit()  # at once: a stream killed before its first chunk commits does not redo it
         self.in_progress = self._find_in_progress(len(done), {c["name"] for c in done})
 
-    def _new_method(self, channels: int) -> nn.Module:
+    def _new_method(self, channels: int, image_size: int) -> nn.Module:
         torch.manual_seed(self.cfg.seed)
-        method = build_method(self.cfg, channels).to(self.device)
+        method = build_method(self.cfg, channels, image_size=image_size).to(self.device)
         if self.cfg.train.channels_last:  # as fit() leaves it, so copies made from it (distill) compute identically
             method = method.to(memory_format=torch.channels_last)
         return method
@@ -276,7 +276,7 @@ class StreamTrainer:
         index = len(done)
         self.shape = tuple(data.images.shape[1:])
         if self.method is None:
-            self.method = self._new_method(data.channels)
+            self.method = self._new_method(data.channels, data.images.shape[-1])
         t0 = time.perf_counter()
         steps = _steps_for(cfg, len(data))
         train_data = data
@@ -288,7 +288,7 @@ class StreamTrainer:
         skip = strategy.retrain_from_scratch and self.final_only and not last_of_known
         if not skip:
             if strategy.retrain_from_scratch:
-                self.method = self._new_method(data.channels)
+                self.method = self._new_method(data.channels, data.images.shape[-1])
             ckpt_root = self.run_dir / "chunks" / _chunk_dir_name(chunk)
             ckpt_root.mkdir(parents=True, exist_ok=True)
             atomic_write_text(ckpt_root / "chunk.json", json.dumps(

@@ -46,7 +46,7 @@ def finetune(config, overrides: list[str] | None = None, resume: bool = False, p
         backbone = load_backbone(f.init, device)
         backbone.train()
     else:
-        backbone = backbone_from_config(cfg.model, train.channels)
+        backbone = backbone_from_config(cfg.model, train.channels, train.images.shape[-1])
     objective = build_objective(f.loss, fit_ds.labels, num_classes, f)
     steps_per_epoch, total_steps = plan_steps(len(fit_ds), cfg.train)
     adversary = (SupervisedAdversary(f.adversarial, f.adv_eps, f.adv_steps, f.trades_beta, cfg.seed, device)

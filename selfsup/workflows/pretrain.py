@@ -36,7 +36,7 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
         write_config(run_dir, cfg, continuing=resume)
     _, val_idx = train_val_split(len(train_ds), cfg.data.val_fraction, cfg.seed, train_ds.labels)
     torch.manual_seed(cfg.seed)
-    method = build_method(cfg, train_ds.channels, len(train_ds)).to(device)
+    method = build_method(cfg, train_ds.channels, len(train_ds), train_ds.images.shape[-1]).to(device)
     if cfg.train.adversarial == "instance" and not method.pure_forward:
         raise TrainingError(f"train.adversarial=instance attacks the SSL loss by calling the method repeatedly; "
                             f"{cfg.method['name']} updates state in its forward (queue / targets): use "

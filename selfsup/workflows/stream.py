@@ -141,7 +141,7 @@ def _study(cfg: Config, root: Path, device, train, test, bar: TaskProgress, prog
         log(f"== sequence {kind} (seed {cfg.seed}): " + "; ".join(seq.describe()))
         torch.manual_seed(cfg.seed)
         init = StreamEvaluator(cfg, device, seq.tasks, seq.full)(
-            build_method(cfg, train.channels).to(device).backbone, 0)
+            build_method(cfg, train.channels, image_size=train.images.shape[-1]).to(device).backbone, 0)
         manifests = {}
         for strat in seq_cfg.strategies:
             scfg = load_config(cfg, [f"stream.strategy={strat}"])
