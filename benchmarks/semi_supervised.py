@@ -213,7 +213,8 @@ def suncet_lines(part: dict) -> list[str]:
                        f"{100 * max(x[key] for x in sun['curve']):.2f} %); the ≤ 60 % claim does not hold here." + flat)
         else:
             share = hit["step"] / simclr["steps"]
-            verdict = "holds" if share <= CLAIM_SHARE + 1e-9 else "does not hold"
+            # the probe nearest 60 % is at round(0.6 · steps), the step the claim names
+            verdict = "holds" if hit["step"] <= round(CLAIM_SHARE * simclr["steps"]) else "does not hold"
             out.append(f"- {what}: SimCLR's final accuracy {100 * final[key]:.2f} % (step {final['step']}) is first "
                        f"reached by SimCLR+SuNCEt at step {hit['step']} ({100 * share:.0f} % of SimCLR's steps, "
                        f"{100 * hit[key]:.2f} %); the ≤ 60 % claim {verdict} at this probe spacing." + flat)
