@@ -1,24 +1,32 @@
 """The method table: every method with the same backbone and the same number of epochs on Fashion-MNIST,
 each through the full pipeline (pre-training, then the evaluation suite).
 
-    python benchmarks/methods.py [--epochs 4] [--methods simclr,byol,...] [--out runs/bench]
+    python benchmarks/methods.py [--epochs 4] [--methods simclr,byol,dino_vit,...] [--out runs/bench]
     python benchmarks/methods.py --minutes 8 [--methods ...]   # the same-wall-clock table: 8 min of training each
+    python benchmarks/methods.py --epochs 1 --minutes 3        # both tables, one calibration
     python benchmarks/methods.py --report-only     # rewrite the section from benchmarks/results/methods.json
 
-Prints the table, keeps every method's row (with the command, commit and machine that measured it) in
-benchmarks/results/methods.json and writes the "methods" section of BENCHMARKS.md. A run replaces its method's row
-and keeps the others, so the table can be filled over several invocations; a row whose method file changed after its
-commit is named as stale. Accuracies are on the Fashion-MNIST test set, with k (kNN) and L2 (linear probe) chosen
-on a validation split held out from train.
+A row is a config: ``configs/<name>_fmnist.yaml`` for each name in ``--methods`` (a method, or a variant such as
+``dino_vit`` — DINO on the ViT backbone). Prints the tables, keeps every row (with the command, commit and machine
+that measured it) in benchmarks/results/methods.json and writes the "methods" section of BENCHMARKS.md. A run
+replaces its rows and keeps the others, so a table can be filled over several invocations; a row whose method file
+changed after its commit is named as stale. Accuracies are on the Fashion-MNIST test set, with k (kNN) and L2
+(linear probe) chosen on a validation split held out from train.
 
-``--minutes M``: every method gets the same training time instead of the same epochs. A short calibration run
-(``--calibrate-steps``, evaluation off) measures the method's img/s on this machine in this invocation; the run then
-trains for ``round(M · 60 · img/s / batch)`` steps (its own full warm-up + cosine schedule) and is evaluated as above.
-Its rows go to a second table ("wallclock" in the results file).
+Speed is measured first, for every selected config back to back: a calibration run of ``--calibrate-steps`` steps
+(evaluation off) gives its img/s on this machine in this invocation. That is the img/s column, and the pre-training
+minutes column is the table's images at that speed. The training runs that follow are seeded and deterministic, so
+their accuracies do not depend on what else the machine runs while they train; only the calibration phase must run
+alone (the script says so when it ends).
+
+``--minutes M``: every config gets the same training time instead of the same epochs: ``round(M · 60 · img/s /
+batch)`` steps at its calibrated img/s (its own full warm-up + cosine schedule over those steps). Its rows go to a
+second table ("wallclock" in the results file).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import subprocess
@@ -35,8 +43,11 @@ from selfsup.methods import METHODS  # noqa: E402
 from selfsup.workflows import pretrain  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "methods.json"
-HEADER = ["method", "epochs", "pre-train min", "img/s", "kNN %", "linear %", "1 % labels linear %",
-          "10 % labels linear %", "5-way 5-shot %", "digits linear %", "RankMe", "total min"]
+HEADER = ["config", "backbone", "epochs", "steps", "img/s", "pre-train min at that img/s", "kNN %", "linear %",
+          "1 % labels linear %", "10 % labels linear %", "5-way 5-shot %", "digits linear %", "RankMe"]
+LINEAR = HEADER.index("linear %")
+VARIANTS = ["dino_vit", "moco_v3_vit"]
+"""Configs beyond one per method: the ViT backbone for the methods the issue runs on it (MAE's own config is ViT)."""
 
 
 def git(args: list[str]) -> str:
@@ -50,30 +61,33 @@ def pct(x) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
-def row_from_run(m: str, epochs: float, d: Path) -> dict:
-    """One method's row from its run directory (eval.json, train_summary.json, bench_wall.json)."""
+def row_from_run(name: str, d: Path, cal: dict) -> dict:
+    """One config's row from its run directory (eval.json, train_summary.json, config.yaml, bench_wall.json) and
+    its calibration (img/s measured in the same invocation)."""
     ev = json.loads((d / "eval.json").read_text())
     ts = json.loads((d / "train_summary.json").read_text())
     wall = json.loads((d / "bench_wall.json").read_text())
+    cfg = load_config(d / "config.yaml")
     s = ev["ssl"]
     low = s.get("low_label", {})
     shot = s.get("fewshot", {}).get("5way_5shot")
-    cells = [m, f"{epochs:.3g}", f"{ts['train_seconds'] / 60:.1f}", f"{ts['images_per_second']:.0f}",
+    images = ts["steps"] * cfg.train.batch_size
+    cells = [name, cfg.model.backbone, f"{images / wall['train_size']:.3g}", str(ts["steps"]),
+             f"{cal['img_per_s']:.0f}", f"{images / cal['img_per_s'] / 60:.1f}",
              pct(s["knn_test"]), pct(s["linear_test"]), pct(low.get("0.01", {}).get("linear_test")),
              pct(low.get("0.1", {}).get("linear_test")),
              "–" if shot is None else f"{100 * shot['mean']:.2f} ± {100 * shot['ci95']:.2f}",
-             pct(ev.get("transfer_digits", {}).get("linear_test")), f"{ev['rankme']:.1f}",
-             f"{wall['total_seconds'] / 60:.1f}"]
+             pct(ev.get("transfer_digits", {}).get("linear_test")), f"{ev['rankme']:.1f}"]
     raw = ev.get("raw_pixels")
-    return {"cells": cells, "command": wall["command"], "commit": wall["commit"], "machine": wall["machine"],
-            "raw": raw and {k: raw[k] for k in ("knn_test", "linear_test")}}
+    return {"cells": cells, "method": cfg.method["name"], "command": wall["command"], "commit": wall["commit"],
+            "machine": wall["machine"], "raw": raw and {k: raw[k] for k in ("knn_test", "linear_test")}}
 
 
 def summary(rows: list[list[str]], raw: dict | None) -> list[str]:
     """Sentences computed from the table: methods by linear accuracy, and the margin over raw pixels."""
     if not rows:
         return []
-    lin = sorted(((float(r[5]), r[0]) for r in rows), reverse=True)
+    lin = sorted(((float(r[LINEAR]), r[0]) for r in rows), reverse=True)
     out = ["Linear probe, highest first: " + ", ".join(f"{m} {v:.2f} %" for v, m in lin) + "."]
     if raw:
         margins = [v - 100 * raw["linear_test"] for v, _ in lin]
@@ -88,7 +102,8 @@ def stale_rows(rec: dict) -> list[str]:
     the section is written), so an old row is never read as a measurement of today's code."""
     stale = []
     for m, r in rec["rows"].items():
-        changed = git(["log", "-1", "--format=%h", f"{r['commit']}..HEAD", "--", f"selfsup/methods/{m}.py"])
+        changed = git(["log", "-1", "--format=%h", f"{r['commit']}..HEAD", "--",
+                       f"selfsup/methods/{r.get('method', m)}.py", f"configs/{m}_fmnist.yaml"])
         if changed:
             stale.append(f"{m} (changed in {changed})")
     if not stale:
@@ -99,8 +114,9 @@ def stale_rows(rec: dict) -> list[str]:
 
 
 def ordered(rec: dict) -> list[str]:
-    """Rows in the registry's order (METHODS), then any method no longer registered."""
-    return [m for m in METHODS if m in rec["rows"]] + [m for m in rec["rows"] if m not in METHODS]
+    """Rows in the registry's order (METHODS, then VARIANTS), then any config no longer listed."""
+    known = [*METHODS, *VARIANTS]
+    return [m for m in known if m in rec["rows"]] + [m for m in rec["rows"] if m not in known]
 
 
 def table_lines(rec: dict, title: str, header: list[str], notes: list[str]) -> list[str]:
@@ -125,50 +141,87 @@ def table_lines(rec: dict, title: str, header: list[str], notes: list[str]) -> l
 
 def write_section(rec: dict) -> None:
     body = table_lines(rec, "## Method table: Fashion-MNIST, same backbone and epochs for every method", HEADER, [
-        "Backbone and per-method settings: `configs/<method>_fmnist.yaml`. Test accuracy; k and L2 chosen on a "
-        "validation split carved from train. img/s = source images per second (each seen in the method's views). "
-        "1 % / 10 % labels: linear probe on a class-balanced seeded share of the training labels; 5-way 5-shot: "
-        "prototype classifier on frozen features, mean ± 95 % CI over 200 episodes; – = not measured by that run."])
+        "Settings: `configs/<config>_fmnist.yaml` (the CNN backbone for every method; `*_vit` and mae: the small "
+        "ViT). Test accuracy; k and L2 chosen on a validation split carved from train. img/s = source images per "
+        "second of step time (each seen in the method's views), from a calibration run of each config back to back "
+        "at the start of the invocation; pre-train min = the row's images at that speed. 1 % / 10 % labels: linear "
+        "probe on a class-balanced seeded share of the training labels; 5-way 5-shot: prototype classifier on "
+        "frozen features, mean ± 95 % CI over 200 episodes."])
     wc = rec.get("wallclock")
     if wc and wc.get("rows"):
         body += ["", *table_lines({**wc, "raw": rec.get("raw")},
                                   f"### The same wall-clock budget: {wc['minutes']:g} min of training per method",
                                   HEADER, [
-            "Steps per method = budget × the img/s its calibration run measured in the same invocation (its own "
+            "Steps per config = budget × the img/s its calibration run measured in the same invocation (its own "
             "warm-up + cosine schedule over those steps); the epochs column is what that bought."])]
+    vit = [m for m in ordered(rec) if rec["rows"][m]["cells"][1] == "vit"]
+    cnn = [m for m in ordered(rec) if rec["rows"][m]["cells"][1] != "vit"]
+    if vit and cnn:
+        best = max(cnn, key=lambda m: float(rec["rows"][m]["cells"][LINEAR]))
+        body += ["", "### ViT rows beside the best CNN row (same epochs)", "",
+                 md_table(HEADER, [rec["rows"][m]["cells"] for m in [*vit, best]])]
     update_section("methods", "\n".join(body))
 
 
+def config_path(name: str) -> Path:
+    p = ROOT / "configs" / f"{name}_fmnist.yaml"
+    if not p.exists():
+        sys.exit(f"no config {p.relative_to(ROOT)} for '{name}' (known: {', '.join([*METHODS, *VARIANTS])})")
+    return p
+
+
 def run_method(m: str, name: str, out: Path, overrides: list[str], rev: str, evaluate: bool = True):
-    """Pre-train (and evaluate) one method from its config; the wall time and provenance go beside its results."""
+    """Pre-train (and evaluate) one config; the wall time, train-set size and provenance go beside its results."""
     shutil.rmtree(out / name, ignore_errors=True)
     t0 = time.perf_counter()
-    r = pretrain(ROOT / "configs" / f"{m}_fmnist.yaml",
+    r = pretrain(config_path(m),
                  [f"name={name}", f"output_dir={out}", "eval.transfer=true", "eval.embedding_plot=pca", *overrides],
                  progress=sys.stdout.isatty(), evaluate=evaluate)
-    (r.run_dir / "bench_wall.json").write_text(json.dumps({"total_seconds": time.perf_counter() - t0,
-                                                           "command": command(), "commit": rev,
-                                                           "machine": machine()}))
+    cfg = load_config(r.run_dir / "config.yaml")
+    (r.run_dir / "bench_wall.json").write_text(json.dumps({
+        "total_seconds": time.perf_counter() - t0, "command": command(), "commit": rev, "machine": machine(),
+        "train_size": len(load_datasets(cfg.data)[0])}))
     return r
 
 
-def same_wallclock(m: str, args, out: Path, rev: str) -> dict:
-    """Calibrate the method's img/s, then train it for ``args.minutes`` at that speed and evaluate."""
-    cal = run_method(m, f"bench-{m}-calibrate", out, [f"train.max_steps={args.calibrate_steps}", *args.set], rev,
-                     evaluate=False)
-    cfg = load_config(ROOT / "configs" / f"{m}_fmnist.yaml", args.set)
-    steps = max(1, int(round(args.minutes * 60 * cal.images_per_second / cfg.train.batch_size)))
-    spe = len(load_datasets(cfg.data)[0]) // cfg.train.batch_size
-    r = run_method(m, f"bench-{m}-wallclock", out, [f"train.max_steps={steps}", *args.set], rev)
-    return row_from_run(m, steps / spe, r.run_dir)
+def calibrate(names: list[str], args, out: Path, rev: str) -> dict:
+    """img/s of every config, measured back to back before any long run (this phase must have the machine alone)."""
+    cal = {}
+    for m in names:
+        r = run_method(m, f"bench-{m}-calibrate", out, [f"train.max_steps={args.calibrate_steps}", *args.set], rev,
+                       evaluate=False)
+        cal[m] = {"img_per_s": r.images_per_second, "steps": r.steps}
+        print(f"calibration {m}: {r.images_per_second:.0f} img/s over {r.steps} steps", flush=True)
+    print("calibration done: img/s are measured; what runs beside the training from here on changes only its "
+          "wall time, not its numbers", flush=True)
+    return cal
+
+
+@functools.lru_cache(maxsize=None)
+def train_size(m: str) -> int:
+    return len(load_datasets(load_config(config_path(m)).data)[0])
+
+
+def job_minutes(m: str, overrides: list[str], cal: dict, extra: list[str]) -> float:
+    """Expected training minutes of one run at its calibrated speed (to order the runs)."""
+    cfg = load_config(config_path(m), [*overrides, *extra])
+    n = train_size(m)
+    steps = cfg.train.max_steps or int(cfg.train.epochs * n // cfg.train.batch_size)
+    return steps * cfg.train.batch_size / cal["img_per_s"] / 60
+
+
+def wallclock_steps(m: str, minutes: float, cal: dict, overrides: list[str]) -> int:
+    cfg = load_config(config_path(m), overrides)
+    return max(1, int(round(minutes * 60 * cal["img_per_s"] / cfg.train.batch_size)))
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=float, default=4)
+    ap.add_argument("--epochs", type=float, help="the same-epochs table (default 4 when --minutes is not given)")
     ap.add_argument("--minutes", type=float, help="the same-wall-clock table: minutes of training per method")
     ap.add_argument("--calibrate-steps", type=int, default=30, help="--minutes: steps of each calibration run")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join([*METHODS, *VARIANTS]),
+                    help="configs to run: configs/<name>_fmnist.yaml for each name")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     ap.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every method")
     ap.add_argument("--results", type=Path, default=RESULTS, help="results file (default: %(default)s)")
@@ -176,10 +229,12 @@ def main():
                     help=f"rewrite the section from {RESULTS.relative_to(ROOT)} without training")
     args = ap.parse_args()
     path = args.results
+    if args.epochs is None and args.minutes is None:
+        args.epochs = 4.0
     rec = json.loads(path.read_text()) if path.exists() else {"epochs": args.epochs, "rows": {}, "raw": None}
     if args.report_only:
         return write_section(rec)
-    if args.minutes is None and rec["rows"] and rec["epochs"] != args.epochs:
+    if args.epochs is not None and rec["rows"] and rec["epochs"] != args.epochs:
         sys.exit(f"{path} holds a {rec['epochs']:g}-epoch table; run with --epochs {rec['epochs']:g} or move the "
                  f"file away to start a new table")
     if args.minutes is not None and rec.get("wallclock", {}).get("minutes", args.minutes) != args.minutes:
@@ -187,20 +242,28 @@ def main():
                  f"{rec['wallclock']['minutes']:g} or move the file away")
     out = Path(args.out)
     rev = git_rev()  # the code this invocation runs (HEAD may move during the runs)
-    for m in args.methods.split(","):
-        if args.minutes is not None:
-            row = same_wallclock(m, args, out, rev)
-            table = rec.setdefault("wallclock", {"minutes": args.minutes, "rows": {}})
-        else:
-            rec["epochs"] = args.epochs
-            r = run_method(m, f"bench-{m}", out, [f"train.epochs={args.epochs}", *args.set], rev)
-            row = row_from_run(m, args.epochs, r.run_dir)
-            table = rec
+    names = args.methods.split(",")
+    for m in names:
+        config_path(m)
+    cal = calibrate(names, args, out, rev)
+    jobs = []
+    if args.epochs is not None:
+        rec["epochs"] = args.epochs
+        jobs += [(m, f"bench-{m}", [f"train.epochs={args.epochs}"], rec) for m in names]
+    if args.minutes is not None:
+        wc = rec.setdefault("wallclock", {"minutes": args.minutes, "rows": {}})
+        jobs += [(m, f"bench-{m}-wallclock", [f"train.max_steps={wallclock_steps(m, args.minutes, cal[m], args.set)}"],
+                  wc) for m in names]
+    jobs.sort(key=lambda j: job_minutes(j[0], j[2], cal[j[0]], args.set))  # cheapest first: a stopped
+    for m, run_name, overrides, table in jobs:                                # invocation keeps the most rows
+        baselines = [] if rec.get("raw") else ["eval.baselines=true"]  # raw pixels: measured once per results file
+        r = run_method(m, run_name, out, [*overrides, *args.set, "eval.baselines=false", *baselines], rev)
+        row = row_from_run(m, r.run_dir, cal[m])
         rec["raw"] = row.pop("raw") or rec.get("raw")
         table["rows"][m] = row
         print(" | ".join(row["cells"]), flush=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(rec, indent=1))  # after every method: a stopped invocation keeps its rows
+        path.write_text(json.dumps(rec, indent=1))  # after every run: a stopped invocation keeps its rows
         if path == RESULTS:
             write_section(rec)
 
