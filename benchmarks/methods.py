@@ -188,6 +188,12 @@ def calibrate(names: list[str], args, out: Path, rev: str) -> dict:
     """img/s of every config, measured back to back before any long run (this phase must have the machine alone)."""
     cal = {}
     for m in names:
+        kept = args.calibration_from and Path(args.calibration_from) / f"bench-{m}-calibrate" / "train_summary.json"
+        if kept and kept.exists():  # an earlier invocation's calibration, run alone (its run dir names it)
+            ts = json.loads(kept.read_text())
+            cal[m] = {"img_per_s": ts["images_per_second"], "steps": ts["steps"]}
+            print(f"calibration {m}: {ts['images_per_second']:.0f} img/s over {ts['steps']} steps, from {kept}")
+            continue
         r = run_method(m, f"bench-{m}-calibrate", out, [f"train.max_steps={args.calibrate_steps}", *args.set], rev,
                        evaluate=False)
         cal[m] = {"img_per_s": r.images_per_second, "steps": r.steps}
@@ -220,6 +226,8 @@ def main():
     ap.add_argument("--epochs", type=float, help="the same-epochs table (default 4 when --minutes is not given)")
     ap.add_argument("--minutes", type=float, help="the same-wall-clock table: minutes of training per method")
     ap.add_argument("--calibrate-steps", type=int, default=30, help="--minutes: steps of each calibration run")
+    ap.add_argument("--calibration-from", help="reuse the calibration runs (bench-<name>-calibrate) of an earlier "
+                    "invocation under this directory; configs without one are calibrated here")
     ap.add_argument("--methods", default=",".join([*METHODS, *VARIANTS]),
                     help="configs to run: configs/<name>_fmnist.yaml for each name")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))

@@ -113,7 +113,8 @@ def evaluate_run(run_dir: str | Path, progress: bool = True, datasets=None, devi
         recipe = recipe_from_config(cfg.augment, METHODS[cfg.method["name"]].recipe)
         g = torch.Generator().manual_seed(cfg.seed + 12345)
         sample = test_x[: min(2000, len(test_x))]
-        v1, v2 = recipe(sample.float() / 255, g)[:2]  # the two global views (multi-crop: local crops follow)
+        views = recipe(sample.float() / 255, g)  # the global views first (multi-crop: local crops follow)
+        v1, v2 = views[:2] if len(views) >= 2 else (views[0], recipe(sample.float() / 255, g)[0])  # mae: 1 view
         z1 = extract_features(backbone, v1, e.batch_size, device, cl)
         z2 = extract_features(backbone, v2, e.batch_size, device, cl)
         results["alignment"] = diag.alignment(z1, z2)
