@@ -228,6 +228,7 @@ def main():
     ap.add_argument("--calibrate-steps", type=int, default=30, help="--minutes: steps of each calibration run")
     ap.add_argument("--calibration-from", help="reuse the calibration runs (bench-<name>-calibrate) of an earlier "
                     "invocation under this directory; configs without one are calibrated here")
+    ap.add_argument("--missing-only", action="store_true", help="run only the rows the results file lacks")
     ap.add_argument("--methods", default=",".join([*METHODS, *VARIANTS]),
                     help="configs to run: configs/<name>_fmnist.yaml for each name")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))
@@ -262,6 +263,8 @@ def main():
         wc = rec.setdefault("wallclock", {"minutes": args.minutes, "rows": {}})
         jobs += [(m, f"bench-{m}-wallclock", [f"train.max_steps={wallclock_steps(m, args.minutes, cal[m], args.set)}"],
                   wc) for m in names]
+    if args.missing_only:  # continue a stopped invocation: only the rows its tables do not hold yet
+        jobs = [j for j in jobs if j[0] not in j[3]["rows"]]
     jobs.sort(key=lambda j: job_minutes(j[0], j[2], cal[j[0]], args.set))  # cheapest first: a stopped
     for m, run_name, overrides, table in jobs:                                # invocation keeps the most rows
         baselines = [] if rec.get("raw") else ["eval.baselines=true"]  # raw pixels: measured once per results file
