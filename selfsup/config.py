@@ -32,6 +32,19 @@ class DataConfig(Strict):
     skip_bad_images: bool = Field(False, description="folder / webdataset: skip unreadable images with a warning "
                                                      "instead of stopping")
     subset: int | None = Field(None, gt=0, description="use only the first N training images (quick runs)")
+    size: int | None = Field(None, gt=0, description="every image resized to size x size pixels (unset: folder / "
+                             "webdataset: the first image's width; other sources: as stored)")
+    channels: Literal[1, 3] | None = Field(None, description="1 (grey) or 3 (RGB); images are converted (unset: "
+                                           "folder / webdataset: from the first image; other sources: as stored)")
+    in_memory: Literal["auto", "always", "never"] = Field(
+        "auto", description="folder / webdataset: decode the whole set into RAM once (always), or decode each batch "
+        "when it is used, in data.workers processes, so memory is bounded by the batch and prefetch, not by the data "
+        "set (never); auto: always when the decoded set fits data.memory_budget_mb")
+    memory_budget_mb: float = Field(2048, gt=0, description="in_memory=auto: the largest decoded set (uint8 N x C x "
+                                    "size x size, in MiB) held in RAM")
+    workers: int = Field(0, ge=0, description="lazy sources: DataLoader worker processes decoding batches ahead of "
+                         "training (0: decode in the training process)")
+    prefetch: int = Field(2, ge=1, description="lazy sources with workers: batches each worker decodes ahead")
     labelled_fraction: float | None = Field(None, gt=0, le=1, description="pre-training sees the labels of only "
                                             "this class-balanced, seeded share of the training images (the others: "
                                             "unlabelled, -1; for method suncet); unset: every label; evaluation "

@@ -5,7 +5,8 @@ Known labels: ``data.labelled_fraction`` keeps the labels of a class-balanced, s
 
 Composition (:class:`BatchComposer`): with ``data.labelled_per_batch`` = L > 0, each step's ``train.batch_size`` = B
 images are B − L images from the epoch's permutation followed by L labelled images, L / C of each of the C labelled
-classes, drawn by a seeded generator that checkpoints save (``generators()``), so a resumed run draws the same ones.
+classes, drawn by a generator seeded from the seed and the step, so any step's batch is reached directly (a resumed
+run, or a data-loading worker ahead of training, draws the same ones).
 An epoch stays N // B steps of B images (the compute of a plain epoch); its B − L fresh images per step visit
 (B − L) / B of the permutation. L = 0 is the plain batch: B images of the permutation.
 """
@@ -52,7 +53,7 @@ class BatchComposer:
                  labelled_per_batch: int = 0, seed: int = 0):
         self.labels, self.labelled_per_batch = labels, labelled_per_batch
         self.fresh = batch_size - labelled_per_batch  # images per step from the epoch's permutation
-        self.generator = torch.Generator().manual_seed(seed * 15_485_863 + 11)
+        self.seed = seed
         self.by_class: list[torch.Tensor] = []
         if labelled_per_batch:
             if labels is None:
@@ -63,18 +64,17 @@ class BatchComposer:
                                 f"{len(classes)} labelled classes and below train.batch_size {batch_size}")
             self.by_class = [torch.nonzero(labels == c).flatten() for c in classes.tolist()]
 
-    def generators(self) -> dict[str, torch.Generator]:
-        return {"labelled": self.generator} if self.labelled_per_batch else {}
-
-    def indices(self, perm: torch.Tensor, step_in_epoch: int) -> torch.Tensor:
-        """B − L images of the epoch's permutation, then L / C labelled images of each class."""
+    def indices(self, perm: torch.Tensor, step_in_epoch: int, step: int) -> torch.Tensor:
+        """Step ``step``'s batch (the ``step_in_epoch``-th of its epoch, whose order is ``perm``): B − L images of
+        the permutation, then L / C labelled images of each class."""
         pos = step_in_epoch * self.fresh
         idx = perm[pos:pos + self.fresh]
         if not self.labelled_per_batch:
             return idx
         k = self.labelled_per_batch // len(self.by_class)
-        picks = [members[torch.randperm(len(members), generator=self.generator)[:k]] if k <= len(members) else
-                 members[torch.randint(len(members), (k,), generator=self.generator)] for members in self.by_class]
+        g = torch.Generator().manual_seed(self.seed * 15_485_863 + 11 + 1_000_003 * step)
+        picks = [members[torch.randperm(len(members), generator=g)[:k]] if k <= len(members) else
+                 members[torch.randint(len(members), (k,), generator=g)] for members in self.by_class]
         return torch.cat([idx, *picks])
 
     def labels_of(self, ids: torch.Tensor) -> torch.Tensor | None:

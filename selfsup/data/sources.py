@@ -38,6 +38,7 @@ class ImageDataset:
     classes: list[str] = field(default_factory=list)
     name: str = "data"
     files: list[str] | None = None  # where each image came from (image folders: the path relative to the root)
+    skipped: int = 0  # unreadable files left out when the set was read (data.skip_bad_images)
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -57,9 +58,14 @@ class ImageDataset:
     def channels(self) -> int:
         return self.images.shape[1]
 
+    @property
+    def lazy(self) -> bool:
+        """Decoded on demand (:class:`selfsup.data.lazy.LazyImages`) rather than held in RAM."""
+        return not isinstance(self.images, torch.Tensor)
+
     def subset(self, idx, name: str | None = None) -> "ImageDataset":
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return ImageDataset(self.images[idx], None if self.labels is None else self.labels[idx], self.classes,
+        return ImageDataset(self.images.subset(idx) if self.lazy else self.images[idx], None if self.labels is None else self.labels[idx], self.classes,
                             name or self.name, None if self.files is None else [self.files[i] for i in idx.tolist()])
 
 
@@ -124,7 +130,7 @@ def digits(split: str = "train", size: int = 28, test_fraction: float = 0.3, see
 
 
 # ------------------------------------------------------------------------------------------------- image folders
-def _decode_image(source, size: int | None, channels: int | None):
+def decode_image(source, size: int | None, channels: int | None):
     """Open one image (path or file object) with Pillow, convert to ``channels`` (1 or 3; default from the image)
     and resize to ``size`` (default: its own width). Returns (C×H×W uint8 array, channels, size)."""
     with Image.open(source) as im:
@@ -139,18 +145,13 @@ def _decode_image(source, size: int | None, channels: int | None):
     return (a[None] if a.ndim == 2 else a.transpose(2, 0, 1)), channels, size
 
 
-def image_folder(path: str | Path, size: int | None = None, channels: int | None = None,
-                 skip_bad: bool = False) -> ImageDataset:
-    """Images under ``path``; when ``path`` has sub-folders, each sub-folder is a class. All images are resized
-    to ``size`` (default: the first image's size) and converted to ``channels`` (default: 1 if the first image is
-    greyscale, else 3). An unreadable file raises a :class:`DataError` naming it, or is skipped with a warning
-    when ``skip_bad``."""
-    root = Path(path)
+def list_folder(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
+    """The image files under ``root`` with their class index (sub-folder; −1 without sub-folders), and the
+    classes (sorted sub-folder names)."""
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir())
     files: list[tuple[Path, int]] = []
-    classes = [d.name for d in subdirs]
     if subdirs:
         for ci, d in enumerate(subdirs):
             files += [(f, ci) for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
@@ -158,10 +159,22 @@ def image_folder(path: str | Path, size: int | None = None, channels: int | None
         files = [(f, -1) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {root}")
+    return files, [d.name for d in subdirs]
+
+
+def image_folder(path: str | Path, size: int | None = None, channels: int | None = None,
+                 skip_bad: bool = False) -> ImageDataset:
+    """Images under ``path``; when ``path`` has sub-folders, each sub-folder is a class. All images are resized
+    to ``size`` (default: the first image's size) and converted to ``channels`` (default: 1 if the first image is
+    greyscale, else 3). An unreadable file raises a :class:`DataError` naming it, or is skipped with a warning
+    when ``skip_bad``."""
+    root = Path(path)
+    files, classes = list_folder(root)
+    subdirs = bool(classes)
     arrays, labels, names = [], [], []
     for f, ci in files:
         try:
-            a, channels, size = _decode_image(f, size, channels)
+            a, channels, size = decode_image(f, size, channels)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
             if skip_bad:
                 warnings.warn(f"skipping unreadable image {f}: {e}")
@@ -174,7 +187,7 @@ def image_folder(path: str | Path, size: int | None = None, channels: int | None
         raise DataError(f"no readable images in {root}")
     x = torch.from_numpy(np.stack(arrays))
     y = torch.tensor(labels, dtype=torch.long) if subdirs else None
-    return ImageDataset(x, y, classes, f"folder:{root.name}", names)
+    return ImageDataset(x, y, classes, f"folder:{root.name}", names, skipped=len(files) - len(arrays))
 
 
 # ---------------------------------------------------------------------------------------------- CIFAR python batches
@@ -343,7 +356,7 @@ def webdataset_shard(path: str | Path, size: int | None = None, channels: int | 
         if ext is None:
             continue
         try:
-            a, channels, size = _decode_image(io.BytesIO(parts[ext]), size, channels)
+            a, channels, size = decode_image(io.BytesIO(parts[ext]), size, channels)
             label = int(parts["cls"].decode().strip()) if "cls" in parts else -1
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
             if skip_bad:

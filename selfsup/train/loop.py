@@ -9,7 +9,8 @@ an uninterrupted run.
 
 Distributed: under torchrun, BatchNorm is synced (:func:`selfsup.distributed.convert_sync_batchnorm`, keeping the
 parameter objects) before the optimiser is built, DDP wraps the method, and each rank takes every W-th sample of
-the same global batch.
+the same global batch (:func:`selfsup.data.step_batches`: a lazy set decodes only that share, in its workers); a
+strategy that mixes in replayed images mixes them into each rank's share, from a generator of its own per rank.
 
 Progress goes out through callbacks: after each step every callback gets a :class:`StepEvent`; a dict it returns
 is logged to ``metrics.jsonl`` (e.g. kNN accuracy on a validation split). The loop imports no evaluation code.
@@ -27,7 +28,7 @@ from torch import nn
 
 from .. import distributed as D
 from ..augment import recipe_from_config, to_float
-from ..data import BatchComposer, ImageDataset
+from ..data import BatchComposer, ImageDataset, step_batches
 from ..errors import TrainingError
 from ..methods import SSLMethod
 from .checkpoint import latest_checkpoint, load_latest_checkpoint, save_checkpoint
@@ -153,9 +154,9 @@ def fit(method: SSLMethod, train_ds: ImageDataset, cfg: "Config", device: torch.
     owner = method if extra is None else nn.ModuleList([method, extra])
     optimizer = build_optimizer(owner, t.optimizer, base_lr, t.momentum, t.weight_decay)
     aug_gen = torch.Generator(device=device).manual_seed(seed * 7919 + 17 + rank)
-    mix_gen = torch.Generator().manual_seed(seed * 104_729 + 5)
+    mix_gen = torch.Generator().manual_seed(seed * 104_729 + 5 + 7_919 * rank)  # each rank mixes its own share
     batches = plan.batches or BatchComposer(len(train_ds), t.batch_size, train_ds.labels)
-    rng = _RandomState({"aug": aug_gen, "mix": mix_gen, **{f"batches.{k}": g for k, g in batches.generators().items()},
+    rng = _RandomState({"aug": aug_gen, "mix": mix_gen,
                         **{f"strategy.{k}": g for k, g in _generators(strategy).items()},
                         **{f"method.{k}": g for k, g in _generators(method).items()}})
 
@@ -205,21 +206,18 @@ def fit(method: SSLMethod, train_ds: ImageDataset, cfg: "Config", device: torch.
     t0 = time.perf_counter()
     seen = 0
     step_time = 0.0  # seconds inside training steps (excludes callbacks and checkpoints)
-    perm_epoch, perm = -1, None
     step = start_step
+    bad_images = 0  # unreadable files a lazy set replaced (data.skip_bad_images)
+    feed = step_batches(train_ds, batches, seed, steps_per_epoch, start_step, total_steps, rank, world,
+                        cfg.data.workers, cfg.data.prefetch)
     uses_indices, uses_labels = getattr(method, "uses_indices", False), getattr(method, "uses_labels", False)
     try:
         with prog:
             while step < total_steps:
                 ts = time.perf_counter()
-                epoch = step // steps_per_epoch
-                if epoch != perm_epoch:
-                    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-                    perm = torch.randperm(len(train_ds), generator=g)
-                    perm_epoch = epoch
-                idx = batches.indices(perm, step % steps_per_epoch)
-                images, ids = strategy.batch(train_ds.images[idx], idx, mix_gen)
-                images, ids = images[rank::world], ids[rank::world]
+                fed = next(feed)  # this rank's share of the step's batch
+                bad_images += fed.bad
+                images, ids = strategy.batch(fed.images, fed.idx, mix_gen)
                 x = to_float(images.to(device, non_blocking=True), t.channels_last)
                 extra_in = {}
                 if uses_indices:
@@ -262,6 +260,8 @@ def fit(method: SSLMethod, train_ds: ImageDataset, cfg: "Config", device: torch.
                            "img_per_s": seen / step_time, "time_s": time.perf_counter() - t0}
                     if penalty is not None:
                         row["penalty"] = float(penalty.detach())
+                    if train_ds.lazy and cfg.data.skip_bad_images:
+                        row["bad_images"] = bad_images
                     metrics.append(row)
                 event = StepEvent(step, total_steps, steps_per_epoch, loss_v, method)
                 for cb in plan.callbacks:

@@ -1,0 +1,146 @@
+"""Images decoded on demand: a folder of files or the members of WebDataset tar shards, read one batch at a time.
+
+:class:`LazyImages` stands where an in-RAM dataset holds its uint8 ``(N, C, H, W)`` tensor: ``len``, ``shape``,
+``dtype``, ``dim()`` and indexing (an int, a slice, or an index tensor / array / list) behave like that tensor's, but
+nothing is decoded until it is indexed, so memory is bounded by the batch, not by the data set. Every image is
+converted to ``channels`` and resized to ``size`` × ``size`` (fixed when the set is opened). Tar members are read by
+their byte offset in the shard (uncompressed ``.tar``), so any image can be reached without reading the shard.
+
+A file that cannot be decoded raises a :class:`DataError` naming it, or, with ``skip_bad``, is replaced by the next
+readable image (deterministic: the same batch every run) and counted (:meth:`LazyImages.fetch` returns the count).
+"""
+from __future__ import annotations
+
+import io
+import tarfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import UnidentifiedImageError
+
+from ..errors import DataError
+from .sources import IMAGE_SUFFIXES, decode_image
+
+DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
+
+
+@dataclass(frozen=True)
+class Item:
+    """Where one image's bytes are: a whole file (``offset`` None) or ``length`` bytes at ``offset`` of a tar."""
+    path: str
+    offset: int | None = None
+    length: int | None = None
+    member: str | None = None
+
+    def describe(self) -> str:
+        return self.path if self.member is None else f"{self.member} in shard {self.path}"
+
+    def open(self):
+        if self.offset is None:
+            return self.path
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            return io.BytesIO(fh.read(self.length))
+
+
+class LazyImages:
+    """A uint8 (N, C, size, size) image tensor that decodes its rows when they are indexed."""
+    dtype = torch.uint8
+
+    def __init__(self, items: list[Item], size: int, channels: int, skip_bad: bool = False, name: str = "data"):
+        if not items:
+            raise DataError(f"{name}: no images")
+        self.items, self.size, self.channels, self.skip_bad, self.name = items, size, channels, skip_bad, name
+        self.shape = torch.Size((len(items), channels, size, size))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def dim(self) -> int:
+        return 4
+
+    def decoded_bytes(self) -> int:
+        """What the whole set would take in RAM as uint8."""
+        return len(self.items) * self.channels * self.size * self.size
+
+    def _decode(self, i: int) -> np.ndarray:
+        item = self.items[i]
+        try:
+            return decode_image(item.open(), self.size, self.channels)[0]
+        except DECODE_ERRORS as e:
+            raise DataError(f"cannot read image {item.describe()}: {e}") from None
+
+    def fetch(self, idx) -> tuple[torch.Tensor, int]:
+        """The images ``idx`` (uint8 (len(idx), C, H, W)) and how many unreadable files were replaced (skip_bad)."""
+        rows, bad = [], 0
+        for i in (int(j) for j in idx):
+            for attempt in range(len(self.items)):
+                j = (i + attempt) % len(self.items)
+                try:
+                    rows.append(self._decode(j))
+                    break
+                except DataError as e:
+                    if not self.skip_bad:
+                        raise
+                    warnings.warn(f"skipping {e}")
+                    bad += 1
+            else:
+                raise DataError(f"{self.name}: no readable image left")
+        if not rows:
+            return torch.empty((0, *self.shape[1:]), dtype=torch.uint8), bad
+        return torch.from_numpy(np.stack(rows)), bad
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self.fetch([key])[0][0]
+        if isinstance(key, slice):
+            return self.fetch(range(*key.indices(len(self))))[0]
+        idx = torch.as_tensor(key)
+        if idx.dtype == torch.bool:
+            idx = torch.nonzero(idx).flatten()
+        return self.fetch(idx.tolist())[0]
+
+    def subset(self, idx) -> "LazyImages":
+        """The rows ``idx``, still lazy."""
+        return LazyImages([self.items[int(i)] for i in torch.as_tensor(idx).flatten().tolist()], self.size,
+                          self.channels, self.skip_bad, self.name)
+
+    def materialize(self) -> torch.Tensor:
+        """Decode everything into one tensor (the in-RAM fast path); bad files raise or are dropped (skip_bad)."""
+        return self[:]
+
+    def __repr__(self) -> str:
+        return f"LazyImages({self.name}: {len(self)} × {self.channels}×{self.size}×{self.size})"
+
+
+def folder_items(files: list[Path]) -> list[Item]:
+    return [Item(str(f)) for f in files]
+
+
+def tar_items(path: Path) -> tuple[list[Item], list[int]]:
+    """Image members of an uncompressed tar shard by key (sorted), with their ``.cls`` label (−1: none)."""
+    images: dict[str, Item] = {}
+    labels: dict[str, int] = {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for m in tar:
+                if not m.isfile():
+                    continue
+                key, _, ext = m.name.rpartition(".")
+                if not key:
+                    continue
+                if f".{ext.lower()}" in IMAGE_SUFFIXES and key not in images:
+                    images[key] = Item(str(path), m.offset_data, m.size, m.name)
+                elif ext.lower() == "cls":
+                    fh = tar.extractfile(m)
+                    try:
+                        labels[key] = int(fh.read().decode().strip())
+                    except ValueError as e:
+                        raise DataError(f"bad label {m.name} in shard {path}: {e}") from None
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"cannot index shard {path} (lazy reading needs an uncompressed .tar): {e}") from None
+    keys = sorted(images)
+    return [images[k] for k in keys], [labels.get(k, -1) for k in keys]

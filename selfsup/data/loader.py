@@ -1,0 +1,99 @@
+"""Each training step's batch: which images (a pure function of the seed and the step, so a run resumes exactly
+mid-epoch) and their uint8 pixels, for this process's share of the global batch.
+
+The order of epoch e is a permutation drawn from the seed and e (:func:`epoch_order`); the batch composer
+(:class:`~selfsup.data.batches.BatchComposer`) turns it into step indices. Under DDP, rank r of W takes positions
+r, r + W, … of the global batch, so the W processes together see exactly the batch one process would. In-RAM sets are
+indexed directly; a lazy set (:class:`~selfsup.data.lazy.LazyImages`) is decoded batch by batch — in
+``workers`` DataLoader processes, ``prefetch`` batches each ahead, when workers > 0 — so each rank and worker
+decodes only its own images and memory is bounded by the batch and the prefetch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import DataError
+from .batches import BatchComposer
+from .sources import ImageDataset
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of epoch ``epoch`` (a generator of its own per epoch: any epoch is reached directly)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+@dataclass
+class StepBatch:
+    images: torch.Tensor  # uint8 (B / world, C, H, W)
+    idx: torch.Tensor  # their indices in the data set
+    bad: int = 0  # unreadable files replaced in this batch (lazy sets with skip_bad_images)
+
+
+class _StepIndices:
+    """Batch sampler: this rank's indices of steps start … total − 1 (computed in the training process)."""
+
+    def __init__(self, n: int, composer: BatchComposer, seed: int, steps_per_epoch: int, start: int, total: int,
+                 rank: int, world: int):
+        self.n, self.composer, self.seed, self.spe = n, composer, seed, steps_per_epoch
+        self.start, self.total, self.rank, self.world = start, total, rank, world
+        self._epoch, self._perm = -1, None
+
+    def indices(self, step: int) -> torch.Tensor:
+        epoch = step // self.spe
+        if epoch != self._epoch:
+            self._epoch, self._perm = epoch, epoch_order(self.n, self.seed, epoch)
+        return self.composer.indices(self._perm, step % self.spe, step)[self.rank::self.world]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.total):
+            yield self.indices(step).tolist()
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+
+class _Decode(Dataset):
+    """Decodes one batch of a lazy set in a worker; a decoding error comes back as its message (raised as one
+    DataError in the training process, not as a worker traceback)."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitems__(self, idx: list[int]):
+        try:
+            x, bad = self.images.fetch(idx)
+        except DataError as e:
+            return str(e)
+        return StepBatch(x, torch.tensor(idx, dtype=torch.long), bad)
+
+
+def _as_is(batch):
+    return batch
+
+
+def step_batches(ds: ImageDataset, composer: BatchComposer, seed: int, steps_per_epoch: int, start: int,
+                 total: int, rank: int = 0, world: int = 1, workers: int = 0, prefetch: int = 2
+                 ) -> Iterator[StepBatch]:
+    """The batches of steps ``start`` … ``total`` − 1 for this rank, in order."""
+    sampler = _StepIndices(len(ds), composer, seed, steps_per_epoch, start, total, rank, world)
+    if not ds.lazy:
+        for idx in sampler:
+            idx = torch.tensor(idx, dtype=torch.long)
+            yield StepBatch(ds.images[idx], idx)
+        return
+    if workers == 0:
+        batches = (_Decode(ds.images).__getitems__(idx) for idx in sampler)
+    else:
+        batches = iter(DataLoader(_Decode(ds.images), batch_sampler=sampler, num_workers=workers,
+                                  prefetch_factor=prefetch, collate_fn=_as_is, persistent_workers=False))
+    for b in batches:
+        if isinstance(b, str):
+            raise DataError(b)
+        yield b
