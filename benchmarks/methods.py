@@ -122,6 +122,8 @@ def ordered(rec: dict) -> list[str]:
 def table_lines(rec: dict, title: str, header: list[str], notes: list[str]) -> list[str]:
     """One table (a title, the commands and machines that measured its rows, the rows, computed sentences)."""
     names = ordered(rec)
+    if not names:
+        return [title, "", "No rows measured yet."]
     runs: dict[tuple[str, str], list[str]] = {}
     for m in names:
         r = rec["rows"][m]
