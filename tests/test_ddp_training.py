@@ -12,15 +12,18 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from selfsup.config import load_config
-from selfsup.data import ImageDataset
+from PIL import Image
+
+from selfsup.data import ImageDataset, LazyImages
+from selfsup.data.lazy import folder_items
 from selfsup.methods import build_method
 from selfsup.train.loop import FitPlan, fit
 
 STEPS = 4
 
 
-def _cfg(out, method="simclr"):
-    return load_config({
+def _cfg(out, method="simclr", workers=0):
+    return load_config({"data": {"workers": workers},
         "name": "ddp", "output_dir": str(out), "seed": 3,
         "model": {"widths": [4, 8], "pool": 1},
         "method": {"name": method, "proj_hidden": 16, "proj_dim": 8},
@@ -32,16 +35,28 @@ def _cfg(out, method="simclr"):
                   "checkpoint_every_steps": 100, "threads": 1}})
 
 
-def _data():
+def _data(folder=None):
+    """64 random 12×12 grey images, in RAM or (``folder``) as PNG files decoded lazily."""
     g = torch.Generator().manual_seed(0)
-    return ImageDataset(torch.randint(0, 256, (64, 1, 12, 12), dtype=torch.uint8, generator=g), None, [], "random")
+    x = torch.randint(0, 256, (64, 1, 12, 12), dtype=torch.uint8, generator=g)
+    if folder is None:
+        return ImageDataset(x, None, [], "random")
+    folder.mkdir(exist_ok=True)
+    for i, img in enumerate(x):
+        if not (folder / f"{i:02d}.png").exists():
+            Image.fromarray(img[0].numpy()).save(folder / f"{i:02d}.png")
+    return ImageDataset(LazyImages(folder_items(sorted(folder.glob("*.png"))), 12, 1, name="pngs"), None, [], "pngs")
 
 
 def _train(out, method):
-    cfg = _cfg(out, method)
+    """``method``: a method name, or ``<name>+lazy`` to read the images from PNG files with a DataLoader worker."""
+    method, _, lazy = method.partition("+")
+    cfg = _cfg(out, method, workers=1 if lazy else 0)
     torch.manual_seed(cfg.seed)
     m = build_method(cfg, 1)
-    fit(m, _data(), cfg, torch.device("cpu"), FitPlan(out / "ck", out / "metrics.jsonl", progress=False))
+    data = _data(out.parent / "pngs" if lazy else None)
+    assert data.lazy == bool(lazy)
+    fit(m, data, cfg, torch.device("cpu"), FitPlan(out / "ck", out / "metrics.jsonl", progress=False))
     return {k: v.detach().clone().contiguous() for k, v in m.state_dict().items()}
 
 
@@ -59,10 +74,12 @@ def _worker(rank, world, init_file, out, method):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["simclr", "byol"])
+@pytest.mark.parametrize("method", ["simclr", "byol", "simclr+lazy"])
 def test_two_processes_train_to_the_weights_of_one(method, tmp_path):
+    """simclr+lazy: each rank decodes only its half of every batch from PNG files, in a DataLoader worker."""
     for r in (0, 1):
         (tmp_path / f"rank{r}").mkdir()
+    _data(tmp_path / "pngs")  # written before the processes start
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), tmp_path, method), nprocs=2, join=True)
     ddp = load_file(str(tmp_path / "ddp.safetensors"))
     (tmp_path / "single").mkdir()
