@@ -120,3 +120,21 @@ def test_webdataset_shards_read_lazily_by_offset(folder, tmp_path):
     ram, _ = load_datasets(load_config(cfg.model_dump(), ["data.in_memory=always"]).data)
     assert lazy.lazy and len(lazy) == 5 and lazy.labels.tolist() == [0] * 5
     assert torch.equal(lazy.images[:], ram.images)
+
+
+def test_evaluation_of_a_lazy_folder_equals_the_in_ram_one(tmp_path, folder):
+    data = tmp_path / "split"
+    for split in ("train", "test"):
+        (data / split).mkdir(parents=True)
+        for cls in ("left", "right"):
+            (data / split / cls).symlink_to(folder / cls)
+    ev = {"linear_max_iter": 20, "embedding_plot": "none", "transfer": False, "knn_k_grid": [5],
+          "fewshot_episodes": 5}
+    out = {}
+    for mode in ("always", "never"):
+        cfg = {**_cfg(data, tmp_path, mode, mode, workers=1, max_steps=4), "eval": ev}
+        r = pretrain(cfg, progress=False)
+        out[mode] = json.loads((r.run_dir / "eval.json").read_text())
+    assert out["never"]["ssl"] == out["always"]["ssl"]  # same weights, same features, same probes
+    assert "raw_pixels" in out["always"] and "raw_pixels" not in out["never"]
+    assert any("read lazily" in w for w in out["never"]["warnings"])

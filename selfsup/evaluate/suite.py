@@ -99,7 +99,13 @@ def evaluate_run(run_dir: str | Path, progress: bool = True, datasets=None, devi
                                                      cfg.data.val_fraction))
         sp.advance()
         if labelled and e.baselines and test_ds is not None:
-            results["raw_pixels"] = _raw_baselines(train_ds, test_ds, tr, va, e, cfg.seed, cfg.data.val_fraction)
+            if train_ds.lazy or test_ds.lazy:  # raw pixels would be the whole decoded set in RAM
+                results.setdefault("warnings", []).append(
+                    "raw-pixel baselines skipped: the data set is read lazily (data.in_memory); they need every "
+                    "image decoded in RAM")
+            else:
+                results["raw_pixels"] = _raw_baselines(train_ds, test_ds, tr, va, e, cfg.seed,
+                                                       cfg.data.val_fraction)
         sp.advance()
         if e.transfer:
             results["transfer_digits"] = _transfer_digits(backbone, train_ds.channels, e, device, cl)
