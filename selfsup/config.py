@@ -148,7 +148,9 @@ class TrainConfig(Strict):
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="the cosine decay ends at this share of the "
                                                              "learning rate")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value (unset: off)")
-    amp: bool = Field(False, description="bfloat16 autocast (for GPUs; slower on CPUs without AVX-512/AMX)")
+    amp: bool | Literal["auto"] = Field(False, description="bfloat16 autocast (for GPUs; slower on CPUs without "
+                                        "AVX-512-BF16/AMX); auto: on for CUDA and for CPUs whose flags show "
+                                        "avx512_bf16 or amx_bf16, off otherwise")
     channels_last: bool = Field(True, description="channels-last memory format (faster convolutions)")
     compile: bool = Field(False, description="torch.compile the model")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N (may change on --resume)")

@@ -38,3 +38,17 @@ def test_bf16_autocast_close_to_fp32():
     assert l1 == pytest.approx(l0, rel=3e-2)
     cos = torch.nn.functional.cosine_similarity(g0.flatten(), g1.flatten(), dim=0)
     assert float(cos) > 0.95
+
+
+def test_amp_auto_follows_the_device_and_the_cpu_flags():
+    from selfsup.train.setup import use_amp
+    plain = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512f\n"
+    bf16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n"
+    amx = "processor\t: 0\nflags\t\t: fpu avx2 amx_tile amx_bf16\n"
+    cpu = torch.device("cpu")
+    assert not use_amp("auto", cpu, plain)  # AVX-512 without bf16: emulated, slower
+    assert use_amp("auto", cpu, bf16) and use_amp("auto", cpu, amx)
+    assert use_amp("auto", torch.device("cuda"), plain)
+    assert use_amp(True, cpu, plain) and not use_amp(False, cpu, bf16)  # explicit wins
+    cfg = load_config({"train": {"amp": "auto"}})
+    assert cfg.train.amp == "auto"

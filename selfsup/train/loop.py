@@ -35,7 +35,7 @@ from .checkpoint import latest_checkpoint, load_latest_checkpoint, save_checkpoi
 from .optim import build_optimizer, lr_at
 from .progress import StepProgress
 from .rundir import MetricsLog
-from .setup import plan_steps
+from .setup import plan_steps, use_amp
 from .strategies import Strategy
 
 if TYPE_CHECKING:
@@ -206,6 +206,7 @@ def fit(method: SSLMethod, train_ds: ImageDataset, cfg: "Config", device: torch.
     t0 = time.perf_counter()
     seen = 0
     step_time = 0.0  # seconds inside training steps (excludes callbacks and checkpoints)
+    amp = use_amp(t.amp, device)
     step = start_step
     bad_images = 0  # unreadable files a lazy set replaced (data.skip_bad_images)
     feed = step_batches(train_ds, batches, seed, steps_per_epoch, start_step, total_steps, rank, world,
@@ -235,7 +236,7 @@ def fit(method: SSLMethod, train_ds: ImageDataset, cfg: "Config", device: torch.
                     views = recipe(x, aug_gen)
                 if t.channels_last:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-                with autocast(device, t.amp), strategy.watching(method):
+                with autocast(device, amp), strategy.watching(method):
                     loss = model(views, **extra_in)
                     penalty = strategy.penalty(method, views)
                 total = loss if penalty is None else loss + penalty

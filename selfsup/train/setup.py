@@ -25,6 +25,25 @@ def setup_device(cfg: "Config") -> torch.device:
     return device
 
 
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512-BF16 or AMX-BF16 in /proc/cpuinfo's flags)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            return False
+    flags = next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_amp(amp: bool | str, device: torch.device, cpuinfo: str | None = None) -> bool:
+    """``train.amp`` resolved for ``device``: ``auto`` is on for CUDA and for CPUs with native bfloat16."""
+    if amp != "auto":
+        return bool(amp)
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16(cpuinfo))
+
+
 def plan_steps(n_images: int, t: "TrainConfig", total_steps: int | None = None) -> tuple[int, int]:
     """(steps per epoch, total steps) for ``n_images`` at ``train.batch_size``: ``total_steps`` if given, else
     ``train.max_steps``, else ``train.epochs`` epochs."""
