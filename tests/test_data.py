@@ -169,3 +169,22 @@ def test_train_val_split_stratified_and_seeded():
     assert np.bincount(y.numpy()[va]).tolist() == [5, 5, 5, 5]
     tr2, va2 = train_val_split(100, 0.2, 0, y)
     assert np.array_equal(va, va2)
+
+
+def test_a_non_square_photo_is_cropped_to_its_central_square(tmp_path):
+    x = np.zeros((20, 60, 3), dtype=np.uint8)  # 60 wide: red left third, green centre, blue right third
+    x[:, :20, 0] = 255
+    x[:, 20:40, 1] = 255
+    x[:, 40:, 2] = 255
+    Image.fromarray(x).save(tmp_path / "wide.png")
+    ds = image_folder(tmp_path, size=10)
+    img = ds.images[0].float()
+    assert ds.images.shape == (1, 3, 10, 10)
+    assert img[1].mean() > 200 and img[0].mean() < 30 and img[2].mean() < 30  # the centre, not squeezed
+
+
+def test_the_embedding_map_of_a_small_validation_split(tmp_path):
+    from selfsup.report.report import plot_embedding
+    feats, labels = torch.randn(8, 16), torch.tensor([0, 1] * 4)
+    assert plot_embedding(tmp_path, feats, labels, ["a", "b"], "tsne", 2000, 0) == "embedding.png"
+    assert (tmp_path / "embedding.png").exists()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -132,15 +132,17 @@ def digits(split: str = "train", size: int = 28, test_fraction: float = 0.3, see
 # ------------------------------------------------------------------------------------------------- image folders
 def decode_image(source, size: int | None, channels: int | None):
     """Open one image (path or file object) with Pillow, convert to ``channels`` (1 or 3; default from the image)
-    and resize to ``size`` (default: its own width). Returns (C×H×W uint8 array, channels, size)."""
+    and resize to ``size`` × ``size`` (default: its own width); a non-square image is first cropped to its central
+    square. Returns (C×H×W uint8 array, channels, size)."""
     with Image.open(source) as im:
         im.load()
         if channels is None:
             channels = 1 if im.mode in ("L", "1", "I", "I;16", "F") else 3
         im = im.convert("L" if channels == 1 else "RGB")
         size = size or im.size[0]
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
+        if im.size != (size, size):  # a photo: the central square of its aspect, then resized
+            im = ImageOps.fit(im, (size, size), Image.BILINEAR) if im.size[0] != im.size[1] else \
+                im.resize((size, size), Image.BILINEAR)
         a = np.asarray(im, dtype=np.uint8)
     return (a[None] if a.ndim == 2 else a.transpose(2, 0, 1)), channels, size
 

@@ -55,9 +55,13 @@ def plot_embedding(run_dir: Path, feats, labels, classes, kind: str, points: int
     x = feats[idx].numpy()
     x = (x - x.mean(0)) / (x.std(0) + 1e-6)
     y = labels[idx].numpy()
+    if len(x) < 3:  # too few test points to map
+        return None
     if kind == "tsne":
-        x = PCA(n_components=min(50, x.shape[1]), random_state=seed).fit_transform(x)
-        xy = TSNE(n_components=2, init="pca", random_state=seed, perplexity=30).fit_transform(x)
+        x = PCA(n_components=min(50, *x.shape), random_state=seed).fit_transform(x)
+        # perplexity must stay below the number of points (a small folder's validation split)
+        xy = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30.0, (len(x) - 1) / 3)
+                  ).fit_transform(x)
     else:
         xy = PCA(n_components=2, random_state=seed).fit_transform(x)
     fig, ax = subplots(figsize=(6.5, 5.5))
