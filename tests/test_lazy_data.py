@@ -138,3 +138,14 @@ def test_evaluation_of_a_lazy_folder_equals_the_in_ram_one(tmp_path, folder):
     assert out["never"]["ssl"] == out["always"]["ssl"]  # same weights, same features, same probes
     assert "raw_pixels" in out["always"] and "raw_pixels" not in out["never"]
     assert any("read lazily" in w for w in out["never"]["warnings"])
+
+
+def test_the_knn_monitor_keeps_a_lazy_set_lazy(folder):
+    from selfsup.evaluate.monitor import KnnMonitor
+    mons = {}
+    for mode in ("never", "always"):
+        cfg = load_config(_cfg(folder, "/tmp", "x", mode))
+        mons[mode] = KnnMonitor(load_datasets(cfg.data)[0], np.arange(0, 96, 10), cfg, "cpu")
+    lazy, ram = mons["never"], mons["always"]
+    assert not isinstance(lazy.bank_x, torch.Tensor) and not isinstance(lazy.q_x, torch.Tensor)  # nothing decoded
+    assert torch.equal(lazy.bank_x[:], ram.bank_x) and torch.equal(lazy.q_x[:], ram.q_x)  # the same images

@@ -22,9 +22,10 @@ class KnnMonitor:
         rng = np.random.default_rng(cfg.seed)
         rest = np.setdiff1d(np.arange(len(ds)), val_idx)
         bank = np.sort(rng.choice(rest, min(cfg.train.monitor_samples, len(rest)), replace=False))
-        self.bank_x, self.bank_y = ds.images[bank], ds.labels[bank]
+        # ds.subset: a lazy set stays lazy (decoded batch by batch when the monitor runs), an in-RAM one is copied
+        self.bank_x, self.bank_y = ds.subset(bank).images, ds.labels[bank]
         q = np.sort(rng.choice(val_idx, min(len(val_idx), max(1000, cfg.train.monitor_samples // 5)), replace=False))
-        self.q_x, self.q_y = ds.images[q], ds.labels[q]
+        self.q_x, self.q_y = ds.subset(q).images, ds.labels[q]
         self.cfg, self.device = cfg, device
 
     def __call__(self, event: "StepEvent") -> dict | None:
