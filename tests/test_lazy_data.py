@@ -49,6 +49,9 @@ def test_lazy_and_in_ram_folder_hold_the_same_images(folder):
     assert torch.equal(lazy.images[:], ram.images) and torch.equal(lazy.labels, ram.labels)
     idx = torch.tensor([95, 3, 50])
     assert torch.equal(lazy.images[idx], ram.images[idx])
+    assert torch.equal(lazy.images[-1], ram.images[-1]) and torch.equal(torch.stack(list(lazy.images)), ram.images)
+    with pytest.raises(IndexError):
+        lazy.images[96]
     # auto: in RAM under the budget, lazy above it
     small = load_config({**_cfg(folder, "/tmp", "x", "auto")})
     assert not load_datasets(small.data)[0].lazy

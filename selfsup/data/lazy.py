@@ -93,9 +93,16 @@ class LazyImages:
             return torch.empty((0, *self.shape[1:]), dtype=torch.uint8), bad
         return torch.from_numpy(np.stack(rows)), bad
 
+    def __iter__(self):
+        """Row by row, decoded 256 at a time."""
+        for i in range(0, len(self), 256):
+            yield from self[i:i + 256]
+
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)):
-            return self.fetch([key])[0][0]
+            if not -len(self) <= key < len(self):
+                raise IndexError(f"index {key} out of range for {len(self)} images")
+            return self.fetch([key % len(self)])[0][0]
         if isinstance(key, slice):
             return self.fetch(range(*key.indices(len(self))))[0]
         idx = torch.as_tensor(key)
