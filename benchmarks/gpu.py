@@ -72,7 +72,7 @@ def write_section(rec: dict) -> None:
     ss, pl = rec.get("selfsup", []), rec.get("lightly", [])
     lines = ["## GPU: SimCLR ResNet-18 (CIFAR stem) at 32×32, selfsup vs lightly; the evaluation suite on the GPU", "",
              f"Command: `{rec['command']}` (commit {rec['commit']}); device: {rec['gpu']}; host CPU: "
-             f"{rec['cpus']} cores. Batch {rec['batch']}, {rec['steps']} steps per run, runs interleaved "
+             f"{rec.get('host_cpu', '?')}, {rec['cpus']} cores. Batch {rec['batch']}, {rec['steps']} steps per run, runs interleaved "
              f"(selfsup, lightly, selfsup, …); img/s = images / wall time of the training loop, first steps included; "
              f"epoch time = {rec['epoch_images']} images / img/s. lightly: {rec.get('lightly_version', '?')} with "
              f"{rec['workers']} DataLoader workers (its PIL SimCLRTransform), bf16 autocast and channels_last as "
@@ -120,7 +120,8 @@ def main():
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("benchmarks/gpu.py needs a CUDA device")
     out_path = Path(a.out)
-    rec = {"command": command(), "commit": git_rev(), "gpu": gpu_name() if a.device.startswith("cuda") else a.device, "cpus": os.cpu_count(), "batch": a.batch,
+    cpu_model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    rec = {"command": command(), "commit": git_rev(), "host_cpu": cpu_model, "gpu": gpu_name() if a.device.startswith("cuda") else a.device, "cpus": os.cpu_count(), "batch": a.batch,
            "steps": a.steps, "workers": a.workers, "selfsup": [], "lightly": []}
 
     def save():
