@@ -5,7 +5,7 @@ folder), lightly's SimCLRTransform in DataLoader workers, SimCLRProjectionHead, 
 copy of selfsup's small CNN (same layers, same parameter count: the caller checks) or torchvision's ResNet-18 with
 the CIFAR stem (lightly's CIFAR examples). Prints one JSON line (and writes it to --out): steps, images, seconds of
 training wall time (data wait included, every step counted), img/s, parameter count; with --features-out, the
-trained backbone's features of the --embed arrays as .npy.
+trained backbone's features of the --embed arrays as .npy; with --save-backbone, its weights.
 
     python lightly_simclr.py --npy train.npy --steps 40 --out r.json
     python lightly_simclr.py --folder jpegs/ --size 96 --in-ch 3 --steps 20 --out r.json
@@ -125,6 +125,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--embed", default="", help="comma-separated uint8 .npy arrays to featurize after training")
     ap.add_argument("--features-out", default="")
+    ap.add_argument("--save-backbone", default="", help="write the trained backbone's state_dict here (torch.save)")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
     if a.threads:
@@ -178,6 +179,8 @@ def main():
            "loss": float(loss), "params": sum(p.numel() for p in backbone.parameters()),
            "lightly": lightly.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
            "threads": torch.get_num_threads()}
+    if a.save_backbone:
+        torch.save({k: v.cpu() for k, v in backbone.state_dict().items()}, a.save_backbone)
     if a.features_out:
         out = Path(a.features_out)
         out.mkdir(parents=True, exist_ok=True)

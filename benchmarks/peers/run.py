@@ -1,0 +1,211 @@
+"""selfsup against lightly 1.6, side by side in one invocation on this CPU (the peer runs in its own environment,
+benchmarks/peers/env.py).
+
+    python benchmarks/peers/run.py [--steps 30] [--folder-steps 8] [--repeats 2] [--accuracy]
+    python benchmarks/peers/run.py --report-only      # rewrite the section from benchmarks/results/peers.json
+
+Throughput, runs interleaved (selfsup, lightly, selfsup, lightly, …), every step counted (first ones included):
+  * 28×28 Fashion-MNIST in RAM: SimCLR, the 6-conv reference CNN (32-64-128, 2×2 pool), batch 256. selfsup: its
+    training loop (augmentation on the batch tensor). lightly: its pipeline (PIL SimCLRTransform in 2 DataLoader
+    workers, SimCLRProjectionHead, NTXentLoss, SGD) on a layer-for-layer copy of the CNN (parameter counts checked).
+  * a folder of 96×96 RGB JPEGs made from Fashion-MNIST: the same CNN on 3 channels, batch 128; selfsup reads the
+    folder lazily (2 DataLoader workers decode), lightly through LightlyDataset.
+With --accuracy, time to accuracy: selfsup's demo (configs/demo.yaml) pre-trains; lightly's recipe of
+../shared/reference/measured.md (its SimCLRTransform without blur, crop scale 0.6–1, width-24 CNN on 3-channel
+input with 2×2-pooled 384-d features, SGD lr 0.12, batch 256) then trains for the same wall-clock seconds; both
+backbones are scored by selfsup's evaluation suite (the same splits, kNN and linear probe).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
+from benchmarks.memory import make_folder  # noqa: E402
+from benchmarks.peers.env import ensure  # noqa: E402
+from selfsup.config import load_config  # noqa: E402
+from selfsup.data import fashion_mnist, train_val_split  # noqa: E402
+from selfsup.evaluate.suite import evaluate_run  # noqa: E402
+from selfsup.models import SmallCNN  # noqa: E402
+from selfsup.models.io import save_backbone  # noqa: E402
+from selfsup.workflows import pretrain  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "peers.json"
+PEER = Path(__file__).resolve().parent / "lightly_simclr.py"
+CNN = {"widths": [32, 64, 128], "pool": 2}
+PEER_RECIPE = {"widths": [24, 48, 96], "pool": 2, "min_scale": 0.6, "lr": 0.12}  # measured.md's lightly recipe
+
+
+def selfsup_run(out: Path, tag: str, steps: int, overrides: list[str]) -> dict:
+    cfg = {"name": f"peers-{tag}", "output_dir": str(out), "model": dict(CNN),
+           "method": {"name": "simclr", "temperature": 0.2, "proj_hidden": 512, "proj_dim": 128},
+           "augment": {"crop_scale": [0.4, 1.0]},
+           "train": {"batch_size": 256, "max_steps": steps, "checkpoint_every_steps": 10_000,
+                     "monitor_every_epochs": 1000, "lr": 0.12}}
+    t = time.perf_counter()
+    r = pretrain(cfg, overrides, progress=False, evaluate=False)
+    batch = int(next((o.split("=")[1] for o in overrides if o.startswith("train.batch_size=")), 256))
+    return {"steps": r.steps, "images": r.steps * batch, "seconds": r.train_seconds,
+            "img_s": r.steps * batch / r.train_seconds, "call_seconds": time.perf_counter() - t}
+
+
+def peer_run(py: Path, args: list[str]) -> dict:
+    p = subprocess.run([str(py), str(PEER), *args], capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"lightly's run failed:\n{p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_peer_backbone(path: Path, channels: int) -> SmallCNN:
+    """lightly's trained CNN copy as selfsup's SmallCNN: the same tensors in the same order (the Normalize buffers
+    aside), shapes checked."""
+    theirs = list(torch.load(path, weights_only=True).values())
+    model = SmallCNN(channels, tuple(PEER_RECIPE["widths"]), pool=PEER_RECIPE["pool"])
+    ours = {k: v for k, v in model.state_dict().items() if not k.startswith("normalize.")}
+    if len(ours) != len(theirs) or any(a.shape != b.shape for a, b in zip(ours.values(), theirs)):
+        sys.exit("lightly's CNN copy does not match selfsup's SmallCNN tensor for tensor")
+    model.load_state_dict(dict(zip(ours, theirs)), strict=False)
+    return model
+
+
+def throughput(a, py: Path, tmp: Path, rec: dict) -> None:
+    train = fashion_mnist("train").images[:, 0].numpy()
+    npy = tmp / "fm28.npy"
+    np.save(npy, train)
+    folder = tmp / "jpeg96"
+    make_folder(folder, a.folder_images, 96)
+    expected = params(SmallCNN(1, tuple(CNN["widths"]), pool=CNN["pool"]))
+    rec["params"] = expected
+    phases = {
+        "ram28": (a.steps, [], ["--npy", str(npy), "--steps", str(a.steps), "--batch", "256"]),
+        "folder96": (a.folder_steps,
+                     ["data.source=folder", f"data.root={folder}", "data.size=96", "data.channels=3",
+                      "data.in_memory=never", "data.workers=2", "train.batch_size=128"],
+                     ["--folder", str(folder), "--size", "96", "--in-ch", "3", "--steps", str(a.folder_steps),
+                      "--batch", "128"]),
+    }
+    for name, (steps, ov, peer_args) in phases.items():
+        rec[name] = {"selfsup": [], "lightly": []}
+        for i in range(a.repeats):
+            s = selfsup_run(tmp, f"{name}-{i}", steps, ov)
+            rec[name]["selfsup"].append(s)
+            p = peer_run(py, peer_args + ["--workers", "2", "--widths", ",".join(map(str, CNN["widths"])),
+                                          "--pool", str(CNN["pool"]), "--lr", "0.12"])
+            want = expected if name == "ram28" else params(SmallCNN(3, tuple(CNN["widths"]), pool=CNN["pool"]))
+            if p["params"] != want:
+                sys.exit(f"lightly's CNN has {p['params']} parameters, selfsup's {want}: not the same model")
+            rec[name]["lightly"].append(p)
+            rec["lightly_version"], rec["peer_torch"] = p["lightly"], p["torch"]
+            print(f"{name} #{i}: selfsup {s['img_s']:.0f} img/s, lightly {p['img_s']:.0f} img/s "
+                  f"({s['img_s'] / p['img_s']:.2f}×)", flush=True)
+            save(rec)
+
+
+def accuracy(a, py: Path, tmp: Path, rec: dict) -> None:
+    demo = pretrain(str(ROOT / "configs" / "demo.yaml"), [f"output_dir={tmp}", "name=peers-demo"], progress=False)
+    ours = json.loads((demo.run_dir / "eval.json").read_text())
+    seconds = demo.train_seconds
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    full = fashion_mnist("train")
+    tr, _ = train_val_split(len(full.images), cfg.data.val_fraction, cfg.seed, full.labels)
+    npy = tmp / "fm28rgb.npy"
+    np.save(npy, full.images[tr].expand(-1, 3, -1, -1).permute(0, 2, 3, 1).contiguous().numpy())
+    weights = tmp / "lightly_backbone.pt"
+    p = peer_run(py, ["--npy", str(npy), "--in-ch", "3", "--seconds", f"{seconds:.1f}", "--batch", "256",
+                      "--workers", "2", "--widths", ",".join(map(str, PEER_RECIPE["widths"])),
+                      "--pool", str(PEER_RECIPE["pool"]), "--min-scale", str(PEER_RECIPE["min_scale"]),
+                      "--lr", str(PEER_RECIPE["lr"]), "--save-backbone", str(weights)])
+    run_dir = tmp / "peers-lightly"
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "config.yaml").write_text((demo.run_dir / "config.yaml").read_text())
+    model_cfg = cfg.model.model_copy(update={"widths": list(PEER_RECIPE["widths"]), "pool": PEER_RECIPE["pool"]})
+    save_backbone(run_dir, load_peer_backbone(weights, 3), model_cfg, 3, 28)
+    theirs = evaluate_run(run_dir, progress=False).results
+    rec["accuracy"] = {"seconds": seconds, "selfsup": {k: ours.get(k) for k in ("knn_test", "linear_test")},
+                       "lightly": {k: theirs.get(k) for k in ("knn_test", "linear_test")},
+                       "lightly_steps": p["steps"], "selfsup_steps": demo.steps, "lightly_img_s": p["img_s"]}
+    print("accuracy", rec["accuracy"], flush=True)
+    save(rec)
+
+
+def save(rec: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(rec, indent=1))
+
+
+def write_section(rec: dict) -> None:
+    lines = ["## Side by side with lightly (benchmarks/peers)", "",
+             f"Command: `{rec['command']}` (commit {rec['commit']}); machine: {rec['machine']}. Peer: lightly "
+             f"{rec.get('lightly_version', '?')} on torch {rec.get('peer_torch', '?')} in its own environment "
+             f"(benchmarks/peers/env.py). Runs interleaved, selfsup first; img/s = images / wall time of the "
+             f"training loop, every step counted. Same CNN ({rec.get('params', '?')} parameters on grey input, "
+             f"checked on both sides), same batch, same data.", ""]
+    rows = []
+    for name, label in (("ram28", "28×28 in RAM, batch 256"), ("folder96", "96×96 RGB JPEG folder, batch 128")):
+        if name not in rec:
+            continue
+        ss = [r["img_s"] for r in rec[name]["selfsup"]]
+        pl = [r["img_s"] for r in rec[name]["lightly"]]
+        pairs = [s / p for s, p in zip(ss, pl)]
+        rows.append([label, ", ".join(f"{x:.0f}" for x in ss), ", ".join(f"{x:.0f}" for x in pl),
+                     ", ".join(f"{x:.2f}×" for x in pairs), f"{max(ss) / max(pl):.2f}×",
+                     f"{rec[name]['selfsup'][0]['steps']}"])
+    if rows:
+        lines.append(md_table(["data", "selfsup img/s (each run)", "lightly img/s (each run)",
+                               "ratio per pair", "ratio of best runs", "steps per run"], rows))
+    acc = rec.get("accuracy")
+    if acc:
+        pct = lambda v: f"{100 * v:.2f}" if v is not None else "—"  # noqa: E731
+        s, p = acc["selfsup"], acc["lightly"]
+        lines += ["", f"Time to accuracy at the same pre-training wall time, {acc['seconds']:.0f} s (the demo's "
+                      f"pre-training in this invocation; selfsup {acc['selfsup_steps']} steps, lightly "
+                      f"{acc['lightly_steps']} steps at {acc['lightly_img_s']:.0f} img/s), both scored by selfsup's "
+                      f"evaluation suite on the same splits:", "",
+                  md_table(["pipeline", "kNN test %", "linear test %"],
+                           [["selfsup demo (configs/demo.yaml)", pct(s["knn_test"]), pct(s["linear_test"])],
+                            ["lightly, measured.md's recipe", pct(p["knn_test"]), pct(p["linear_test"])],
+                            ["selfsup − lightly (points)", f"{100 * (s['knn_test'] - p['knn_test']):+.2f}",
+                             f"{100 * (s['linear_test'] - p['linear_test']):+.2f}"]])]
+    update_section("peers", "\n".join(lines))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=30, help="steps per 28×28 run")
+    ap.add_argument("--folder-steps", type=int, default=8, help="steps per 96×96 folder run")
+    ap.add_argument("--folder-images", type=int, default=4000)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--accuracy", action="store_true", help="also the time-to-accuracy comparison (≈ 15 min)")
+    ap.add_argument("--report-only", action="store_true")
+    a = ap.parse_args()
+    if a.report_only:
+        return write_section(json.loads(RESULTS.read_text()))
+    py = ensure()
+    rec = {"command": command(), "commit": git_rev(), "machine": machine(), "cpus": os.cpu_count()}
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        throughput(a, py, tmp, rec)
+        if a.accuracy:
+            accuracy(a, py, tmp, rec)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_section(rec)
+
+
+if __name__ == "__main__":
+    main()
