@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from ..errors import DataError
 from .lazy import DECODE_ERRORS, Item, LazyImages, folder_items, tar_items
-from .sources import ImageDataset, decode_image, image_folder, list_folder, load_source, shard_paths
+from .sources import (ImageDataset, decode_image, image_folder, list_folder, load_source, npz, shard_paths,
+                      webdataset_shard)
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -47,6 +48,31 @@ def _first_shape(items: list[Item], size: int | None, channels: int | None, skip
     raise DataError("no readable images")
 
 
+def _lazy_folder(root: Path, size: int | None, channels: int | None, skip_bad: bool) -> ImageDataset:
+    files, classes = list_folder(root)
+    items = folder_items([f for f, _ in files])
+    labels = torch.tensor([c for _, c in files]) if classes else None
+    names, name = [f.relative_to(root).as_posix() for f, _ in files], f"folder:{root.name}"
+    if not items:
+        raise DataError(f"no images found at {root}")
+    size, channels = _first_shape(items, size, channels, skip_bad)
+    return ImageDataset(LazyImages(items, size, channels, skip_bad, name), labels, classes, name, names)
+
+
+def _lazy_shards(shards: list[Path], name: str, size: int | None, channels: int | None,
+                 skip_bad: bool) -> ImageDataset:
+    items, ys = [], []
+    for shard in shards:
+        it, y = tar_items(shard)
+        items += it
+        ys += y
+    if not items:
+        raise DataError(f"no images found in {name}")
+    labels = torch.tensor(ys) if ys and min(ys) >= 0 else None
+    size, channels = _first_shape(items, size, channels, skip_bad)
+    return ImageDataset(LazyImages(items, size, channels, skip_bad, name), labels, [], name, None)
+
+
 def open_lazy(data: "DataConfig", split: str, size: int | None, channels: int | None) -> ImageDataset:
     """A folder's or the shards' images as a lazy :class:`ImageDataset` (nothing decoded but one image when the
     size or channels must be read from it)."""
@@ -54,27 +80,40 @@ def open_lazy(data: "DataConfig", split: str, size: int | None, channels: int | 
         raise DataError(f"data source {data.source!r} needs data.root (a path)")
     root = Path(data.root)
     if data.source == "folder":
-        if (root / split).is_dir():
-            root = root / split
-        files, classes = list_folder(root)
-        items = folder_items([f for f, _ in files])
-        labels = torch.tensor([c for _, c in files]) if classes else None
-        names, name = [f.relative_to(root).as_posix() for f, _ in files], f"folder:{root.name}"
-    else:
-        shards = shard_paths(root, split)
-        if not shards:
-            raise DataError(f"no {split} shards (*.tar) found at {root}")
-        items, ys = [], []
-        for shard in shards:
-            it, y = tar_items(shard)
-            items += it
-            ys += y
-        labels = torch.tensor(ys) if ys and min(ys) >= 0 else None
-        classes, names, name = [], None, f"shards:{root.name}/{split}"
-    if not items:
-        raise DataError(f"no images found at {root}")
-    size, channels = _first_shape(items, size, channels, data.skip_bad_images)
-    return ImageDataset(LazyImages(items, size, channels, data.skip_bad_images, name), labels, classes, name, names)
+        return _lazy_folder(root / split if (root / split).is_dir() else root, size, channels,
+                            data.skip_bad_images)
+    shards = shard_paths(root, split)
+    if not shards:
+        raise DataError(f"no {split} shards (*.tar) found at {root}")
+    return _lazy_shards(shards, f"shards:{root.name}/{split}", size, channels, data.skip_bad_images)
+
+
+def keep_lazy(lazy: ImageDataset, data: "DataConfig") -> bool:
+    """Whether a lazily opened set stays lazy: ``data.in_memory`` never, or auto and its decoded size is over
+    ``data.memory_budget_mb``."""
+    return data.in_memory == "never" or (data.in_memory == "auto"
+                                         and lazy.images.decoded_bytes() > data.memory_budget_mb * 2 ** 20)
+
+
+def open_chunk(path: Path, data: "DataConfig") -> ImageDataset:
+    """One chunk of a stream (an image folder, a WebDataset .tar shard or an .npz) at ``data.size`` /
+    ``data.channels``: a folder or an uncompressed shard is decoded into RAM or read lazily by the training set's
+    rule (:func:`keep_lazy`), so a chunk may be larger than RAM."""
+    skip = data.skip_bad_images
+    if path.suffix == ".npz":
+        return conform(npz(path), data.size, data.channels)
+    if data.in_memory != "always":
+        try:
+            lazy = (_lazy_folder(path, data.size, data.channels, skip) if path.is_dir()
+                    else _lazy_shards([path], f"shard:{path.name}", data.size, data.channels, skip))
+        except DataError:
+            if data.in_memory == "never" or path.is_dir():
+                raise
+            lazy = None  # a compressed shard: readable only whole, in RAM
+        if lazy is not None and keep_lazy(lazy, data):
+            return lazy
+    kw = {"size": data.size, "channels": data.channels, "skip_bad": skip}
+    return image_folder(path, **kw) if path.is_dir() else webdataset_shard(path, **kw)
 
 
 def conform(ds: ImageDataset, size: int | None, channels: int | None) -> ImageDataset:
@@ -101,7 +140,7 @@ def _load(data: "DataConfig", split: str, size: int | None, channels: int | None
         if data.in_memory == "always":
             return _in_ram(data, split, size, channels)
         lazy = open_lazy(data, split, size, channels)
-        if data.in_memory == "never" or lazy.images.decoded_bytes() > data.memory_budget_mb * 2 ** 20:
+        if keep_lazy(lazy, data):
             return lazy
         return _in_ram(data, split, lazy.images.size, lazy.images.channels)
     return conform(load_source(data.source, split, data.root), size, channels)

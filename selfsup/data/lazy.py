@@ -46,25 +46,54 @@ class Item:
             return io.BytesIO(fh.read(self.length))
 
 
-class LazyImages:
-    """A uint8 (N, C, size, size) image tensor that decodes its rows when they are indexed."""
+class _Rows:
+    """Indexing, iteration and decoding-all for a lazy uint8 (N, C, H, W) set that defines ``fetch``."""
     dtype = torch.uint8
-
-    def __init__(self, items: list[Item], size: int, channels: int, skip_bad: bool = False, name: str = "data"):
-        if not items:
-            raise DataError(f"{name}: no images")
-        self.items, self.size, self.channels, self.skip_bad, self.name = items, size, channels, skip_bad, name
-        self.shape = torch.Size((len(items), channels, size, size))
+    shape: torch.Size
 
     def __len__(self) -> int:
-        return len(self.items)
+        return self.shape[0]
 
     def dim(self) -> int:
         return 4
 
     def decoded_bytes(self) -> int:
         """What the whole set would take in RAM as uint8."""
-        return len(self.items) * self.channels * self.size * self.size
+        return int(np.prod(self.shape))
+
+    def fetch(self, idx) -> tuple[torch.Tensor, int]:
+        raise NotImplementedError
+
+    def __iter__(self):
+        """Row by row, decoded 256 at a time."""
+        for i in range(0, len(self), 256):
+            yield from self[i:i + 256]
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            if not -len(self) <= key < len(self):
+                raise IndexError(f"index {key} out of range for {len(self)} images")
+            return self.fetch([key % len(self)])[0][0]
+        if isinstance(key, slice):
+            return self.fetch(range(*key.indices(len(self))))[0]
+        idx = torch.as_tensor(key)
+        if idx.dtype == torch.bool:
+            idx = torch.nonzero(idx).flatten()
+        return self.fetch(idx.tolist())[0]
+
+    def materialize(self) -> torch.Tensor:
+        """Decode everything into one tensor (the in-RAM fast path); bad files raise or are replaced (skip_bad)."""
+        return self[:]
+
+
+class LazyImages(_Rows):
+    """A uint8 (N, C, size, size) image tensor that decodes its rows when they are indexed."""
+
+    def __init__(self, items: list[Item], size: int, channels: int, skip_bad: bool = False, name: str = "data"):
+        if not items:
+            raise DataError(f"{name}: no images")
+        self.items, self.size, self.channels, self.skip_bad, self.name = items, size, channels, skip_bad, name
+        self.shape = torch.Size((len(items), channels, size, size))
 
     def _decode(self, i: int) -> np.ndarray:
         item = self.items[i]
@@ -93,34 +122,60 @@ class LazyImages:
             return torch.empty((0, *self.shape[1:]), dtype=torch.uint8), bad
         return torch.from_numpy(np.stack(rows)), bad
 
-    def __iter__(self):
-        """Row by row, decoded 256 at a time."""
-        for i in range(0, len(self), 256):
-            yield from self[i:i + 256]
-
-    def __getitem__(self, key):
-        if isinstance(key, (int, np.integer)):
-            if not -len(self) <= key < len(self):
-                raise IndexError(f"index {key} out of range for {len(self)} images")
-            return self.fetch([key % len(self)])[0][0]
-        if isinstance(key, slice):
-            return self.fetch(range(*key.indices(len(self))))[0]
-        idx = torch.as_tensor(key)
-        if idx.dtype == torch.bool:
-            idx = torch.nonzero(idx).flatten()
-        return self.fetch(idx.tolist())[0]
-
     def subset(self, idx) -> "LazyImages":
         """The rows ``idx``, still lazy."""
         return LazyImages([self.items[int(i)] for i in torch.as_tensor(idx).flatten().tolist()], self.size,
                           self.channels, self.skip_bad, self.name)
 
-    def materialize(self) -> torch.Tensor:
-        """Decode everything into one tensor (the in-RAM fast path); bad files raise or are dropped (skip_bad)."""
-        return self[:]
-
     def __repr__(self) -> str:
         return f"LazyImages({self.name}: {len(self)} × {self.channels}×{self.size}×{self.size})"
+
+
+class ConcatImages(_Rows):
+    """Image sets of one shape (uint8 tensors or lazy sets) indexed as one, each left where it is: a stream's
+    chunks seen so far, some decoded in RAM, some read from disk."""
+
+    def __init__(self, parts: list):
+        if not parts or any(tuple(p.shape[1:]) != tuple(parts[0].shape[1:]) for p in parts):
+            raise DataError("cannot join image sets of different shapes")
+        self.parts = parts
+        self.ends = np.cumsum([len(p) for p in parts])
+        self.shape = torch.Size((int(self.ends[-1]), *parts[0].shape[1:]))
+
+    def _locate(self, idx) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.asarray(list(idx), dtype=np.int64).reshape(-1)
+        part = np.searchsorted(self.ends, idx, side="right")
+        return part, idx - np.concatenate([[0], self.ends])[part]
+
+    def fetch(self, idx) -> tuple[torch.Tensor, int]:
+        part, local = self._locate(idx)
+        out, bad = torch.empty((len(part), *self.shape[1:]), dtype=torch.uint8), 0
+        for k in np.unique(part):
+            sel = torch.from_numpy(np.nonzero(part == k)[0])
+            p, rows = self.parts[k], local[part == k]
+            if isinstance(p, torch.Tensor):
+                out[sel] = p[torch.from_numpy(rows)]
+            else:
+                x, b = p.fetch(rows.tolist())
+                out[sel], bad = x, bad + b
+        return out, bad
+
+    def subset(self, idx) -> "ConcatImages":
+        """The rows ``idx`` in that order, still where they are."""
+        part, local = self._locate(torch.as_tensor(idx).flatten().tolist())
+        runs = np.split(np.arange(len(part)), np.nonzero(np.diff(part))[0] + 1) if len(part) else []
+        pieces = []
+        for r in runs:
+            p, rows = self.parts[part[r[0]]], local[r]
+            pieces.append(p[torch.from_numpy(rows)] if isinstance(p, torch.Tensor) else p.subset(rows))
+        return ConcatImages(pieces)
+
+
+def concat_images(parts: list):
+    """One image set of ``parts``: a tensor when every part is one, else a :class:`ConcatImages`."""
+    if all(isinstance(p, torch.Tensor) for p in parts):
+        return torch.cat(parts)
+    return ConcatImages(parts)
 
 
 def folder_items(files: list[Path]) -> list[Item]:

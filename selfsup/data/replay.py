@@ -34,8 +34,9 @@ class ReservoirBuffer:
     def nbytes(self) -> int:
         return 0 if self.images is None else self.size * self.images[0].numel()
 
-    def add(self, batch: torch.Tensor) -> None:
-        """Offer a uint8 batch (N, C, H, W) to the reservoir."""
+    def add(self, batch) -> None:
+        """Offer a uint8 batch (N, C, H, W) to the reservoir: a tensor or a lazy set, of which only the images that
+        enter the buffer are decoded."""
         if batch.dtype != torch.uint8:
             raise ValueError("the replay buffer stores uint8 images")
         if self.images is None:
@@ -43,15 +44,19 @@ class ReservoirBuffer:
         elif batch.shape[1:] != self.images.shape[1:]:
             raise DataError(f"image shape {tuple(batch.shape[1:])} differs from the buffer's "
                             f"{tuple(self.images.shape[1:])}")
-        for img in batch:
+        slot_of: dict[int, int] = {}  # buffer slot -> the last offered image that lands in it
+        for i in range(len(batch)):
             self.seen += 1
             if self.size < self.capacity:
-                self.images[self.size] = img
+                slot_of[self.size] = i
                 self.size += 1
             else:
                 j = int(torch.randint(0, self.seen, (1,), generator=self.gen))
                 if j < self.capacity:
-                    self.images[j] = img
+                    slot_of[j] = i
+        if slot_of:
+            slots = torch.tensor(list(slot_of), dtype=torch.long)
+            self.images[slots] = batch[torch.tensor(list(slot_of.values()), dtype=torch.long)]
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         if self.size == 0:

@@ -83,7 +83,7 @@ class Joint(Strategy):
         self.kept = 0
 
     def end_chunk(self, method, chunk, index, recipe, device, cfg) -> None:
-        self.kept += chunk.images.numel() * chunk.images.element_size()
+        self.kept += chunk.images.shape.numel()  # uint8: one byte a value (also for a lazy chunk, once decoded)
 
     def save(self, directory: Path) -> None:
         atomic_write_text(directory / "joint.json", json.dumps({"kept_bytes": self.kept}))

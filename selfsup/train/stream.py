@@ -38,8 +38,8 @@ from torch import nn
 from .. import distributed as D
 from ..atomic import atomic_dir, atomic_write_text
 from ..augment import recipe_from_config
-from ..config import Config
-from ..data import ImageDataset, image_folder, npz, webdataset_shard
+from ..config import Config, DataConfig
+from ..data import ImageDataset, concat_images, open_chunk
 from ..errors import DataError, TrainingError
 from ..methods import build_method
 from ..models import save_backbone
@@ -69,26 +69,18 @@ def _signature(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_chunk_path(path: Path, skip_bad: bool = False) -> ImageDataset:
-    if path.is_dir():
-        return image_folder(path, skip_bad=skip_bad)
-    if path.suffix == ".npz":
-        return npz(path)
-    if path.suffix == ".tar":
-        return webdataset_shard(path, skip_bad=skip_bad)
-    raise DataError(f"{path}: not a chunk (an image folder, .npz or .tar)")
-
-
-def discover_chunks(source: Path, skip_bad: bool = False) -> list[Chunk]:
-    """The chunks in ``source``, in name order."""
+def discover_chunks(source: Path, data: DataConfig | None = None) -> list[Chunk]:
+    """The chunks in ``source``, in name order, each opened by ``data``'s rules (size, channels, in RAM or lazy,
+    bad images; :func:`selfsup.data.open_chunk`)."""
     if not source.is_dir():
         raise DataError(f"stream source {source} is not a folder")
+    data = data or DataConfig()
     out = []
     for p in sorted(source.iterdir()):
         if p.name.startswith(".") or p.name.endswith(IGNORED_SUFFIXES):
             continue
         if p.is_dir() or p.suffix in (".npz", ".tar"):
-            out.append(Chunk(p.name, lambda p=p: load_chunk_path(p, skip_bad), _signature(p)))
+            out.append(Chunk(p.name, lambda p=p: open_chunk(p, data), _signature(p)))
     return out
 
 
@@ -284,7 +276,7 @@ class StreamTrainer:
         if strategy.retrain_from_scratch:
             self.seen_data.append(data)
             steps = sum(_steps_for(cfg, len(d)) for d in self.seen_data)
-            train_data = ImageDataset(torch.cat([d.images for d in self.seen_data]), None, [], "seen so far")
+            train_data = ImageDataset(concat_images([d.images for d in self.seen_data]), None, [], "seen so far")
         skip = strategy.retrain_from_scratch and self.final_only and not last_of_known
         if not skip:
             if strategy.retrain_from_scratch:

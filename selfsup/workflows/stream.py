@@ -121,8 +121,7 @@ def stream(config, overrides: list[str] | None = None, source: str | Path | None
                                                                               test.subset(te)))
     trainer = StreamTrainer(cfg, Path(cfg.output_dir) / cfg.name, evaluate=evaluator, callbacks=callbacks,
                             progress=progress)
-    skip_bad = cfg.data.skip_bad_images
-    r = trainer.run(lambda: discover_chunks(source, skip_bad), watch=watch, idle_timeout=idle_timeout,
+    r = trainer.run(lambda: discover_chunks(source, cfg.data), watch=watch, idle_timeout=idle_timeout,
                     max_chunks=max_chunks)
     return _finish(r, cfg, with_tasks=False)
 
