@@ -97,6 +97,15 @@ def write_section(rec: dict) -> None:
                       f"{rec['eval_cuda_seconds']:.1f} s on the GPU"
                   + (f", {rec['eval_cpu_seconds']:.1f} s on the host's {rec['cpus']} CPU cores"
                      if "eval_cpu_seconds" in rec else "") + "."]
+    if "second" in rec:  # a later invocation, added by hand from its gpu.json
+        s2 = rec["second"]
+        lines += ["", f"A second invocation (same command, {s2['commit']}): selfsup "
+                      f"{', '.join(f'{x:.0f}' for x in s2['selfsup_img_s'])} img/s, lightly "
+                      f"{', '.join(f'{x:.0f}' for x in s2['lightly_img_s'])} img/s "
+                      f"({max(s2['selfsup_img_s']) / max(s2['lightly_img_s']):.2f}× best to best); with the kNN and "
+                      f"the linear probe also on the GPU the evaluation took {s2['eval_probes_on_gpu_seconds']:.1f} s "
+                      f"(against {rec['eval_cuda_seconds']:.1f} s with them on the CPU above), so they run on the "
+                      f"device only for feature matrices over 256 MB. Tests there: {s2['tests']}."]
     if "tests" in rec:
         lines += ["", f"GPU tests (`{rec['tests']['command']}`): {rec['tests']['summary']}"]
     update_section("gpu", "\n".join(lines))

@@ -124,12 +124,18 @@ def stream(config: Path = typer.Option(..., "--config", "-c", help="YAML config 
            idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout",
                                                         help="--watch: stop after this many seconds without a new chunk"),
            max_chunks: Optional[int] = typer.Option(None, "--max-chunks", min=1,
-                                                    help="train at most this many new chunks in this call, then stop")):
+                                                    help="train at most this many new chunks in this call, then stop"),
+           devices: int = typer.Option(1, "--devices", min=1, help="DDP processes (gloo on CPU, nccl on GPU)")):
     """Pre-train on the chunks of a folder in name order, checkpointing and evaluating after each; the same command
     resumes after a crash (manifest.json records what was consumed)."""
     try:
+        load_config(config, overrides or [])  # a bad config fails here, once, before any process starts
+        if devices > 1 and not launched_by_torchrun():
+            _relaunch_under_torchrun(devices)
         r = run_stream(config, overrides or [], source, watch=watch, idle_timeout=idle_timeout, max_chunks=max_chunks)
-        _print_stream(r.run_dir, r.summary)
+        shutdown()
+        if is_main():
+            _print_stream(r.run_dir, r.summary)
     except KeyboardInterrupt:
         typer.echo("stopped; run the same command to continue (manifest.json records the consumed chunks)")
     except SelfsupError as e:

@@ -69,9 +69,9 @@ class ModelConfig(Strict):
                                              "at each of the 3 others (64: the standard networks, 512 / 2048 "
                                              "features)")
     stem: Literal["auto", "cifar", "imagenet"] = Field(
-        "auto", description="resnet18 / resnet50 stem: cifar (3x3 conv stride 1, no max-pool), imagenet (7x7 conv "
-        "stride 2 + 3x3 max-pool stride 2: a quarter of the side into the first stage), auto (cifar for images up "
-        "to 64 px, imagenet above)")
+        "auto", description="stem: cifar (resnet: 3x3 conv stride 1, no max-pool; cnn: stride-1 first conv), "
+        "imagenet (resnet: 7x7 conv stride 2 + 3x3 max-pool stride 2, a quarter of the side into the first stage; "
+        "cnn: stride-2 first conv, half the side), auto (cifar for images up to 64 px, imagenet above)")
     zero_init_residual: bool = Field(False, description="resnet18 / resnet50: start the last BatchNorm scale (γ) of "
                                                         "every residual block at 0, so each block starts as the "
                                                         "identity (Goyal et al. 2017)")

@@ -59,6 +59,21 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def barrier() -> None:
+    """Wait for every rank; a no-op outside torch.distributed."""
+    if is_dist():
+        dist.barrier()
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank (a picklable value); ``obj`` itself outside torch.distributed."""
+    if not is_dist() or world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def gather(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from all ranks along dim 0, rank order, with gradients flowing back to every rank."""
     if not is_dist() or world_size() == 1:

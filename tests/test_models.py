@@ -41,3 +41,20 @@ def test_ema_update_and_cosine_momentum():
     assert cosine_momentum(0.99, 0.0) == pytest.approx(0.99)
     assert cosine_momentum(0.99, 0.5) == pytest.approx(0.995)
     assert cosine_momentum(0.99, 1.0) == pytest.approx(1.0)
+
+
+def test_cnn_stem_auto_halves_the_first_stage_above_64_px_and_round_trips(tmp_path):
+    from selfsup.config import load_config
+    from selfsup.models import backbone_from_config, backbone_info, load_backbone, save_backbone
+    cfg = load_config({"model": {"widths": [4, 8], "pool": 1}}).model
+    small, large = backbone_from_config(cfg, 3, 64), backbone_from_config(cfg, 3, 96)
+    assert (small.stem_kind, large.stem_kind) == ("cifar", "imagenet")
+    x = torch.rand(2, 3, 96, 96)
+    assert small.features[0](small.normalize(x)).shape == (2, 4, 96, 96)
+    assert large.features[0](large.normalize(x)).shape == (2, 4, 48, 48)  # stride-2 first conv
+    assert sum(p.numel() for p in small.parameters()) == sum(p.numel() for p in large.parameters())
+    forced = backbone_from_config(load_config({"model": {"widths": [4, 8], "stem": "cifar"}}).model, 3, 96)
+    assert forced.stem_kind == "cifar"
+    save_backbone(tmp_path, large.eval(), cfg, 3, 96)
+    assert backbone_info(tmp_path)["kwargs"]["stem"] == "imagenet"
+    assert torch.equal(load_backbone(tmp_path)(x), large(x))

@@ -29,11 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
 from benchmarks.memory import make_folder  # noqa: E402
 from benchmarks.peers.env import ensure  # noqa: E402
+from benchmarks.throughput import conv_flops, matmul_gflops  # noqa: E402
 from selfsup.config import load_config  # noqa: E402
 from selfsup.data import fashion_mnist, train_val_split  # noqa: E402
 from selfsup.evaluate.suite import evaluate_run  # noqa: E402
@@ -43,7 +45,7 @@ from selfsup.workflows import pretrain  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "peers.json"
 PEER = Path(__file__).resolve().parent / "lightly_simclr.py"
-CNN = {"widths": [32, 64, 128], "pool": 2}
+CNN = {"widths": [32, 64, 128], "pool": 2, "stem": "cifar"}  # the stride-1 first conv of lightly's copy
 PEER_RECIPE = {"widths": [24, 48, 96], "pool": 2, "min_scale": 0.6, "lr": 0.12}  # measured.md's lightly recipe
 
 
@@ -100,8 +102,12 @@ def throughput(a, py: Path, tmp: Path, rec: dict) -> None:
                       "--batch", "128"]),
     }
     for name, (steps, ov, peer_args) in phases.items():
-        rec[name] = {"selfsup": [], "lightly": []}
+        rec[name] = {"selfsup": [], "lightly": [], "matmul_gflops": [],
+                     "forward_flops": conv_flops(SmallCNN(1 if name == "ram28" else 3, tuple(CNN["widths"]),
+                                                          pool=CNN["pool"]), 28 if name == "ram28" else 96,
+                                                 1 if name == "ram28" else 3)}
         for i in range(a.repeats):
+            rec[name]["matmul_gflops"].append(matmul_gflops())
             s = selfsup_run(tmp, f"{name}-{i}", steps, ov)
             rec[name]["selfsup"].append(s)
             p = peer_run(py, peer_args + ["--workers", "2", "--widths", ",".join(map(str, CNN["widths"])),
@@ -130,15 +136,19 @@ def accuracy(a, py: Path, tmp: Path, rec: dict) -> None:
                       "--workers", "2", "--widths", ",".join(map(str, PEER_RECIPE["widths"])),
                       "--pool", str(PEER_RECIPE["pool"]), "--min-scale", str(PEER_RECIPE["min_scale"]),
                       "--lr", str(PEER_RECIPE["lr"]), "--save-backbone", str(weights)])
+    rec["accuracy"] = {"seconds": seconds, "selfsup": {k: ours.get(k) for k in ("knn_test", "linear_test")},
+                       "selfsup_steps": demo.steps}
+    save(rec)
     run_dir = tmp / "peers-lightly"
     run_dir.mkdir(exist_ok=True)
-    (run_dir / "config.yaml").write_text((demo.run_dir / "config.yaml").read_text())
+    peer_cfg = yaml.safe_load((demo.run_dir / "config.yaml").read_text())
+    peer_cfg["data"]["channels"] = 3  # lightly's recipe trains on 3-channel input: evaluate it on the same
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(peer_cfg))
     model_cfg = cfg.model.model_copy(update={"widths": list(PEER_RECIPE["widths"]), "pool": PEER_RECIPE["pool"]})
     save_backbone(run_dir, load_peer_backbone(weights, 3), model_cfg, 3, 28)
     theirs = evaluate_run(run_dir, progress=False).results
-    rec["accuracy"] = {"seconds": seconds, "selfsup": {k: ours.get(k) for k in ("knn_test", "linear_test")},
-                       "lightly": {k: theirs.get(k) for k in ("knn_test", "linear_test")},
-                       "lightly_steps": p["steps"], "selfsup_steps": demo.steps, "lightly_img_s": p["img_s"]}
+    rec["accuracy"].update(lightly={k: theirs.get(k) for k in ("knn_test", "linear_test")},
+                           lightly_steps=p["steps"], lightly_img_s=p["img_s"])
     print("accuracy", rec["accuracy"], flush=True)
     save(rec)
 
@@ -162,16 +172,34 @@ def write_section(rec: dict) -> None:
         ss = [r["img_s"] for r in rec[name]["selfsup"]]
         pl = [r["img_s"] for r in rec[name]["lightly"]]
         pairs = [s / p for s, p in zip(ss, pl)]
-        rows.append([label, ", ".join(f"{x:.0f}" for x in ss), ", ".join(f"{x:.0f}" for x in pl),
-                     ", ".join(f"{x:.2f}×" for x in pairs), f"{max(ss) / max(pl):.2f}×",
-                     f"{rec[name]['selfsup'][0]['steps']}"])
+        row = [label, ", ".join(f"{x:.0f}" for x in ss), ", ".join(f"{x:.0f}" for x in pl),
+               ", ".join(f"{x:.2f}×" for x in pairs), f"{max(ss) / max(pl):.2f}×", f"{rec[name]['selfsup'][0]['steps']}"]
+        if rec[name].get("matmul_gflops"):
+            # the compute bound: 3 × forward FLOPs (backward ≈ 2 × forward) × 2 views per image, at the fp32 matmul
+            # throughput measured before each pair; the ratio to lightly no pipeline can pass on this CPU
+            peak = max(rec[name]["matmul_gflops"])
+            per_img = 3 * rec[name]["forward_flops"] * 2 / 1e9
+            row += [f"{per_img * max(ss):.0f} of {peak:.0f} ({100 * per_img * max(ss) / peak:.0f} %)",
+                    f"{peak / per_img:.0f} img/s → {peak / per_img / max(pl):.2f}×"]
+        else:
+            row += ["—", "—"]
+        rows.append(row)
     if rows:
         lines.append(md_table(["data", "selfsup img/s (each run)", "lightly img/s (each run)",
-                               "ratio per pair", "ratio of best runs", "steps per run"], rows))
+                               "ratio per pair", "ratio of best runs", "steps per run",
+                               "selfsup GFLOP/s of fp32 matmul peak", "at 100 % of peak"], rows))
+    if rows and any(rec[n].get("matmul_gflops") for n in ("ram28", "folder96") if n in rec):
+        lines += ["", "GFLOP/s = 3 × forward FLOPs × 2 views × img/s (backward ≈ 2 × forward); peak = the highest "
+                      "2048×2048 fp32 matmul throughput measured before each pair; “at 100 % of peak”: the img/s "
+                      "of a pipeline that spent every cycle in this CNN at that rate, and its ratio to lightly's best "
+                      "run — no pipeline running the same model at the same precision passes that ratio on this CPU."]
     acc = rec.get("accuracy")
-    if acc:
+    if acc and "lightly" in acc:
         pct = lambda v: f"{100 * v:.2f}" if v is not None else "—"  # noqa: E731
         s, p = acc["selfsup"], acc["lightly"]
+        if "accuracy_command" in rec:
+            lines += ["", f"Time to accuracy, measured by `{rec['accuracy_command']}` (commit "
+                          f"{rec['accuracy_commit']}; machine: {rec['accuracy_machine']}):"]
         lines += ["", f"Time to accuracy at the same pre-training wall time, {acc['seconds']:.0f} s (the demo's "
                       f"pre-training in this invocation; selfsup {acc['selfsup_steps']} steps, lightly "
                       f"{acc['lightly_steps']} steps at {acc['lightly_img_s']:.0f} img/s), both scored by selfsup's "
@@ -191,16 +219,22 @@ def main():
     ap.add_argument("--folder-images", type=int, default=4000)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--accuracy", action="store_true", help="also the time-to-accuracy comparison (≈ 15 min)")
+    ap.add_argument("--accuracy-only", action="store_true",
+                    help="run only the time-to-accuracy comparison (the throughput rows of the results file stay)")
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args()
     if a.report_only:
         return write_section(json.loads(RESULTS.read_text()))
     py = ensure()
     rec = {"command": command(), "commit": git_rev(), "machine": machine(), "cpus": os.cpu_count()}
+    if a.accuracy_only:  # the throughput rows (and their command) stay those of the results file
+        rec = {**json.loads(RESULTS.read_text()), "accuracy_command": rec["command"],
+               "accuracy_commit": rec["commit"], "accuracy_machine": rec["machine"]}
     tmp = Path(tempfile.mkdtemp())
     try:
-        throughput(a, py, tmp, rec)
-        if a.accuracy:
+        if not a.accuracy_only:
+            throughput(a, py, tmp, rec)
+        if a.accuracy or a.accuracy_only:
             accuracy(a, py, tmp, rec)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

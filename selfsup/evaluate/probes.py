@@ -53,22 +53,23 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, batch_size: int 
 @torch.inference_mode()
 def knn_votes(train_f: torch.Tensor, train_y: torch.Tensor, query_f: torch.Tensor, ks, temperature: float = 0.1,
               num_classes: int | None = None, chunk: int = 2048) -> dict[int, torch.Tensor]:
-    """Weighted kNN predictions for every k in ``ks`` from one top-k search (cosine on l2-normalised features,
-    votes weighted by exp(s/T))."""
+    """Weighted kNN predictions (on the CPU) for every k in ``ks`` from one top-k search (cosine on l2-normalised
+    features, votes weighted by exp(s/T)), computed on the device of ``train_f``, ``chunk`` queries at a time."""
     num_classes = num_classes or int(train_y.max()) + 1
     bank = F.normalize(train_f.float(), dim=1)
+    bank_y = train_y.to(bank.device)
     kmax = min(max(ks), len(bank))
     preds: dict[int, list] = {k: [] for k in ks}
     for i in range(0, len(query_f), chunk):
-        q = F.normalize(query_f[i:i + chunk].float(), dim=1)
+        q = F.normalize(query_f[i:i + chunk].to(bank.device).float(), dim=1)
         sim, idx = (q @ bank.T).topk(kmax, dim=1)
         w = (sim / temperature).exp()
-        labels = train_y[idx]
+        labels = bank_y[idx]
         for k in ks:
             kk = min(k, kmax)
-            votes = torch.zeros(len(q), num_classes)
+            votes = torch.zeros(len(q), num_classes, device=bank.device)
             votes.scatter_add_(1, labels[:, :kk], w[:, :kk])
-            preds[k].append(votes.argmax(1))
+            preds[k].append(votes.argmax(1).cpu())
     return {k: torch.cat(v) for k, v in preds.items()}
 
 
@@ -78,13 +79,13 @@ def knn_predict(train_f, train_y, query_f, k: int = 20, temperature: float = 0.1
 
 
 def knn_accuracy(train_f, train_y, test_f, test_y, k=20, temperature=0.1) -> float:
-    return float((knn_predict(train_f, train_y, test_f, k, temperature) == test_y).float().mean())
+    return float((knn_predict(train_f, train_y, test_f, k, temperature) == test_y.cpu()).float().mean())
 
 
 def select_knn_k(train_f, train_y, val_f, val_y, grid, temperature) -> tuple[int, dict[int, float]]:
     """The k of ``grid`` with the best validation accuracy (ties → smaller k)."""
     preds = knn_votes(train_f, train_y, val_f, list(grid), temperature)
-    scores = {k: float((p == val_y).float().mean()) for k, p in preds.items()}
+    scores = {k: float((p == val_y.cpu()).float().mean()) for k, p in preds.items()}
     return max(scores, key=lambda k: (scores[k], -k)), scores
 
 
@@ -96,8 +97,9 @@ def _standardize(train_f: torch.Tensor, *others: torch.Tensor):
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, num_classes: int, max_iter: int = 300,
                  init: nn.Linear | None = None) -> nn.Linear:
-    """Multinomial logistic regression, full-batch L-BFGS: mean CE + l2/2·‖W‖² (optionally warm-started)."""
-    lin = nn.Linear(x.shape[1], num_classes)
+    """Multinomial logistic regression, full-batch L-BFGS: mean CE + l2/2·‖W‖² (optionally warm-started), on the
+    device of ``x``."""
+    lin = nn.Linear(x.shape[1], num_classes).to(x.device)
     with torch.no_grad():
         if init is None:
             lin.weight.zero_()
@@ -125,12 +127,14 @@ def linear_probe(train_f, train_y, val_f, val_y, test_f, test_y, l2_grid=(1e-5, 
     """Choose the L2 strength on (train, val) — on a seeded subsample of ``select_samples`` training points, walking
     the grid from strong to weak regularisation with warm starts (``select_iter`` iterations each) — then refit on
     all of train ∪ val from the chosen solution (``max_iter`` iterations) and score test once (``test_pred``: the
-    predicted test labels)."""
+    predicted test labels, on the CPU). Runs on the device of ``train_f`` (the other tensors are moved there)."""
+    dev = train_f.device
+    val_f, test_f, train_y, val_y, test_y = (t.to(dev) for t in (val_f, test_f, train_y, val_y, test_y))
     num_classes = num_classes or int(max(train_y.max(), val_y.max())) + 1
     select_iter = select_iter or max(1, max_iter // 3)
     if select_samples and len(train_f) > select_samples:
         keep = torch.randperm(len(train_f), generator=torch.Generator().manual_seed(seed))[:select_samples]
-        sel_f, sel_y = train_f[keep], train_y[keep]
+        sel_f, sel_y = train_f[keep.to(dev)], train_y[keep.to(dev)]
     else:
         sel_f, sel_y = train_f, train_y
     tr, va = _standardize(sel_f.float(), val_f.float())
@@ -148,7 +152,8 @@ def linear_probe(train_f, train_y, val_f, val_y, test_f, test_y, l2_grid=(1e-5, 
     with torch.no_grad():
         pred = lin(te).argmax(1)
     acc = float((pred == test_y).float().mean())
-    return {"test_acc": acc, "l2": best, "val_acc": val_scores[best], "val_scores": val_scores, "test_pred": pred}
+    return {"test_acc": acc, "l2": best, "val_acc": val_scores[best], "val_scores": val_scores,
+            "test_pred": pred.cpu()}
 
 
 def raw_pixel_features(images_uint8: torch.Tensor) -> torch.Tensor:

@@ -31,21 +31,27 @@ class SmallCNN(nn.Module):
 
     ``widths=(32, 64, 128)`` with 2 convs per stage is the 6-conv reference CNN of the benchmarks. The features are
     the last stage average-pooled to ``pool x pool`` and flattened (``pool=1`` is global average pooling); keeping a
-    coarse spatial layout is what lets a small CNN beat raw pixels on 28x28 images.
+    coarse spatial layout is what lets a small CNN beat raw pixels on 28x28 images. ``stem="imagenet"`` gives the
+    first conv stride 2 (for large images: the first stage's activations, the bulk of the memory and FLOPs, shrink
+    4x).
     """
 
     def __init__(self, in_channels: int = 1, widths=(32, 64, 128), convs_per_stage: int = 2, pool: int = 2,
-                 downsample: str = "max",
+                 downsample: str = "max", stem: str = "cifar",
                  mean: float = 0.5, std: float = 0.25):
         super().__init__()
+        if stem not in ("cifar", "imagenet"):
+            raise ValueError(f"unknown CNN stem {stem!r} (choose cifar or imagenet; resolve auto first)")
         self.normalize = Normalize(mean, std)
+        self.stem_kind = stem
         layers: list[nn.Module] = []
         cin = in_channels
         for s, w in enumerate(widths):
             if s > 0:
                 layers.append(nn.MaxPool2d(2) if downsample == "max" else nn.AvgPool2d(2))
-            for _ in range(convs_per_stage):
-                layers.append(conv_bn_relu(cin, w))
+            for c in range(convs_per_stage):
+                # imagenet stem: the first conv has stride 2, so the first stage works at half the image side
+                layers.append(conv_bn_relu(cin, w, stride=2 if stem == "imagenet" and s == 0 and c == 0 else 1))
                 cin = w
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(pool)

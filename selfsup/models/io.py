@@ -23,11 +23,11 @@ if TYPE_CHECKING:
 
 
 def backbone_kwargs(model: "ModelConfig", image_size: int | None = None) -> dict:
-    """The keyword arguments of :func:`build_backbone` that the ``model`` section sets; a ResNet's ``stem: auto``
-    becomes cifar or imagenet from ``image_size`` (the image side in pixels; unknown: cifar)."""
+    """The keyword arguments of :func:`build_backbone` that the ``model`` section sets; ``stem: auto`` (ResNet and
+    CNN) becomes cifar or imagenet from ``image_size`` (the image side in pixels; unknown: cifar)."""
     if model.backbone == "cnn":
         return {"widths": tuple(model.widths), "convs_per_stage": model.convs_per_stage, "pool": model.pool,
-                "downsample": model.downsample}
+                "downsample": model.downsample, "stem": resolve_stem(model.stem, image_size)}
     if model.backbone == "vit":
         return {"patch": model.vit_patch, "dim": model.vit_dim, "depth": model.vit_depth, "heads": model.vit_heads,
                 "mlp_ratio": model.vit_mlp_ratio, "pool": model.vit_pool}

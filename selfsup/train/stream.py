@@ -107,8 +107,10 @@ def read_manifest(path: Path) -> dict:
 
 
 def _save_state(state_root: Path, index: int, method: nn.Module, strategy: Strategy) -> str:
-    """Model + strategy state after chunk ``index`` into ``state/after_NNN`` (written atomically)."""
+    """Model + strategy state after chunk ``index`` into ``state/after_NNN`` (written atomically, by rank 0)."""
     name = f"after_{index:03d}"
+    if not D.is_main():
+        return name
     with atomic_dir(state_root / name) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()},
                   str(tmp / "model.safetensors"))
@@ -169,19 +171,36 @@ class StreamTrainer:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.evaluate = evaluate if cfg.stream.evaluate else None
         self.init_eval, self.final_only = init_eval, final_only
-        self.callbacks, self.progress, self.log = list(callbacks or []), progress, log
+        self.callbacks, self.progress = list(callbacks or []), progress
+        self.log = lambda text: log(text) if D.is_main() else None  # rank 0 speaks (asked at each call: the
+        # process group starts in _restore)
         self.on_chunk = on_chunk or (lambda name: None)
         self.manifest_path = self.run_dir / "manifest.json"
 
     # -- state
     def _commit(self) -> None:
-        atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=1))
+        """Write the manifest (rank 0); every rank passes here at the same points, and waits for the write."""
+        if D.is_main():
+            atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=1))
+        D.barrier()
+
+    def _agree(self, available: list[Chunk]) -> list[Chunk]:
+        """Under DDP, the chunks rank 0 listed (names and signatures), so that every rank trains the same ones."""
+        listed = D.broadcast_object([(c.name, c.signature) for c in available])
+        mine = {(c.name, c.signature): c for c in available}
+        missing = [name for name, sig in listed if (name, sig) not in mine]
+        if missing:
+            raise DataError(f"rank {D.rank()} does not see chunk(s) {', '.join(missing)} as rank 0 does: the "
+                            f"stream source must be the same folder for every process")
+        return [mine[key] for key in listed]
 
     def _restore(self, chunks: Callable[[], list[Chunk]]) -> None:
         cfg = self.cfg
         self.device = setup_device(cfg)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(self.run_dir, cfg, continuing=True)
+        if D.is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_config(self.run_dir, cfg, continuing=True)
+        D.barrier()
         self.manifest = read_manifest(self.manifest_path)
         done = self.manifest["chunks"]
         self.strategy = build_strategy(cfg.stream.strategy, cfg)
@@ -198,7 +217,7 @@ class StreamTrainer:
         if self.strategy.retrain_from_scratch and done:
             self.seen_data = [_find_chunk(chunks(), c["name"]).load() for c in done]
         if self.evaluate is not None and "init_eval" not in self.manifest:
-            if self.init_eval is None:
+            if self.init_eval is None and D.is_main():
                 channels, size = self.evaluate.image_shape[0], self.evaluate.image_shape[-1]
                 self.init_eval = _strip(self.evaluate(self._new_method(channels, size).backbone, 0))
             self.manifest["init_eval"] = self.init_eval
@@ -222,7 +241,8 @@ class StreamTrainer:
             except (OSError, json.JSONDecodeError):
                 ident = None
             if ident is None or ident.get("index") != index or ident.get("name") in done_names or found:
-                shutil.rmtree(d, ignore_errors=True)  # committed already, or never started properly
+                if D.is_main():
+                    shutil.rmtree(d, ignore_errors=True)  # committed already, or never started properly
                 continue
             found = {**ident, "dir": d}
         return found
@@ -238,7 +258,9 @@ class StreamTrainer:
         what = "has changed" if any(c.name == ip["name"] for c in new) else "is gone"
         self.log(f"chunk {ip['name']} was being trained when the stream stopped but {what}: its partial training "
                  f"is discarded and the stream continues cleanly")
-        shutil.rmtree(ip["dir"], ignore_errors=True)
+        if D.is_main():
+            shutil.rmtree(ip["dir"], ignore_errors=True)
+        D.barrier()
         self.in_progress = None
         return new
 
@@ -282,9 +304,11 @@ class StreamTrainer:
             if strategy.retrain_from_scratch:
                 self.method = self._new_method(data.channels, data.images.shape[-1])
             ckpt_root = self.run_dir / "chunks" / _chunk_dir_name(chunk)
-            ckpt_root.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(ckpt_root / "chunk.json", json.dumps(
-                {"name": chunk.name, "signature": chunk.signature, "index": index}))
+            if D.is_main():
+                ckpt_root.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(ckpt_root / "chunk.json", json.dumps(
+                    {"name": chunk.name, "signature": chunk.signature, "index": index}))
+            D.barrier()
             strategy.begin_chunk(self.method, index, cfg.seed)
             offset = 0 if strategy.retrain_from_scratch else sum(c["images"] for c in done)
             if hasattr(self.method, "reserve"):  # per-sample state (method: sat) grows with the stream
@@ -306,8 +330,8 @@ class StreamTrainer:
         entry = {"name": chunk.name, "signature": chunk.signature, "images": len(data), "channels": data.channels,
                  "shape": list(self.shape), "steps": 0 if skip else steps,
                  "train_seconds": round(time.perf_counter() - t0, 2), "retained_bytes": strategy.retained_bytes(),
-                 "trained": not skip}
-        if self.evaluate is not None and not skip and (not self.final_only or last_of_known):
+                 "trained": not skip, "devices": D.world_size()}
+        if self.evaluate is not None and not skip and (not self.final_only or last_of_known) and D.is_main():
             t1 = time.perf_counter()
             ev = _strip(self.evaluate(self.method.backbone, n_available))
             ev["eval_seconds"] = round(time.perf_counter() - t1, 2)
@@ -318,11 +342,13 @@ class StreamTrainer:
         done.append(entry)
         self.manifest["rejected"].pop(chunk.name, None)
         self._commit()  # the commit point
-        shutil.rmtree(self.run_dir / "chunks", ignore_errors=True)
         self.in_progress = None
-        for old_state in (self.run_dir / "state").iterdir():
-            if old_state.name != entry["state"]:
-                shutil.rmtree(old_state, ignore_errors=True)
+        if D.is_main():
+            shutil.rmtree(self.run_dir / "chunks", ignore_errors=True)
+            for old_state in (self.run_dir / "state").iterdir():
+                if old_state.name != entry["state"]:
+                    shutil.rmtree(old_state, ignore_errors=True)
+        D.barrier()
 
     # -- the loop
     def run(self, chunks: Callable[[], list[Chunk]], watch: bool = False, idle_timeout: float | None = None,
@@ -334,7 +360,7 @@ class StreamTrainer:
         last_new = time.monotonic()
         pending: dict[str, str] = {}  # watch: name -> signature seen at the previous look
         while True:
-            available = chunks()
+            available = self._agree(chunks())
             done_names = {c["name"] for c in self.manifest["chunks"]}
             new = [c for c in available if c.name not in done_names
                    and self.manifest["rejected"].get(c.name, {}).get("signature") != c.signature]
@@ -357,7 +383,7 @@ class StreamTrainer:
                     return StreamResult(self.run_dir, self.manifest, self.method)
             if not watch:
                 break
-            if idle_timeout is not None and time.monotonic() - last_new > idle_timeout:
+            if D.broadcast_object(idle_timeout is not None and time.monotonic() - last_new > idle_timeout):
                 self.log(f"no new chunk for {idle_timeout:.0f} s: stopping")
                 break
             time.sleep(self.cfg.stream.watch_interval)
@@ -365,7 +391,9 @@ class StreamTrainer:
             raise DataError("the stream holds no usable chunk" + (
                 f" ({len(self.manifest['rejected'])} rejected: see manifest.json)" if self.manifest["rejected"] else ""))
         last = self.manifest["chunks"][-1]
-        save_backbone(self.run_dir, self.method.backbone, self.cfg.model, last["channels"], last["shape"][-1])
+        if D.is_main():
+            save_backbone(self.run_dir, self.method.backbone, self.cfg.model, last["channels"], last["shape"][-1])
+        D.barrier()
         return StreamResult(self.run_dir, self.manifest, self.method)
 
 

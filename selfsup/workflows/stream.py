@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import distributed as D
 from ..atomic import atomic_write_text
 from ..config import Config, load_config
 from ..data import load_datasets
@@ -87,7 +88,11 @@ def summarize(manifest: dict, with_tasks: bool) -> dict:
 
 
 def _finish(r: StreamResult, cfg: Config, with_tasks: bool, extra: dict | None = None) -> StreamResult:
+    """stream.json, the plots and the report (rank 0 writes them)."""
     summary = {**summarize(r.manifest, with_tasks), **(extra or {})}
+    if not D.is_main():
+        r.manifest["summary"] = summary
+        return r
     atomic_write_text(r.run_dir / "stream.json", json.dumps({**r.manifest, "summary": summary}, indent=1))
     plot_stream(r.run_dir, {cfg.stream.strategy: r.manifest})
     r.manifest["summary"] = summary
