@@ -117,7 +117,7 @@ def write_section(rec: dict) -> None:
     lo, hi = rec["rows"][0], rec["rows"][-1]
     body = ["## Bounded memory: a lazily read folder of 96×96 RGB JPEGs", "",
             f"Command: `{rec['command']}` at commit {rec['commit']}.", f"Machine: {rec['machine']}.",
-            f"SimCLR, small CNN (configs/simclr_fmnist.yaml), batch {rec['batch']}, `data.in_memory=never`, "
+            f"SimCLR, small CNN (configs/simclr_fmnist.yaml; `model.stem: auto`, which from commit 859471f on gives the CNN a stride-2 first conv above 64 px), batch {rec['batch']}, `data.in_memory=never`, "
             f"`data.workers={rec['workers']}`; the folder is Fashion-MNIST upscaled to 96×96 and tinted to RGB "
             "(JPEG q90). PSS is summed over the training process and its DataLoader workers (shared pages counted "
             "once); sampled every 0.2 s.", "", md_table(HEADER, rows), "",
