@@ -47,14 +47,20 @@ def cfg_dict(out, name, **stream):
             "stream": s}
 
 
-@pytest.fixture()
-def chunk_dir(tmp_path):
+def eval_data_and_source(tmp_path):
+    """Labelled evaluation data (evaldata/{train,test}.npz) and an empty chunk folder, returned."""
     (tmp_path / "evaldata").mkdir()
     for split, n, seed in (("train", 300, 1), ("test", 100, 2)):
         x, y = blobs(n, seed)
         np.savez(tmp_path / "evaldata" / f"{split}.npz", images=x, labels=y)
     src = tmp_path / "chunks"
     src.mkdir()
+    return src
+
+
+@pytest.fixture()
+def chunk_dir(tmp_path):
+    src = eval_data_and_source(tmp_path)
     for i in range(3):
         x, y = blobs(64, 10 + i)
         np.savez(src / f"day{i}.npz", images=x, labels=y)

@@ -13,7 +13,7 @@ from selfsup.data import ConcatImages, LazyImages, ReservoirBuffer, concat_image
 from selfsup.train.stream import discover_chunks
 from selfsup.workflows import stream
 
-from .test_stream import _final, blobs, cfg_dict
+from .test_stream import _final, blobs, cfg_dict, eval_data_and_source
 
 
 def _png(a: np.ndarray) -> bytes:
@@ -25,12 +25,7 @@ def _png(a: np.ndarray) -> bytes:
 @pytest.fixture()
 def image_chunks(tmp_path):
     """Evaluation data as NPZ; chunks: a PNG folder, an uncompressed tar shard, another folder (64 images each)."""
-    (tmp_path / "evaldata").mkdir()
-    for split, n, seed in (("train", 300, 1), ("test", 100, 2)):
-        x, y = blobs(n, seed)
-        np.savez(tmp_path / "evaldata" / f"{split}.npz", images=x, labels=y)
-    src = tmp_path / "chunks"
-    src.mkdir()
+    src = eval_data_and_source(tmp_path)
     for i, kind in enumerate(("dir", "tar", "dir")):
         x, _ = blobs(64, 10 + i)
         if kind == "dir":
