@@ -1,6 +1,7 @@
 """The lazy input pipeline: a folder / shards decoded batch by batch gives the in-RAM path's batches and weights,
 resumes exactly mid-epoch with workers, and names or skips (and counts) an unreadable file."""
 import json
+import os
 import tarfile
 
 import numpy as np
@@ -11,6 +12,7 @@ from safetensors.torch import load_file
 
 from selfsup.config import load_config
 from selfsup.data import BatchComposer, load_datasets, step_batches
+from selfsup.data.lazy import _Rows
 from selfsup.errors import DataError
 from selfsup.workflows import pretrain
 
@@ -152,3 +154,29 @@ def test_the_knn_monitor_keeps_a_lazy_set_lazy(folder):
     lazy, ram = mons["never"], mons["always"]
     assert not isinstance(lazy.bank_x, torch.Tensor) and not isinstance(lazy.q_x, torch.Tensor)  # nothing decoded
     assert torch.equal(lazy.bank_x[:], ram.bank_x) and torch.equal(lazy.q_x[:], ram.q_x)  # the same images
+
+
+class _WhereDecoded(_Rows):
+    """A lazy set that notes the process decoding each batch (a file per batch, named by the process id)."""
+
+    def __init__(self, inner, log_dir):
+        self.inner, self.log_dir, self.shape = inner, log_dir, inner.shape
+
+    def fetch(self, idx):
+        (self.log_dir / f"{os.getpid()}-{idx[0]}").touch()
+        return self.inner.fetch(idx)
+
+
+def test_feature_extraction_decodes_a_lazy_set_in_the_workers_in_order(folder, tmp_path):
+    from selfsup.evaluate.probes import extract_features
+    from selfsup.models import build_backbone
+    lazy, _ = load_datasets(load_config(_cfg(folder, "/tmp", "x", "never")).data)
+    ram, _ = load_datasets(load_config(_cfg(folder, "/tmp", "x", "always")).data)
+    torch.manual_seed(0)
+    net = build_backbone("cnn", in_channels=3, widths=[4, 8], pool=1)
+    want = extract_features(net, ram.images, 16)
+    watched = _WhereDecoded(lazy.images, tmp_path)
+    got = extract_features(net, watched, 16, workers=2)
+    assert torch.equal(got, want)  # every row, in order
+    pids = {int(p.name.split("-")[0]) for p in tmp_path.iterdir()}
+    assert len(list(tmp_path.iterdir())) == 6 and os.getpid() not in pids and len(pids) == 2

@@ -7,6 +7,9 @@ r, r + W, … of the global batch, so the W processes together see exactly the b
 indexed directly; a lazy set (:class:`~selfsup.data.lazy.LazyImages`) is decoded batch by batch — in
 ``workers`` DataLoader processes, ``prefetch`` batches each ahead, when workers > 0 — so each rank and worker
 decodes only its own images and memory is bounded by the batch and the prefetch.
+
+:func:`image_batches` reads any image set in order, a batch at a time, the same way (feature extraction for the
+evaluation and the embeddings: a lazy set is decoded in the workers, never whole in RAM).
 """
 from __future__ import annotations
 
@@ -97,3 +100,20 @@ def step_batches(ds: ImageDataset, composer: BatchComposer, seed: int, steps_per
         if isinstance(b, str):
             raise DataError(b)
         yield b
+
+
+def image_batches(images, batch_size: int, workers: int = 0, prefetch: int = 2) -> Iterator[torch.Tensor]:
+    """The rows of ``images`` (an in-RAM tensor or a lazy set), ``batch_size`` at a time, in order. A lazy set is
+    decoded in ``workers`` DataLoader processes (``prefetch`` batches each ahead) when workers > 0 and there is more
+    than one batch; otherwise in this process."""
+    n = len(images)
+    if isinstance(images, torch.Tensor) or workers == 0 or n <= batch_size:
+        for i in range(0, n, batch_size):
+            yield images[i:i + batch_size]
+        return
+    sampler = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    for b in DataLoader(_Decode(images), batch_sampler=sampler, num_workers=workers, prefetch_factor=prefetch,
+                        collate_fn=_as_is, persistent_workers=False):
+        if isinstance(b, str):
+            raise DataError(b)
+        yield b.images

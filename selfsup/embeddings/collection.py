@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import load_config
-from ..data import load_datasets
+from ..data import image_batches, load_datasets
 from ..data.sources import ImageDataset, image_folder
 from ..errors import ConfigError, DataError
 from ..evaluate.probes import inference_copy
@@ -53,22 +53,25 @@ def item_ids(ds: ImageDataset) -> list[str]:
 @torch.inference_mode()
 def iter_features(backbone: nn.Module, images: torch.Tensor, batch_size: int = 512,
                   device: str | torch.device = "cpu", size: int | None = None, channels_last: bool = True,
-                  progress: bool = True, description: str = "embedding") -> Iterator[tuple[int, torch.Tensor]]:
+                  progress: bool = True, description: str = "embedding", workers: int = 0
+                  ) -> Iterator[tuple[int, torch.Tensor]]:
     """(start index, features on the CPU) for each batch of ``images`` (uint8 0..255 or float in [0, 1],
-    N×C×H×W), each batch moved to ``device``, resized to ``size`` when it differs, and run through an eval-mode
-    copy of the backbone."""
+    N×C×H×W; a lazy set is decoded in ``workers`` DataLoader processes when workers > 0), each batch moved to
+    ``device``, resized to ``size`` when it differs, and run through an eval-mode copy of the backbone."""
     if batch_size < 1:
         raise ConfigError(f"batch size must be positive, got {batch_size}")
     model = inference_copy(backbone, channels_last).to(device)
     with TaskProgress(description, len(images), enabled=progress, unit="images") as bar:
-        for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size].to(device)
+        start = 0
+        for x in image_batches(images, batch_size, workers):
+            x = x.to(device)
             x = x.float() if x.is_floating_point() else x.float().div_(255)
             if size is not None and tuple(x.shape[-2:]) != (size, size):
                 x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield start, model(x).float().cpu()
+            start += len(x)
             bar.advance(len(x))
 
 

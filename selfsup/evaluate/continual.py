@@ -26,8 +26,8 @@ from .probes import extract_features, knn_accuracy, linear_probe
 def probe_task(backbone, task: EvalTask, cfg, device, cl: bool, seed: int = 0) -> dict:
     """kNN (k = eval.knn_k) and a linear probe (L2 chosen on a validation split of the task's training images)."""
     e = cfg.eval
-    f_tr = extract_features(backbone, task.train.images, e.batch_size, device, cl)
-    f_te = extract_features(backbone, task.test.images, e.batch_size, device, cl)
+    f_tr = extract_features(backbone, task.train.images, e.batch_size, device, cl, cfg.data.workers)
+    f_te = extract_features(backbone, task.test.images, e.batch_size, device, cl, cfg.data.workers)
     y_tr, y_te = task.train.labels, task.test.labels
     tr, va = train_val_split(len(y_tr), 0.2, seed, y_tr)
     lp = linear_probe(f_tr[tr], y_tr[tr], f_tr[va], y_tr[va], f_te, y_te, e.linear_l2_grid, e.linear_max_iter,
@@ -63,8 +63,8 @@ def downstream_eval(backbone, full: EvalTask, cfg, device) -> dict:
     probe is part of every chunk's evaluation (``digits_linear``)."""
     e, cl = cfg.eval, cfg.train.channels_last
     backbone.eval()
-    f_tr = extract_features(backbone, full.train.images, e.batch_size, device, cl)
-    f_te = extract_features(backbone, full.test.images, e.batch_size, device, cl)
+    f_tr = extract_features(backbone, full.train.images, e.batch_size, device, cl, cfg.data.workers)
+    f_te = extract_features(backbone, full.test.images, e.batch_size, device, cl, cfg.data.workers)
     y_tr, y_te = full.train.labels, full.test.labels
     out: dict = {}
     if e.label_fractions:

@@ -20,6 +20,8 @@ from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ..data import image_batches
+
 
 def inference_copy(backbone: nn.Module, channels_last: bool = True) -> nn.Module:
     """An eval-mode copy with every Conv2d→BatchNorm2d pair folded into one convolution (same outputs, fewer
@@ -36,13 +38,15 @@ def inference_copy(backbone: nn.Module, channels_last: bool = True) -> nn.Module
 
 @torch.inference_mode()
 def extract_features(backbone: nn.Module, images: torch.Tensor, batch_size: int = 256,
-                     device: str | torch.device = "cpu", channels_last: bool = True) -> torch.Tensor:
+                     device: str | torch.device = "cpu", channels_last: bool = True, workers: int = 0
+                     ) -> torch.Tensor:
     """Backbone features (eval mode: BatchNorm running statistics, no augmentation) of uint8 images (0..255) or
-    float images in [0, 1], used as they are (no quantisation)."""
+    float images in [0, 1], used as they are (no quantisation). A lazy image set is decoded batch by batch, in
+    ``workers`` DataLoader processes when workers > 0 (:func:`selfsup.data.image_batches`)."""
     model = inference_copy(backbone, channels_last).to(device)
     out = []
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].to(device)
+    for x in image_batches(images, batch_size, workers):
+        x = x.to(device)
         x = x.float() if x.is_floating_point() else x.float().div_(255)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

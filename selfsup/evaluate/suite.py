@@ -88,10 +88,12 @@ def evaluate_run(run_dir: str | Path, progress: bool = True, datasets=None, devi
     results: dict = {"run": str(run_dir), "method": cfg.method["name"], "data": cfg.data.source}
     with _StageProgress(stages, progress) as sp:
         cl = cfg.train.channels_last
-        f_train = extract_features(backbone, train_ds.images, e.batch_size, device, cl)
+        w = cfg.data.workers  # a lazy set is decoded in DataLoader workers, a batch at a time
+        f_train = extract_features(backbone, train_ds.images, e.batch_size, device, cl, w)
         tr, va = train_val_split(len(train_ds), cfg.data.val_fraction, cfg.seed, train_ds.labels)
         if test_ds is None:  # no test split: score on the validation split, choose on a split of the rest
-            test_x, y_test = train_ds.images[va], train_ds.labels[va] if train_ds.labels is not None else None
+            sample = train_ds.images[va[:2000]]  # (a lazy set decodes only these)
+            y_test = train_ds.labels[va] if train_ds.labels is not None else None
             f_test = f_train[va]
             sub_tr, sub_va = train_val_split(len(tr), cfg.data.val_fraction, cfg.seed + 1,
                                              None if train_ds.labels is None else train_ds.labels[tr])
@@ -99,8 +101,8 @@ def evaluate_run(run_dir: str | Path, progress: bool = True, datasets=None, devi
             tr, va = sub_tr, sub_va
             results["note"] = "no test split: scored on the validation split"
         else:
-            test_x, y_test = test_ds.images, test_ds.labels
-            f_test = extract_features(backbone, test_x, e.batch_size, device, cl)
+            sample, y_test = test_ds.images[:2000], test_ds.labels
+            f_test = extract_features(backbone, test_ds.images, e.batch_size, device, cl, w)
             y_train_all = train_ds.labels
         sp.advance()
         labelled = y_train_all is not None and y_test is not None
@@ -132,7 +134,6 @@ def evaluate_run(run_dir: str | Path, progress: bool = True, datasets=None, devi
         results.setdefault("warnings", []).extend(diag.collapse_warnings(results["collapse"]))  # + logged
         recipe = recipe_from_config(cfg.augment, METHODS[cfg.method["name"]].recipe)
         g = torch.Generator().manual_seed(cfg.seed + 12345)
-        sample = test_x[: min(2000, len(test_x))]
         views = recipe(sample.float() / 255, g)  # the global views first (multi-crop: local crops follow)
         v1, v2 = views[:2] if len(views) >= 2 else (views[0], recipe(sample.float() / 255, g)[0])  # mae: 1 view
         z1 = extract_features(backbone, v1, e.batch_size, device, cl)
