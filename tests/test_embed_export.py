@@ -232,3 +232,20 @@ def test_export_refuses_a_model_that_differs_from_pytorch(run, tmp_path, monkeyp
     r = CliRunner().invoke(app, ["export", str(run), "--format", "tflite"])
     assert r.exit_code == 2 and r.output.strip().splitlines() == [
         "error: export format 'tflite': choose onnx or torchscript"]
+
+
+def test_a_folder_over_the_runs_memory_budget_embeds_lazily_in_workers(run, folders, tmp_path):
+    """The run's data.in_memory / workers decide how a folder is read; the features and ids are the eager ones."""
+    import shutil
+    from selfsup.data.sources import image_folder
+    classed, _ = folders
+    lazy_run = tmp_path / "lazyrun"
+    shutil.copytree(run, lazy_run)
+    (lazy_run / "config.yaml").write_text("name: t\ndata: {in_memory: never, workers: 2}\n")
+    ds = open_collection(lazy_run, source=classed)
+    assert ds.lazy and ds.files == [f"boot/b{i}.png" for i in range(4)] + [f"coat/c{i}.png" for i in range(3)]
+    eager = image_folder(classed, size=SIZE, channels=1)
+    assert not open_collection(run, source=classed).lazy  # the default budget keeps a small folder in RAM
+    want = embed_images(load_backbone(run), eager.images, size=SIZE, progress=False).numpy()
+    out = embed_to_file(lazy_run, tmp_path / "e.npy", source=classed, batch_size=2, progress=False)
+    np.testing.assert_allclose(np.load(out), want, rtol=1e-5, atol=1e-6)

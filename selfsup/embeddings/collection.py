@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import load_config
-from ..data import image_batches, load_datasets
+from ..config import DataConfig, load_config
+from ..data import image_batches, load_datasets, open_chunk
 from ..data.sources import ImageDataset, image_folder
 from ..errors import ConfigError, DataError
 from ..evaluate.probes import inference_copy
@@ -23,16 +23,30 @@ from ..train.progress import TaskProgress
 from .device import resolve_device
 
 
+def run_data(run_dir: str | Path) -> DataConfig:
+    """The run's data settings (``config.yaml``; the defaults when a run has none): the lazy-reading rule and the
+    decoding workers apply to any collection embedded with its encoder."""
+    path = Path(run_dir) / "config.yaml"
+    return load_config(path).data if path.exists() else DataConfig()
+
+
 def open_collection(run_dir: str | Path, source: str | Path | None = None, config: str | Path | None = None,
                     split: str = "train", skip_bad: bool = False) -> ImageDataset:
     """The images to embed: the folder ``source`` (sub-folders are classes; images converted to the run's channels
-    and resized to its image size), else the ``split`` ("train" or "test") of the data set ``config`` names, else of
+    and resized to its image size; read lazily, a batch at a time in the run's ``data.workers``, by the run's
+    ``data.in_memory`` / ``data.memory_budget_mb`` rule — so a folder larger than RAM embeds), else the ``split`` ("train" or "test") of the data set ``config`` names, else of
     the run's own config."""
     if source is not None and config is not None:
         raise ConfigError("give a source folder or a config, not both")
     info = backbone_info(run_dir)
     if source is not None:
-        return image_folder(source, size=info.get("image_size"), channels=info["in_channels"], skip_bad=skip_bad)
+        if skip_bad:  # unreadable files leave the table (a lazy set would have to stand another image in for them)
+            return image_folder(source, size=info.get("image_size"), channels=info["in_channels"], skip_bad=True)
+        if not Path(source).is_dir():
+            raise DataError(f"image folder {source} does not exist")
+        data = run_data(run_dir).model_copy(update={"size": info.get("image_size"), "channels": info["in_channels"],
+                                                   "skip_bad_images": False})
+        return open_chunk(Path(source), data)  # decoded into RAM, or read lazily above data.memory_budget_mb
     if split not in ("train", "test"):
         raise ConfigError(f"split {split!r}: choose train or test")
     cfg = load_config(config if config is not None else Path(run_dir) / "config.yaml")
@@ -77,9 +91,10 @@ def iter_features(backbone: nn.Module, images: torch.Tensor, batch_size: int = 5
 
 def embed_images(backbone: nn.Module, images: torch.Tensor, batch_size: int = 512,
                  device: str | torch.device = "cpu", size: int | None = None, channels_last: bool = True,
-                 progress: bool = True) -> torch.Tensor:
+                 progress: bool = True, workers: int = 0) -> torch.Tensor:
     """All features of ``images`` as one N×D CPU tensor (see :func:`iter_features`)."""
-    parts = [f for _, f in iter_features(backbone, images, batch_size, device, size, channels_last, progress)]
+    parts = [f for _, f in iter_features(backbone, images, batch_size, device, size, channels_last, progress,
+                                         workers=workers)]
     return torch.cat(parts)
 
 
@@ -104,5 +119,6 @@ def embed_run_collection(run_dir: str | Path, source: str | Path | None = None,
     size = backbone_info(run_dir).get("image_size")
     ds = open_collection(run_dir, source=source)
     backbone = load_backbone(run_dir, device)
-    feats = embed_images(backbone, ds.images, batch_size, device, size, progress=progress)
+    feats = embed_images(backbone, ds.images, batch_size, device, size, progress=progress,
+                         workers=run_data(run_dir).workers)
     return EmbeddedCollection(ds, feats, backbone, size, device)

@@ -19,7 +19,7 @@ from ..atomic import atomic_file
 from ..data.sources import ImageDataset
 from ..errors import ConfigError, DataError
 from ..models import backbone_info, load_backbone
-from .collection import item_ids, iter_features, open_collection
+from .collection import item_ids, iter_features, open_collection, run_data
 from .device import resolve_device
 
 SUFFIXES = (".parquet", ".npy")
@@ -107,7 +107,7 @@ def embed_to_file(run_dir: str | Path, out: str | Path, source: str | Path | Non
         raise DataError(f"cannot write {out}: {out.parent} is not a folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     batches = iter_features(backbone, ds.images, batch_size, dev, size=info.get("image_size"), progress=progress,
-                            description=f"embedding {ds.name}")
+                            description=f"embedding {ds.name}", workers=run_data(run_dir).workers)
     if out.suffix.lower() == ".parquet":
         metadata = {"run": str(run_dir), "collection": ds.name, "split": None if source is not None else split,
                     "image_size": info.get("image_size"), "classes": list(ds.classes)}
