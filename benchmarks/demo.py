@@ -20,23 +20,27 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "demo.json"
 PEER = {"knn_test": "85.9 %", "linear_test": "88.8 %"}  # measured.md: lightly 1.6 SimCLR, width-24 CNN, 8 min
+TARGET = {"knn_test": "≥ 88 %", "linear_test": "≥ 90 %"}  # issue 16's time-to-accuracy floor
 
 
 def write_section(rec: dict) -> None:
     ev = rec["eval"]
     s, raw = ev["ssl"], ev["raw_pixels"]
-    rows = [["kNN (test)", f"{100 * s['knn_test']:.2f} %", f"{100 * raw['knn_test']:.2f} %", "≥ 86 %",
+    rows = [["kNN (test)", f"{100 * s['knn_test']:.2f} %", f"{100 * raw['knn_test']:.2f} %", TARGET["knn_test"],
              PEER["knn_test"]],
-            ["linear probe (test)", f"{100 * s['linear_test']:.2f} %", f"{100 * raw['linear_test']:.2f} %", "≥ 88 %",
+            ["linear probe (test)", f"{100 * s['linear_test']:.2f} %", f"{100 * raw['linear_test']:.2f} %", TARGET["linear_test"],
              PEER["linear_test"]]]
     tr = ev["train"]
+    knn_t = f", T={s['knn_temperature']:g}" if "knn_temperature" in s else ""
     body = "\n".join([
-        "## Demo: `selfsup demo` (SimCLR, Fashion-MNIST, configs/demo.yaml)",
+        f"## Demo: `selfsup demo` ({rec.get('method', 'simclr')}, Fashion-MNIST, configs/demo.yaml)",
         "",
         f"Command: `{rec['command']}`{' (first run: empty baseline cache)' if rec['fresh_cache'] else ''} "
         f"(commit {rec['commit']}); machine: {rec['machine']}.",
@@ -46,7 +50,7 @@ def write_section(rec: dict) -> None:
         md_table(["metric", "selfsup demo", "raw pixels (same code)", "target (the issue's)",
                   "peer: lightly 1.6, 8 min (quoted from measured.md, not run here)"], rows),
         "",
-        f"kNN k={s['knn_k']} and linear L2={s['linear_l2']} chosen on the validation split; RankMe "
+        f"kNN k={s['knn_k']}{knn_t} and linear L2={s['linear_l2']} chosen on the validation split; RankMe "
         f"{ev['rankme']:.1f}; transfer to sklearn digits (linear) {100 * ev['transfer_digits']['linear_test']:.2f} %.",
     ])
     update_section("demo", body)
@@ -70,7 +74,8 @@ def main():
     wall = time.perf_counter() - t0
     run_dir = next(out.iterdir())
     rec = {"command": command(), "commit": rev, "machine": machine(), "fresh_cache": args.fresh_cache,
-           "wall_seconds": wall, "eval": json.loads((run_dir / "eval.json").read_text())}
+           "wall_seconds": wall, "eval": json.loads((run_dir / "eval.json").read_text()),
+           "method": yaml.safe_load((run_dir / "config.yaml").read_text())["method"]["name"]}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(rec, indent=1))
     write_section(rec)

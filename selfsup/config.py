@@ -82,8 +82,13 @@ class ModelConfig(Strict):
     vit_depth: int = Field(6, ge=1, description="vit: transformer blocks")
     vit_heads: int = Field(3, ge=1, description="vit: attention heads per block")
     vit_mlp_ratio: float = Field(4.0, gt=0, description="vit: MLP hidden width as a multiple of vit_dim")
-    vit_pool: Literal["cls", "mean"] = Field("cls", description="vit: the features are the CLS token (cls) or the "
-                                                                "mean of the patch tokens (mean)")
+    vit_pool: Literal["cls", "mean", "grid"] = Field("cls", description="vit: the features are the CLS token "
+                                                                        "(cls), the mean of the patch tokens "
+                                                                        "(mean), or the patch tokens average-"
+                                                                        "pooled to vit_grid x vit_grid cells and "
+                                                                        "concatenated (grid)")
+    vit_grid: int = Field(3, ge=1, description="vit, vit_pool=grid: cells per side of the pooled patch-token map "
+                                               "(features: vit_dim x vit_grid²)")
 
     @model_validator(mode="after")
     def _check_vit(self):
@@ -175,6 +180,9 @@ class EvalConfig(Strict):
     knn_temperature: float = Field(0.1, gt=0, description="T of the kNN votes, weighted by exp(cosine / T)")
     knn_k_grid: list[int] = Field(default_factory=lambda: [5, 10, 20, 50],
                                   description="values of k tried on the validation split")
+    knn_temperature_grid: list[Annotated[float, Field(gt=0)]] | None = Field(
+        None, min_length=1, description="values of the kNN vote temperature T tried with each k on the validation "
+                                        "split (unset: knn_temperature only)")
     linear: bool = Field(True, description="run the linear probe (logistic regression on standardised features)")
     linear_l2_grid: list[float] = Field(default_factory=lambda: [1e-5, 1e-4, 1e-3],
                                         description="linear probe: L2 strengths tried on the validation split")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from selfsup.evaluate import alignment, collapse_std, linear_cka, linear_probe, rankme, uniformity
-from selfsup.evaluate.probes import knn_predict, select_knn_k
+from selfsup.evaluate.probes import knn_predict, select_knn, select_knn_k
 from selfsup.config import load_config
 from selfsup.data import ImageDataset, load_datasets
 from selfsup.evaluate.suite import evaluate_run
@@ -50,6 +50,18 @@ def test_select_k_scores_every_k_on_validation_and_breaks_ties_to_the_smaller_k(
         assert scores[kk] == float((knn_predict(bank, labels, val, kk, 0.1) == val_y).float().mean())
 
 
+def test_select_knn_chooses_the_vote_temperature_with_k_on_validation():
+    # a class-1 point at 0 degrees between class-0 points at +-10: for the class-1 query at 0.5 degrees, k = 3 votes
+    # exp(cos 0.5°/T) for class 1 against exp(cos 9.5°/T) + exp(cos 10.5°/T) for class 0: class 1 wins at T = 0.01
+    # (ratio 0.44), class 0 at T = 0.1 (ratio 1.72); the class-0 query at -12 degrees is right at both
+    bank, labels = _on_circle([0.0, 10.0, -10.0]), torch.tensor([1, 0, 0])
+    val, val_y = _on_circle([0.5, -12.0]), torch.tensor([1, 0])
+    k, t, scores = select_knn(bank, labels, val, val_y, [3], [0.1, 0.01])
+    assert (k, t) == (3, 0.01) and scores == pytest.approx({(3, 0.1): 0.5, (3, 0.01): 1.0})
+    k, t, scores = select_knn(bank, labels, val, val_y, [3, 1], [0.1, 0.01])
+    assert (k, t) == (1, 0.1) and scores[(1, 0.01)] == 1.0  # ties: the smaller k, then the temperature listed first
+
+
 def test_linear_probe_separable_clusters_score_one():
     x, y = _clusters(n=90)
     v, vy = _clusters(n=30, seed=1)
@@ -85,13 +97,14 @@ def test_linear_probe_l2_choice_never_sees_the_test_split():
     assert real["test_acc"] > 0.6 and moved["test_acc"] < 0.3  # ...while the test score follows the test labels
 
 
-def test_evaluation_chooses_k_and_l2_on_validation_never_on_the_test_split(stripes_data, tmp_path):  # noqa: F811
+def test_evaluation_chooses_k_t_and_l2_on_validation_never_on_the_test_split(stripes_data, tmp_path):  # noqa: F811
     """The evaluation of a run three times: with the real test split, with every test label flipped, and with noise
-    images under shuffled labels. The k and L2 chosen and their validation scores must not move; the test scores
+    images under shuffled labels. The k, T and L2 chosen and their validation scores must not move; the test scores
     must follow the test labels (flipped: exactly 1 - accuracy). (The raw-pixel baselines go through the same
     code; left out for time.)"""
     cfg = tiny_cfg(stripes_data, tmp_path, "sel", max_steps=12)
-    cfg["eval"].update(knn_k_grid=[1, 3, 9, 27, 81], linear_l2_grid=[1e-4, 1e-2, 1.0], baselines=False)
+    cfg["eval"].update(knn_k_grid=[1, 3, 9, 27, 81], knn_temperature_grid=[0.5, 0.1, 0.02],
+                       linear_l2_grid=[1e-4, 1e-2, 1.0], baselines=False)
     r = pretrain(cfg, progress=False, evaluate=False)
     train, test = load_datasets(load_config(cfg).data)
     g = torch.Generator().manual_seed(0)
@@ -100,7 +113,7 @@ def test_evaluation_chooses_k_and_l2_on_validation_never_on_the_test_split(strip
               "noise": ImageDataset(torch.randint(0, 256, test.images.shape, generator=g, dtype=torch.uint8),
                                     test.labels[torch.randperm(len(test), generator=g)], test.classes)}
     res = {name: evaluate_run(r.run_dir, progress=False, datasets=(train, t)).results for name, t in splits.items()}
-    chosen = ("knn_k", "knn_val", "linear_l2", "linear_val")
+    chosen = ("knn_k", "knn_temperature", "knn_val", "linear_l2", "linear_val")
     real = {key: res["real"]["ssl"][key] for key in chosen}
     for name in ("flipped", "noise"):
         assert {key: res[name]["ssl"][key] for key in chosen} == real, name

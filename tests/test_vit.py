@@ -92,3 +92,15 @@ def test_vit_backbone_saves_and_loads(tmp_path):
     save_backbone(tmp_path, vit, cfg.model, 3, 32)
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(load_backbone(tmp_path)(x), vit(x))
+
+
+def test_grid_pool_is_the_patch_token_map_averaged_per_cell():
+    vit = tiny_vit(pool="grid", grid=2)
+    x = torch.rand(2, 1, 32, 32)  # an 8x8 patch grid: each of the 2x2 cells averages a 4x4 block of tokens
+    z = vit.encode(vit.embed(x))
+    maps = z[:, 1:].reshape(2, 8, 8, 16)  # row-major patches
+    want = torch.stack([maps[:, 4 * i:4 * i + 4, 4 * j:4 * j + 4].mean((1, 2)) for i in range(2) for j in range(2)], -1)
+    assert vit.feat_dim == 64 and torch.allclose(vit(x), want.flatten(1), atol=1e-6)
+    cfg = load_config({"model": {"backbone": "vit", "vit_dim": 16, "vit_heads": 2, "vit_pool": "grid",
+                                 "vit_grid": 3}})
+    assert build_method(cfg, 1).backbone(torch.rand(2, 1, 28, 28)).shape == (2, 16 * 9)

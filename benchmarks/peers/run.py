@@ -41,6 +41,7 @@ from selfsup.data import fashion_mnist, train_val_split  # noqa: E402
 from selfsup.evaluate.suite import evaluate_run  # noqa: E402
 from selfsup.models import SmallCNN  # noqa: E402
 from selfsup.models.io import save_backbone  # noqa: E402
+from selfsup.train.setup import cpu_has_bf16  # noqa: E402
 from selfsup.workflows import pretrain  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "peers.json"
@@ -58,8 +59,10 @@ def selfsup_run(out: Path, tag: str, steps: int, overrides: list[str]) -> dict:
     t = time.perf_counter()
     r = pretrain(cfg, overrides, progress=False, evaluate=False)
     batch = int(next((o.split("=")[1] for o in overrides if o.startswith("train.batch_size=")), 256))
-    return {"steps": r.steps, "images": r.steps * batch, "seconds": r.train_seconds,
-            "img_s": r.steps * batch / r.train_seconds, "call_seconds": time.perf_counter() - t}
+    # img/s over the steps' wall time (data wait, augmentation, forward, backward, optimiser: what lightly's timer
+    # spans); the loop's wall time also holds the kNN monitor at its start and end, which lightly's loop lacks
+    return {"steps": r.steps, "images": r.steps * batch, "seconds": r.step_seconds, "loop_seconds": r.train_seconds,
+            "img_s": r.steps * batch / r.step_seconds, "call_seconds": time.perf_counter() - t}
 
 
 def peer_run(py: Path, args: list[str]) -> dict:
@@ -93,6 +96,7 @@ def throughput(a, py: Path, tmp: Path, rec: dict) -> None:
     make_folder(folder, a.folder_images, 96)
     expected = params(SmallCNN(1, tuple(CNN["widths"]), pool=CNN["pool"]))
     rec["params"] = expected
+    rec["bf16_cpu"] = cpu_has_bf16()
     phases = {
         "ram28": (a.steps, [], ["--npy", str(npy), "--steps", str(a.steps), "--batch", "256"]),
         "folder96": (a.folder_steps,
@@ -102,7 +106,7 @@ def throughput(a, py: Path, tmp: Path, rec: dict) -> None:
                       "--batch", "128"]),
     }
     for name, (steps, ov, peer_args) in phases.items():
-        rec[name] = {"selfsup": [], "lightly": [], "matmul_gflops": [],
+        rec[name] = {"selfsup": [], "selfsup_amp": [], "lightly": [], "lightly_amp": [], "matmul_gflops": [],
                      "forward_flops": conv_flops(SmallCNN(1 if name == "ram28" else 3, tuple(CNN["widths"]),
                                                           pool=CNN["pool"]), 28 if name == "ram28" else 96,
                                                  1 if name == "ram28" else 3)}
@@ -110,14 +114,23 @@ def throughput(a, py: Path, tmp: Path, rec: dict) -> None:
             rec[name]["matmul_gflops"].append(matmul_gflops())
             s = selfsup_run(tmp, f"{name}-{i}", steps, ov)
             rec[name]["selfsup"].append(s)
+            if rec["bf16_cpu"]:  # the same run with train.amp=auto: bf16 autocast, which this CPU computes natively
+                b = selfsup_run(tmp, f"{name}-amp-{i}", steps, ov + ["train.amp=auto"])
+                rec[name]["selfsup_amp"].append(b)
             p = peer_run(py, peer_args + ["--workers", "2", "--widths", ",".join(map(str, CNN["widths"])),
                                           "--pool", str(CNN["pool"]), "--lr", "0.12"])
             want = expected if name == "ram28" else params(SmallCNN(3, tuple(CNN["widths"]), pool=CNN["pool"]))
             if p["params"] != want:
                 sys.exit(f"lightly's CNN has {p['params']} parameters, selfsup's {want}: not the same model")
             rec[name]["lightly"].append(p)
+            if rec["bf16_cpu"]:  # lightly with the same bf16 autocast (its script's --amp), for reference
+                rec[name]["lightly_amp"].append(peer_run(py, peer_args + [
+                    "--workers", "2", "--widths", ",".join(map(str, CNN["widths"])), "--pool", str(CNN["pool"]),
+                    "--lr", "0.12", "--amp"]))
             rec["lightly_version"], rec["peer_torch"] = p["lightly"], p["torch"]
-            print(f"{name} #{i}: selfsup {s['img_s']:.0f} img/s, lightly {p['img_s']:.0f} img/s "
+            amp = (f", selfsup amp=auto {b['img_s']:.0f} img/s, lightly bf16 {rec[name]['lightly_amp'][-1]['img_s']:.0f}"
+                   f" img/s" if rec["bf16_cpu"] else "")
+            print(f"{name} #{i}: selfsup {s['img_s']:.0f} img/s{amp}, lightly {p['img_s']:.0f} img/s "
                   f"({s['img_s'] / p['img_s']:.2f}×)", flush=True)
             save(rec)
 
@@ -159,13 +172,16 @@ def save(rec: dict) -> None:
 
 
 def write_section(rec: dict) -> None:
+    steps_note = ("" if "loop_seconds" not in next(iter(rec.get("ram28", {}).get("selfsup", [{}])), {}) else
+                  " (selfsup's kNN monitor, which runs at the start and end of its loop and has no counterpart in "
+                  "lightly's, is outside the timed steps)")
     lines = ["## Side by side with lightly (benchmarks/peers)", "",
              f"Command: `{rec['command']}` (commit {rec['commit']}); machine: {rec['machine']}. Peer: lightly "
              f"{rec.get('lightly_version', '?')} on torch {rec.get('peer_torch', '?')} in its own environment "
              f"(benchmarks/peers/env.py). Runs interleaved, selfsup first; img/s = images / wall time of the "
-             f"training loop, every step counted. Same CNN ({rec.get('params', '?')} parameters on grey input, "
+             f"training steps, every step counted, data waits included{steps_note}. Same CNN ({rec.get('params', '?')} parameters on grey input, "
              f"checked on both sides), same batch, same data.", ""]
-    rows = []
+    rows, amp_rows = [], []
     for name, label in (("ram28", "28×28 in RAM, batch 256"), ("folder96", "96×96 RGB JPEG folder, batch 128")):
         if name not in rec:
             continue
@@ -184,6 +200,13 @@ def write_section(rec: dict) -> None:
         else:
             row += ["—", "—"]
         rows.append(row)
+        sa = [r["img_s"] for r in rec[name].get("selfsup_amp", [])]
+        la = [r["img_s"] for r in rec[name].get("lightly_amp", [])]
+        if sa:
+            amp_rows.append([label, ", ".join(f"{x:.0f}" for x in sa), ", ".join(f"{x:.0f}" for x in pl),
+                             ", ".join(f"{a / p:.2f}×" for a, p in zip(sa, pl)), f"{max(sa) / max(pl):.2f}×",
+                             f"{max(sa) / max(ss):.2f}×",
+                             ", ".join(f"{x:.0f}" for x in la) or "—", f"{max(sa) / max(la):.2f}×" if la else "—"])
     if rows:
         lines.append(md_table(["data", "selfsup img/s (each run)", "lightly img/s (each run)",
                                "ratio per pair", "ratio of best runs", "steps per run",
@@ -193,6 +216,15 @@ def write_section(rec: dict) -> None:
                       "2048×2048 fp32 matmul throughput measured before each pair; “at 100 % of peak”: the img/s "
                       "of a pipeline that spent every cycle in this CNN at that rate, and its ratio to lightly's best "
                       "run — no pipeline running the same model at the same precision passes that ratio on this CPU."]
+    if amp_rows:
+        lines += ["", "This CPU computes bfloat16 natively (avx512_bf16 or amx_bf16 in its flags), so each selfsup "
+                      "run above was followed by the same run with `train.amp=auto` (bf16 autocast; the loss in "
+                      "fp32), interleaved in the same order; lightly ran as its examples do, in fp32, and then once more with the "
+                      "same bf16 autocast (its script's --amp) for reference:", "",
+                  md_table(["data", "selfsup amp=auto img/s (each run)", "lightly img/s (each run)",
+                            "ratio per pair", "ratio of best runs", "amp=auto / fp32 (best runs)",
+                            "lightly bf16 img/s (each run)", "selfsup amp=auto / lightly bf16 (best runs)"],
+                           amp_rows)]
     acc = rec.get("accuracy")
     if acc and "lightly" in acc:
         pct = lambda v: f"{100 * v:.2f}" if v is not None else "—"  # noqa: E731
@@ -230,6 +262,11 @@ def main():
     if a.accuracy_only:  # the throughput rows (and their command) stay those of the results file
         rec = {**json.loads(RESULTS.read_text()), "accuracy_command": rec["command"],
                "accuracy_commit": rec["commit"], "accuracy_machine": rec["machine"]}
+    elif not a.accuracy and RESULTS.exists():  # the time-to-accuracy rows (and their command) stay those of the file
+        old = json.loads(RESULTS.read_text())
+        rec.update({k: v for k, v in old.items() if k == "accuracy" or k.startswith("accuracy_")})
+        if "accuracy" in old and "accuracy_command" not in old:
+            rec.update(accuracy_command=old["command"], accuracy_commit=old["commit"], accuracy_machine=old["machine"])
     tmp = Path(tempfile.mkdtemp())
     if not a.accuracy_only:
         throughput(a, py, tmp, rec)

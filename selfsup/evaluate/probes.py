@@ -67,7 +67,7 @@ def knn_votes(train_f: torch.Tensor, train_y: torch.Tensor, query_f: torch.Tenso
     for i in range(0, len(query_f), chunk):
         q = F.normalize(query_f[i:i + chunk].to(bank.device).float(), dim=1)
         sim, idx = (q @ bank.T).topk(kmax, dim=1)
-        w = (sim / temperature).exp()
+        w = ((sim - 1) / temperature).exp()  # exp(s/T) scaled by exp(-1/T): the same votes, no overflow at small T
         labels = bank_y[idx]
         for k in ks:
             kk = min(k, kmax)
@@ -91,6 +91,18 @@ def select_knn_k(train_f, train_y, val_f, val_y, grid, temperature) -> tuple[int
     preds = knn_votes(train_f, train_y, val_f, list(grid), temperature)
     scores = {k: float((p == val_y.cpu()).float().mean()) for k, p in preds.items()}
     return max(scores, key=lambda k: (scores[k], -k)), scores
+
+
+def select_knn(train_f, train_y, val_f, val_y, ks, temperatures) -> tuple[int, float, dict[tuple[int, float], float]]:
+    """The (k, T) of ``ks`` × ``temperatures`` with the best validation accuracy (ties → smaller k, then the
+    temperature listed first), and every pair's accuracy."""
+    scores = {}
+    for t in temperatures:
+        for k, acc in select_knn_k(train_f, train_y, val_f, val_y, ks, t)[1].items():
+            scores[(k, t)] = acc
+    order = {t: i for i, t in enumerate(temperatures)}
+    k, t = max(scores, key=lambda kt: (scores[kt], -kt[0], -order[kt[1]]))
+    return k, t, scores
 
 
 def _standardize(train_f: torch.Tensor, *others: torch.Tensor):

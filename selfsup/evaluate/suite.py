@@ -23,7 +23,7 @@ from ..methods import METHODS
 from ..models import load_backbone
 from . import diagnostics as diag
 from .fewshot import fewshot_eval, low_label_probes, per_class_and_confusion
-from .probes import extract_features, linear_probe, raw_pixel_features, select_knn_k, knn_accuracy
+from .probes import extract_features, linear_probe, raw_pixel_features, select_knn, knn_accuracy
 
 
 PROBE_ON_DEVICE_BYTES = 256 * 2 ** 20  # feature matrices above this are probed on the evaluation device
@@ -40,9 +40,10 @@ def _probe_all(f_train, y_train, tr, va, f_test, y_test, e, device="cpu") -> dic
     """kNN (k chosen on the validation split) and the linear probe, computed on ``device``."""
     f_train, y_train, f_test, y_test = (t.to(device) for t in (f_train, y_train, f_test, y_test))
     tr, va = torch.as_tensor(tr).to(device), torch.as_tensor(va).to(device)
-    k, k_scores = select_knn_k(f_train[tr], y_train[tr], f_train[va], y_train[va], e.knn_k_grid, e.knn_temperature)
-    out = {"knn_k": k, "knn_val": k_scores[k],
-           "knn_test": knn_accuracy(f_train, y_train, f_test, y_test, k, e.knn_temperature)}
+    temps = e.knn_temperature_grid or [e.knn_temperature]
+    k, t, scores = select_knn(f_train[tr], y_train[tr], f_train[va], y_train[va], e.knn_k_grid, temps)
+    out = {"knn_k": k, "knn_temperature": t, "knn_val": scores[(k, t)],
+           "knn_test": knn_accuracy(f_train, y_train, f_test, y_test, k, t)}
     if e.linear:
         lp = linear_probe(f_train[tr], y_train[tr], f_train[va], y_train[va], f_test, y_test, e.linear_l2_grid,
                           e.linear_max_iter)
@@ -159,8 +160,8 @@ def _raw_baselines(train_ds, test_ds, tr, va, e, seed, val_fraction) -> dict:
     h = hashlib.sha1()
     for t in (train_ds.images, train_ds.labels, test_ds.images, test_ds.labels, torch.as_tensor(tr), torch.as_tensor(va)):
         h.update(t.contiguous().numpy().tobytes())
-    h.update(json.dumps([_BASELINE_PROTOCOL, e.knn_k_grid, e.knn_temperature, e.linear, e.linear_l2_grid,
-                         e.linear_max_iter, seed, val_fraction, e.label_fractions, e.fewshot_episodes, e.fewshot_ways,
+    h.update(json.dumps([_BASELINE_PROTOCOL, e.knn_k_grid, e.knn_temperature, e.knn_temperature_grid, e.linear,
+                         e.linear_l2_grid, e.linear_max_iter, seed, val_fraction, e.label_fractions, e.fewshot_episodes, e.fewshot_ways,
                          e.fewshot_shots, e.fewshot_queries]).encode())
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "selfsup" / "baselines"
     path = cache / f"{h.hexdigest()}.json"

@@ -81,7 +81,7 @@ class MAE(SSLMethod):
 
     def __init__(self, backbone, params: MAEParams):
         super().__init__(backbone, params)
-        d, dd = backbone.feat_dim, params.decoder_dim
+        d, dd = backbone.dim, params.decoder_dim
         pixels = backbone.patch * backbone.patch * backbone.in_channels
         self.decoder_embed = nn.Linear(d, dd)
         self.mask_token = nn.Parameter(torch.zeros(dd))  # 1-D: no weight decay, as the CLS token

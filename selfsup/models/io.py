@@ -30,7 +30,7 @@ def backbone_kwargs(model: "ModelConfig", image_size: int | None = None) -> dict
                 "downsample": model.downsample, "stem": resolve_stem(model.stem, image_size)}
     if model.backbone == "vit":
         return {"patch": model.vit_patch, "dim": model.vit_dim, "depth": model.vit_depth, "heads": model.vit_heads,
-                "mlp_ratio": model.vit_mlp_ratio, "pool": model.vit_pool}
+                "mlp_ratio": model.vit_mlp_ratio, "pool": model.vit_pool, "grid": model.vit_grid}
     return {"width": model.width, "stem": resolve_stem(model.stem, image_size),
             "zero_init_residual": model.zero_init_residual}
 

@@ -2,8 +2,9 @@
 ``torch.nn.functional.scaled_dot_product_attention``.
 
 x → Normalize → Conv(p×p, stride p) → L = (H/p)·(W/p) patch tokens + fixed 2-D sin-cos position embeddings
-(MAE / MoCo v3) → [CLS] prepended → ``depth`` pre-norm blocks → LayerNorm → features: the CLS token (``pool="cls"``)
-or the mean of the patch tokens (``pool="mean"``); ``feat_dim`` = ``dim``.
+(MAE / MoCo v3) → [CLS] prepended → ``depth`` pre-norm blocks → LayerNorm → features: the CLS token (``pool="cls"``),
+the mean of the patch tokens (``pool="mean"``), both ``feat_dim`` = ``dim``, or the patch tokens average-pooled to a
+``grid`` x ``grid`` map and flattened (``pool="grid"``, ``feat_dim`` = ``dim``·grid², the CNN's spatial readout).
 
 A block: z ← z + Attn(LN(z)), z ← z + MLP(LN(z)); Attn = softmax(Q·Kᵀ/√d_head)·V per head, MLP = Linear-GELU-Linear
 (hidden ``mlp_ratio``·dim). The position table depends only on the patch grid, so it is computed from the input's
@@ -93,17 +94,18 @@ class ViT(nn.Module):
     """A small ViT. ``patch`` must divide the image's height and width (4: 49 patches at 28x28, 64 at 32x32)."""
 
     def __init__(self, in_channels: int = 1, patch: int = 4, dim: int = 192, depth: int = 6, heads: int = 3,
-                 mlp_ratio: float = 4.0, pool: str = "cls", mean: float = 0.5, std: float = 0.25):
+                 mlp_ratio: float = 4.0, pool: str = "cls", grid: int = 3, mean: float = 0.5, std: float = 0.25):
         super().__init__()
-        if pool not in ("cls", "mean"):
-            raise ValueError(f"unknown ViT pooling {pool!r} (choose cls or mean)")
+        if pool not in ("cls", "mean", "grid"):
+            raise ValueError(f"unknown ViT pooling {pool!r} (choose cls, mean or grid)")
         self.normalize = Normalize(mean, std)
-        self.patch, self.in_channels, self.pool_mode = patch, in_channels, pool
+        self.patch, self.in_channels, self.pool_mode, self.pool_grid = patch, in_channels, pool, grid
         self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
         self.cls_token = nn.Parameter(torch.zeros(dim))
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
-        self.feat_dim = dim
+        self.dim = dim  # the token width
+        self.feat_dim = dim * grid * grid if pool == "grid" else dim
         init_transformer(self)
         nn.init.normal_(self.cls_token, std=0.02)
         sincos_2d(dim, 1, 1)  # a width the position table cannot encode fails here, not at the first batch
@@ -134,7 +136,7 @@ class ViT(nn.Module):
         """(N, C, H, W) images in [0, 1] → (N, L, dim) patch tokens plus their position embeddings (no CLS)."""
         gh, gw = self.grid(x)
         tokens = self.patch_embed(self.normalize(x)).flatten(2).transpose(1, 2)
-        return tokens + sincos_2d(self.feat_dim, gh, gw, tokens.device, tokens.dtype)
+        return tokens + sincos_2d(self.dim, gh, gw, tokens.device, tokens.dtype)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """(N, K, dim) tokens (all patches or a subset) → (N, 1 + K, dim): CLS prepended (its position embedding is
@@ -145,9 +147,16 @@ class ViT(nn.Module):
             z = blk(z)
         return self.norm(z)
 
-    def pool(self, z: torch.Tensor) -> torch.Tensor:
-        """The features of :meth:`encode`'s output: the CLS token or the mean of the other tokens."""
-        return z[:, 0] if self.pool_mode == "cls" else z[:, 1:].mean(1)
+    def pool(self, z: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+        """The features of :meth:`encode`'s output on a ``grid_h`` x ``grid_w`` grid of patches: the CLS token, the
+        mean of the patch tokens, or (``grid``) the patch tokens average-pooled to ``grid`` x ``grid`` cells and
+        concatenated, cell by cell (the spatial readout of the CNN's ``pool``)."""
+        if self.pool_mode == "cls":
+            return z[:, 0]
+        if self.pool_mode == "mean":
+            return z[:, 1:].mean(1)
+        maps = z[:, 1:].transpose(1, 2).reshape(z.shape[0], z.shape[2], grid_h, grid_w)
+        return F.adaptive_avg_pool2d(maps, self.pool_grid).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.encode(self.embed(x)))
+        return self.pool(self.encode(self.embed(x)), *self.grid(x))
