@@ -35,8 +35,8 @@ def write_section(rec: dict) -> None:
     s, raw = ev["ssl"], ev["raw_pixels"]
     rows = [["kNN (test)", f"{100 * s['knn_test']:.2f} %", f"{100 * raw['knn_test']:.2f} %", TARGET["knn_test"],
              PEER["knn_test"]],
-            ["linear probe (test)", f"{100 * s['linear_test']:.2f} %", f"{100 * raw['linear_test']:.2f} %", TARGET["linear_test"],
-             PEER["linear_test"]]]
+            ["linear probe (test)", f"{100 * s['linear_test']:.2f} %", f"{100 * raw['linear_test']:.2f} %",
+             TARGET["linear_test"], PEER["linear_test"]]]
     tr = ev["train"]
     knn_t = f", T={s['knn_temperature']:g}" if "knn_temperature" in s else ""
     body = "\n".join([

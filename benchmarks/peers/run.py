@@ -117,19 +117,18 @@ def throughput(a, py: Path, tmp: Path, rec: dict) -> None:
             if rec["bf16_cpu"]:  # the same run with train.amp=auto: bf16 autocast, which this CPU computes natively
                 b = selfsup_run(tmp, f"{name}-amp-{i}", steps, ov + ["train.amp=auto"])
                 rec[name]["selfsup_amp"].append(b)
-            p = peer_run(py, peer_args + ["--workers", "2", "--widths", ",".join(map(str, CNN["widths"])),
-                                          "--pool", str(CNN["pool"]), "--lr", "0.12"])
+            peer_cnn = ["--workers", "2", "--widths", ",".join(map(str, CNN["widths"])), "--pool", str(CNN["pool"]),
+                        "--lr", "0.12"]
+            p = peer_run(py, peer_args + peer_cnn)
             want = expected if name == "ram28" else params(SmallCNN(3, tuple(CNN["widths"]), pool=CNN["pool"]))
             if p["params"] != want:
                 sys.exit(f"lightly's CNN has {p['params']} parameters, selfsup's {want}: not the same model")
             rec[name]["lightly"].append(p)
             if rec["bf16_cpu"]:  # lightly with the same bf16 autocast (its script's --amp), for reference
-                rec[name]["lightly_amp"].append(peer_run(py, peer_args + [
-                    "--workers", "2", "--widths", ",".join(map(str, CNN["widths"])), "--pool", str(CNN["pool"]),
-                    "--lr", "0.12", "--amp"]))
+                rec[name]["lightly_amp"].append(peer_run(py, peer_args + peer_cnn + ["--amp"]))
             rec["lightly_version"], rec["peer_torch"] = p["lightly"], p["torch"]
-            amp = (f", selfsup amp=auto {b['img_s']:.0f} img/s, lightly bf16 {rec[name]['lightly_amp'][-1]['img_s']:.0f}"
-                   f" img/s" if rec["bf16_cpu"] else "")
+            amp = (f", selfsup amp=auto {b['img_s']:.0f} img/s, lightly bf16 "
+                   f"{rec[name]['lightly_amp'][-1]['img_s']:.0f} img/s" if rec["bf16_cpu"] else "")
             print(f"{name} #{i}: selfsup {s['img_s']:.0f} img/s{amp}, lightly {p['img_s']:.0f} img/s "
                   f"({s['img_s'] / p['img_s']:.2f}×)", flush=True)
             save(rec)
@@ -179,8 +178,8 @@ def write_section(rec: dict) -> None:
              f"Command: `{rec['command']}` (commit {rec['commit']}); machine: {rec['machine']}. Peer: lightly "
              f"{rec.get('lightly_version', '?')} on torch {rec.get('peer_torch', '?')} in its own environment "
              f"(benchmarks/peers/env.py). Runs interleaved, selfsup first; img/s = images / wall time of the "
-             f"training steps, every step counted, data waits included{steps_note}. Same CNN ({rec.get('params', '?')} parameters on grey input, "
-             f"checked on both sides), same batch, same data.", ""]
+             f"training steps, every step counted, data waits included{steps_note}. Same CNN "
+             f"({rec.get('params', '?')} parameters on grey input, checked on both sides), same batch, same data.", ""]
     rows, amp_rows = [], []
     for name, label in (("ram28", "28×28 in RAM, batch 256"), ("folder96", "96×96 RGB JPEG folder, batch 128")):
         if name not in rec:
@@ -219,8 +218,8 @@ def write_section(rec: dict) -> None:
     if amp_rows:
         lines += ["", "This CPU computes bfloat16 natively (avx512_bf16 or amx_bf16 in its flags), so each selfsup "
                       "run above was followed by the same run with `train.amp=auto` (bf16 autocast; the loss in "
-                      "fp32), interleaved in the same order; lightly ran as its examples do, in fp32, and then once more with the "
-                      "same bf16 autocast (its script's --amp) for reference:", "",
+                      "fp32), interleaved in the same order; lightly ran as its examples do, in fp32, and then once more "
+                      "with the same bf16 autocast (its script's --amp) for reference:", "",
                   md_table(["data", "selfsup amp=auto img/s (each run)", "lightly img/s (each run)",
                             "ratio per pair", "ratio of best runs", "amp=auto / fp32 (best runs)",
                             "lightly bf16 img/s (each run)", "selfsup amp=auto / lightly bf16 (best runs)"],

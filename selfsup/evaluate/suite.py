@@ -161,8 +161,8 @@ def _raw_baselines(train_ds, test_ds, tr, va, e, seed, val_fraction) -> dict:
     for t in (train_ds.images, train_ds.labels, test_ds.images, test_ds.labels, torch.as_tensor(tr), torch.as_tensor(va)):
         h.update(t.contiguous().numpy().tobytes())
     h.update(json.dumps([_BASELINE_PROTOCOL, e.knn_k_grid, e.knn_temperature, e.knn_temperature_grid, e.linear,
-                         e.linear_l2_grid, e.linear_max_iter, seed, val_fraction, e.label_fractions, e.fewshot_episodes, e.fewshot_ways,
-                         e.fewshot_shots, e.fewshot_queries]).encode())
+                         e.linear_l2_grid, e.linear_max_iter, seed, val_fraction, e.label_fractions,
+                         e.fewshot_episodes, e.fewshot_ways, e.fewshot_shots, e.fewshot_queries]).encode())
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "selfsup" / "baselines"
     path = cache / f"{h.hexdigest()}.json"
     if path.exists():

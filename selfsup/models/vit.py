@@ -150,7 +150,7 @@ class ViT(nn.Module):
     def pool(self, z: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
         """The features of :meth:`encode`'s output on a ``grid_h`` x ``grid_w`` grid of patches: the CLS token, the
         mean of the patch tokens, or (``grid``) the patch tokens average-pooled to ``grid`` x ``grid`` cells and
-        concatenated, cell by cell (the spatial readout of the CNN's ``pool``)."""
+        flattened channel by channel, as the CNN's ``pool`` readout."""
         if self.pool_mode == "cls":
             return z[:, 0]
         if self.pool_mode == "mean":

@@ -175,8 +175,8 @@ def write_report(run_dir: Path, results: dict, f_test, y_test, classes, embeddin
         knn_t = f", T={s['knn_temperature']:g}" if "knn_temperature" in s else ""
         lines += ["| metric | SSL encoder | raw pixels |", "|---|---|---|"]
         lines += [f"| {a} | {b} | {c} |" for a, b, c in results_table(results)]
-        lines += ["", f"kNN: cosine, weighted exp(s/T), k={s['knn_k']}{knn_t} chosen on the validation split; linear probe: "
-                  f"standardised features, L-BFGS logistic regression, L2={s.get('linear_l2')} chosen on the "
+        lines += ["", f"kNN: cosine, weighted exp(s/T), k={s['knn_k']}{knn_t} chosen on the validation split; "
+                  f"linear probe: standardised features, L-BFGS logistic regression, L2={s.get('linear_l2')} chosen on the "
                   f"validation split, refit on all of train; test set used once.", ""]
         if s.get("low_label"):
             sizes = ", ".join(f"{100 * float(k):g} %: {v['n_labels']}" for k, v in s["low_label"].items())
