@@ -90,10 +90,19 @@ class ModelConfig(Strict):
     vit_grid: int = Field(3, ge=1, description="vit, vit_pool=grid: cells per side of the pooled patch-token map "
                                                "(features: vit_dim x vit_grid²)")
 
+    readout_pool: int | None = Field(
+        None, ge=1, description="cnn / vit: cells per side of the saved backbone's features, the ones evaluation, "
+        "embed, export and fine-tuning read (cnn: the last stage average-pooled to readout_pool x readout_pool; vit: "
+        "the patch tokens pooled likewise, as vit_pool=grid); the pre-training heads still see pool / vit_pool. "
+        "null: the same features as pre-training")
+
     @model_validator(mode="after")
     def _check_vit(self):
         if self.vit_dim % self.vit_heads:
             raise ValueError(f"vit_dim {self.vit_dim} is not divisible by vit_heads {self.vit_heads}")
+        if self.readout_pool is not None and self.backbone not in ("cnn", "vit"):
+            raise ValueError(f"readout_pool applies to the cnn and vit backbones, not {self.backbone} (its features "
+                             f"are globally pooled)")
         return self
 
 

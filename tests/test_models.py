@@ -58,3 +58,28 @@ def test_cnn_stem_auto_halves_the_first_stage_above_64_px_and_round_trips(tmp_pa
     save_backbone(tmp_path, large.eval(), cfg, 3, 96)
     assert backbone_info(tmp_path)["kwargs"]["stem"] == "imagenet"
     assert torch.equal(load_backbone(tmp_path)(x), large(x))
+
+
+def test_readout_pool_saves_the_trained_weights_with_a_finer_spatial_readout(tmp_path):
+    import torch.nn.functional as F
+    from selfsup.config import ConfigError, load_config
+    from selfsup.models import backbone_from_config, backbone_info, load_backbone, save_backbone
+    cfg = load_config({"model": {"widths": [4, 8], "pool": 1, "readout_pool": 2}}).model
+    torch.manual_seed(0)
+    trained = backbone_from_config(cfg, 1, 28).eval()
+    assert trained.feat_dim == 8  # pre-training (the heads) sees the global average
+    save_backbone(tmp_path, trained, cfg, 1, 28)
+    info, loaded = backbone_info(tmp_path), load_backbone(tmp_path)
+    assert info["kwargs"]["pool"] == 2 and info["feat_dim"] == loaded.feat_dim == 32
+    x = torch.rand(3, 1, 28, 28)
+    maps = trained.features(trained.normalize(x))
+    assert torch.allclose(loaded(x), F.adaptive_avg_pool2d(maps, 2).flatten(1), atol=1e-6)
+    # the 2x2 cells average back to the training readout: same weights, finer grid
+    assert torch.allclose(loaded(x).view(3, 8, 4).mean(-1), trained(x), atol=1e-6)
+    vit = load_config({"model": {"backbone": "vit", "vit_dim": 16, "vit_heads": 2, "vit_depth": 1,
+                                 "readout_pool": 2}}).model
+    (tmp_path / "v").mkdir()
+    save_backbone(tmp_path / "v", backbone_from_config(vit, 1, 28), vit, 1, 28)
+    assert backbone_info(tmp_path / "v")["kwargs"]["pool"] == "grid" and load_backbone(tmp_path / "v").feat_dim == 64
+    with pytest.raises(ConfigError, match="readout_pool"):
+        load_config({"model": {"backbone": "resnet18", "readout_pool": 2}})

@@ -41,18 +41,32 @@ def backbone_from_config(model: "ModelConfig", in_channels: int, image_size: int
     return build_backbone(model.backbone, in_channels, **backbone_kwargs(model, image_size))
 
 
+def readout_kwargs(model: "ModelConfig", kwargs: dict) -> dict:
+    """``kwargs`` (of :func:`backbone_kwargs`) with ``model.readout_pool`` applied: the spatial grid the saved
+    backbone's features are pooled to. Pooling has no weights, so the trained weights fit either readout."""
+    if model.readout_pool is None:
+        return kwargs
+    if model.backbone == "cnn":
+        return {**kwargs, "pool": model.readout_pool}
+    return {**kwargs, "pool": "grid", "grid": model.readout_pool}
+
+
 def save_backbone(run_dir: str | Path, backbone: nn.Module, model: "ModelConfig", in_channels: int,
                   image_size: int | None = None) -> None:
     """``backbone.safetensors`` + ``backbone.json`` in ``run_dir`` (with the image size it was trained on, which
-    ``embed`` / ``export`` resize a new collection to)."""
+    ``embed`` / ``export`` resize a new collection to). The saved features are those of ``model.readout_pool`` when
+    it is set, else the ones pre-training used."""
     run_dir = Path(run_dir)
     atomic_save_tensors(run_dir / "backbone.safetensors", backbone.state_dict())
-    kw = {k: list(v) if isinstance(v, tuple) else v for k, v in backbone_kwargs(model, image_size).items()}
+    kw = readout_kwargs(model, backbone_kwargs(model, image_size))
     if hasattr(backbone, "stem_kind"):  # the stem the ResNet was built with is what its weights fit
         kw["stem"] = backbone.stem_kind
+    feat_dim = (backbone.feat_dim if model.readout_pool is None
+                else build_backbone(model.backbone, in_channels, **kw).feat_dim)
+    kw = {k: list(v) if isinstance(v, tuple) else v for k, v in kw.items()}
     atomic_write_text(run_dir / "backbone.json", json.dumps(
         {"backbone": model.backbone, "in_channels": in_channels, "image_size": image_size, "kwargs": kw,
-         "feat_dim": backbone.feat_dim},
+         "feat_dim": feat_dim},
         indent=1))
 
 
