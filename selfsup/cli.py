@@ -294,7 +294,7 @@ def corrupt(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn
 
 @app.command()
 def demo(overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides of configs/demo.yaml")):
-    """Pre-train on Fashion-MNIST without labels (≈ 8 min on 2 CPU cores), evaluate, print the results table."""
+    """Pre-train on Fashion-MNIST without labels (5-8 min on 2 CPU cores), evaluate, print the results table."""
     root = os.environ.get("SELFSUP_FMNIST_DIR", FMNIST_DEFAULT_DIR)
     if not Path(root).is_dir() or not any(Path(root).glob("train-images-idx3-ubyte*")):
         _ensure_fmnist(root)
