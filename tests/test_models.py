@@ -83,3 +83,20 @@ def test_readout_pool_saves_the_trained_weights_with_a_finer_spatial_readout(tmp
     assert backbone_info(tmp_path / "v")["kwargs"]["pool"] == "grid" and load_backbone(tmp_path / "v").feat_dim == 64
     with pytest.raises(ConfigError, match="readout_pool"):
         load_config({"model": {"backbone": "resnet18", "readout_pool": 2}})
+
+
+def test_readout_backbone_reads_the_training_weights_as_the_saved_backbone_does(tmp_path):
+    from selfsup.config import load_config
+    from selfsup.models import backbone_from_config, load_backbone, readout_backbone, save_backbone
+    cfg = load_config({"model": {"widths": [4, 8], "pool": 1, "readout_pool": 2}}).model
+    torch.manual_seed(0)
+    trained = backbone_from_config(cfg, 1, 28).train()
+    save_backbone(tmp_path, trained, cfg, 1, 28)
+    rng = torch.get_rng_state()
+    view = readout_backbone(trained, cfg, 1, 28)
+    assert torch.equal(torch.get_rng_state(), rng)  # building the view draws no random numbers from the run's stream
+    assert view.training and view.feat_dim == 32 and trained.feat_dim == 8
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.allclose(view.eval()(x), load_backbone(tmp_path)(x), atol=1e-6)
+    plain = load_config({"model": {"widths": [4, 8], "pool": 1}}).model
+    assert readout_backbone(trained, plain, 1, 28) is trained

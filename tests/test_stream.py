@@ -285,3 +285,40 @@ def test_gap_closed_share_and_no_gap():
     assert gap_closed(per, "replay", "knn") == "no gap"  # 0.2 point: within the probes' noise
     assert gap_closed(per, "joint", "linear") == "—"
     assert "linear +2.00, kNN +0.20" in sequence_table({"instance": per})
+
+
+def test_stream_evaluation_and_knn_monitor_score_the_readout_features(tmp_path):
+    from types import SimpleNamespace
+
+    from selfsup.config import load_config
+    from selfsup.data import ImageDataset
+    from selfsup.data.sequences import EvalTask
+    from selfsup.evaluate.continual import evaluate_chunk
+    from selfsup.evaluate.monitor import KnnMonitor
+    from selfsup.evaluate.probes import extract_features, knn_accuracy
+    from selfsup.models import backbone_from_config, readout_backbone
+    from selfsup.workflows.stream import StreamEvaluator
+
+    def labelled(n, seed):
+        x, y = blobs(n, seed)
+        return ImageDataset(torch.from_numpy(x)[:, None], torch.from_numpy(y), [str(i) for i in range(10)])
+
+    d = cfg_dict(tmp_path, "r")
+    d["model"] = {**d["model"], "readout_pool": 3}
+    cfg = load_config(d)
+    torch.manual_seed(0)
+    backbone = backbone_from_config(cfg.model, 1, 28)
+    view = readout_backbone(backbone, cfg.model, 1, 28)
+    full = EvalTask("all", labelled(200, 1), labelled(100, 2))
+    ev = StreamEvaluator(cfg, "cpu", full=full)
+    got = ev(backbone, 1)
+    want = evaluate_chunk(view, None, full, cfg, "cpu")
+    assert got["linear"] == want["linear"] and got["knn"] == want["knn"]
+    assert ev.previous.shape[1] == view.feat_dim == 72  # CKA reads the 3x3 readout too (training pool: 8 features)
+
+    ds = labelled(100, 3)
+    mon = KnnMonitor(ds, np.arange(0, 100, 5), cfg, "cpu")
+    event = SimpleNamespace(step=1, total_steps=1, steps_per_epoch=1, method=SimpleNamespace(backbone=backbone))
+    e = cfg.eval
+    fb, fq = (extract_features(view, x, e.batch_size, "cpu", False) for x in (mon.bank_x, mon.q_x))
+    assert mon(event)["knn_val"] == knn_accuracy(fb, mon.bank_y, fq, mon.q_y, e.knn_k, e.knn_temperature)

@@ -1,7 +1,8 @@
 """kNN accuracy on the validation split during training, as a callback of the training loop (main process only).
 
-The bank is a fixed subset of the rest of train, the queries a fixed subset of the validation split; it runs every
-``train.monitor_every_epochs`` epochs and at the last step."""
+It scores the features of the saved backbone (``model.readout_pool`` when set). The bank is a fixed subset of the
+rest of train, the queries a fixed subset of the validation split; it runs every ``train.monitor_every_epochs``
+epochs and at the last step."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -10,6 +11,7 @@ import numpy as np
 
 from .. import distributed as D
 from ..data import ImageDataset
+from ..models import readout_backbone
 from .probes import extract_features, knn_accuracy
 
 if TYPE_CHECKING:
@@ -33,7 +35,8 @@ class KnnMonitor:
         if not D.is_main() or (event.step % every and event.step != event.total_steps):
             return None
         e, cl = self.cfg.eval, self.cfg.train.channels_last
-        backbone = event.method.backbone
+        # the features the saved backbone will give (model.readout_pool), from the weights being trained
+        backbone = readout_backbone(event.method.backbone, self.cfg.model, self.bank_x.shape[1], self.bank_x.shape[-1])
         fb = extract_features(backbone, self.bank_x, e.batch_size, self.device, cl)
         fq = extract_features(backbone, self.q_x, e.batch_size, self.device, cl)
         return {"knn_val": knn_accuracy(fb, self.bank_y, fq, self.q_y, e.knn_k, e.knn_temperature)}

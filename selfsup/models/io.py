@@ -51,6 +51,21 @@ def readout_kwargs(model: "ModelConfig", kwargs: dict) -> dict:
     return {**kwargs, "pool": "grid", "grid": model.readout_pool}
 
 
+def readout_backbone(backbone: nn.Module, model: "ModelConfig", in_channels: int,
+                     image_size: int | None = None) -> nn.Module:
+    """``backbone``'s weights read out as the saved backbone reads them (``model.readout_pool``): ``backbone`` itself
+    when that is not set, else a copy built at the readout grid, on the same device and in the same mode, so that a
+    probe during training (the kNN monitor, a stream's per-chunk evaluation) scores the features users take away.
+    The copy's construction leaves the global random state untouched (a run reads the same random numbers with and
+    without it)."""
+    if model.readout_pool is None:
+        return backbone
+    with torch.random.fork_rng(devices=[]):
+        out = build_backbone(model.backbone, in_channels, **readout_kwargs(model, backbone_kwargs(model, image_size)))
+    out.load_state_dict(backbone.state_dict())
+    return out.to(next(backbone.parameters()).device).train(backbone.training)
+
+
 def save_backbone(run_dir: str | Path, backbone: nn.Module, model: "ModelConfig", in_channels: int,
                   image_size: int | None = None) -> None:
     """``backbone.safetensors`` + ``backbone.json`` in ``run_dir`` (with the image size it was trained on, which

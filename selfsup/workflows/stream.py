@@ -22,6 +22,7 @@ from ..errors import DataError, SelfsupError
 from ..evaluate.continual import (aggregate_seeds, cka, continual_metrics, downstream_eval, evaluate_chunk,
                                   gap_stats, seen_task_accuracy)
 from ..methods import build_method
+from ..models import readout_backbone
 from ..report.html import write_html_report
 from ..report.stream import GAP_KEYS, plot_seed_summary, plot_stream, seeds_table, sequence_table
 from ..train.progress import TaskProgress
@@ -40,9 +41,13 @@ class StreamEvaluator:
         self.image_shape = tuple((full or tasks[0]).train.images.shape[1:])
         self.previous: torch.Tensor | None = None
 
+    def readout(self, backbone: nn.Module) -> nn.Module:
+        """The features the saved backbone gives (``model.readout_pool``), from the training backbone's weights."""
+        return readout_backbone(backbone, self.cfg.model, self.image_shape[0], self.image_shape[-1])
+
     def __call__(self, backbone: nn.Module, n_available: int) -> dict:
         tasks = self.tasks[: n_available] if self.tasks and n_available else self.tasks
-        ev = evaluate_chunk(backbone, tasks, self.full, self.cfg, self.device)
+        ev = evaluate_chunk(self.readout(backbone), tasks, self.full, self.cfg, self.device)
         feats = ev.pop("_features", None)
         if n_available == 0:  # the initial encoder: no previous chunk
             return ev
@@ -155,12 +160,12 @@ def _study(cfg: Config, root: Path, device, train, test, bar: TaskProgress, prog
             bar.describe(f"{kind} / {strat}, seed {cfg.seed}")
             earlier = read_manifest(root / kind / strat / "manifest.json")  # what an earlier call dealt with
             bar.advance(len(earlier["chunks"]) + len(earlier["rejected"]))
-            trainer = StreamTrainer(scfg, root / kind / strat, evaluate=StreamEvaluator(scfg, device, seq.tasks,
-                                                                                        seq.full),
+            evaluator = StreamEvaluator(scfg, device, seq.tasks, seq.full)
+            trainer = StreamTrainer(scfg, root / kind / strat, evaluate=evaluator,
                                     init_eval=init, final_only=final_only, progress=progress, log=log,
                                     on_chunk=lambda name: bar.advance())
             r = trainer.run(lambda: memory_chunks(seq.chunks))
-            extra = {"downstream": downstream_eval(r.method.backbone, seq.full, scfg, device)} \
+            extra = {"downstream": downstream_eval(evaluator.readout(r.method.backbone), seq.full, scfg, device)} \
                 if cfg.stream.evaluate else {}
             r = _finish(r, scfg, with_tasks=True, extra=extra)
             manifests[strat] = read_manifest(root / kind / strat / "manifest.json")
