@@ -47,11 +47,20 @@ def command() -> str:
     return "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
 
 
-def git_rev() -> str:
+def _head() -> str:
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+_STARTED_AT = _head()  # the commit when this benchmark process started, i.e. the code it imported
+
+
+def git_rev() -> str:
+    """The commit a benchmark's numbers come from: HEAD when the process started (a record written at the end of a
+    long run must not name a commit made while it ran)."""
+    return _STARTED_AT
 
 
 def update_section(key: str, body: str) -> None:
