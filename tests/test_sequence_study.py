@@ -99,6 +99,24 @@ def test_summary_plot_has_one_line_per_strategy(tmp_path):
     assert (tmp_path / "summary.png").stat().st_size > 1000
 
 
+def test_summary_plot_gives_a_strategy_one_colour_on_both_panels(tmp_path, monkeypatch):
+    import selfsup.report.stream as rs
+    figs, real = [], rs.subplots
+
+    def keep(*a, **k):
+        figs.append(real(*a, **k))
+        return figs[-1]
+    monkeypatch.setattr(rs, "subplots", keep)
+    agg = aggregate_seeds({"0": _fake(0.80, 0.70, 0.75), "1": _fake(0.82, 0.71, 0.78)})["far_domain"]
+    agg["joint"]["curves"]["cka_curve"] = []  # as in a real study: joint trains once, there is no previous chunk
+    rs.plot_seed_summary(tmp_path / "summary.png", agg, "far_domain")
+    acc, cka_ax = figs[0][1]
+    colour = {ln.get_label(): ln.get_color() for ln in acc.get_lines() if not ln.get_label().startswith("_")}
+    cka_colour = {ln.get_label(): ln.get_color() for ln in cka_ax.get_lines() if not ln.get_label().startswith("_")}
+    assert set(cka_colour) == {"sequential", "replay"}
+    assert all(cka_colour[s] == colour[s] for s in ("sequential", "replay"))
+
+
 def test_sequence_cli_with_two_seeds_writes_each_seed_and_the_aggregate(tmp_path):
     from selfsup.cli import app
 

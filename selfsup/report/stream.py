@@ -181,7 +181,8 @@ def plot_seed_summary(path: Path, per_strategy: dict, title: str = "") -> list[s
     drawn on the accuracy panel."""
     fig, (ax, ax2) = subplots(1, 2, figsize=(11, 4))
     drawn = []
-    for strat, r in per_strategy.items():
+    for i, (strat, r) in enumerate(per_strategy.items()):
+        color = f"C{i}"  # one colour per strategy on both panels
         curve = r.get("curves", {}).get("seen_linear_curve")
         if not curve:
             continue
@@ -191,17 +192,17 @@ def plot_seed_summary(path: Path, per_strategy: dict, title: str = "") -> list[s
         x, m, s = (np.array(v) for v in zip(*pts))
         style = "--" if strat == "joint" else "-"
         if len(x) == 1:
-            ax.errorbar(x, m, yerr=s, marker="D", linestyle="none", capsize=4, label=strat)
+            ax.errorbar(x, m, yerr=s, marker="D", linestyle="none", capsize=4, label=strat, color=color)
         else:
-            line, = ax.plot(x, m, marker="o", linestyle=style, label=strat)
-            ax.fill_between(x, m - s, m + s, color=line.get_color(), alpha=0.2)
+            ax.plot(x, m, marker="o", linestyle=style, label=strat, color=color)
+            ax.fill_between(x, m - s, m + s, color=color, alpha=0.2)
         drawn.append(strat)
         cka = r.get("curves", {}).get("cka_curve")
         cpts = [(i + 1, c["mean"], c["std"]) for i, c in enumerate(cka or []) if c["mean"] is not None]
         if len(cpts) > 0:
             cx, cm, cs = (np.array(v) for v in zip(*cpts))
-            line, = ax2.plot(cx, cm, marker="o", linestyle=style, label=strat)
-            ax2.fill_between(cx, cm - cs, cm + cs, color=line.get_color(), alpha=0.2)
+            ax2.plot(cx, cm, marker="o", linestyle=style, label=strat, color=color)
+            ax2.fill_between(cx, cm - cs, cm + cs, color=color, alpha=0.2)
     ax.set_xlabel("chunks trained")
     ax.set_ylabel("linear probe, tasks seen so far (%)")
     ax2.set_xlabel("chunks trained")
@@ -210,8 +211,9 @@ def plot_seed_summary(path: Path, per_strategy: dict, title: str = "") -> list[s
     for a in (ax, ax2):
         a.grid(alpha=0.3)
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if drawn:
-        ax.legend(fontsize=8)
+    for a in (ax, ax2):
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
