@@ -147,3 +147,13 @@ def test_sequence_cli_with_two_seeds_writes_each_seed_and_the_aggregate(tmp_path
     assert (out / "summary_far_domain.png").exists() and "±" in (out / "sequence.md").read_text()
     page = (out / "report.html").read_text()
     assert "Sequence study" in page and "mean ± std over the seeds" in page
+    # a strategy added later: the strategies already run resume as they are (not retrained), the new one runs
+    before = json.loads((out / "seed0" / "far_domain" / "sequential" / "manifest.json").read_text())["chunks"]
+    cfg["sequence"]["strategies"] = ["joint", "sequential", "replay"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(app, ["sequence", "--config", str(tmp_path / "c.yaml"), "--seeds", "2"])
+    assert r.exit_code == 0, r.output
+    after = json.loads((out / "seed0" / "far_domain" / "sequential" / "manifest.json").read_text())["chunks"]
+    assert after == before
+    study = json.loads((out / "sequence.json").read_text())
+    assert set(study["aggregate"]["far_domain"]) == {"joint", "sequential", "replay"}

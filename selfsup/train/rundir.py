@@ -14,8 +14,10 @@ from .checkpoint import latest_checkpoint
 if TYPE_CHECKING:
     from ..config import Config
 
-# keys that may change between a run and its resumption: they do not change what is computed
-RESUMABLE_CHANGES = ("train.threads", "train.device", "stream.watch_interval", "log.tensorboard")
+# keys that may change between a run and its resumption: they do not change what is computed (the sequence study's
+# lists of sequences and strategies: a strategy's run on a sequence is the same whatever else the study runs)
+RESUMABLE_CHANGES = ("train.threads", "train.device", "stream.watch_interval", "log.tensorboard",
+                     "sequence.kinds", "sequence.strategies")
 
 
 def make_run_dir(cfg: "Config", resume: bool) -> Path:
