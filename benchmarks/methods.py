@@ -108,9 +108,10 @@ def stale_rows(rec: dict) -> list[str]:
             stale.append(f"{m} (changed in {changed})")
     if not stale:
         return []
+    budget = f"--minutes {rec['minutes']:g}" if "minutes" in rec else f"--epochs {rec['epochs']:g}"
     return ["", f"Not re-measured since its code changed: {', '.join(stale)} — these rows describe the code at the "
-                f"commit that measured them; re-run them with `python benchmarks/methods.py --epochs "
-                f"{rec['epochs']:g} --methods {','.join(s.split()[0] for s in stale)}`."]
+                f"commit that measured them; re-run them with `python benchmarks/methods.py {budget} --methods "
+                f"{','.join(s.split()[0] for s in stale)}`."]
 
 
 def ordered(rec: dict) -> list[str]:
