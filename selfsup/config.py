@@ -92,8 +92,9 @@ class ModelConfig(Strict):
 
     readout_pool: int | None = Field(
         None, ge=1, description="cnn / vit: cells per side of the saved backbone's features, the ones evaluation, "
-        "embed, export, fine-tuning, the kNN monitor and a stream's per-chunk evaluation read (cnn: the last stage average-pooled to readout_pool x readout_pool; vit: "
-        "the patch tokens pooled likewise, as vit_pool=grid); the pre-training heads still see pool / vit_pool. "
+        "embed, export, fine-tuning, the kNN monitor and a stream's per-chunk evaluation read (cnn: the last stage "
+        "average-pooled to readout_pool x readout_pool; vit: the patch tokens pooled likewise, as vit_pool=grid); "
+        "the pre-training heads still see pool / vit_pool. "
         "null: the same features as pre-training")
 
     @model_validator(mode="after")

@@ -181,8 +181,8 @@ def plot_seed_summary(path: Path, per_strategy: dict, title: str = "") -> list[s
     drawn on the accuracy panel."""
     fig, (ax, ax2) = subplots(1, 2, figsize=(11, 4))
     drawn = []
-    for i, (strat, r) in enumerate(per_strategy.items()):
-        color = f"C{i}"  # one colour per strategy on both panels
+    for n, (strat, r) in enumerate(per_strategy.items()):
+        color = f"C{n}"  # one colour per strategy on both panels
         curve = r.get("curves", {}).get("seen_linear_curve")
         if not curve:
             continue
