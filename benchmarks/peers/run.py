@@ -195,7 +195,8 @@ def write_section(rec: dict) -> None:
         pl = [r["img_s"] for r in rec[name]["lightly"]]
         pairs = [s / p for s, p in zip(ss, pl)]
         row = [label, ", ".join(f"{x:.0f}" for x in ss), ", ".join(f"{x:.0f}" for x in pl),
-               ", ".join(f"{x:.2f}×" for x in pairs), f"{max(ss) / max(pl):.2f}×", f"{rec[name]['selfsup'][0]['steps']}"]
+               ", ".join(f"{x:.2f}×" for x in pairs), f"{max(ss) / max(pl):.2f}×",
+               f"{rec[name]['selfsup'][0]['steps']}"]
         if rec[name].get("matmul_gflops"):
             # the compute bound: 3 × forward FLOPs (backward ≈ 2 × forward) × 2 views per image, at the fp32 matmul
             # throughput measured before each pair; the ratio to lightly no pipeline can pass on this CPU
@@ -218,15 +219,16 @@ def write_section(rec: dict) -> None:
                                "ratio per pair", "ratio of best runs", "steps per run",
                                "selfsup GFLOP/s of fp32 matmul peak", "at 100 % of peak"], rows))
     if rows and any(rec[n].get("matmul_gflops") for n in ("ram28", "folder96") if n in rec):
-        lines += ["", "GFLOP/s = 3 × forward FLOPs × 2 views × img/s (backward ≈ 2 × forward); peak = the highest "
-                      "2048×2048 fp32 matmul throughput measured before each pair; “at 100 % of peak”: the img/s "
-                      "of a pipeline that spent every cycle in this CNN at that rate, and its ratio to lightly's best "
-                      "run — no pipeline running the same model at the same precision passes that ratio on this CPU."]
+        lines += ["", "GFLOP/s = 3 × forward FLOPs × 2 views × img/s (backward ≈ 2 × forward); peak = the "
+                      "highest 2048×2048 fp32 matmul throughput measured before each pair; “at 100 % of "
+                      "peak”: the img/s of a pipeline that spent every cycle in this CNN at that rate, and its "
+                      "ratio to lightly's best run — no pipeline running the same model at the same precision "
+                      "passes that ratio on this CPU."]
     if amp_rows:
         lines += ["", "This CPU computes bfloat16 natively (avx512_bf16 or amx_bf16 in its flags), so each selfsup "
                       "run above was followed by the same run with `train.amp=auto` (bf16 autocast; the loss in "
-                      "fp32), interleaved in the same order; lightly ran as its examples do, in fp32, and then once more "
-                      "with the same bf16 autocast (its script's --amp) for reference:", "",
+                      "fp32), interleaved in the same order; lightly ran as its examples do, in fp32, and then once "
+                      "more with the same bf16 autocast (its script's --amp) for reference:", "",
                   md_table(["data", "selfsup amp=auto img/s (each run)", "lightly img/s (each run)",
                             "ratio per pair", "ratio of best runs", "amp=auto / fp32 (best runs)",
                             "lightly bf16 img/s (each run)", "selfsup amp=auto / lightly bf16 (best runs)"],
