@@ -71,6 +71,22 @@ def test_resume_after_crash_gives_identical_weights(npz_data, tmp_path):
     assert steps == [10, 12]  # step 10 logged before the crash was dropped on resume, then logged again once
 
 
+def test_a_moved_run_directory_resumes_to_identical_weights(npz_data, tmp_path):
+    full = pretrain(tiny_cfg(npz_data, tmp_path, "full"), progress=False, evaluate=False)
+    with pytest.raises(Crash):
+        pretrain(tiny_cfg(npz_data, tmp_path, "crashy"), progress=False, evaluate=False, callbacks=[CrashAfter(10)])
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "crashy").rename(tmp_path / "elsewhere" / "moved")  # config.yaml still names the old place
+    resumed = pretrain(tiny_cfg(npz_data, tmp_path / "elsewhere", "moved"), resume=True, progress=False,
+                       evaluate=False)
+    assert resumed.steps == 12
+    a, b = _weights(full.run_dir), _weights(resumed.run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(TrainingError, match="another config"):  # a change that does alter the run still refuses
+        pretrain({**tiny_cfg(npz_data, tmp_path / "elsewhere", "moved"), "seed": 1}, resume=True, progress=False,
+                 evaluate=False)
+
+
 def test_same_seed_same_numbers_other_seed_differs(npz_data, tmp_path):
     a = pretrain(tiny_cfg(npz_data, tmp_path, "a"), progress=False, evaluate=False)
     b = pretrain(tiny_cfg(npz_data, tmp_path, "b"), progress=False, evaluate=False)

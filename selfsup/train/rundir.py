@@ -15,9 +15,10 @@ if TYPE_CHECKING:
     from ..config import Config
 
 # keys that may change between a run and its resumption: they do not change what is computed (the sequence study's
-# lists of sequences and strategies: a strategy's run on a sequence is the same whatever else the study runs)
+# lists of sequences and strategies: a strategy's run on a sequence is the same whatever else the study runs;
+# output_dir and name only say where the run directory is, so a run directory moved or renamed resumes)
 RESUMABLE_CHANGES = ("train.threads", "train.device", "stream.watch_interval", "log.tensorboard",
-                     "sequence.kinds", "sequence.strategies")
+                     "sequence.kinds", "sequence.strategies", "output_dir", "name")
 
 
 def make_run_dir(cfg: "Config", resume: bool) -> Path:
