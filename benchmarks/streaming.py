@@ -117,6 +117,20 @@ def _num(rec: dict, strat: str, key: str) -> float | None:
     return rec["study"]["aggregate"].get(rec["kind"], {}).get(strat, {}).get("numbers", {}).get(key, {}).get("mean")
 
 
+def time_ratio(rec: dict, strat: str) -> tuple[float, float] | None:
+    """A strategy's training time over sequential's, seed by seed (the same seed's runs ran closest in time on the
+    same machine): mean and sample std of the per-seed ratios; None without both times."""
+    ratios = [per[rec["kind"]][strat]["train_seconds"] / per[rec["kind"]]["sequential"]["train_seconds"]
+              for per in rec["study"]["per_seed"].values()
+              if per.get(rec["kind"], {}).get(strat, {}).get("train_seconds")
+              and per[rec["kind"]].get("sequential", {}).get("train_seconds")]
+    if not ratios:
+        return None
+    mean = sum(ratios) / len(ratios)
+    std = (sum((x - mean) ** 2 for x in ratios) / (len(ratios) - 1)) ** 0.5 if len(ratios) > 1 else 0.0
+    return mean, std
+
+
 def sweep_conclusions(sweep: dict, threshold: float) -> list[str]:
     """Sentences computed from the stored sweep records: per sequence, the budgets at which sequential falls behind
     joint beyond noise (``SWEEP_KEY``), where sequential's encoder first drifts below ``threshold`` CKA, and what
@@ -146,17 +160,18 @@ def sweep_conclusions(sweep: dict, threshold: float) -> list[str]:
         for r in behind:
             g = r["study"]["gaps"][kind][SWEEP_KEY]
             seq_b = _num(r, "sequential", "retained_bytes") or 0.0
-            seq_t = _num(r, "sequential", "train_seconds")
             parts = []
             for strat, c in g["closed"].items():
                 extra_mb = ((_num(r, strat, "retained_bytes") or 0.0) - seq_b) / 1e6
-                t = _num(r, strat, "train_seconds")
-                ratio = t / seq_t if t and seq_t else None
+                ratio = time_ratio(r, strat)
                 per_mb = f", {100 * c['share'] / extra_mb:.0f} % per MB" if extra_mb > 0 else ""
-                per_t = f", {100 * c['share'] / (ratio - 1):.0f} % per extra sequential training time" \
-                    if ratio and ratio > 1.01 else ""
-                parts.append(f"{strat} {100 * c['share']:.0f} % (+{extra_mb:.2f} MB"
-                             + (f", ×{ratio:.2f} sequential's training time" if ratio else "") + f"{per_mb}{per_t})")
+                time_txt = ""
+                if ratio:
+                    m, sd = ratio
+                    time_txt = f", ×{m:.2f} ± {sd:.2f} sequential's training time" + (
+                        f", {100 * c['share'] / (m - 1):.0f} % per extra sequential training time"
+                        if m - 1 > 2 * sd else ", not more than sequential's beyond 2 std")
+                parts.append(f"{strat} {100 * c['share']:.0f} % (+{extra_mb:.2f} MB{time_txt}{per_mb})")
             if parts:
                 out.append(f"  At ×{r['budget']} the strategies close: " + "; ".join(parts) + ".")
     return out
@@ -182,7 +197,11 @@ def write_sweep_section(sweep: dict, threshold: float = 0.8) -> None:
             f"probes and N-way K-shot episodes on the clean test set after the last chunk, digits = linear probe on "
             f"sklearn digits. The gap (joint − sequential) and 'closes' are printed only where the mean of the "
             f"per-seed differences exceeds twice their sample std. retained MB: replay = the buffer's images, "
-            f"regularize = the anchor weights and importances, distill = the frozen encoder, joint = all data.", ""]
+            f"regularize = the anchor weights and importances, distill = the frozen encoder, joint = all data. "
+            f"Training time: each run's training wall-clock (every strategy runs the same steps; MAS adds the "
+            f"importance passes and the penalty, distillation a frozen encoder's forward and a predictor); a strategy's "
+            f"time over sequential's is the mean ± std of the per-seed ratios, and the gap closed per extra training "
+            f"time is printed only where that ratio exceeds 1 by more than 2 std.", ""]
     for r in recs:
         body.append(f"- {r['kind']} ×{r['budget']} ({r['chunk_steps']} steps per chunk): `{r['command']}` (commit "
                     f"{r['commit']}), {r['wall_minutes_of_command']} min for the command; {r['machine']}")
