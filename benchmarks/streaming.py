@@ -200,8 +200,8 @@ def write_sweep_section(sweep: dict, threshold: float = 0.8) -> None:
             f"regularize = the anchor weights and importances, distill = the frozen encoder, joint = all data. "
             f"Training time: each run's training wall-clock (every strategy runs the same steps; MAS adds the "
             f"importance passes and the penalty, distillation a frozen encoder's forward and a predictor); a "
-            f"strategy's time over sequential's is the mean ± std of the per-seed ratios, and the gap closed per extra training "
-            f"time is printed only where that ratio exceeds 1 by more than 2 std.", ""]
+            f"strategy's time over sequential's is the mean ± std of the per-seed ratios, and the gap closed per "
+            f"extra training time is printed only where that ratio exceeds 1 by more than 2 std.", ""]
     for r in recs:
         body.append(f"- {r['kind']} ×{r['budget']} ({r['chunk_steps']} steps per chunk): `{r['command']}` (commit "
                     f"{r['commit']}), {r['wall_minutes_of_command']} min for the command; {r['machine']}")
