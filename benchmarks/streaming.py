@@ -151,6 +151,16 @@ def sweep_conclusions(sweep: dict, threshold: float) -> list[str]:
         else:
             out.append(f"- {kind}: at none of the budgets run ({budgets}) does sequential fall behind joint beyond "
                        f"noise ({GAP_NAMES[SWEEP_KEY]}; gap ≤ 2 std, or a single seed).")
+        by_budget = []
+        for r in recs:
+            g = r["study"]["gaps"].get(kind, {}).get(SWEEP_KEY)
+            if g is None:
+                continue
+            by_budget.append(f"×{r['budget']} " + (f"{100 * g['gap']:+.2f} ± {100 * g['std']:.2f}" if g["real"] else
+                                                   "1 seed, not judged" if g["n"] < 2 else "no gap beyond 2 std")
+                             + f" ({g['n']} seed{'s' if g['n'] > 1 else ''})")
+        if by_budget:
+            out.append(f"  Joint − sequential by budget ({GAP_NAMES[SWEEP_KEY]}, points): {'; '.join(by_budget)}.")
         drift = [(r["budget"], _num(r, "sequential", "cka_min")) for r in recs]
         drift_txt = ", ".join(f"×{b} {c:.3f}" for b, c in drift if c is not None)
         low = [b for b, c in drift if c is not None and c < threshold]
@@ -171,7 +181,9 @@ def sweep_conclusions(sweep: dict, threshold: float) -> list[str]:
                     time_txt = f", ×{m:.2f} ± {sd:.2f} sequential's training time" + (
                         f", {100 * c['share'] / (m - 1):.0f} % per extra sequential training time"
                         if m - 1 > 2 * sd else ", not more than sequential's beyond 2 std")
-                parts.append(f"{strat} {100 * c['share']:.0f} % (+{extra_mb:.2f} MB{time_txt}{per_mb})")
+                noise = "" if c["mean"] > 2 * c["std"] else (f"; its gain over sequential, {100 * c['mean']:+.2f} ± "
+                                                             f"{100 * c['std']:.2f} points, is within 2 std")
+                parts.append(f"{strat} {100 * c['share']:.0f} % (+{extra_mb:.2f} MB{time_txt}{per_mb}{noise})")
             if parts:
                 out.append(f"  At ×{r['budget']} the strategies close: " + "; ".join(parts) + ".")
     return out
