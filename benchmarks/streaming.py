@@ -156,9 +156,9 @@ def sweep_conclusions(sweep: dict, threshold: float) -> list[str]:
             g = r["study"]["gaps"].get(kind, {}).get(SWEEP_KEY)
             if g is None:
                 continue
-            by_budget.append(f"×{r['budget']} " + (f"{100 * g['gap']:+.2f} ± {100 * g['std']:.2f}" if g["real"] else
-                                                   "1 seed, not judged" if g["n"] < 2 else "no gap beyond 2 std")
-                             + f" ({g['n']} seed{'s' if g['n'] > 1 else ''})")
+            by_budget.append(f"×{r['budget']} " + ("1 seed, not judged" if g["n"] < 2 else
+                                                   (f"{100 * g['gap']:+.2f} ± {100 * g['std']:.2f}" if g["real"]
+                                                    else "no gap beyond 2 std") + f" ({g['n']} seeds)"))
         if by_budget:
             out.append(f"  Joint − sequential by budget ({GAP_NAMES[SWEEP_KEY]}, points): {'; '.join(by_budget)}.")
         drift = [(r["budget"], _num(r, "sequential", "cka_min")) for r in recs]
