@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import benchmarks.common as common  # noqa: E402
 from benchmarks.common import ROOT, command, git_rev, machine, update_section  # noqa: E402
 from selfsup.config import load_config  # noqa: E402
+from selfsup.evaluate.continual import mean_std  # noqa: E402
 from selfsup.report.stream import GAP_NAMES, seeds_table, sequence_table  # noqa: E402
 from selfsup.workflows import sequence  # noqa: E402
 from selfsup.workflows.stream import aggregate_study  # noqa: E402
@@ -118,17 +119,12 @@ def _num(rec: dict, strat: str, key: str) -> float | None:
 
 
 def time_ratio(rec: dict, strat: str) -> tuple[float, float] | None:
-    """A strategy's training time over sequential's, seed by seed (the same seed's runs ran closest in time on the
-    same machine): mean and sample std of the per-seed ratios; None without both times."""
-    ratios = [per[rec["kind"]][strat]["train_seconds"] / per[rec["kind"]]["sequential"]["train_seconds"]
-              for per in rec["study"]["per_seed"].values()
-              if per.get(rec["kind"], {}).get(strat, {}).get("train_seconds")
-              and per[rec["kind"]].get("sequential", {}).get("train_seconds")]
-    if not ratios:
-        return None
-    mean = sum(ratios) / len(ratios)
-    std = (sum((x - mean) ** 2 for x in ratios) / (len(ratios) - 1)) ** 0.5 if len(ratios) > 1 else 0.0
-    return mean, std
+    """A strategy's training time over sequential's, per seed: mean and sample std of the per-seed ratios; None
+    without both times."""
+    per = [p[rec["kind"]] for p in rec["study"]["per_seed"].values()]
+    st = mean_std(r[strat]["train_seconds"] / r["sequential"]["train_seconds"] for r in per
+                  if r.get(strat, {}).get("train_seconds") and r.get("sequential", {}).get("train_seconds"))
+    return (st["mean"], st["std"]) if st["n"] else None
 
 
 def sweep_conclusions(sweep: dict, threshold: float) -> list[str]:
