@@ -17,6 +17,11 @@ std tables per budget, the joint − sequential gap only where it exceeds twice 
 chunk, and each strategy's extra storage and compute. ``--stop-cka 0.8`` skips the larger budgets of a sequence
 once sequential's encoder has moved that far (its lowest CKA to the previous chunk, mean over seeds, is below it).
 ``--results`` / ``--markdown`` write elsewhere (smoke runs).
+
+``--merge A.json B.json ...`` joins sweep records run in parts (seeds or strategies on separate cores or machines,
+each with its own ``--results``) into ``--results``, seed by seed (:func:`selfsup.workflows.stream.merge_studies`:
+a run present in two parts must give the same numbers), keeps every part's command, commit, minutes and machine,
+and rewrites the section.
 """
 from __future__ import annotations
 
@@ -33,7 +38,8 @@ from selfsup.config import load_config  # noqa: E402
 from selfsup.evaluate.continual import mean_std  # noqa: E402
 from selfsup.report.stream import GAP_NAMES, seeds_table, sequence_table  # noqa: E402
 from selfsup.workflows import sequence  # noqa: E402
-from selfsup.workflows.stream import aggregate_study  # noqa: E402
+from selfsup.errors import SelfsupError  # noqa: E402
+from selfsup.workflows.stream import aggregate_study, merge_studies  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "streaming.json"
 
@@ -185,6 +191,62 @@ def sweep_conclusions(sweep: dict, threshold: float) -> list[str]:
     return out
 
 
+def _runs(rec: dict) -> list[dict]:
+    """The commands a sweep record comes from: its ``runs`` (merged records) or its single command."""
+    return rec.get("runs") or [{"command": rec["command"], "commit": rec["commit"],
+                                "wall_minutes": rec["wall_minutes_of_command"], "machine": rec["machine"]}]
+
+
+def provenance(rec: dict) -> str:
+    """The section's line naming where a (sequence, budget) record comes from."""
+    head = f"- {rec['kind']} ×{rec['budget']} ({rec['chunk_steps']} steps per chunk)"
+    if "runs" not in rec:
+        return (f"{head}: `{rec['command']}` (commit {rec['commit']}), {rec['wall_minutes_of_command']} min for the "
+                f"command; {rec['machine']}")
+    machines = {r["machine"] for r in rec["runs"]}
+    parts = "; ".join(f"`{r['command']}` (commit {r['commit']}, {r['wall_minutes']} min"
+                      + ("" if len(machines) == 1 else f"; {r['machine']}") + ")" for r in rec["runs"])
+    return (f"{head}, {len(rec['runs'])} commands merged seed by seed with `{rec['merged_by']}`: {parts}"
+            + (f"; {machines.pop()}" if len(machines) == 1 else ""))
+
+
+def _setting(rec: dict) -> tuple:
+    return (rec["kind"], rec["budget"], rec["chunk_steps"], rec["config"],
+            sorted(o for o in rec.get("overrides", []) if not o.startswith("seed=")))
+
+
+def merge_records(stored: dict, parts: list[dict]) -> list[str]:
+    """Fold the sweep records of ``parts`` (results JSONs) into ``stored["sweep"]``, seed by seed; returns the keys
+    changed. Records of one key must share their setting (sequence, budget, config, overrides other than the
+    seed)."""
+    sweep = stored.setdefault("sweep", {})
+    changed = []
+    for part in parts:
+        for key, rec in part.get("sweep", {}).items():
+            old = sweep.get(key)
+            if old is None:
+                sweep[key] = rec
+            else:
+                if _setting(old) != _setting(rec):
+                    raise SystemExit(f"--merge: {key} was run with another setting ({_setting(old)} vs "
+                                     f"{_setting(rec)})")
+                kind = rec["kind"]
+                try:
+                    study = merge_studies(old["study"], rec["study"])
+                except SelfsupError as e:
+                    raise SystemExit(f"--merge {key}: {e}") from None
+                sweep[key] = {**{k: v for k, v in old.items() if k not in ("command", "commit",
+                                                                          "wall_minutes_of_command")},
+                              "overrides": [o for o in old.get("overrides", []) if not o.startswith("seed=")],
+                              "study": {"seeds": study["seeds"], "per_seed": study["per_seed"],
+                                        "aggregate": {kind: study["aggregate"][kind]},
+                                        "gaps": {kind: study["gaps"][kind]}},
+                              "runs": _runs(old) + _runs(rec), "merged_by": command()}
+            if key not in changed:
+                changed.append(key)
+    return changed
+
+
 def write_sweep_section(sweep: dict, threshold: float = 0.8) -> None:
     """The "streaming-sweep" section from the stored sweep records (``{"<kind>@x<budget>": record}``)."""
     if not sweep:
@@ -211,8 +273,7 @@ def write_sweep_section(sweep: dict, threshold: float = 0.8) -> None:
             f"strategy's time over sequential's is the mean ± std of the per-seed ratios, and the gap closed per "
             f"extra training time is printed only where that ratio exceeds 1 by more than 2 std.", ""]
     for r in recs:
-        body.append(f"- {r['kind']} ×{r['budget']} ({r['chunk_steps']} steps per chunk): `{r['command']}` (commit "
-                    f"{r['commit']}), {r['wall_minutes_of_command']} min for the command; {r['machine']}")
+        body.append(provenance(r))
     for b in sorted({r["budget"] for r in recs}):
         at = [r for r in recs if r["budget"] == b]
         study = {"seeds": at[0]["study"]["seeds"],
@@ -277,9 +338,22 @@ def main():
                     "sequential's lowest CKA to the previous chunk (mean over seeds) is below this, e.g. 0.8")
     ap.add_argument("--results", default=str(RESULTS), help="results JSON (default: %(default)s)")
     ap.add_argument("--markdown", default=str(common.BENCH_MD), help="the file whose sections are rewritten")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="join the sweep records of these results files (parts run apart) into --results, seed by "
+                    "seed, and rewrite the section; runs nothing")
     args = ap.parse_args()
     results_path = Path(args.results)
     common.BENCH_MD = Path(args.markdown)
+    if args.merge:
+        stored = json.loads(results_path.read_text()) if results_path.exists() else {}
+        missing = [p for p in args.merge if not Path(p).is_file()]
+        if missing:
+            raise SystemExit(f"--merge: no such file: {', '.join(missing)}")
+        changed = merge_records(stored, [json.loads(Path(p).read_text()) for p in args.merge])
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(stored, indent=1))
+        print(f"merged {', '.join(changed) or 'nothing'} into {results_path}")
+        return write_sweep_section(stored["sweep"], args.stop_cka or 0.8)
     if args.report_only:
         stored = json.loads(results_path.read_text())
         write_section(stored, args.config)

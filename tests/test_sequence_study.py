@@ -12,7 +12,8 @@ from selfsup.data import ImageDataset
 from selfsup.data.sequences import FAR_DOMAINS, build_sequence
 from selfsup.evaluate.continual import aggregate_seeds, cka, gap_stats, mean_std, seen_task_accuracy
 from selfsup.report.stream import gap_sentence, plot_seed_summary, seeds_table
-from selfsup.workflows.stream import aggregate_study
+from selfsup.errors import SelfsupError
+from selfsup.workflows.stream import aggregate_study, merge_studies
 
 from .test_stream import blobs, cfg_dict
 
@@ -89,6 +90,28 @@ def test_seed_aggregation_mean_std_and_the_gap_rule():
     table = seeds_table(aggregate_study(per_seed))
     assert "| far_domain | joint | 82.00 ± 2.00 |" in table and "replay closes 59 %" in table
     assert mean_std([None, 1.0]) == {"mean": 1.0, "std": 0.0, "n": 1}
+
+
+def test_studies_run_in_parts_merge_seed_by_seed_and_refuse_parts_that_disagree():
+    full = {"0": _fake(0.80, 0.70, 0.75), "1": _fake(0.82, 0.70, 0.78), "2": _fake(0.84, 0.74, 0.80)}
+    def only(seeds, strats, seconds=1.0):
+        return {s: {k: {st: {**r, "train_seconds": seconds} for st, r in v.items() if st in strats}
+                    for k, v in full[s].items()} for s in seeds}
+    # seeds 0-1 with every strategy (an aggregated study), seed 2's joint/sequential and its replay run apart;
+    # seed 0's sequential run again elsewhere (other timing, same numbers)
+    parts = [aggregate_study(only(["0", "1"], ["joint", "sequential", "replay"])),
+             only(["2"], ["joint", "sequential"]), only(["2"], ["replay"]), only(["0"], ["sequential"], 9.0)]
+    merged = merge_studies(*parts)
+    assert merged["seeds"] == [0, 1, 2]
+    assert merged["per_seed"]["0"]["far_domain"]["sequential"]["train_seconds"] == 1.0  # the first part's timing
+    g = merged["gaps"]["far_domain"]["linear"]
+    assert g["n"] == 3 and g["closed"]["replay"]["share"] == pytest.approx((0.05 + 0.08 + 0.06) / 0.32)
+    whole = aggregate_study(only(["0", "1", "2"], ["joint", "sequential", "replay"]))
+    assert merged["aggregate"] == whole["aggregate"]
+    clash = only(["2"], ["replay"])
+    clash["2"]["far_domain"]["replay"]["linear"] = 0.5
+    with pytest.raises(SelfsupError, match="seed 2, far_domain / replay differs.*part 2: linear"):
+        merge_studies(only(["2"], ["replay"]), clash)
 
 
 def test_summary_plot_has_one_line_per_strategy(tmp_path):

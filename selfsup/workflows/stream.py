@@ -190,6 +190,34 @@ def aggregate_study(per_seed: dict) -> dict:
     return {"seeds": [int(k) for k in per_seed], "per_seed": per_seed, "aggregate": agg, "gaps": gaps}
 
 
+TIMING_KEYS = ("train_seconds", "wall_seconds")  # differ between two runs of the same seed; everything else must not
+
+
+def merge_studies(*studies: dict) -> dict:
+    """Studies of the same setting run in parts (other seeds, other strategies, other machines or cores) → one
+    aggregated study (see :func:`aggregate_study`). Each part is ``{"per_seed": {seed: {kind: {strategy:
+    summary}}}}`` (an aggregated study) or the per-seed dict itself. Strategies are joined seed by seed; a
+    (seed, sequence, strategy) present in two parts must give the same numbers (a seed fixes the run), timings
+    aside, and the first part's timings are kept; otherwise the parts do not describe the same setting and a
+    :class:`SelfsupError` names the first difference."""
+    merged: dict = {}
+    for n, part in enumerate(studies):
+        for seed, kinds in part.get("per_seed", part).items():
+            for kind, strats in kinds.items():
+                into = merged.setdefault(str(seed), {}).setdefault(kind, {})
+                for strat, summary in strats.items():
+                    if strat not in into:
+                        into[strat] = summary
+                        continue
+                    old = {k: v for k, v in into[strat].items() if k not in TIMING_KEYS}
+                    new = {k: v for k, v in summary.items() if k not in TIMING_KEYS}
+                    if old != new:
+                        diff = next((k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)))
+                        raise SelfsupError(f"merge: seed {seed}, {kind} / {strat} differs between parts (part "
+                                           f"{n + 1}: {diff}); the parts are not runs of the same setting")
+    return aggregate_study(merged)
+
+
 def write_study_summary(root: Path, study: dict) -> str:
     """``sequence.json``, ``sequence.md`` and ``summary_<kind>.png`` of an aggregated study under ``root``."""
     atomic_write_text(root / "sequence.json", json.dumps(study, indent=1))
