@@ -124,13 +124,13 @@ def _num(rec: dict, strat: str, key: str) -> float | None:
     return rec["study"]["aggregate"].get(rec["kind"], {}).get(strat, {}).get("numbers", {}).get(key, {}).get("mean")
 
 
-def time_ratio(rec: dict, strat: str) -> tuple[float, float] | None:
-    """A strategy's training time over sequential's, per seed: mean and sample std of the per-seed ratios; None
-    without both times."""
+def time_ratio(rec: dict, strat: str) -> tuple[float, float, int] | None:
+    """A strategy's training time over sequential's, per seed: mean, sample std and number of the per-seed ratios;
+    None without both times."""
     per = [p[rec["kind"]] for p in rec["study"]["per_seed"].values()]
     st = mean_std(r[strat]["train_seconds"] / r["sequential"]["train_seconds"] for r in per
                   if r.get(strat, {}).get("train_seconds") and r.get("sequential", {}).get("train_seconds"))
-    return (st["mean"], st["std"]) if st["n"] else None
+    return (st["mean"], st["std"], st["n"]) if st["n"] else None
 
 
 def sweep_conclusions(sweep: dict, threshold: float) -> list[str]:
@@ -179,12 +179,18 @@ def sweep_conclusions(sweep: dict, threshold: float) -> list[str]:
                 per_mb = f", {100 * c['share'] / extra_mb:.0f} % per MB" if extra_mb > 0 else ""
                 time_txt = ""
                 if ratio:
-                    m, sd = ratio
+                    m, sd, n = ratio
                     time_txt = f", ×{m:.2f} ± {sd:.2f} sequential's training time" + (
                         f", {100 * c['share'] / (m - 1):.0f} % per extra sequential training time"
-                        if m - 1 > 2 * sd else ", not more than sequential's beyond 2 std")
-                noise = "" if c["mean"] > 2 * c["std"] else (f"; its gain over sequential, {100 * c['mean']:+.2f} ± "
-                                                             f"{100 * c['std']:.2f} points, is within 2 std")
+                        if n >= 2 and m - 1 > 2 * sd else ", not more than sequential's beyond 2 std" if n >= 2
+                        else " (1 seed)")
+                if c["n"] < 2:
+                    noise = f"; 1 of {g['n']} seeds, its gain over sequential not judged"
+                else:
+                    noise = "" if c["mean"] > 2 * c["std"] else (f"; its gain over sequential, {100 * c['mean']:+.2f}"
+                                                                 f" ± {100 * c['std']:.2f} points, is within 2 std")
+                    if c["n"] < g["n"]:
+                        noise += f"; {c['n']} of {g['n']} seeds"
                 parts.append(f"{strat} {100 * c['share']:.0f} % (+{extra_mb:.2f} MB{time_txt}{per_mb}{noise})")
             if parts:
                 out.append(f"  At ×{r['budget']} the strategies close: " + "; ".join(parts) + ".")

@@ -108,6 +108,11 @@ def test_studies_run_in_parts_merge_seed_by_seed_and_refuse_parts_that_disagree(
     assert g["n"] == 3 and g["closed"]["replay"]["share"] == pytest.approx((0.05 + 0.08 + 0.06) / 0.32)
     whole = aggregate_study(only(["0", "1", "2"], ["joint", "sequential", "replay"]))
     assert merged["aggregate"] == whole["aggregate"]
+    # replay on two of the three seeds: its share comes from those two, and the line says so
+    partial = merge_studies(only(["0", "1", "2"], ["joint", "sequential"]), only(["0", "1"], ["replay"]))
+    g = partial["gaps"]["far_domain"]["linear"]
+    assert g["closed"]["replay"]["n"] == 2 and "2 of the 3 seeds" in gap_sentence("far_domain", "linear", g)
+    assert "of the 3 seeds" not in gap_sentence("far_domain", "linear", merged["gaps"]["far_domain"]["linear"])
     clash = only(["2"], ["replay"])
     clash["2"]["far_domain"]["replay"]["linear"] = 0.5
     with pytest.raises(SelfsupError, match="seed 2, far_domain / replay differs.*part 2: linear"):

@@ -130,7 +130,8 @@ def gap_sentence(kind: str, key: str, g: dict) -> str:
         why = "one seed, no noise estimate" if g["n"] < 2 else "gap ≤ 2 std"
         return f"{what}: no gap beyond noise ({why})."
     closed = "; ".join(f"{s} closes {100 * c['share']:.0f} % ({100 * c['mean']:+.2f} ± {100 * c['std']:.2f} points "
-                       f"over sequential)" for s, c in g["closed"].items())
+                       f"over sequential" + (f", {c['n']} of the {g['n']} seeds" if c["n"] < g["n"] else "") + ")"
+                       for s, c in g["closed"].items())
     return f"{what}: a gap beyond noise (> 2 std)" + (f"; {closed}." if closed else ".")
 
 
