@@ -6,7 +6,7 @@
 For each pre-training run, PGD-20 against the run's kNN classifier through each surrogate variant (whole bank or
 top-K neighbourhood, softmax temperature T_soft), on --n training images outside the kNN's bank — never on the test
 images the robustness benchmark reports. Lower accuracy = stronger attack. Writes the "knn-surrogate" section of
-BENCHMARKS.md; the default of selfsup.evaluate.robustness.KNNModel was chosen from it.
+BENCHMARKS.md; the default of selfsup.robustness.attacks.KNNModel was chosen from it.
 
     python benchmarks/knn_surrogate.py --diagnose [--runs runs/bench/robust-e_ssl_at] [--eps 0.1]
 
@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
 from selfsup.config import load_config  # noqa: E402
-from selfsup.evaluate.robustness import build_classifier, predict, run_attack  # noqa: E402
+from selfsup.robustness.attacks import build_classifier, predict, run_attack
 from selfsup.data import load_datasets  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "knn_surrogate.json"

@@ -36,8 +36,8 @@ from benchmarks.common import ROOT, command, cpu, git_rev, machine, md_table, up
 from selfsup.atomic import atomic_write_text  # noqa: E402
 from selfsup.config import load_config  # noqa: E402
 from selfsup.data.sources import fashion_mnist  # noqa: E402
-from selfsup.embeddings.collection import embed_images  # noqa: E402
-from selfsup.embeddings.select import STRATEGIES, select_to_label  # noqa: E402
+from selfsup.takeaways.collection import embed_images
+from selfsup.takeaways.select import STRATEGIES, select_to_label
 from selfsup.evaluate.probes import linear_probe  # noqa: E402
 from selfsup.models import backbone_info, load_backbone  # noqa: E402
 from selfsup.workflows import pretrain  # noqa: E402

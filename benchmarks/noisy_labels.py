@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
-from selfsup.workflows import finetune  # noqa: E402
+from selfsup.finetune.finetune_workflow import finetune
 
 RESULTS = ROOT / "benchmarks" / "results" / "noisy_labels.json"
 CONFIG = ROOT / "configs" / "noisy_fmnist.yaml"
@@ -86,7 +86,7 @@ def _curves(noise: dict) -> list[str]:
     """The study's figure (CE vs SAT: train accuracy on the noisy labels and clean test accuracy per epoch) for each
     setting where both ran, from the stored curves (or the runs' metrics.jsonl). Where neither survives, an existing
     figure is linked with a note that it was not redrawn."""
-    from selfsup.report.finetune import plot_compare
+    from selfsup.finetune.finetune_report import plot_compare
 
     out, stale = [], []
     for setting, per in noise.items():

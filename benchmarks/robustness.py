@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
-from selfsup.evaluate.robustness import build_classifier, corruption_report, robustness_report  # noqa: E402
-from selfsup.workflows import finetune  # noqa: E402
+from selfsup.robustness.attacks import build_classifier, corruption_report, robustness_report
+from selfsup.finetune.finetune_workflow import finetune
 from selfsup.workflows import pretrain  # noqa: E402
 
 OUT = ROOT / "runs" / "bench"

@@ -38,7 +38,8 @@ from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_
 from selfsup.config import load_config  # noqa: E402
 from selfsup.data import labelled_subset, load_datasets, train_val_split  # noqa: E402
 from selfsup.evaluate.probes import extract_features, linear_probe  # noqa: E402
-from selfsup.workflows import finetune, pretrain  # noqa: E402
+from selfsup.finetune.finetune_workflow import finetune
+from selfsup.workflows import pretrain
 
 RESULTS = ROOT / "benchmarks" / "results" / "semi_supervised.json"
 FIGURE = ROOT / "benchmarks" / "results" / "suncet_curves.png"

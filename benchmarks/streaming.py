@@ -19,7 +19,7 @@ once sequential's encoder has moved that far (its lowest CKA to the previous chu
 ``--results`` / ``--markdown`` write elsewhere (smoke runs).
 
 ``--merge A.json B.json ...`` joins sweep records run in parts (seeds or strategies on separate cores or machines,
-each with its own ``--results``) into ``--results``, seed by seed (:func:`selfsup.workflows.stream.merge_studies`:
+each with its own ``--results``) into ``--results``, seed by seed (:func:`selfsup.streams.stream_workflow.merge_studies`:
 a run present in two parts must give the same numbers), keeps every part's command, commit, minutes and machine,
 and rewrites the section.
 """
@@ -35,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import benchmarks.common as common  # noqa: E402
 from benchmarks.common import ROOT, command, git_rev, machine, update_section  # noqa: E402
 from selfsup.config import load_config  # noqa: E402
-from selfsup.evaluate.continual import mean_std  # noqa: E402
-from selfsup.report.stream import GAP_NAMES, seeds_table, sequence_table  # noqa: E402
-from selfsup.workflows import sequence  # noqa: E402
+from selfsup.streams.continual_metrics import mean_std
+from selfsup.streams.stream_report import GAP_NAMES, seeds_table, sequence_table
+from selfsup.streams.stream_workflow import sequence
 from selfsup.errors import SelfsupError  # noqa: E402
-from selfsup.workflows.stream import aggregate_study, merge_studies  # noqa: E402
+from selfsup.streams.stream_workflow import aggregate_study, merge_studies
 
 RESULTS = ROOT / "benchmarks" / "results" / "streaming.json"
 

@@ -22,7 +22,7 @@ from pydantic.fields import FieldInfo
 from selfsup.atomic import atomic_write_text
 from selfsup.config import Config
 from selfsup.methods import DESCRIPTIONS, METHODS
-from selfsup.train.rundir import RESUMABLE_CHANGES
+from selfsup.train.run_policy import RESUMABLE_CHANGES
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "config.md"

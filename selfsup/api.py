@@ -10,17 +10,20 @@ import torch
 from torch import nn
 
 from .config import load_config
-from .embeddings.export import export_backbone
-from .embeddings.extract import embed_to_file
-from .embeddings.neighbours import find_neighbours, near_duplicates, nearest
-from .embeddings.select import select_from_collection, select_to_label
+from .takeaways.export import export_backbone
+from .takeaways.embed import embed_to_file
+from .takeaways.neighbours import find_neighbours, near_duplicates, nearest
+from .takeaways.select import select_from_collection, select_to_label
 from .evaluate.fewshot import fewshot_eval, low_label_probes
 from .evaluate.probes import extract_features
 from .models import load_backbone as load
 from .models import save_backbone
-from .report.compare import compare_runs
+from .takeaways.compare import compare_runs
 from .report.html import write_html_report
-from .workflows import finetune, pretrain, sequence, stream
+from .finetune.finetune_workflow import finetune
+from .workflows import pretrain
+from .streams.stream_workflow import sequence
+from .streams.stream_workflow import stream
 
 
 def embed(model: nn.Module | str | Path, images, batch_size: int = 1024, device: str | torch.device = "cpu",

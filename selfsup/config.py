@@ -6,13 +6,14 @@ An unknown key, a wrong type or an impossible value is reported as one line nami
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from .errors import ConfigError
-from .methods import METHODS
+from .finetune.finetune_schema import FinetuneConfig
+from .streams.stream_schema import SequenceConfig, StreamConfig
 
 
 class Strict(BaseModel):
@@ -214,79 +215,6 @@ class EvalConfig(Strict):
     fewshot_queries: int = Field(15, gt=0, description="few-shot: test images per class and episode")
 
 
-class StreamConfig(Strict):
-    """Streamed pre-training (``selfsup stream`` / ``selfsup sequence``)."""
-    strategy: Literal["sequential", "joint", "replay", "regularize", "distill"] = Field(
-        "sequential", description="sequential (naive), joint (re-train from scratch on everything seen), replay "
-        "(reservoir buffer), regularize (MAS / EWC penalty on drift), distill (CaSSLe predictor to the frozen "
-        "previous encoder)")
-    chunk_epochs: float = Field(1.0, gt=0, description="epochs over each chunk (steps = epochs x chunk / batch)")
-    chunk_steps: int | None = Field(None, gt=0, description="fixed steps per chunk (overrides chunk_epochs)")
-    buffer_size: int = Field(3000, gt=0, description="replay: images kept on disk")
-    replay_fraction: float = Field(0.5, gt=0, lt=1, description="replay: share of each batch drawn from the buffer")
-    regularizer: Literal["mas", "ewc"] = Field("mas", description="regularize: weight importance from "
-                                               "unlabelled data, MAS or EWC")
-    reg_lambda: float = Field(1.0, ge=0, description="regularize: lambda of the penalty lambda x sum "
-                                                     "importance x (w - w_prev)² (importance scaled to mean 1)")
-    importance_batches: int = Field(10, gt=0, description="regularize: batches of the finished chunk that "
-                                                          "estimate the importance")
-    distill_weight: float = Field(1.0, ge=0, description="distill: weight of the distillation loss")
-    distill_hidden: int = Field(512, gt=0, description="distill: hidden width of the predictor from the new to "
-                                                       "the old features")
-    evaluate: bool = Field(True, description="probe the encoder on data's labelled set after every chunk "
-                                             "(false: train only)")
-    eval_train_samples: int = Field(10000, gt=0, description="labelled training images for the probes after a chunk")
-    eval_test_samples: int = Field(10000, gt=0, description="test images scored by the probes after a chunk")
-    watch_interval: float = Field(5.0, gt=0, description="--watch: seconds between looks at the folder")
-
-
-class SequenceConfig(Strict):
-    """``selfsup sequence``: the benchmark sequences built from a labelled data set."""
-    kinds: list[Literal["instance", "random_class", "distant_class", "domain", "far_domain"]] = Field(
-        default_factory=lambda: ["instance", "random_class", "distant_class", "domain"], min_length=1,
-        description="sequences to build: instance (random equal chunks), random_class (classes split at random), "
-                    "distant_class (groups of similar classes per chunk), domain (a different domain per chunk), "
-                    "far_domain (a larger shift: clean, inverted, heavily blurred, edge maps, digits)")
-    chunks: int = Field(5, ge=2, description="chunks per sequence")
-    strategies: list[Literal["sequential", "joint", "replay", "regularize", "distill"]] = Field(
-        default_factory=lambda: ["joint", "sequential", "replay", "regularize", "distill"], min_length=1,
-        description="stream strategies run on every sequence")
-    joint_every_chunk: bool = Field(False, description="joint: re-train after every chunk (else only after the last)")
-
-
-class FinetuneConfig(Strict):
-    """``selfsup finetune``: a classifier on (possibly noisy) labels, from scratch or on a selfsup encoder."""
-    loss: Literal["ce", "label_smoothing", "gce", "sat", "sat_selective"] = Field(
-        "ce", description="ce, label_smoothing, gce (generalized cross-entropy), sat (self-adaptive training) or "
-        "sat_selective (SAT with an extra abstain output)")
-    init: str | None = Field(None, description="a selfsup run directory whose backbone initialises the classifier")
-    freeze_backbone: bool = Field(False, description="train only the linear head (the encoder stays fixed, in "
-                                                     "eval mode)")
-    labels: str | None = Field(None, description="training labels to use instead of the data set's (.csv/.npz/.npy)")
-    label_fraction: float | None = Field(None, gt=0, le=1, description="train on the labels of only this "
-                                         "class-balanced, seeded share of the training images (the subset "
-                                         "data.labelled_fraction picks with the same seed; few-label fine-tuning); "
-                                         "unset: every label")
-    noise: Literal["none", "symmetric", "asymmetric"] = Field(
-        "none", description="label noise injected into the training labels: symmetric (redrawn over all classes) "
-        "or asymmetric (T-shirt<->shirt, pullover<->coat, sandal<->sneaker)")
-    noise_rate: float = Field(0.0, ge=0, le=1, description="share of training labels the noise redraws")
-    noise_seed: int = Field(0, description="seed of the label-noise draw")
-    smoothing: float = Field(0.1, ge=0, lt=1, description="label_smoothing: epsilon")
-    gce_q: float = Field(0.7, gt=0, le=1, description="gce: q of the loss (1 - p_y^q) / q")
-    sat_alpha: float = Field(0.9, ge=0, lt=1, description="sat: EMA momentum of the per-sample targets")
-    sat_start_epoch: float = Field(5.0, ge=0, description="E_s: plain cross-entropy before this epoch")
-    eval_samples: int = Field(10000, gt=0, description="training images scored each epoch (noisy-label accuracy)")
-    coverages: list[float] = Field(default_factory=lambda: [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7],
-                                   description="sat_selective: coverages of the selective-risk table "
-                                               "(thresholds chosen on the validation split)")
-    adversarial: Literal["none", "pgd", "trades"] = Field("none", description="adversarial training: pgd (train "
-                                                          "on PGD examples) or trades (CE + beta x KL)")
-    adv_eps: float = Field(0.1, gt=0, le=1, description="L-inf radius for images in [0, 1]")
-    adv_steps: int = Field(10, gt=0, description="PGD steps per training batch")
-    trades_beta: float = Field(6.0, ge=0, description="trades: beta, weight of KL(f(x) || f(x_adv))")
-
-
 class LogConfig(Strict):
     tensorboard: bool = Field(False, description="also write loss, lr, img/s and kNN to <run>/tensorboard/ "
                                                  "(view with: tensorboard --logdir runs)")
@@ -309,40 +237,26 @@ class Config(Strict):
     log: LogConfig = Field(default_factory=LogConfig, description="extra logging")
 
     @model_validator(mode="after")
-    def _check_method(self):
-        name = self.method.setdefault("name", "simclr")
-        if name not in METHODS:
-            raise ValueError(f"unknown method {name!r} (choose {', '.join(METHODS)})")
-        if self.augment.local_crops and not METHODS[name].multi_crop:
-            takers = ", ".join(n for n, c in METHODS.items() if c.multi_crop)
-            raise ValueError(f"augment.local_crops: {name} takes no multi-crop views (set it to 0; methods that "
-                             f"do: {takers})")
-        try:
-            params = self.method_params()
-        except ValidationError:  # reported by load_config with the key's name
-            return self
-        cls = METHODS[name]
-        if self.data.labelled_fraction is not None and getattr(cls, "uses_labels", False) \
-                and not getattr(cls, "accepts_unlabelled", False):
-            raise ValueError(f"method {name} needs every training label but data.labelled_fraction leaves some "
-                             f"unknown (method suncet accepts unlabelled images)")
-        problem = cls.check_batch(params, self.train.batch_size) or cls.check_model(params, self.model)
-        if problem:
-            raise ValueError(problem)
+    def _default_method(self):
+        self.method.setdefault("name", "simclr")
         return self
 
-    def method_params(self):
-        cls = METHODS[self.method["name"]]
-        kw = {k: v for k, v in self.method.items() if k != "name"}
-        return cls.Params(**kw)
+
+# Checks that need a registry above this schema (the method zoo, the data sources) register themselves here:
+# ``check(cfg)`` raises ConfigError naming the key. load_config runs every one, so no layer below the registries
+# imports them.
+CHECKS: list[Callable[[Config], None]] = []
 
 
-def _format_error(e: ValidationError, prefix: str = "") -> str:
+def register_check(check: Callable[[Config], None]) -> Callable[[Config], None]:
+    CHECKS.append(check)
+    return check
+
+
+def format_error(e: ValidationError, prefix: str = "") -> str:
     err = e.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
-    if msg.startswith("unknown method"):
-        loc = "method.name"
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
     return f"{prefix}{loc}: {msg}" if loc else f"{prefix}{msg}"
@@ -390,11 +304,9 @@ def load_config(source: str | Path | dict | Config | None = None, overrides: lis
     try:
         cfg = Config(**raw)
     except ValidationError as e:
-        raise ConfigError("config error: " + _format_error(e)) from None
-    try:
-        cfg.method_params()
-    except ValidationError as e:
-        raise ConfigError("config error: " + _format_error(e, "method.")) from None
+        raise ConfigError("config error: " + format_error(e)) from None
+    for check in CHECKS:
+        check(cfg)
     return cfg
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from selfsup.evaluate.diagnostics import collapse_check, collapse_std, collapse_warnings, rankme
 from selfsup.models import SmallCNN
-from selfsup.report.report import print_results, write_report
+from selfsup.report.results import print_results, write_report
 
 
 def old_rule_flags(z: torch.Tensor) -> bool:

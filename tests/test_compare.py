@@ -8,7 +8,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from selfsup.cli import app
-from selfsup.report.compare import COLUMNS, compare_runs, format_rows, write_comparison
+from selfsup.takeaways.compare import COLUMNS, compare_runs, format_rows, write_comparison
 
 
 def _pretrain_run(root, name, method, knn, linear, low1=None, rankme=12.5, steps=40, with_summary_in_eval=True):

@@ -2,6 +2,8 @@ import json
 import os
 
 import pytest
+
+from selfsup.methods import method_params
 import torch
 
 from selfsup.config import load_config
@@ -30,8 +32,8 @@ def test_yaml_file_and_overrides(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("method: {name: byol, base_momentum: 0.9}\ntrain: {epochs: 3}\n")
     cfg = load_config(p, ["train.epochs=1.5", "method.pred_hidden=64"])
-    assert cfg.train.epochs == 1.5 and cfg.method_params().pred_hidden == 64
-    assert cfg.method_params().base_momentum == 0.9
+    assert cfg.train.epochs == 1.5 and method_params(cfg).pred_hidden == 64
+    assert method_params(cfg).base_momentum == 0.9
     with pytest.raises(ConfigError, match="missing.yaml not found"):
         load_config(tmp_path / "missing.yaml")
     (tmp_path / "bad.yaml").write_text("train: [unclosed")

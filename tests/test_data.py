@@ -184,7 +184,7 @@ def test_a_non_square_photo_is_cropped_to_its_central_square(tmp_path):
 
 
 def test_the_embedding_map_of_a_small_validation_split(tmp_path):
-    from selfsup.report.report import plot_embedding
+    from selfsup.report.results import plot_embedding
     feats, labels = torch.randn(8, 16), torch.tensor([0, 1] * 4)
     assert plot_embedding(tmp_path, feats, labels, ["a", "b"], "tsne", 2000, 0) == "embedding.png"
     assert (tmp_path / "embedding.png").exists()

@@ -13,15 +13,15 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import selfsup.embeddings.export as export_mod
-import selfsup.embeddings.extract as extract_mod
+import selfsup.takeaways.export as export_mod
+import selfsup.takeaways.embed as extract_mod
 from selfsup.cli import app
 from selfsup.config import ModelConfig, load_config
 from selfsup.data import load_datasets
-from selfsup.embeddings.collection import embed_images, open_collection
-from selfsup.embeddings.device import resolve_device
-from selfsup.embeddings.export import ExportError, export_backbone
-from selfsup.embeddings.extract import embed_to_file, ids_csv_path
+from selfsup.takeaways.collection import embed_images, open_collection
+from selfsup.takeaways.device import resolve_device
+from selfsup.takeaways.export import ExportError, export_backbone
+from selfsup.takeaways.embed import embed_to_file, ids_csv_path
 from selfsup.errors import ConfigError
 from selfsup.models import build_backbone, load_backbone, save_backbone
 

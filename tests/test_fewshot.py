@@ -17,7 +17,7 @@ from selfsup.evaluate.fewshot import (episode_accuracies, fewshot_eval, label_su
 from selfsup.evaluate.probes import raw_pixel_features
 from selfsup.evaluate.suite import evaluate_run
 from selfsup.models import load_backbone
-from selfsup.report.report import print_results, results_table
+from selfsup.report.results import print_results, results_table
 from selfsup.workflows import evaluate_and_report, pretrain
 
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selfsup.data.noise import FMNIST_ASYMMETRIC_PAIRS, asymmetric_noise, read_labels, symmetric_noise
+from selfsup.finetune.label_noise import FMNIST_ASYMMETRIC_PAIRS, asymmetric_noise, read_labels, symmetric_noise
 from selfsup.errors import DataError
-from selfsup.evaluate.selective import aurc, risk_coverage, selective_table, threshold_for_coverage
+from selfsup.finetune.selective import aurc, risk_coverage, selective_table, threshold_for_coverage
 from selfsup.train.checkpoint import latest_checkpoint, load_checkpoint
-from selfsup.workflows import finetune
+from selfsup.finetune.finetune_workflow import finetune
 
 from .crash import Crash, CrashAfter
-from selfsup.train.objectives import GCE, LabelSmoothing, SelfAdaptive, SelfAdaptiveSelective
+from selfsup.finetune.objectives import GCE, LabelSmoothing, SelfAdaptive, SelfAdaptiveSelective
 
 from .test_train import npz_data  # noqa: F401  (fixture)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "selfsup"
-LAYERS = [("errors", "atomic", "distributed"), ("data",), ("augment",), ("models",), ("methods",), ("config",),
-          ("train",), ("evaluate",), ("embeddings",), ("report",), ("workflows",),
-          ("commands",), ("api", "cli", "__init__")]
+LAYERS = [("errors", "atomic", "distributed", "progress"), ("config",), ("rundir",), ("data",), ("augment",),
+          ("models",), ("methods",), ("train",), ("evaluate",), ("report",),
+          ("workflows", "streams", "finetune", "robustness", "takeaways"), ("cli", "api", "__init__")]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 
@@ -70,6 +70,8 @@ def _resolve(names):
 
 def _layer(mod: str) -> int:
     parts = mod.split(".")
+    if parts[-1].endswith("_schema"):  # a capability's config section: pure schema, read by config
+        return LAYER["config"]
     return LAYER[parts[1] if len(parts) > 1 else "__init__"]
 
 

@@ -7,6 +7,8 @@ import sys
 
 import numpy as np
 import pytest
+
+from selfsup.methods import method_params
 import torch
 import torch.nn.functional as F
 
@@ -48,7 +50,7 @@ def _manual_shuffled_keys(enc, x, perm, groups):
 
 def test_config_rejects_queue_smaller_than_two_batches():
     ok = load_config(None, ["method.name=moco", "method.queue_size=64", "train.batch_size=32"])  # 2 x 32 = 64
-    assert ok.method_params().queue_size == 64
+    assert method_params(ok).queue_size == 64
     with pytest.raises(ConfigError) as e:
         load_config(None, ["method.name=moco", "method.queue_size=63", "train.batch_size=32"])
     msg = str(e.value)

@@ -16,7 +16,7 @@ from selfsup.methods import METHODS
 from selfsup.methods.dino import DINO, dino_loss, multi_crop_dino_loss
 from selfsup.methods.swav import SwAV, multi_crop_swapped_prediction, sinkhorn, swapped_prediction
 from selfsup.models import build_backbone
-from selfsup.train.strategies import Distill
+from selfsup.streams.strategies import Distill
 from selfsup.workflows import pretrain
 
 from .test_swav import _sinkhorn_by_hand

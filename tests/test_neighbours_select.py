@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from selfsup.cli import app
 from selfsup.config import ModelConfig
-from selfsup.embeddings.collection import embed_images, open_collection
-from selfsup.embeddings.neighbours import find_neighbours, near_duplicates, nearest
-from selfsup.embeddings.select import kcenter_greedy, select_from_collection, select_to_label
+from selfsup.takeaways.collection import embed_images, open_collection
+from selfsup.takeaways.neighbours import find_neighbours, near_duplicates, nearest
+from selfsup.takeaways.select import kcenter_greedy, select_from_collection, select_to_label
 from selfsup.models import build_backbone, load_backbone, save_backbone
 
 

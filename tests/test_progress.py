@@ -10,13 +10,13 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from selfsup.evaluate import robustness
-from selfsup.evaluate.robustness import corruption_report, robustness_report
-from selfsup.train.progress import TaskProgress
+from selfsup.robustness import attacks as robustness
+from selfsup.robustness.attacks import corruption_report, robustness_report
+from selfsup.progress import TaskProgress
 
 from .test_stream import blobs, cfg_dict
 
-stream_workflow = importlib.import_module("selfsup.workflows.stream")  # the package exports a function `stream`
+stream_workflow = importlib.import_module("selfsup.streams.stream_workflow")  # the package exports a function `stream`
 
 
 class Recorder(TaskProgress):

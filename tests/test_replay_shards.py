@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from selfsup.data import ReservoirBuffer, webdataset_shard
+from selfsup.streams.replay_buffer import ReservoirBuffer
+from selfsup.data import webdataset_shard
 from selfsup.errors import DataError
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from selfsup.config import load_config
-from selfsup.embeddings.export import export_backbone
+from selfsup.takeaways.export import export_backbone
 from selfsup.methods import build_method
 from selfsup.models import (ResNet18, ResNet50, backbone_from_config, backbone_info, build_backbone, load_backbone,
                             resolve_stem, save_backbone)

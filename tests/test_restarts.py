@@ -10,10 +10,11 @@ from safetensors.torch import load_file
 
 from selfsup.config import load_config
 from selfsup.methods import METHODS
-from selfsup.train.adversarial import AdversarialSSL, SupervisedAdversary, adversarial_ssl
+from selfsup.robustness.adversarial_training import AdversarialSSL, SupervisedAdversary, adversarial_ssl
 from selfsup.train.checkpoint import load_latest_checkpoint
-from selfsup.train.stream import StreamTrainer, discover_chunks
-from selfsup.workflows import finetune, pretrain
+from selfsup.streams.trainer import StreamTrainer, discover_chunks
+from selfsup.finetune.finetune_workflow import finetune
+from selfsup.workflows import pretrain
 
 from .crash import Crash, CrashAfter
 from .test_finetune import ft_cfg

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.data.corruptions import CORRUPTIONS, corrupt
+from selfsup.robustness.corruptions import CORRUPTIONS, corrupt
 from selfsup.evaluate.probes import knn_predict
-from selfsup.evaluate import robustness
-from selfsup.evaluate.robustness import KNNModel, corruption_report, predict, robustness_report, run_attack
+from selfsup.robustness import attacks as robustness
+from selfsup.robustness.attacks import KNNModel, corruption_report, predict, robustness_report, run_attack
 from selfsup.models import SmallCNN
 
 from .test_cli import run
@@ -175,7 +175,7 @@ def test_attack_and_corrupt_commands(npz_data, tmp_path):  # noqa: F811
 def test_training_pgd_matches_torchattacks_pgd_on_the_same_model():
     import torchattacks
 
-    from selfsup.train.adversarial import pgd
+    from selfsup.robustness.adversarial_training import pgd
 
     net, x, y = _trained_cnn()
     ours = pgd(lambda z: nn.functional.cross_entropy(net(z), y), x, eps=0.1, steps=7, alpha=0.02, random_start=False)
@@ -185,9 +185,9 @@ def test_training_pgd_matches_torchattacks_pgd_on_the_same_model():
 
 
 def test_supervised_adversarial_losses_exceed_the_clean_loss():
-    from selfsup.train.adversarial import SupervisedAdversary, supervised_adversarial_loss
-    from selfsup.train.finetune import Classifier
-    from selfsup.train.objectives import Objective
+    from selfsup.robustness.adversarial_training import SupervisedAdversary, supervised_adversarial_loss
+    from selfsup.finetune.classifier_training import Classifier
+    from selfsup.finetune.objectives import Objective
 
     net, x, y = _trained_cnn()
     clf = Classifier(net[0], 2, Objective(), epochs=1)
@@ -205,7 +205,7 @@ def test_supervised_adversarial_losses_exceed_the_clean_loss():
 
 def test_self_supervised_adversarial_training_runs_and_rejects_impure_methods(npz_data, tmp_path):  # noqa: F811
     from selfsup.errors import TrainingError
-    from selfsup.train.adversarial import AdversarialSSL
+    from selfsup.robustness.adversarial_training import AdversarialSSL
     from selfsup.config import load_config
     from selfsup.methods import build_method
     from selfsup.workflows import pretrain
@@ -229,7 +229,7 @@ def test_self_supervised_adversarial_training_runs_and_rejects_impure_methods(np
 
 
 def test_finetune_with_pgd_and_trades(npz_data, tmp_path):  # noqa: F811
-    from selfsup.workflows import finetune
+    from selfsup.finetune.finetune_workflow import finetune
 
     from .test_finetune import ft_cfg
 

@@ -14,7 +14,7 @@ from selfsup.config import load_config
 from selfsup.errors import ConfigError
 from selfsup.models import SmallCNN
 from selfsup.train.checkpoint import load_latest_checkpoint, save_checkpoint
-from selfsup.workflows import finetune
+from selfsup.finetune.finetune_workflow import finetune
 
 from .test_finetune import ft_cfg
 from .test_train import npz_data  # noqa: F401  (fixture)

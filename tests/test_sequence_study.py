@@ -9,11 +9,11 @@ import yaml
 from typer.testing import CliRunner
 
 from selfsup.data import ImageDataset
-from selfsup.data.sequences import FAR_DOMAINS, build_sequence
-from selfsup.evaluate.continual import aggregate_seeds, cka, gap_stats, mean_std, seen_task_accuracy
-from selfsup.report.stream import gap_sentence, plot_seed_summary, seeds_table
+from selfsup.streams.sequences import FAR_DOMAINS, build_sequence
+from selfsup.streams.continual_metrics import aggregate_seeds, cka, gap_stats, mean_std, seen_task_accuracy
+from selfsup.streams.stream_report import gap_sentence, plot_seed_summary, seeds_table
 from selfsup.errors import SelfsupError
-from selfsup.workflows.stream import aggregate_study, merge_studies
+from selfsup.streams.stream_workflow import aggregate_study, merge_studies
 
 from .test_stream import blobs, cfg_dict
 
@@ -128,7 +128,7 @@ def test_summary_plot_has_one_line_per_strategy(tmp_path):
 
 
 def test_summary_plot_gives_a_strategy_one_colour_on_both_panels(tmp_path, monkeypatch):
-    import selfsup.report.stream as rs
+    import selfsup.streams.stream_report as rs
     figs, real = [], rs.subplots
 
     def keep(*a, **k):

@@ -11,13 +11,14 @@ from safetensors.torch import load_file
 
 from selfsup.config import load_config
 from selfsup.data import ImageDataset
-from selfsup.data.sequences import FMNIST_DISTANT_GROUPS, build_sequence
-from selfsup.evaluate.continual import continual_metrics
+from selfsup.streams.sequences import FMNIST_DISTANT_GROUPS, build_sequence
+from selfsup.streams.continual_metrics import continual_metrics
 from selfsup.augment import recipe_from_config
 from selfsup.methods import build_method
-from selfsup.train.strategies import Distill, Regularize, Replay
-from selfsup.train.stream import StreamTrainer, discover_chunks, memory_chunks
-from selfsup.workflows import sequence, stream
+from selfsup.streams.strategies import Distill, Regularize, Replay
+from selfsup.streams.trainer import StreamTrainer, discover_chunks, memory_chunks
+from selfsup.streams.stream_workflow import sequence
+from selfsup.streams.stream_workflow import stream
 
 from .crash import Crash, CrashAfter
 
@@ -277,7 +278,7 @@ def test_chunks_unlike_the_evaluation_data_give_one_clear_error(chunk_dir):
 
 
 def test_gap_closed_share_and_no_gap():
-    from selfsup.report.stream import gap_closed, sequence_table
+    from selfsup.streams.stream_report import gap_closed, sequence_table
 
     per = {"joint": {"linear": 0.88, "knn": 0.84}, "sequential": {"linear": 0.86, "knn": 0.838},
            "replay": {"linear": 0.875, "knn": 0.83}}
@@ -292,12 +293,12 @@ def test_stream_evaluation_and_knn_monitor_score_the_readout_features(tmp_path):
 
     from selfsup.config import load_config
     from selfsup.data import ImageDataset
-    from selfsup.data.sequences import EvalTask
-    from selfsup.evaluate.continual import evaluate_chunk
+    from selfsup.streams.sequences import EvalTask
+    from selfsup.streams.continual_metrics import evaluate_chunk
     from selfsup.evaluate.monitor import KnnMonitor
     from selfsup.evaluate.probes import extract_features, knn_accuracy
     from selfsup.models import backbone_from_config, readout_backbone
-    from selfsup.workflows.stream import StreamEvaluator
+    from selfsup.streams.stream_workflow import StreamEvaluator
 
     def labelled(n, seed):
         x, y = blobs(n, seed)

@@ -7,7 +7,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from selfsup.workflows import pretrain, stream
+from selfsup.workflows import pretrain
+from selfsup.streams.stream_workflow import stream
 
 from .crash import Crash, CrashAfter
 from .test_stream import blobs, cfg_dict

@@ -16,8 +16,7 @@ import torch.nn.functional as F
 
 from ..errors import DataError
 from .lazy import DECODE_ERRORS, Item, LazyImages, folder_items, tar_items
-from .sources import (ImageDataset, decode_image, image_folder, list_folder, load_source, npz, shard_paths,
-                      webdataset_shard)
+from .sources import (ImageDataset, decode_image, image_folder, list_folder, load_source, npz, shard_paths, webdataset_shard)
 
 if TYPE_CHECKING:
     from ..config import DataConfig

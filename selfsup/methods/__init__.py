@@ -2,11 +2,13 @@
 builds the configured one on a fresh backbone."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pydantic import ValidationError
 
+from ..config import Config, format_error, register_check
+from ..errors import ConfigError
 from ..models import backbone_from_config
 from .barlow_twins import BarlowTwins
-from .base import SSLMethod
+from .base import MethodParams, SSLMethod
 from .byol import BYOL
 from .dcl import DCL, DCLW
 from .dino import DINO
@@ -49,20 +51,45 @@ DESCRIPTIONS = {
     "mae": "MAE: a ViT encodes a quarter of the patches, a light decoder predicts the masked rest (He et al. 2022)",
 }
 
-if TYPE_CHECKING:
-    from ..config import Config
+def method_params(cfg: Config) -> MethodParams:
+    """The configured method's hyper-parameters (``method`` minus its name), validated by its ``Params``."""
+    return METHODS[cfg.method["name"]].Params(**{k: v for k, v in cfg.method.items() if k != "name"})
 
 
-def build_method(cfg: "Config", in_channels: int, num_samples: int = 0, image_size: int | None = None) -> SSLMethod:
+@register_check
+def check_method(cfg: Config) -> None:
+    """The config's method exists, takes its parameters and fits the rest of the config (views, labels, batch,
+    encoder); else ConfigError naming the key."""
+    name = cfg.method["name"]
+    if name not in METHODS:
+        raise ConfigError(f"config error: method.name: unknown method {name!r} (choose {', '.join(METHODS)})")
+    cls = METHODS[name]
+    if cfg.augment.local_crops and not cls.multi_crop:
+        takers = ", ".join(n for n, c in METHODS.items() if c.multi_crop)
+        raise ConfigError(f"config error: augment.local_crops: {name} takes no multi-crop views (set it to 0; "
+                          f"methods that do: {takers})")
+    try:
+        params = method_params(cfg)
+    except ValidationError as e:
+        raise ConfigError("config error: " + format_error(e, "method.")) from None
+    if cfg.data.labelled_fraction is not None and cls.uses_labels and not cls.accepts_unlabelled:
+        raise ConfigError(f"config error: method {name} needs every training label but data.labelled_fraction "
+                          f"leaves some unknown (method suncet accepts unlabelled images)")
+    problem = cls.check_batch(params, cfg.train.batch_size) or cls.check_model(params, cfg.model)
+    if problem:
+        raise ConfigError("config error: " + problem)
+
+
+def build_method(cfg: Config, in_channels: int, num_samples: int = 0, image_size: int | None = None) -> SSLMethod:
     """The configured method on a fresh backbone for images of side ``image_size`` (a ResNet's ``stem: auto``
     depends on it); methods with per-sample state get ``num_samples``."""
     backbone = backbone_from_config(cfg.model, in_channels, image_size)
     cls = METHODS[cfg.method["name"]]
-    if getattr(cls, "uses_indices", False):
-        return cls(backbone, cfg.method_params(), num_samples=num_samples)
-    return cls(backbone, cfg.method_params())
+    if cls.uses_indices:
+        return cls(backbone, method_params(cfg), num_samples=num_samples)
+    return cls(backbone, method_params(cfg))
 
 
-__all__ = ["build_method", "METHODS", "DESCRIPTIONS", "SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "BarlowTwins",
+__all__ = ["build_method", "check_method", "method_params", "METHODS", "DESCRIPTIONS", "SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "BarlowTwins",
            "VICReg", "SelfAdaptiveSSL", "MoCoV3", "NNCLR", "DCL", "DCLW", "WMSE", "TiCo", "SupCon", "SwAV", "DINO",
            "SuNCEt", "MAE"]

@@ -25,6 +25,9 @@ class SSLMethod(nn.Module):
     Params = MethodParams
     pure_forward = True  # forward has no side effects (it may be called again, e.g. by an attack)
     multi_crop = False  # takes 2 global views + local crops of another size (augment.local_crops > 0)
+    uses_indices = False  # the trainer passes each image's index in the training set (per-sample state)
+    uses_labels = False  # the trainer passes each image's label
+    accepts_unlabelled = False  # with uses_labels: label −1 marks an unlabelled image
 
     def __init__(self, backbone: nn.Module, params: MethodParams):
         super().__init__()

@@ -24,8 +24,8 @@ import yaml
 
 from ..atomic import atomic_write_text
 from .figures import subplots
-from .report import read_metrics, results_table, run_warnings
-from .stream import seeds_table, sequence_table
+from .results import read_metrics, results_table, run_warnings
+from ..streams.stream_report import seeds_table, sequence_table
 
 REPORT_NAME = "report.html"
 MAX_TABLE_CLASSES = 30  # a larger confusion matrix is drawn as a heat map instead of a table

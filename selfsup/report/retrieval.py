@@ -10,7 +10,7 @@ import torch
 from matplotlib.figure import Figure
 
 from ..atomic import atomic_write_bytes
-from ..embeddings.neighbours import nearest
+from ..evaluate.search import nearest
 
 SAME, DIFFERENT = "#1a9850", "#d73027"  # neighbour border: same class as the query / another class
 

@@ -33,10 +33,10 @@ from ..errors import TrainingError
 from ..methods import SSLMethod
 from .checkpoint import latest_checkpoint, load_latest_checkpoint, save_checkpoint
 from .optim import build_optimizer, lr_at
-from .progress import StepProgress
-from .rundir import MetricsLog
+from ..progress import StepProgress
+from .run_policy import MetricsLog
 from .setup import plan_steps, use_amp
-from .strategies import Strategy
+from .strategy import Strategy
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -131,7 +131,7 @@ def fit(method: SSLMethod, train_ds: ImageDataset, cfg: "Config", device: torch.
     """Train ``method`` on ``train_ds`` with one warm-up + cosine schedule; the step loop shared by joint
     pre-training, every chunk of a stream and fine-tuning.
 
-    ``plan.strategy`` (see :mod:`selfsup.train.strategies`) plugs into three places: ``batch`` may mix stored
+    ``plan.strategy`` (see :mod:`selfsup.streams.strategies`) plugs into three places: ``batch`` may mix stored
     images into the batch (replay), ``penalty`` adds a term to the method's loss (regularization, distillation,
     adversarial training), and ``module`` holds extra trainable parameters (a distillation predictor), optimised and
     checkpointed with the method."""
@@ -211,7 +211,7 @@ def fit(method: SSLMethod, train_ds: ImageDataset, cfg: "Config", device: torch.
     bad_images = 0  # unreadable files a lazy set replaced (data.skip_bad_images)
     feed = step_batches(train_ds, batches, seed, steps_per_epoch, start_step, total_steps, rank, world,
                         cfg.data.workers, cfg.data.prefetch)
-    uses_indices, uses_labels = getattr(method, "uses_indices", False), getattr(method, "uses_labels", False)
+    uses_indices, uses_labels = method.uses_indices, method.uses_labels
     try:
         with prog:
             while step < total_steps:
@@ -225,7 +225,7 @@ def fit(method: SSLMethod, train_ds: ImageDataset, cfg: "Config", device: torch.
                     extra_in["idx"] = torch.where(ids >= 0, ids + plan.index_offset, ids).to(device)
                 if uses_labels:
                     labels = batches.labels_of(ids)  # -1: unlabelled
-                    if labels is None or ((labels < 0).any() and not getattr(method, "accepts_unlabelled", False)):
+                    if labels is None or ((labels < 0).any() and not method.accepts_unlabelled):
                         raise TrainingError(f"{type(method).__name__} needs a label for every training image "
                                             f"(method suncet accepts unlabelled ones)")
                     extra_in["labels"] = labels.to(device)

@@ -13,12 +13,12 @@ from ..errors import TrainingError
 from ..evaluate.monitor import KnnMonitor
 from ..methods import build_method
 from ..models import save_backbone
-from ..train.adversarial import adversarial_ssl
+from ..robustness.adversarial_training import adversarial_ssl
 from ..train.loop import Callback, FitPlan, RunResult, fit
-from ..train.rundir import make_run_dir, write_config
+from ..train.run_policy import make_run_dir, write_config
 from ..train.setup import setup_device
 from ..train.tensorboard import TensorBoardLog
-from .evaluate import evaluate_and_report
+from .evaluation import evaluate_and_report
 
 
 def pretrain(config, overrides: list[str] | None = None, resume: bool = False, progress: bool = True,

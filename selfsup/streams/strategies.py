@@ -29,48 +29,15 @@ from torch import nn
 
 from ..atomic import atomic_save_tensors, atomic_write_text
 from ..augment import to_float
-from ..data import ImageDataset, ReservoirBuffer
+from ..data import ImageDataset
+from .replay_buffer import ReservoirBuffer
 from ..methods.base import resolution_groups
 from ..models.heads import prediction_head
+from ..train.strategy import Strategy
 
 
 def _backbone_params(method: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in method.backbone.named_parameters() if p.requires_grad}
-
-
-class Strategy:
-    """``sequential``: train on each chunk alone."""
-    name = "sequential"
-    retrain_from_scratch = False
-    module: nn.Module | None = None
-
-    def begin_chunk(self, method: nn.Module, index: int, seed: int) -> None:
-        """Before training chunk ``index`` (0-based)."""
-
-    def batch(self, images: torch.Tensor, idx: torch.Tensor, generator: torch.Generator):
-        """The uint8 batch to train on and each image's index in the chunk (-1: not from the chunk), given the
-        chunk's batch and indices."""
-        return images, idx
-
-    def watching(self, method: nn.Module):
-        """A context around the method's forward (to capture features)."""
-        return contextlib.nullcontext()
-
-    def penalty(self, method: nn.Module, views: list[torch.Tensor]) -> torch.Tensor | None:
-        return None
-
-    def end_chunk(self, method: nn.Module, chunk: ImageDataset, index: int, recipe, device, cfg) -> None:
-        """After chunk ``index`` was trained."""
-
-    def save(self, directory: Path) -> None:
-        """Persist the strategy's state (called after each chunk; the driver commits it atomically)."""
-
-    def load(self, directory: Path, method: nn.Module) -> None:
-        """Restore the state written by :meth:`save` (``method`` already holds the saved weights)."""
-
-    def retained_bytes(self) -> int:
-        """Bytes kept between chunks beyond the model itself (data, old weights, importances)."""
-        return 0
 
 
 class Joint(Strategy):

@@ -6,10 +6,10 @@ from typing import Optional
 
 import typer
 
-from ..embeddings.export import FORMATS, export_backbone
-from ..embeddings.extract import embed_to_file, embeddings_shape, ids_csv_path
+from ..takeaways.export import FORMATS, export_backbone
+from ..takeaways.embed import embed_to_file, embeddings_shape, ids_csv_path
 from ..errors import SelfsupError
-from .common import fail
+from .output import fail
 
 
 def embed(run_dir: Path = typer.Argument(..., help="a trained run directory (holds backbone.json)"),

@@ -1,4 +1,4 @@
-"""``selfsup stream`` and ``selfsup sequence``: the stream driver (:mod:`selfsup.train.stream`) with evaluation
+"""``selfsup stream`` and ``selfsup sequence``: the stream driver (:mod:`selfsup.streams.trainer`) with evaluation
 after each chunk, the continual-learning summary (``stream.json``) and the plots; ``selfsup sequence --seeds N``
 repeats the study for N seeds (one sub-directory each) and aggregates them (mean ± std, the joint − sequential gap
 where it exceeds the noise, a summary plot per sequence)."""
@@ -17,18 +17,17 @@ from .. import distributed as D
 from ..atomic import atomic_write_text
 from ..config import Config, load_config
 from ..data import load_datasets
-from ..data.sequences import EvalTask, build_sequence
+from .sequences import EvalTask, build_sequence
 from ..errors import DataError, SelfsupError
-from ..evaluate.continual import (aggregate_seeds, cka, continual_metrics, downstream_eval, evaluate_chunk,
-                                  gap_stats, seen_task_accuracy)
+from .continual_metrics import (aggregate_seeds, cka, continual_metrics, downstream_eval, evaluate_chunk, gap_stats, seen_task_accuracy)
 from ..methods import build_method
 from ..models import readout_backbone
 from ..report.html import write_html_report
-from ..report.stream import GAP_KEYS, plot_seed_summary, plot_stream, seeds_table, sequence_table
-from ..train.progress import TaskProgress
-from ..train.rundir import write_config
+from .stream_report import GAP_KEYS, plot_seed_summary, plot_stream, seeds_table, sequence_table
+from ..progress import TaskProgress
+from ..train.run_policy import write_config
 from ..train.setup import setup_device
-from ..train.stream import StreamResult, StreamTrainer, discover_chunks, memory_chunks, read_manifest
+from .trainer import StreamResult, StreamTrainer, discover_chunks, memory_chunks, read_manifest
 
 
 class StreamEvaluator:
@@ -183,7 +182,7 @@ def _study(cfg: Config, root: Path, device, train, test, bar: TaskProgress, prog
 def aggregate_study(per_seed: dict) -> dict:
     """Per-seed study results (``{seed: {kind: {strategy: summary}}}``) → ``{"seeds", "per_seed", "aggregate",
     "gaps"}``: mean ± std of every summary number and curve, and the joint − sequential gap of each of
-    ``GAP_KEYS`` per sequence (see :func:`selfsup.evaluate.continual.gap_stats`)."""
+    ``GAP_KEYS`` per sequence (see :func:`selfsup.streams.continual_metrics.gap_stats`)."""
     per_seed = {str(k): v for k, v in per_seed.items()}
     agg = aggregate_seeds(per_seed)
     gaps = {kind: {key: g for key in GAP_KEYS if (g := gap_stats(per_seed, kind, key)) is not None} for kind in agg}

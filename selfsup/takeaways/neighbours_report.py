@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write_bytes, atomic_write_text
-from ..embeddings.neighbours import NeighbourSearch
-from .figures import subplots
+from .neighbours import NeighbourSearch
+from ..report.figures import subplots
 
 GRID_ROWS = 64
 """At most this many queries are drawn in neighbours.png (neighbours.csv lists them all)."""

@@ -1,7 +1,7 @@
 """The classifier that ``selfsup finetune`` trains with the one training loop, its labels and its per-epoch monitor.
 
 The classifier (backbone + linear head) is a method like any other to the loop — ``loss = model(views, idx=,
-labels=)`` — with its objective (:mod:`selfsup.train.objectives`: ce, label smoothing, GCE, SAT, SAT-selective)
+labels=)`` — with its objective (:mod:`selfsup.finetune.objectives`: ce, label smoothing, GCE, SAT, SAT-selective)
 inside. Labels come from the data set, a label file, or noise injected for a study; a validation split (with the
 same noisy labels — no clean labels are used for any choice) is held out from train. After every epoch the run logs
 accuracy on the noisy training labels, on the clean training labels (when noise was injected: memorisation shows
@@ -19,16 +19,16 @@ from torch import nn
 from .. import distributed as D
 from ..config import Config
 from ..data import ImageDataset
-from ..data.noise import asymmetric_noise, read_labels, symmetric_noise
+from .label_noise import asymmetric_noise, read_labels, symmetric_noise
 from ..errors import DataError
-from .adversarial import SupervisedAdversary, supervised_adversarial_loss
-from .loop import StepEvent
+from ..robustness.adversarial_training import SupervisedAdversary, supervised_adversarial_loss
+from ..train.loop import StepEvent
 from .objectives import Objective
 
 
 class Classifier(nn.Module):
     """Backbone + linear head; the training loss is its objective's (under ``adversary``: on adversarial
-    examples, see :mod:`selfsup.train.adversarial`). ``epochs``: the length of the run in epochs, so that
+    examples, see :mod:`selfsup.robustness.adversarial_training`). ``epochs``: the length of the run in epochs, so that
     ``epoch_now`` (which the objectives' schedules read) is exact also when ``train.max_steps`` sets the length."""
     recipe = "supervised"
     uses_indices = True

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .corruptions import corrupt
-from .sources import ImageDataset, digits
+from ..robustness.corruptions import corrupt
+from ..data.sources import ImageDataset, digits
 
 FMNIST_DISTANT_GROUPS = [[0, 6], [2, 4], [5, 7, 9], [1, 3], [8]]
 DOMAINS = ["clean", "gaussian_noise", "edges", "invert", "digits"]

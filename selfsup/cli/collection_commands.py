@@ -7,11 +7,11 @@ from typing import List, Optional
 
 import typer
 
-from ..embeddings.neighbours import find_neighbours
-from ..embeddings.select import STRATEGIES, select_from_collection
+from ..takeaways.neighbours import find_neighbours
+from ..takeaways.select import STRATEGIES, select_from_collection
 from ..errors import SelfsupError
-from ..report.neighbours import GRID_ROWS, write_neighbours
-from .common import fail, show, table
+from ..takeaways.neighbours_report import GRID_ROWS, write_neighbours
+from .output import fail, show, table
 
 SHOWN_PAIRS = 10
 """Near-duplicate pairs printed in the summary (duplicates.csv has them all)."""

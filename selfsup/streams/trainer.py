@@ -16,7 +16,7 @@ cleanly — a checkpoint is never resumed under another chunk's name.
 
 Run directory: ``config.yaml``, ``manifest.json``, ``metrics.jsonl`` (every chunk's steps, tagged ``chunk``),
 ``chunks/<name>-<signature>/`` (the chunk in progress), ``state/after_NNN/`` (model + strategy state after chunk
-NNN), ``backbone.*``; the workflow (:mod:`selfsup.workflows.stream`) adds ``stream.json`` and the plots.
+NNN), ``backbone.*``; the workflow (:mod:`selfsup.streams.stream_workflow`) adds ``stream.json`` and the plots.
 
 Evaluation is injected: the driver calls an evaluator (``evaluate(backbone, n_chunks_available) -> dict``, with an
 ``image_shape`` attribute) after each chunk and on the initial encoder; it imports no evaluation code.
@@ -43,11 +43,11 @@ from ..data import ImageDataset, concat_images, open_chunk
 from ..errors import DataError, TrainingError
 from ..methods import build_method
 from ..models import save_backbone
-from .loop import Callback, FitPlan, fit
-from .rundir import write_config
-from .setup import setup_device
+from ..train.loop import Callback, FitPlan, fit
+from ..train.run_policy import write_config
+from ..train.setup import setup_device
 from .strategies import Strategy, build_strategy
-from .tensorboard import TensorBoardLog
+from ..train.tensorboard import TensorBoardLog
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
 

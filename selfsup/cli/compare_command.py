@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from ..errors import SelfsupError
-from ..report.compare import COLUMNS, compare_runs, format_rows, write_comparison
-from .common import fail, show
+from ..takeaways.compare import COLUMNS, compare_runs, format_rows, write_comparison
+from .output import fail, show
 
 HEADERS = {"run": "run", "kind": "kind", "method": "method", "data": "data", "steps": "steps", "train_s": "time s",
            "img_per_s": "img/s", "knn": "kNN %", "linear": "linear %", "linear_1pct": "linear, 1 % labels",

@@ -25,16 +25,16 @@ import torchattacks
 from pyautoattack import AutoAttack
 from torch import nn
 
-from ..data.corruptions import CORRUPTIONS, corrupt
+from .corruptions import CORRUPTIONS, corrupt
 from ..config import load_config
 from ..data import load_datasets, train_val_split
 from ..errors import CheckpointError, SelfsupError
 from ..models import backbone_from_config, load_backbone
 from ..train.checkpoint import latest_checkpoint, load_latest_checkpoint
-from ..train.finetune import Classifier
-from ..train.objectives import build_objective
-from ..train.progress import TaskProgress
-from .probes import _standardize, extract_features, fit_logistic, inference_copy, linear_probe
+from ..finetune.classifier_training import Classifier
+from ..finetune.objectives import build_objective
+from ..progress import TaskProgress
+from ..evaluate.probes import _standardize, extract_features, fit_logistic, inference_copy, linear_probe
 
 
 class LinearProbeModel(nn.Module):

@@ -19,7 +19,7 @@ from ..data.sources import ImageDataset, image_folder
 from ..errors import ConfigError, DataError
 from ..evaluate.probes import inference_copy
 from ..models import backbone_info, load_backbone
-from ..train.progress import TaskProgress
+from ..progress import TaskProgress
 from .device import resolve_device
 
 

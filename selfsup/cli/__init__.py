@@ -19,21 +19,23 @@ import torch
 import typer
 from rich.table import Table
 
-from .atomic import atomic_write_text
-from .data.corruptions import CORRUPTIONS, corrupt as apply_corruption
-from .commands import collection, compare as compare_cmd, embed as embed_cmd
-from .commands.common import fail, show, table
-from .config import load_config
-from .data.sources import FMNIST_DEFAULT_DIR
-from .distributed import is_main, launched_by_torchrun, shutdown
-from .embeddings.device import resolve_device
-from .errors import SelfsupError
-from .evaluate.robustness import ATTACKS, build_classifier, corruption_report, robustness_report
-from .methods import DESCRIPTIONS, METHODS
-from .report.html import write_html_report
-from .report.report import print_results
-from .workflows import evaluate_and_report, finetune as run_finetune, pretrain as run_pretrain, \
-    sequence as run_sequence, stream as run_stream
+from ..atomic import atomic_write_text
+from ..robustness.corruptions import CORRUPTIONS, corrupt as apply_corruption
+from . import collection_commands as collection, compare_command as compare_cmd, embed_commands as embed_cmd
+from .output import fail, show, table
+from ..config import load_config
+from ..data.sources import FMNIST_DEFAULT_DIR
+from ..distributed import is_main, launched_by_torchrun, shutdown
+from ..takeaways.device import resolve_device
+from ..errors import SelfsupError
+from ..robustness.attacks import ATTACKS, build_classifier, corruption_report, robustness_report
+from ..methods import DESCRIPTIONS, METHODS
+from ..report.html import write_html_report
+from ..report.results import print_results
+from ..workflows import evaluate_and_report, pretrain as run_pretrain
+from ..finetune.finetune_workflow import finetune as run_finetune
+from ..streams.stream_workflow import sequence as run_sequence
+from ..streams.stream_workflow import stream as run_stream
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Self-supervised representation learning on images.")

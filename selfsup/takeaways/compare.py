@@ -14,7 +14,7 @@ import yaml
 
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import DataError
-from .figures import subplots
+from ..report.figures import subplots
 
 COLUMNS = ["run", "kind", "method", "data", "steps", "train_s", "img_per_s", "knn", "linear", "linear_1pct",
            "linear_10pct", "fewshot_5w5s", "rankme"]

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed as D
-from .strategies import Strategy
+from ..train.strategy import Strategy
 
 
 def pgd(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float, steps: int,

@@ -12,7 +12,7 @@ from ..config import load_config
 from ..data import load_datasets, train_val_split
 from ..evaluate.suite import evaluate_run
 from ..report.html import write_html_report
-from ..report.report import write_report
+from ..report.results import write_report
 from ..report.retrieval import plot_retrieval
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from .figures import subplots
+from ..report.figures import subplots
 
 
 def plot_stream(out_dir: Path, manifests: dict[str, dict], title: str = "stream") -> list[str]:
@@ -114,7 +114,7 @@ GAP_NAMES = {"all_tasks_linear": "linear, all tasks", "linear": "linear, full te
 
 
 def pm(stats: dict | None, scale: float = 100.0, digits: int = 2) -> str:
-    """``mean ± std`` of a :func:`selfsup.evaluate.continual.mean_std` dict (× ``scale``), "—" when absent."""
+    """``mean ± std`` of a :func:`selfsup.streams.continual_metrics.mean_std` dict (× ``scale``), "—" when absent."""
     if not stats or stats.get("mean") is None:
         return "—"
     m, s = scale * stats["mean"], scale * (stats.get("std") or 0.0)
@@ -178,7 +178,7 @@ def plot_seed_summary(path: Path, per_strategy: dict, title: str = "") -> list[s
     """Left: linear-probe accuracy on the tasks seen so far (mean of R[i][0..i]) after each chunk, one line per
     strategy, shaded ± std across seeds (a strategy measured only after the last chunk, joint by default, is a
     point with an error bar); right: CKA between the encoder after chunk t and after chunk t − 1 (full test set).
-    ``per_strategy``: one sequence of :func:`selfsup.evaluate.continual.aggregate_seeds`. Returns the strategies
+    ``per_strategy``: one sequence of :func:`selfsup.streams.continual_metrics.aggregate_seeds`. Returns the strategies
     drawn on the accuracy panel."""
     fig, (ax, ax2) = subplots(1, 2, figsize=(11, 4))
     drawn = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .figures import subplots
+from ..report.figures import subplots
 
 
 def plot_curves(run_dir: Path, epochs: list[dict], title: str) -> str | None:

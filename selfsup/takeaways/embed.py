@@ -88,7 +88,7 @@ def embed_to_file(run_dir: str | Path, out: str | Path, source: str | Path | Non
                   config: str | Path | None = None, split: str = "train", device: str | torch.device | None = None,
                   batch_size: int = 512, progress: bool = True, skip_bad: bool = False) -> Path:
     """Features of every image of a collection (the folder ``source``, else the ``split`` of the data set ``config``
-    names, else of the run's own data; see :func:`~selfsup.embeddings.collection.open_collection`), extracted batch
+    names, else of the run's own data; see :func:`~selfsup.takeaways.collection.open_collection`), extracted batch
     by batch on ``device`` (default: the run's ``train.device`` when available here, else the CPU) and streamed to
     ``out``: ``.parquet`` (columns id, label, class, embedding as a fixed-size list of float32; one row group per
     batch) or ``.npy`` (float32 N×D) plus ``FILE.ids.csv``. Returns ``out``."""

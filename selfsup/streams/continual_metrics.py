@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from ..data import digits, train_val_split
-from ..data.sequences import EvalTask
-from .diagnostics import linear_cka
-from .fewshot import fewshot_eval, low_label_probes
-from .probes import extract_features, knn_accuracy, linear_probe
+from .sequences import EvalTask
+from ..evaluate.diagnostics import linear_cka
+from ..evaluate.fewshot import fewshot_eval, low_label_probes
+from ..evaluate.probes import extract_features, knn_accuracy, linear_probe
 
 
 def probe_task(backbone, task: EvalTask, cfg, device, cl: bool, seed: int = 0) -> dict:

@@ -11,15 +11,15 @@ import torch
 from ..atomic import atomic_write_text
 from ..config import load_config
 from ..data import ImageDataset, labelled_subset, load_datasets, train_val_split
-from ..evaluate.selective import aurc, risk_coverage, selective_table
+from .selective import aurc, risk_coverage, selective_table
 from ..models import backbone_from_config, load_backbone
-from ..report.finetune import plot_curves, plot_risk_coverage
+from .finetune_report import plot_curves, plot_risk_coverage
 from ..report.html import write_html_report
-from ..train.adversarial import SupervisedAdversary
-from ..train.finetune import Classifier, EpochMonitor, noisy_labels
+from ..robustness.adversarial_training import SupervisedAdversary
+from .classifier_training import Classifier, EpochMonitor, noisy_labels
 from ..train.loop import Callback, FitPlan, fit
-from ..train.objectives import build_objective
-from ..train.rundir import make_run_dir, write_config
+from .objectives import build_objective
+from ..train.run_policy import make_run_dir, write_config
 from ..train.setup import plan_steps, setup_device
 
 

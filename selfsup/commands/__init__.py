@@ -1,1 +1,0 @@
-"""The command-line commands beyond training, one module per topic; ``selfsup.cli`` registers them on its app."""
