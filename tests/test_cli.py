@@ -6,12 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from .test_train import npz_data, tiny_cfg  # noqa: F401  (fixture)
+from .helpers import run, tiny_cfg
 
 
-def run(*args, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "selfsup.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)
 
 
 def test_methods_lists_every_method_with_its_view_recipe():

@@ -1,7 +1,6 @@
 """selfsup embed / export: features streamed to parquet / npy equal the in-memory features, ids / labels / class
 names right, written atomically; exported ONNX / TorchScript models reproduce PyTorch on any batch size."""
 import csv
-import io
 import json
 
 import numpy as np

@@ -10,7 +10,7 @@ from selfsup.data import ImageDataset, load_datasets
 from selfsup.evaluate.suite import evaluate_run
 from selfsup.workflows import pretrain
 
-from .test_train import stripes_data, tiny_cfg  # noqa: F401  (fixture)
+from .helpers import tiny_cfg
 
 
 def _clusters(n=60, d=5, seed=0, spread=0.1):

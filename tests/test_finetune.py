@@ -16,8 +16,8 @@ from selfsup.finetune.finetune_workflow import finetune
 
 from .crash import Crash, CrashAfter
 from selfsup.finetune.objectives import GCE, LabelSmoothing, SelfAdaptive, SelfAdaptiveSelective
+from .helpers import ft_cfg
 
-from .test_train import npz_data  # noqa: F401  (fixture)
 
 
 def test_gce_and_label_smoothing_match_their_formulas():
@@ -112,16 +112,6 @@ def test_risk_coverage_aurc_and_thresholds_by_hand():
     assert [r["test_coverage"] for r in rows] == pytest.approx([1.0, 0.5, 0.25])
 
 
-def ft_cfg(root, out, name, loss, train=None, **f):
-    fin = {"loss": loss, "noise": "symmetric", "noise_rate": 0.3, "sat_start_epoch": 1, "eval_samples": 64}
-    fin.update(f)
-    # npz_data's classes are "blob left" / "blob right": no flips (they swap the classes) and a 2 x 2 pooled map
-    # (global pooling hides the side), else the classifier cannot beat the majority class (0.5625 on test)
-    return {"name": name, "output_dir": str(out), "data": {"source": "npz", "root": str(root), "val_fraction": 0.2},
-            "model": {"widths": [4, 8], "pool": 2}, "augment": {"flip_p": 0.0},
-            "train": {"epochs": 3, "batch_size": 16, "checkpoint_every_steps": 4, "warmup_epochs": 0.1,
-                      "monitor_every_epochs": 1.0, "lr": 0.1, **(train or {})},
-            "finetune": fin}
 
 
 @pytest.mark.parametrize("loss", ["ce", "gce", "sat", "sat_selective"])

@@ -19,8 +19,8 @@ from selfsup.models import build_backbone
 from selfsup.streams.strategies import Distill
 from selfsup.workflows import pretrain
 
-from .test_swav import _sinkhorn_by_hand
-from .test_train import npz_data, tiny_cfg  # noqa: F401  (fixture)
+from .helpers import _sinkhorn_by_hand
+from .helpers import tiny_cfg
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ from selfsup.robustness import attacks as robustness
 from selfsup.robustness.attacks import corruption_report, robustness_report
 from selfsup.progress import TaskProgress
 
-from .test_stream import blobs, cfg_dict
+from .helpers import blobs, cfg_dict
 
 stream_workflow = importlib.import_module("selfsup.streams.stream_workflow")  # the package exports a function `stream`
 

@@ -22,7 +22,7 @@ from selfsup.report.figures import subplots
 from selfsup.report.html import render_html_report, write_html_report
 from selfsup.report.retrieval import DIFFERENT, SAME, nearest_neighbours, pick_queries, plot_retrieval
 
-from .test_train import npz_data, tiny_cfg  # noqa: F401  (fixture)
+from .helpers import tiny_cfg
 
 CLASSES = ["cat", "dog", "owl"]
 PER_CLASS = [0.9, 0.55, 0.725]

@@ -17,9 +17,9 @@ from selfsup.finetune.finetune_workflow import finetune
 from selfsup.workflows import pretrain
 
 from .crash import Crash, CrashAfter
-from .test_finetune import ft_cfg
-from .test_stream import blobs, cfg_dict
-from .test_train import npz_data, tiny_cfg  # noqa: F401  (fixture)
+from .helpers import ft_cfg
+from .helpers import blobs, cfg_dict
+from .helpers import tiny_cfg
 
 
 def _chunk(folder, name, seed):

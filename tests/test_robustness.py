@@ -2,7 +2,6 @@
 AutoAttack's checks captured, the corruption set, and the attack / corrupt commands."""
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,8 +13,8 @@ from selfsup.robustness import attacks as robustness
 from selfsup.robustness.attacks import KNNModel, corruption_report, predict, robustness_report, run_attack
 from selfsup.models import SmallCNN
 
-from .test_cli import run
-from .test_train import npz_data, tiny_cfg  # noqa: F401  (fixture)
+from .helpers import run
+from .helpers import tiny_cfg
 
 
 def _blobs(n=64, seed=0):

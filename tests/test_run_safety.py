@@ -3,7 +3,6 @@ impossible model shapes, float images embedded as they are, the SAT schedule und
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -16,8 +15,7 @@ from selfsup.models import SmallCNN
 from selfsup.train.checkpoint import load_latest_checkpoint, save_checkpoint
 from selfsup.finetune.finetune_workflow import finetune
 
-from .test_finetune import ft_cfg
-from .test_train import npz_data  # noqa: F401  (fixture)
+from .helpers import ft_cfg
 
 
 def test_checkpoint_files_are_fsynced_before_the_rename(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from selfsup.workflows import pretrain
 
 from .crash import Crash, CrashAfter
 
-from .test_train import npz_data, tiny_cfg  # noqa: F401  (fixture)
+from .helpers import tiny_cfg
 
 
 def _sat(n=10, alpha=0.9):

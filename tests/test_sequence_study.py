@@ -15,7 +15,7 @@ from selfsup.streams.stream_report import gap_sentence, plot_seed_summary, seeds
 from selfsup.errors import SelfsupError
 from selfsup.streams.stream_workflow import aggregate_study, merge_studies
 
-from .test_stream import blobs, cfg_dict
+from .helpers import blobs, cfg_dict
 
 
 def _labelled(n, seed):

@@ -7,7 +7,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from selfsup.config import load_config
 from selfsup.data import ImageDataset
@@ -16,47 +15,18 @@ from selfsup.streams.continual_metrics import continual_metrics
 from selfsup.augment import recipe_from_config
 from selfsup.methods import build_method
 from selfsup.streams.strategies import Distill, Regularize, Replay
-from selfsup.streams.trainer import StreamTrainer, discover_chunks, memory_chunks
+from selfsup.streams.trainer import StreamTrainer, discover_chunks
 from selfsup.streams.stream_workflow import sequence
 from selfsup.streams.stream_workflow import stream
 
 from .crash import Crash, CrashAfter
+from .helpers import blobs, cfg_dict, _final, eval_data_and_source
 
 
-def blobs(n, seed, classes=10, size=28):
-    """Labelled synthetic images: class c = a bright bar at a class-specific position."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, classes, n)
-    x = rng.normal(30, 15, (n, size, size))
-    for i in range(n):
-        r = 2 + 2 * (y[i] % 5)
-        c = 4 if y[i] < 5 else 16
-        x[i, r:r + 6, c:c + 8] += 160
-    return np.clip(x, 0, 255).astype(np.uint8), y
 
 
-def cfg_dict(out, name, **stream):
-    s = {"chunk_steps": 3, "buffer_size": 64, "eval_train_samples": 200, "eval_test_samples": 100,
-         "importance_batches": 2, "watch_interval": 0.1}
-    s.update(stream)
-    return {"name": name, "output_dir": str(out), "seed": 0,
-            "data": {"source": "npz", "root": str(out / "evaldata")},
-            "model": {"widths": [4, 8], "pool": 1},
-            "method": {"name": "simclr", "proj_hidden": 16, "proj_dim": 8},
-            "train": {"batch_size": 32, "checkpoint_every_steps": 1, "warmup_epochs": 0.0, "monitor_every_epochs": 100},
-            "eval": {"linear_max_iter": 10, "knn_k": 5, "linear_l2_grid": [1e-3]},
-            "stream": s}
 
 
-def eval_data_and_source(tmp_path):
-    """Labelled evaluation data (evaldata/{train,test}.npz) and an empty chunk folder, returned."""
-    (tmp_path / "evaldata").mkdir()
-    for split, n, seed in (("train", 300, 1), ("test", 100, 2)):
-        x, y = blobs(n, seed)
-        np.savez(tmp_path / "evaldata" / f"{split}.npz", images=x, labels=y)
-    src = tmp_path / "chunks"
-    src.mkdir()
-    return src
 
 
 @pytest.fixture()
@@ -176,8 +146,6 @@ def test_sequences_split_the_data_as_specified():
 
 
 # ---------------------------------------------------------------------------------------------------- the driver
-def _final(run_dir):
-    return load_file(str(run_dir / "backbone.safetensors"))
 
 
 def test_stream_trains_every_chunk_once_and_rejects_bad_ones(chunk_dir):

@@ -14,7 +14,7 @@ from selfsup.streams.replay_buffer import ReservoirBuffer
 from selfsup.streams.trainer import discover_chunks
 from selfsup.streams.stream_workflow import stream
 
-from .test_stream import _final, blobs, cfg_dict, eval_data_and_source
+from .helpers import _final, blobs, cfg_dict, eval_data_and_source
 
 
 def _png(a: np.ndarray) -> bytes:

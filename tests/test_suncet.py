@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from selfsup.config import load_config
 from selfsup.data import BatchComposer, ImageDataset, batch_composer, known_labels, labelled_subset, load_datasets
@@ -20,7 +19,7 @@ from selfsup.train.loop import FitPlan, fit
 from selfsup.workflows import pretrain
 
 from .crash import Crash, CrashAfter
-from .test_train import npz_data, tiny_cfg  # noqa: F401  (fixture)
+from .helpers import tiny_cfg
 
 
 def _col(*values):

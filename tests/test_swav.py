@@ -11,23 +11,13 @@ import torch.nn.functional as F
 from selfsup.methods.swav import SwAV, sinkhorn, swapped_prediction
 from selfsup.models import build_backbone
 from selfsup.train.optim import build_optimizer
+from .helpers import _sinkhorn_by_hand
 
 
 def _randn(seed, *shape):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def _sinkhorn_by_hand(scores, eps, iterations):
-    """Element by element: Q = exp(s/ε)/Σ, then columns to 1/K and rows to 1/B, times B."""
-    b, k = len(scores), len(scores[0])
-    q = [[math.exp(scores[i][j] / eps) for j in range(k)] for i in range(b)]
-    total = sum(map(sum, q))
-    q = [[x / total for x in row] for row in q]
-    for _ in range(iterations):
-        cols = [sum(q[i][j] for i in range(b)) for j in range(k)]
-        q = [[q[i][j] / cols[j] / k for j in range(k)] for i in range(b)]
-        q = [[x / sum(row) / b for x in row] for row in q]
-    return np.array(q) * b
 
 
 def _swav(queue_size=0, freeze=0.0, k=5):

@@ -11,8 +11,8 @@ from selfsup.workflows import pretrain
 from selfsup.streams.stream_workflow import stream
 
 from .crash import Crash, CrashAfter
-from .test_stream import blobs, cfg_dict
-from .test_train import npz_data, tiny_cfg  # noqa: F401  (fixture)
+from .helpers import blobs, cfg_dict
+from .helpers import tiny_cfg
 
 
 @pytest.fixture(autouse=True)

@@ -19,32 +19,11 @@ from selfsup.train.checkpoint import latest_checkpoint, load_checkpoint
 from selfsup.workflows import pretrain
 
 from .crash import Crash, CrashAfter
+from .helpers import tiny_cfg
 
 
-@pytest.fixture(scope="module")
-def npz_data(tmp_path_factory):
-    """Two-class synthetic images: bright blob left vs right, with noise."""
-    root = tmp_path_factory.mktemp("npzdata")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 256), ("test", 64)):
-        y = rng.integers(0, 2, n)
-        x = rng.normal(40, 20, (n, 16, 16))
-        for i in range(n):
-            c = 4 if y[i] == 0 else 11
-            x[i, 5:11, c - 2:c + 3] += 150
-        np.savez(root / f"{split}.npz", images=np.clip(x, 0, 255).astype(np.uint8), labels=y)
-    return root
 
 
-def tiny_cfg(root, out, name, method="simclr", **train):
-    t = {"max_steps": 12, "batch_size": 32, "checkpoint_every_steps": 4, "monitor_every_epochs": 100,
-         "warmup_epochs": 0.1}
-    t.update(train)
-    return {"name": name, "output_dir": str(out), "data": {"source": "npz", "root": str(root)},
-            "model": {"widths": [4, 8], "pool": 1},
-            "method": {"name": method, "proj_hidden": 16, "proj_dim": 8},
-            "train": t,
-            "eval": {"linear_max_iter": 20, "embedding_plot": "none", "transfer": False, "knn_k_grid": [5]}}
 
 
 def _weights(run_dir):
@@ -125,25 +104,6 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(npz_data, tm
     assert meta["step"] == 4 and all(torch.isfinite(v).all() for v in model_state.values() if v.is_floating_point())
 
 
-@pytest.fixture(scope="module")
-def stripes_data(tmp_path_factory):
-    """Horizontal vs vertical stripes (random period 3-6 px, phase, brightness 40-200, contrast 20-50, pixel noise
-    sigma 20): a random-init CNN separates them only partly (kNN ~0.92 with data BatchNorm statistics); crops, flips
-    and colour jitter keep the orientation, so learning their invariances is what helps."""
-    root = tmp_path_factory.mktemp("stripes")
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:16, 0:16]
-    for split, n in (("train", 512), ("test", 400)):
-        y = rng.integers(0, 2, n)
-        x = np.empty((n, 16, 16))
-        for i in range(n):
-            period = rng.uniform(3, 6)
-            phase = rng.uniform(0, 2 * np.pi, 2)
-            pattern = np.sin(2 * np.pi * (yy if y[i] == 0 else xx) / period + phase[y[i]])
-            level, contrast = rng.uniform(40, 200), rng.uniform(20, 50)
-            x[i] = level + contrast * pattern + rng.normal(0, 20, (16, 16))
-        np.savez(root / f"{split}.npz", images=np.clip(x, 0, 255).astype(np.uint8), labels=y)
-    return root
 
 
 def _npz_split(root, split):
