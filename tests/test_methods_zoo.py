@@ -133,3 +133,42 @@ def test_nnclr_queue_is_fifo_and_used_once_filled():
     assert int(m.queue_filled) == 6 and int(m.queue_ptr) == 2
     torch.testing.assert_close(m.queue, F.normalize(torch.cat([b[2:4], a[2:4], b[0:2]]), dim=1))
     assert {"queue", "queue_ptr", "queue_filled"} <= set(m.state_dict())  # so a checkpoint carries them
+
+
+def _embedding_method(name, z1, z2, **params):
+    """A tiny ``name`` method whose loss is computed from the given embeddings (encode_joint replaced)."""
+    from selfsup.config import load_config
+    from selfsup.methods import build_method
+    cfg = load_config({"model": {"widths": [4, 8], "pool": 1},
+                       "method": {"name": name, "proj_hidden": 16, "proj_dim": 8, **params}})
+    m = build_method(cfg, 1).double()
+    m.encode_joint = lambda views, head: [z1, z2]
+    return m, [torch.zeros(len(z1), 1, 12, 12, dtype=torch.float64)] * 2
+
+
+def test_dclw_weights_are_constants_unless_weight_grad():
+    """DCLW's gradient is that of DCL's terms with each positive scaled by the constant w (lightly's detach); with
+    weight_grad the gradient also flows through w, and differs."""
+    z1 = _randn(11, 6, 5).requires_grad_(True)
+    z2 = _randn(12, 6, 5).requires_grad_(True)
+    tau, sigma = 0.2, 0.5
+    m, views = _embedding_method("dclw", z1, z2, temperature=tau, sigma=sigma)
+    got = torch.autograd.grad(m(views), (z1, z2))
+    # by hand: w fixed from the current similarities, then −w·s_pos/τ + log Σ_negatives, mean over the 12 anchors
+    a, b = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    s = (a * b).sum(1).detach()
+    w = 2 - 6 * torch.softmax(s / sigma, 0)
+    z = torch.cat([a, b])
+    sim = z @ z.T / tau
+    pos = torch.cat([torch.arange(6, 12), torch.arange(6)])
+    rows = torch.arange(12)
+    mask = torch.eye(12, dtype=torch.bool)
+    mask[rows, pos] = True
+    ref = (torch.logsumexp(sim.masked_fill(mask, float("-inf")), 1) - w.repeat(2) * sim[rows, pos]).mean()
+    want = torch.autograd.grad(ref, (z1, z2))
+    for g, h in zip(got, want):
+        torch.testing.assert_close(g, h, rtol=1e-10, atol=1e-12)
+    m_grad, _ = _embedding_method("dclw", z1, z2, temperature=tau, sigma=sigma, weight_grad=True)
+    through = torch.autograd.grad(m_grad(views), (z1, z2))
+    assert float(m_grad(views).detach()) == pytest.approx(float(m(views).detach()), rel=1e-12)  # same value
+    assert (through[0] - got[0]).abs().max() > 1e-3  # another gradient
