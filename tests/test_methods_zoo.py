@@ -172,3 +172,40 @@ def test_dclw_weights_are_constants_unless_weight_grad():
     through = torch.autograd.grad(m_grad(views), (z1, z2))
     assert float(m_grad(views).detach()) == pytest.approx(float(m(views).detach()), rel=1e-12)  # same value
     assert (through[0] - got[0]).abs().max() > 1e-3  # another gradient
+
+
+def _tiny(name, **params):
+    from selfsup.config import load_config
+    from selfsup.methods import build_method
+    cfg = load_config({"model": {"widths": [4, 8], "pool": 1},
+                       "method": {"name": name, "proj_hidden": 16, "proj_dim": 8, **params}})
+    torch.manual_seed(0)
+    return build_method(cfg, 1).double()
+
+
+def test_tico_second_view_comes_from_the_momentum_encoder_without_gradient():
+    """lightly's TiCo benchmark: ẑ¹ online, ẑ² from an EMA copy of backbone + projector, no gradient to the second
+    view; on_step moves the copy by the cosine-scheduled momentum."""
+    from torch import nn
+    from selfsup.methods.base import cosine_momentum
+    m = _tiny("tico")
+    g = torch.Generator().manual_seed(3)
+    x1, x2 = (torch.rand(6, 1, 12, 12, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    loss = m([x1, x2])
+    g1, g2 = torch.autograd.grad(loss, (x1, x2), allow_unused=True)
+    assert g1.abs().sum() > 0 and (g2 is None or not g2.any())  # the second view gets no gradient
+    assert all(not p.requires_grad for p in m.momentum_encoder.parameters())
+    # the loss is tico_loss of the online first view and the momentum encoder's second view
+    with torch.no_grad():
+        for p in m.momentum_encoder.parameters():
+            p.add_(0.01)  # a momentum encoder that differs from the online one
+        m.cov.zero_()
+        want, _ = tico_loss(m.projector(m.backbone(x1)), m.momentum_encoder(x2), m.cov, 0.9, 20.0)
+        m.cov.zero_()
+        assert float(m([x1, x2])) == pytest.approx(float(want), rel=1e-12)
+        before = [p.clone() for p in m.momentum_encoder.parameters()]
+        m.on_step(0.5)
+        mom = cosine_momentum(m.params.base_momentum, 0.5)
+        online = nn.Sequential(m.backbone, m.projector).parameters()
+        for b, p, q in zip(before, m.momentum_encoder.parameters(), online):
+            torch.testing.assert_close(p, mom * b + (1 - mom) * q, rtol=1e-12, atol=1e-14)
