@@ -209,3 +209,55 @@ def test_tico_second_view_comes_from_the_momentum_encoder_without_gradient():
         online = nn.Sequential(m.backbone, m.projector).parameters()
         for b, p, q in zip(before, m.momentum_encoder.parameters(), online):
             torch.testing.assert_close(p, mom * b + (1 - mom) * q, rtol=1e-12, atol=1e-14)
+
+
+def _bn_batches(module):
+    """Rows each BatchNorm of ``module`` normalises over, call by call: {name: [rows, ...]}."""
+    seen = {}
+    for name, mod in module.named_modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            mod.register_forward_hook(lambda m, i, o, name=name: seen.setdefault(name, []).append(len(i[0])))
+    return seen
+
+
+def _two_views(n=6, seed=4):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(n, 1, 12, 12, generator=g, dtype=torch.float64) for _ in range(2)]
+
+
+def test_moco_v3_runs_each_view_through_its_own_batchnorm_batch():
+    """moco-v3's builder.py:86-87: the online encoder sees one view at a time, so every BatchNorm of the backbone,
+    projector and predictor normalises over one view's n rows (twice a step), never over both views' 2n."""
+    m = _tiny("moco_v3", pred_hidden=16)
+    seen = _bn_batches(torch.nn.ModuleDict({"backbone": m.backbone, "projector": m.projector,
+                                            "predictor": m.predictor}))
+    m(_two_views(n=6))
+    assert seen and all(rows == [6, 6] for rows in seen.values()), seen
+
+
+def test_moco_v3_heads_end_as_the_reference_builder():
+    """builder.py:47-50, 105-122: the projector's last BatchNorm has no learned scale/shift; the predictor ends in
+    such a BatchNorm on a ViT only. Other methods' heads keep their affine BatchNorms."""
+    from torch import nn
+    cnn = _tiny("moco_v3", pred_hidden=16)
+    last = cnn.projector[-1]
+    assert isinstance(last, nn.BatchNorm1d) and not last.affine and last.weight is None
+    assert isinstance(cnn.predictor[-1], nn.Linear)  # the CNN/ResNet predictor: no last BN (builder.py:109)
+    from selfsup.config import load_config
+    from selfsup.methods import build_method
+    cfg = load_config({"model": {"backbone": "vit", "vit_dim": 8, "vit_depth": 1, "vit_heads": 2},
+                       "method": {"name": "moco_v3", "proj_hidden": 16, "proj_dim": 8, "pred_hidden": 16}})
+    vit = build_method(cfg, 1).double()
+    assert isinstance(vit.predictor[-1], nn.BatchNorm1d) and not vit.predictor[-1].affine  # builder.py:122
+    byol = _tiny("byol")
+    assert all(b.affine for b in byol.modules() if isinstance(b, nn.BatchNorm1d))  # the default stays affine
+
+
+def test_wmse_runs_the_backbone_per_view_and_the_projector_on_both():
+    """htdt/self-supervised methods/w_mse.py:21-22: backbone BatchNorms see one view's n rows (twice), the projector's
+    BatchNorm both views' 2n rows at once."""
+    m = _tiny("wmse", proj_dim=4, w_size=8)
+    backbone, projector = _bn_batches(m.backbone), _bn_batches(m.projector)
+    m(_two_views(n=8))
+    assert backbone and all(rows == [8, 8] for rows in backbone.values()), backbone
+    assert projector and all(rows == [16] for rows in projector.values()), projector
