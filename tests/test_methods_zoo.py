@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from selfsup.config import load_config
+from selfsup.methods import build_method
+from selfsup.methods.base import cosine_momentum
 from selfsup.methods.dcl import dcl_loss, dclw_weights
 from selfsup.methods.moco_v3 import moco_v3_ctr
 from selfsup.methods.nnclr import NNCLR, nearest_support, nnclr_ctr
@@ -137,8 +141,6 @@ def test_nnclr_queue_is_fifo_and_used_once_filled():
 
 def _embedding_method(name, z1, z2, **params):
     """A tiny ``name`` method whose loss is computed from the given embeddings (encode_joint replaced)."""
-    from selfsup.config import load_config
-    from selfsup.methods import build_method
     cfg = load_config({"model": {"widths": [4, 8], "pool": 1},
                        "method": {"name": name, "proj_hidden": 16, "proj_dim": 8, **params}})
     m = build_method(cfg, 1).double()
@@ -175,8 +177,6 @@ def test_dclw_weights_are_constants_unless_weight_grad():
 
 
 def _tiny(name, **params):
-    from selfsup.config import load_config
-    from selfsup.methods import build_method
     cfg = load_config({"model": {"widths": [4, 8], "pool": 1},
                        "method": {"name": name, "proj_hidden": 16, "proj_dim": 8, **params}})
     torch.manual_seed(0)
@@ -186,8 +186,6 @@ def _tiny(name, **params):
 def test_tico_second_view_comes_from_the_momentum_encoder_without_gradient():
     """lightly's TiCo benchmark: ẑ¹ online, ẑ² from an EMA copy of backbone + projector, no gradient to the second
     view; on_step moves the copy by the cosine-scheduled momentum."""
-    from torch import nn
-    from selfsup.methods.base import cosine_momentum
     m = _tiny("tico")
     g = torch.Generator().manual_seed(3)
     x1, x2 = (torch.rand(6, 1, 12, 12, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
@@ -215,7 +213,7 @@ def _bn_batches(module):
     """Rows each BatchNorm of ``module`` normalises over, call by call: {name: [rows, ...]}."""
     seen = {}
     for name, mod in module.named_modules():
-        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
             mod.register_forward_hook(lambda m, i, o, name=name: seen.setdefault(name, []).append(len(i[0])))
     return seen
 
@@ -229,7 +227,7 @@ def test_moco_v3_runs_each_view_through_its_own_batchnorm_batch():
     """moco-v3's builder.py:86-87: the online encoder sees one view at a time, so every BatchNorm of the backbone,
     projector and predictor normalises over one view's n rows (twice a step), never over both views' 2n."""
     m = _tiny("moco_v3", pred_hidden=16)
-    seen = _bn_batches(torch.nn.ModuleDict({"backbone": m.backbone, "projector": m.projector,
+    seen = _bn_batches(nn.ModuleDict({"backbone": m.backbone, "projector": m.projector,
                                             "predictor": m.predictor}))
     m(_two_views(n=6))
     assert seen and all(rows == [6, 6] for rows in seen.values()), seen
@@ -238,13 +236,10 @@ def test_moco_v3_runs_each_view_through_its_own_batchnorm_batch():
 def test_moco_v3_heads_end_as_the_reference_builder():
     """builder.py:47-50, 105-122: the projector's last BatchNorm has no learned scale/shift; the predictor ends in
     such a BatchNorm on a ViT only. Other methods' heads keep their affine BatchNorms."""
-    from torch import nn
     cnn = _tiny("moco_v3", pred_hidden=16)
     last = cnn.projector[-1]
     assert isinstance(last, nn.BatchNorm1d) and not last.affine and last.weight is None
     assert isinstance(cnn.predictor[-1], nn.Linear)  # the CNN/ResNet predictor: no last BN (builder.py:109)
-    from selfsup.config import load_config
-    from selfsup.methods import build_method
     cfg = load_config({"model": {"backbone": "vit", "vit_dim": 8, "vit_depth": 1, "vit_heads": 2},
                        "method": {"name": "moco_v3", "proj_hidden": 16, "proj_dim": 8, "pred_hidden": 16}})
     vit = build_method(cfg, 1).double()
