@@ -118,7 +118,7 @@ def test_gradient_reaches_the_student_only_and_matches_the_softmax_difference():
     torch.testing.assert_close(s2.grad, 0.5 * (F.softmax(s2.detach() / 0.1, dim=1) - p1) / (0.1 * 4))
     torch.testing.assert_close(s1.grad, 0.5 * (F.softmax(s1.detach() / 0.1, dim=1) - p2) / (0.1 * 4))
 
-    m = _model()
+    m = _model(freeze_last_layer_fraction=0.0)  # the prototypes not frozen at step 0
     m(_views()).backward()
     assert all(p.grad is None for p in m.teacher.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.head.parameters())
@@ -169,3 +169,30 @@ def test_on_step_schedules_and_the_state_dict_carries_teacher_centre_and_tempera
         assert float(fresh.teacher_temp) == pytest.approx(0.07)
         torch.testing.assert_close(fresh.center, m.center)
         assert float(fresh(x)) == pytest.approx(float(m(x)), rel=1e-12)
+
+
+@pytest.mark.parametrize("norm_last_layer", [True, False])
+def test_the_last_layer_is_frozen_for_the_first_share_of_training(norm_last_layer):
+    """DINO's --freeze_last_layer (utils.py:144-149): over the first ``freeze_last_layer_fraction`` of the steps the
+    prototypes (and their learned norm) get a zero gradient and keep their weights under the optimiser; then they
+    train. The rest of the student trains from the first step; the switch is in the state dict."""
+    m = _model(freeze_last_layer_fraction=0.5, norm_last_layer=norm_last_layer)
+    last = list(m.head.prototypes.parameters())
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
+    total = 4
+    for step in range(total):
+        before = [p.detach().clone() for p in last]
+        mlp_before = m.head.mlp[0].weight.detach().clone()
+        opt.zero_grad(set_to_none=True)
+        m(_views(seed=step)).backward()
+        frozen = step < 2  # progress step/total < 0.5
+        assert all(bool((p.grad.abs().sum() == 0) == frozen) for p in last), step
+        opt.step()
+        m.on_step((step + 1) / total)
+        assert all(torch.equal(b, p) == frozen for b, p in zip(before, last)), step
+        assert not torch.equal(mlp_before, m.head.mlp[0].weight)
+    assert "last_layer_frozen" in m.state_dict() and int(m.last_layer_frozen) == 0
+    fresh = _model(freeze_last_layer_fraction=0.5, norm_last_layer=norm_last_layer)
+    assert int(fresh.last_layer_frozen) == 1
+    fresh.load_state_dict(m.state_dict())
+    assert int(fresh.last_layer_frozen) == 0  # a resumed run continues unfrozen

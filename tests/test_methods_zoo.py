@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from selfsup.config import load_config
+from selfsup.methods import build_method
+from selfsup.methods.base import cosine_momentum
 from selfsup.methods.dcl import dcl_loss, dclw_weights
 from selfsup.methods.moco_v3 import moco_v3_ctr
 from selfsup.methods.nnclr import NNCLR, nearest_support, nnclr_ctr
@@ -133,3 +137,122 @@ def test_nnclr_queue_is_fifo_and_used_once_filled():
     assert int(m.queue_filled) == 6 and int(m.queue_ptr) == 2
     torch.testing.assert_close(m.queue, F.normalize(torch.cat([b[2:4], a[2:4], b[0:2]]), dim=1))
     assert {"queue", "queue_ptr", "queue_filled"} <= set(m.state_dict())  # so a checkpoint carries them
+
+
+def _embedding_method(name, z1, z2, **params):
+    """A tiny ``name`` method whose loss is computed from the given embeddings (encode_joint replaced)."""
+    cfg = load_config({"model": {"widths": [4, 8], "pool": 1},
+                       "method": {"name": name, "proj_hidden": 16, "proj_dim": 8, **params}})
+    m = build_method(cfg, 1).double()
+    m.encode_joint = lambda views, head: [z1, z2]
+    return m, [torch.zeros(len(z1), 1, 12, 12, dtype=torch.float64)] * 2
+
+
+def test_dclw_weights_are_constants_unless_weight_grad():
+    """DCLW's gradient is that of DCL's terms with each positive scaled by the constant w (lightly's detach); with
+    weight_grad the gradient also flows through w, and differs."""
+    z1 = _randn(11, 6, 5).requires_grad_(True)
+    z2 = _randn(12, 6, 5).requires_grad_(True)
+    tau, sigma = 0.2, 0.5
+    m, views = _embedding_method("dclw", z1, z2, temperature=tau, sigma=sigma)
+    got = torch.autograd.grad(m(views), (z1, z2))
+    # by hand: w fixed from the current similarities, then −w·s_pos/τ + log Σ_negatives, mean over the 12 anchors
+    a, b = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    s = (a * b).sum(1).detach()
+    w = 2 - 6 * torch.softmax(s / sigma, 0)
+    z = torch.cat([a, b])
+    sim = z @ z.T / tau
+    pos = torch.cat([torch.arange(6, 12), torch.arange(6)])
+    rows = torch.arange(12)
+    mask = torch.eye(12, dtype=torch.bool)
+    mask[rows, pos] = True
+    ref = (torch.logsumexp(sim.masked_fill(mask, float("-inf")), 1) - w.repeat(2) * sim[rows, pos]).mean()
+    want = torch.autograd.grad(ref, (z1, z2))
+    for g, h in zip(got, want):
+        torch.testing.assert_close(g, h, rtol=1e-10, atol=1e-12)
+    m_grad, _ = _embedding_method("dclw", z1, z2, temperature=tau, sigma=sigma, weight_grad=True)
+    through = torch.autograd.grad(m_grad(views), (z1, z2))
+    assert float(m_grad(views).detach()) == pytest.approx(float(m(views).detach()), rel=1e-12)  # same value
+    assert (through[0] - got[0]).abs().max() > 1e-3  # another gradient
+
+
+def _tiny(name, **params):
+    cfg = load_config({"model": {"widths": [4, 8], "pool": 1},
+                       "method": {"name": name, "proj_hidden": 16, "proj_dim": 8, **params}})
+    torch.manual_seed(0)
+    return build_method(cfg, 1).double()
+
+
+def test_tico_second_view_comes_from_the_momentum_encoder_without_gradient():
+    """lightly's TiCo benchmark: ẑ¹ online, ẑ² from an EMA copy of backbone + projector, no gradient to the second
+    view; on_step moves the copy by the cosine-scheduled momentum."""
+    m = _tiny("tico")
+    g = torch.Generator().manual_seed(3)
+    x1, x2 = (torch.rand(6, 1, 12, 12, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    loss = m([x1, x2])
+    g1, g2 = torch.autograd.grad(loss, (x1, x2), allow_unused=True)
+    assert g1.abs().sum() > 0 and (g2 is None or not g2.any())  # the second view gets no gradient
+    assert all(not p.requires_grad for p in m.momentum_encoder.parameters())
+    # the loss is tico_loss of the online first view and the momentum encoder's second view
+    with torch.no_grad():
+        for p in m.momentum_encoder.parameters():
+            p.add_(0.01)  # a momentum encoder that differs from the online one
+        m.cov.zero_()
+        want, _ = tico_loss(m.projector(m.backbone(x1)), m.momentum_encoder(x2), m.cov, 0.9, 20.0)
+        m.cov.zero_()
+        assert float(m([x1, x2])) == pytest.approx(float(want), rel=1e-12)
+        before = [p.clone() for p in m.momentum_encoder.parameters()]
+        m.on_step(0.5)
+        mom = cosine_momentum(m.params.base_momentum, 0.5)
+        online = nn.Sequential(m.backbone, m.projector).parameters()
+        for b, p, q in zip(before, m.momentum_encoder.parameters(), online):
+            torch.testing.assert_close(p, mom * b + (1 - mom) * q, rtol=1e-12, atol=1e-14)
+
+
+def _bn_batches(module):
+    """Rows each BatchNorm of ``module`` normalises over, call by call: {name: [rows, ...]}."""
+    seen = {}
+    for name, mod in module.named_modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.register_forward_hook(lambda m, i, o, name=name: seen.setdefault(name, []).append(len(i[0])))
+    return seen
+
+
+def _two_views(n=6, seed=4):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(n, 1, 12, 12, generator=g, dtype=torch.float64) for _ in range(2)]
+
+
+def test_moco_v3_runs_each_view_through_its_own_batchnorm_batch():
+    """moco-v3's builder.py:86-87: the online encoder sees one view at a time, so every BatchNorm of the backbone,
+    projector and predictor normalises over one view's n rows (twice a step), never over both views' 2n."""
+    m = _tiny("moco_v3", pred_hidden=16)
+    seen = _bn_batches(nn.ModuleDict({"backbone": m.backbone, "projector": m.projector,
+                                            "predictor": m.predictor}))
+    m(_two_views(n=6))
+    assert seen and all(rows == [6, 6] for rows in seen.values()), seen
+
+
+def test_moco_v3_heads_end_as_the_reference_builder():
+    """builder.py:47-50, 105-122: the projector's last BatchNorm has no learned scale/shift; the predictor ends in
+    such a BatchNorm on a ViT only. Other methods' heads keep their affine BatchNorms."""
+    cnn = _tiny("moco_v3", pred_hidden=16)
+    last = cnn.projector[-1]
+    assert isinstance(last, nn.BatchNorm1d) and not last.affine and last.weight is None
+    assert isinstance(cnn.predictor[-1], nn.Linear)  # the CNN/ResNet predictor: no last BN (builder.py:109)
+    cfg = load_config({"model": {"backbone": "vit", "vit_dim": 8, "vit_depth": 1, "vit_heads": 2},
+                       "method": {"name": "moco_v3", "proj_hidden": 16, "proj_dim": 8, "pred_hidden": 16}})
+    vit = build_method(cfg, 1).double()
+    assert isinstance(vit.predictor[-1], nn.BatchNorm1d) and not vit.predictor[-1].affine  # builder.py:122
+    byol = _tiny("byol")
+    assert all(b.affine for b in byol.modules() if isinstance(b, nn.BatchNorm1d))  # the default stays affine
+
+
+def test_wmse_runs_the_backbone_per_view_and_the_projector_on_both():
+    """htdt/self-supervised methods/w_mse.py:21-22: backbone BatchNorms see one view's n rows (twice), the projector's
+    BatchNorm both views' 2n rows at once."""
+    m = _tiny("wmse", proj_dim=4, w_size=8)
+    backbone, projector = _bn_batches(m.backbone), _bn_batches(m.projector)
+    m(_two_views(n=8))
+    assert backbone and all(rows == [8, 8] for rows in backbone.values()), backbone
+    assert projector and all(rows == [16] for rows in projector.values()), projector

@@ -12,6 +12,7 @@ from selfsup.data import BatchComposer, ImageDataset, batch_composer, known_labe
 from selfsup.errors import ConfigError, DataError, TrainingError
 from selfsup.methods import build_method
 from selfsup.methods.simclr import nt_xent
+from selfsup.methods import suncet as suncet_module
 from selfsup.methods.suncet import suncet_loss
 from selfsup.methods.supcon import supcon_loss
 from selfsup.train.checkpoint import load_latest_checkpoint
@@ -26,9 +27,10 @@ def _col(*values):
     return torch.tensor(values, dtype=torch.float64)[:, None]  # 1-D embeddings: normalised, they are ±1
 
 
-def test_loss_by_hand_per_class_then_over_classes():
+def test_loss_by_hand_averages_over_the_labelled_anchors():
     """Views (1-D, so ẑ = ±1): image 0 (+1, +1) and image 1 (+1, −1) of class 0, image 2 (−1, −1) of class 1,
-    image 3 unlabelled; τ = 0.5, so a similarity ±1 gives exp(±2). Image 3 is no candidate of any anchor."""
+    image 3 unlabelled; τ = 0.5, so a similarity ±1 gives exp(±2). Image 3 is no candidate of any anchor. Classes
+    of unequal size tell the authors' mean over anchors (src/losses.py:186) from a mean per class, then over classes."""
     z1, z2 = _col(1, 1, -1, 1), _col(1, -1, -1, -1)
     labels = torch.tensor([0, 0, 1, -1])
     e = math.exp(2.0)
@@ -38,10 +40,53 @@ def test_loss_by_hand_per_class_then_over_classes():
     l_minus = -math.log((3 / e) / (3 / e + 2 * e))
     # class-1 views (−1): one positive (the other view, exp(2)); the 4 class-0 views: 3 at +1, 1 at −1
     l_c1 = -math.log(e / (e + 3 / e + e))
-    expected = ((3 * l_plus + l_minus) / 4 + l_c1) / 2  # mean over the views of each class, then over classes
-    plain_mean = (3 * l_plus + l_minus + 2 * l_c1) / 6
-    assert abs(expected - plain_mean) > 0.03  # the case tells the two averages apart
+    expected = (3 * l_plus + l_minus + 2 * l_c1) / 6  # mean over the 6 labelled anchors
+    per_class = ((3 * l_plus + l_minus) / 4 + l_c1) / 2
+    assert abs(expected - per_class) > 0.03  # the case tells the two averages apart
     assert float(suncet_loss(z1, z2, labels, 0.5)) == pytest.approx(expected, rel=1e-12)
+
+
+def _reference_losses(z1, z2, labels, tau):
+    """The authors' two terms written plainly (src/losses.py:110-136 and 164-187, one process): NT-Xent over the
+    unlabelled images' views alone, SuNCEt over the labelled images' views alone (one-hot label matrix), each a mean
+    over its anchors."""
+    u, s = labels < 0, labels >= 0
+    zu = F.normalize(torch.cat([z1[u], z2[u]]), dim=1)
+    nu = int(u.sum())
+    sim = zu @ zu.T / tau
+    sim = sim.masked_fill(torch.eye(2 * nu, dtype=torch.bool), float("-inf"))
+    ntxent = F.cross_entropy(sim, torch.cat([torch.arange(nu, 2 * nu), torch.arange(nu)]))
+    zs = F.normalize(torch.cat([z1[s], z2[s]]), dim=1)
+    ys = torch.cat([labels[s], labels[s]])
+    onehot = F.one_hot(ys).to(zs.dtype)
+    sim = (zs @ zs.T / tau).masked_fill(torch.eye(len(zs), dtype=torch.bool), float("-inf"))
+    probs = F.softmax(sim, dim=1) @ onehot
+    return ntxent, -(onehot * torch.log(probs)).sum(1).mean()
+
+
+def test_gradients_match_the_authors_two_separate_terms():
+    """The gradient of the method's loss with respect to every embedding is that of NT-Xent over the unlabelled
+    views plus SuNCEt over the labelled views (unbalanced classes): the labelled views get no NT-Xent gradient and
+    take no part in the unlabelled views' denominators."""
+    g = torch.Generator().manual_seed(5)
+    z1 = torch.randn(9, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(9, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([-1, 0, -1, 0, 1, -1, 0, -1, 2])  # classes of 3, 1 and 1 images
+    m, _ = _tiny_method(temperature=0.3)
+    m.encode_joint = lambda views, head: [z1, z2]  # the method's loss of these embeddings
+    ours = m([torch.zeros(9, 1, 12, 12)] * 2, labels)
+    g_ours = torch.autograd.grad(ours, (z1, z2))
+    ref = sum(_reference_losses(z1, z2, labels, 0.3))
+    g_ref = torch.autograd.grad(ref, (z1, z2))
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert float(ours.detach()) == pytest.approx(float(ref.detach()), rel=1e-12)
+    # the NT-Xent term alone: no gradient reaches a labelled view
+    m.params.suncet_weight = 0.0
+    g_nt = torch.autograd.grad(m([torch.zeros(9, 1, 12, 12)] * 2, labels), (z1, z2))
+    for grad in g_nt:
+        assert torch.equal(grad[labels >= 0], torch.zeros_like(grad[labels >= 0]))
+        assert (grad[labels < 0].abs().sum(1) > 0).all()
 
 
 def test_positives_are_summed_inside_the_log_unlike_supcon():
@@ -68,7 +113,7 @@ def test_unlabelled_views_get_no_gradient_and_no_labels_give_zero():
         assert torch.equal(grad[labels < 0], torch.zeros_like(grad[labels < 0]))
         assert (grad[labels >= 0].abs().sum(1) > 0).all()
     none = suncet_loss(z1, z2, torch.full((6,), -1), 0.1)
-    assert float(none) == 0.0
+    assert float(none.detach()) == 0.0
 
 
 def _tiny_method(**params):
@@ -85,7 +130,7 @@ def test_the_supervised_term_switches_off_and_the_switch_is_checkpointed():
     labels = torch.tensor([0, 1, 0, 1, -1, -1])
     with torch.no_grad():
         z1, z2 = m.encode_joint(views, m.projector)
-        simclr, sup = nt_xent(z1, z2, 0.2), suncet_loss(z1, z2, labels, 0.1)
+        simclr, sup = suncet_module.unlabelled_nt_xent(z1, z2, labels, 0.1), suncet_loss(z1, z2, labels, 0.1)
         m.on_step(0.4)
         assert float(m(views, labels)) == pytest.approx(float(simclr + 2.0 * sup), rel=1e-12)
         m.on_step(0.5)
@@ -116,16 +161,23 @@ def test_the_composed_batch_has_batch_size_images_and_a_class_balanced_labelled_
     perm = torch.randperm(30, generator=torch.Generator().manual_seed(4))
     comp = BatchComposer(30, 10, seen, labelled_per_batch=6, seed=0)
     batches = [comp.indices(perm, s, s) for s in range(3)]
+    unlabelled = perm[seen[perm] < 0]
     for s, idx in enumerate(batches):
         assert len(idx) == 10
-        assert torch.equal(idx[:4], perm[4 * s:4 * s + 4])  # batch_size − L fresh images of the epoch's order
-        part = comp.labels_of(idx[4:])
-        assert (part >= 0).all() and torch.bincount(part, minlength=3).tolist() == [2, 2, 2]
+        # batch_size − L fresh images: the unlabelled ones of the epoch's order, so the batch's labelled images are
+        # exactly its class-balanced part (SuNCEt's support batch)
+        part = comp.labels_of(idx)
+        assert (part[4:] >= 0).all() and torch.bincount(part[part >= 0], minlength=3).tolist() == [2, 2, 2]
+        assert torch.equal(idx[:4], unlabelled[4 * s:4 * s + 4])
     again = BatchComposer(30, 10, seen, labelled_per_batch=6, seed=0)
     assert all(torch.equal(b, again.indices(perm, s, s)) for s, b in enumerate(batches))  # seeded by step
     assert not torch.equal(comp.indices(perm, 0, 0)[4:], comp.indices(perm, 0, 5)[4:])  # another step, other picks
     assert torch.equal(comp.labels_of(torch.tensor([-1])), torch.tensor([-1]))  # not the data set's: unknown
     assert torch.equal(BatchComposer(30, 10, seen).indices(perm, 1, 1), perm[10:20])  # L = 0: the plain batch
+    wide = BatchComposer(30, 20, seen, labelled_per_batch=6)  # 14 fresh per step, 21 unlabelled: step 1 wraps round
+    assert torch.equal(wide.indices(perm, 1, 1)[:14], unlabelled[torch.arange(14, 28) % 21])
+    every = BatchComposer(30, 10, labels, labelled_per_batch=6)  # every label known: the plain permutation
+    assert torch.equal(every.indices(perm, 1, 1)[:4], perm[4:8])
     with pytest.raises(DataError, match="multiple of the 3 labelled classes"):
         BatchComposer(30, 10, seen, labelled_per_batch=4)
 

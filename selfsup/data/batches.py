@@ -4,11 +4,14 @@ Known labels: ``data.labelled_fraction`` keeps the labels of a class-balanced, s
 (:func:`labelled_subset`); the others read −1 ("unlabelled") during pre-training. Evaluation keeps the true labels.
 
 Composition (:class:`BatchComposer`): with ``data.labelled_per_batch`` = L > 0, each step's ``train.batch_size`` = B
-images are B − L images from the epoch's permutation followed by L labelled images, L / C of each of the C labelled
-classes, drawn by a generator seeded from the seed and the step, so any step's batch is reached directly (a resumed
-run, or a data-loading worker ahead of training, draws the same ones).
-An epoch stays N // B steps of B images (the compute of a plain epoch); its B − L fresh images per step visit
-(B − L) / B of the permutation. L = 0 is the plain batch: B images of the permutation.
+images are B − L unlabelled images from the epoch's permutation followed by L labelled images, L / C of each of the C
+labelled classes, drawn by a generator seeded from the seed and the step, so any step's batch is reached directly (a
+resumed run, or a data-loading worker ahead of training, draws the same ones). The fresh part skips the images whose
+label is known, so the labelled images of a batch are exactly its class-balanced part (SuNCEt's support batch, as
+the authors' ClassStratifiedSampler); when every label is known it is the plain permutation.
+An epoch stays N // B steps of B images (the compute of a plain epoch); its B − L fresh images per step walk through
+the permutation's unlabelled images (wrapping round if there are too few). L = 0 is the plain batch: B images of the
+permutation.
 """
 from __future__ import annotations
 
@@ -65,12 +68,14 @@ class BatchComposer:
             self.by_class = [torch.nonzero(labels == c).flatten() for c in classes.tolist()]
 
     def indices(self, perm: torch.Tensor, step_in_epoch: int, step: int) -> torch.Tensor:
-        """Step ``step``'s batch (the ``step_in_epoch``-th of its epoch, whose order is ``perm``): B − L images of
-        the permutation, then L / C labelled images of each class."""
+        """Step ``step``'s batch (the ``step_in_epoch``-th of its epoch, whose order is ``perm``): B − L unlabelled
+        images of the permutation, then L / C labelled images of each class."""
         pos = step_in_epoch * self.fresh
-        idx = perm[pos:pos + self.fresh]
         if not self.labelled_per_batch:
-            return idx
+            return perm[pos:pos + self.fresh]
+        unlabelled = perm[self.labels[perm] < 0]  # the labelled images come in the class-balanced part only
+        unlabelled = unlabelled if len(unlabelled) else perm
+        idx = unlabelled[(pos + torch.arange(self.fresh)) % len(unlabelled)]
         k = self.labelled_per_batch // len(self.by_class)
         g = torch.Generator().manual_seed(self.seed * 15_485_863 + 11 + 1_000_003 * step)
         picks = [members[torch.randperm(len(members), generator=g)[:k]] if k <= len(members) else

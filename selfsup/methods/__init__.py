@@ -43,7 +43,7 @@ DESCRIPTIONS = {
     "dcl": "DCL: NT-Xent without the positive in the denominator (Yeh et al. 2022)",
     "dclw": "DCLW: DCL with von Mises-Fisher weighting of the positives (Yeh et al. 2022)",
     "wmse": "W-MSE: Cholesky whitening of sub-batches, then MSE between positives (Ermolov et al. 2021)",
-    "tico": "TiCo: invariance + contrast against a running covariance of embeddings (Zhu et al. 2022)",
+    "tico": "TiCo: invariance to a momentum encoder + contrast against a running covariance (Zhu et al. 2022)",
     "supcon": "SupCon: supervised contrastive, L_out, for labelled data (Khosla et al. 2020)",
     "swav": "SwAV: swapped prediction of Sinkhorn-Knopp codes over learned prototypes (Caron et al. 2020)",
     "dino": "DINO: self-distillation from a centred, sharpened EMA teacher over K prototypes (Caron et al. 2021)",

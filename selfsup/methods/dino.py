@@ -12,6 +12,12 @@ prototype from dominating, sharpening keeps the output from going uniform; both 
 The DINO head: MLP (Linear-GELU, ``head_layers`` deep) → l2-normalised bottleneck (``proj_dim``) → weight-normalised
 Linear to K = ``out_dim`` prototypes (no bias; its norm fixed at 1 unless ``norm_last_layer`` is false).
 c and τ_t are buffers, so checkpoints carry them and a resumed run continues exactly.
+The prototypes (the head's last layer) are frozen for the first ``freeze_last_layer_fraction`` of training, as
+DINO's ``--freeze_last_layer 1`` (1 of 100 epochs; main_dino.py:93, :333-334, utils.py:144-149). The reference sets
+their ``.grad`` to None after backward; here the trainer is not touched and the layer stays in the graph with a
+zero gradient (DDP's static graph must not change between steps), as SwAV's prototypes: with SGD or AdamW and no
+weight decay on it the weights do not move; weight decay still shrinks v, which with ``norm_last_layer`` (v/‖v‖)
+leaves the output unchanged. The switch is a buffer set in ``on_step`` (checkpointed).
 
 Multi-crop (``augment.local_crops`` > 0; the paper's 2×224 + 10×96): the teacher sees the two global views only, the
 student every view; loss = mean over the pairs (teacher view i, student view j), j ≠ i, of H(P_t(x^i), P_s(x^j));
@@ -19,6 +25,7 @@ the centre is updated from the teacher's outputs of the global views (with two v
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -39,9 +46,13 @@ class WeightNormLinear(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's initialisation
         self.norm = nn.Parameter(torch.ones(out_dim, 1)) if learn_norm else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = F.normalize(self.weight, dim=1)
-        return F.linear(x, w if self.norm is None else self.norm * w)
+    def forward(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        v, g = self.weight, self.norm
+        if frozen:  # no gradient, but still in the graph
+            v = v.detach() + 0 * v
+            g = None if g is None else g.detach() + 0 * g
+        w = F.normalize(v, dim=1)
+        return F.linear(x, w if g is None else g * w)
 
 
 class DINOHead(nn.Module):
@@ -62,8 +73,8 @@ class DINOHead(nn.Module):
         self.mlp = nn.Sequential(*blocks)
         self.prototypes = WeightNormLinear(bottleneck, out_dim, learn_norm=not norm_last_layer)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.prototypes(F.normalize(self.mlp(x), dim=1))
+    def forward(self, x: torch.Tensor, freeze_last_layer: bool = False) -> torch.Tensor:
+        return self.prototypes(F.normalize(self.mlp(x), dim=1), freeze_last_layer)
 
 
 def teacher_probs(t: torch.Tensor, center: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
@@ -123,6 +134,9 @@ class DINOParams(MethodParams):
     center_momentum: float = Field(0.9, ge=0, lt=1, description="λ of the teacher centre c ← λ·c + (1 − λ)·batch "
                                                                 "mean of the teacher's logits")
     base_momentum: float = Field(0.996, ge=0, le=1, description="teacher EMA momentum at step 0 (cosine schedule to 1)")
+    freeze_last_layer_fraction: float = Field(0.01, ge=0, le=1, description=(
+        "fraction of training during which the head's last layer (the prototypes) gets no gradient (the paper: the "
+        "first of 100 epochs)"))
 
 
 class DINO(SSLMethod):
@@ -140,9 +154,10 @@ class DINO(SSLMethod):
         self.register_buffer("teacher_temp", torch.tensor(params.warmup_teacher_temp if
                                                           params.warmup_teacher_temp_fraction > 0
                                                           else params.teacher_temp))
+        self.register_buffer("last_layer_frozen", torch.tensor(int(params.freeze_last_layer_fraction > 0)))
 
     def forward(self, views):
-        students = self.encode_joint(views, self.head)
+        students = self.encode_joint(views, partial(self.head, freeze_last_layer=bool(self.last_layer_frozen)))
         with torch.no_grad():  # the teacher sees the two global views only (multi-crop: the rest are local crops)
             t1, t2 = self.teacher(torch.cat(views[:2], 0)).chunk(2, 0)
         if len(views) == 2:
@@ -160,3 +175,4 @@ class DINO(SSLMethod):
         ema_update(self.teacher, nn.Sequential(self.backbone, self.head), cosine_momentum(p.base_momentum, progress))
         self.teacher_temp.fill_(teacher_temperature(progress, p.warmup_teacher_temp, p.teacher_temp,
                                                     p.warmup_teacher_temp_fraction))
+        self.last_layer_frozen.fill_(int(progress < p.freeze_last_layer_fraction))

@@ -4,7 +4,9 @@ For each view v, split the batch into sub-batches of ``w_size`` images (a random
 whiten each sub-batch, ẑ = L⁻¹(z − μ) with L Lᵀ = Cov(z) + ε·I (Cholesky), so the whitened sub-batch has identity
 covariance; loss = mean over pairs of views and iterations of 2 − 2·cos(ẑ¹_i, ẑ²_i). Whitening needs
 ``w_size`` > ``proj_dim``. Under DDP the sub-batches are drawn from the global batch (gathered), so the loss equals
-one process with the same global batch; the permutations come from a step counter in the state dict (exact resume)."""
+one process with the same global batch; the permutations come from a step counter in the state dict (exact resume).
+As the authors' code (htdt/self-supervised, methods/w_mse.py:21-22), the backbone runs on each view on its own
+(BatchNorm's batch is one view) and the projector on both views together."""
 from __future__ import annotations
 
 import torch
@@ -67,7 +69,7 @@ class WMSE(SSLMethod):
         self.register_buffer("whiten_step", torch.zeros((), dtype=torch.long))
 
     def forward(self, views):
-        z1, z2 = self.encode_joint(views, self.projector)
+        z1, z2 = self.projector(torch.cat([self.backbone(v) for v in views])).chunk(2)
         g = torch.Generator().manual_seed(int(self.whiten_step))
         if self.training:
             self.whiten_step += 1
