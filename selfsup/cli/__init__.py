@@ -5,7 +5,6 @@ code 2, never a traceback.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -19,7 +18,6 @@ import torch
 import typer
 from rich.table import Table
 
-from ..atomic import atomic_write_text
 from ..robustness.corruptions import CORRUPTIONS, corrupt as apply_corruption
 from . import collection_commands as collection, compare_command as compare_cmd, embed_commands as embed_cmd
 from .output import fail, show, table
@@ -32,6 +30,7 @@ from ..robustness.attacks import ATTACKS, build_classifier, corruption_report, r
 from ..methods import DESCRIPTIONS, METHODS
 from ..report.html import write_html_report
 from ..report.results import print_results
+from ..rundir import RunDir, read_eval, write_report_record
 from ..workflows import evaluate_and_report, pretrain as run_pretrain
 from ..finetune.finetune_workflow import finetune as run_finetune
 from ..streams.stream_workflow import sequence as run_sequence
@@ -85,8 +84,9 @@ def pretrain(config: Path = typer.Option(..., "--config", "-c", help="YAML confi
 
 
 def _print_eval(run_dir: Path) -> None:
-    print_results(json.loads((Path(run_dir) / "eval.json").read_text()))
-    typer.echo(f"run directory: {run_dir}  (report.md, plots, metrics.jsonl, eval.json, checkpoints/)")
+    print_results(read_eval(RunDir(run_dir)))
+    typer.echo(f"run directory: {run_dir}  ({RunDir.REPORT_MD}, plots, {RunDir.METRICS}, {RunDir.EVAL}, "
+               f"{RunDir.CHECKPOINTS}/)")
 
 
 @app.command("eval")
@@ -96,8 +96,8 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run directory written b
     """Evaluate a trained run: kNN, linear probe, baselines, transfer, diagnostics; rewrite its report. Features are
     extracted in batches on the device."""
     try:
-        if not (run_dir / "config.yaml").exists():
-            raise SelfsupError(f"{run_dir} is not a selfsup run directory (no config.yaml)")
+        if not RunDir(run_dir).config.exists():
+            raise SelfsupError(f"{run_dir} is not a selfsup run directory (no {RunDir.CONFIG})")
         evaluate_and_report(run_dir, device=resolve_device(device, run_dir))
         _print_eval(run_dir)
     except SelfsupError as e:
@@ -139,7 +139,7 @@ def stream(config: Path = typer.Option(..., "--config", "-c", help="YAML config 
         if is_main():
             _print_stream(r.run_dir, r.summary)
     except KeyboardInterrupt:
-        typer.echo("stopped; run the same command to continue (manifest.json records the consumed chunks)")
+        typer.echo(f"stopped; run the same command to continue ({RunDir.MANIFEST} records the consumed chunks)")
     except SelfsupError as e:
         _fail(str(e))
 
@@ -153,7 +153,8 @@ def _print_stream(run_dir: Path, summary: dict) -> None:
             for mk, mv in v.items():
                 t.add_row(f"{k[:-8]} {mk}", f"{100 * mv:.2f}")
     _show(t)
-    typer.echo(f"run directory: {run_dir}  (manifest.json, stream.json, metrics.jsonl, accuracy_vs_chunk.png)")
+    typer.echo(f"run directory: {run_dir}  ({RunDir.MANIFEST}, {RunDir.STREAM}, {RunDir.METRICS}, "
+               f"{RunDir.CHUNK_ACCURACY_PLOT})")
 
 
 @app.command()
@@ -235,7 +236,7 @@ def attack(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn)
         idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: min(n, len(x))].to(x.device)
         rep = robustness_report(model, x[idx], y[idx], radii, names, seed, steps)
         rep.update(classifier=classifier, attacks=names)
-        atomic_write_text(Path(run_dir) / f"robustness_{classifier}.json", json.dumps(rep, indent=1))
+        write_report_record(RunDir(run_dir).robustness(classifier), rep)
         write_html_report(run_dir)  # the robustness section and any gradient-masking warning at the top
         _print_robustness(rep)
     except SelfsupError as e:
@@ -276,7 +277,7 @@ def corrupt(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn
         imgs = (x[idx].cpu() * 255).round().to(torch.uint8)
         rep = corruption_report(model, imgs, y[idx], names, seed=seed)
         rep.update(classifier=classifier, n=len(idx))
-        atomic_write_text(Path(run_dir) / f"corruptions_{classifier}.json", json.dumps(rep, indent=1))
+        write_report_record(RunDir(run_dir).corruptions(classifier), rep)
         write_html_report(run_dir)
         if save:
             save.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from ..config import load_config
 from ..data import digits, load_datasets, train_val_split
 from ..methods import METHODS
 from ..models import load_backbone
+from ..rundir import RunDir, read_train_summary
 from . import diagnostics as diag
 from .fewshot import fewshot_eval, low_label_probes, per_class_and_confusion
 from .probes import extract_features, linear_probe, raw_pixel_features, select_knn, knn_accuracy
@@ -79,7 +80,7 @@ class Evaluation:
 def evaluate_run(run_dir: str | Path, progress: bool = True, datasets=None, device: str = "cpu") -> Evaluation:
     """Evaluate the backbone saved in ``run_dir`` with the protocol of its ``config.yaml``."""
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(RunDir(run_dir).config)
     e = cfg.eval
     backbone = load_backbone(run_dir, device)
     train_ds, test_ds = datasets or load_datasets(cfg.data)
@@ -144,9 +145,8 @@ def evaluate_run(run_dir: str | Path, progress: bool = True, datasets=None, devi
         sp.advance()
         results["eval_seconds"] = time.perf_counter() - t_start
         results["eval_stage_seconds"] = sp.seconds
-        summary = run_dir / "train_summary.json"
-        if summary.exists():
-            results["train"] = json.loads(summary.read_text())
+        if RunDir(run_dir).train_summary.exists():
+            results["train"] = read_train_summary(RunDir(run_dir))
     return Evaluation(results, f_test, y_test, test_ds.classes if test_ds is not None else train_ds.classes)
 
 

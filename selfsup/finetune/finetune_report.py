@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..report.figures import subplots
+from ..rundir import RunDir
 
 
 def plot_curves(run_dir: Path, epochs: list[dict], title: str) -> str | None:
@@ -19,7 +20,7 @@ def plot_curves(run_dir: Path, epochs: list[dict], title: str) -> str | None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
-    return _finish(fig, ax, Path(run_dir) / "curves.png")
+    return _finish(fig, ax, RunDir(run_dir).plot(RunDir.CURVES_PLOT))
 
 
 def plot_compare(path: Path, runs: dict[str, list[dict]], title: str) -> str:
@@ -52,4 +53,4 @@ def plot_risk_coverage(run_dir: Path, curves: dict[str, dict]) -> str:
     ax.set_xlabel("coverage (%)")
     ax.set_ylabel("selective risk (%)")
     ax.set_xlim(50, 100)
-    return _finish(fig, ax, Path(run_dir) / "risk_coverage.png")
+    return _finish(fig, ax, RunDir(run_dir).plot(RunDir.RISK_COVERAGE_PLOT))

@@ -2,13 +2,11 @@
 the curves, (for a test set) the risk-coverage table, and ``report.html``."""
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_text
 from ..config import load_config
 from ..data import ImageDataset, labelled_subset, load_datasets, train_val_split
 from .selective import aurc, risk_coverage, selective_table
@@ -16,6 +14,7 @@ from ..models import backbone_from_config, load_backbone
 from .finetune_report import plot_curves, plot_risk_coverage
 from ..report.html import write_html_report
 from ..robustness.adversarial_training import SupervisedAdversary
+from ..rundir import RunDir, read_metrics, write_finetune_record
 from .classifier_training import Classifier, EpochMonitor, noisy_labels
 from ..train.loop import Callback, FitPlan, fit
 from .objectives import build_objective
@@ -55,10 +54,10 @@ def finetune(config, overrides: list[str] | None = None, resume: bool = False, p
                        adversary).to(device)
     t0 = time.perf_counter()
     r = fit(model, fit_ds, cfg, device, FitPlan(
-        run_dir / "checkpoints", run_dir / "metrics.jsonl", total_steps=total_steps, resume=resume,
+        RunDir(run_dir).checkpoints, RunDir(run_dir).metrics, total_steps=total_steps, resume=resume,
         callbacks=[EpochMonitor(train, noisy, val_idx, test, cfg), *(callbacks or [])], progress=progress,
         label=f"finetune ({f.loss})"))
-    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    rows = read_metrics(RunDir(run_dir))
     epochs = [row for row in rows if "train_acc_noisy" in row]
     res: dict = {"loss": f.loss, "noise": f.noise, "noise_rate": f.noise_rate, "init": f.init,
                  "actual_label_error": float((noisy != train.labels).float().mean()) if train.labels is not None else None,
@@ -73,7 +72,7 @@ def finetune(config, overrides: list[str] | None = None, resume: bool = False, p
         res["test_acc_max"] = max(e["test_acc"] for e in epochs)
     if f.loss == "sat_selective" or test is not None:
         res["selective"] = _selective(model, train, val_idx, test, f.coverages, num_classes)
-    atomic_write_text(run_dir / "finetune.json", json.dumps(res, indent=1))
+    write_finetune_record(RunDir(run_dir), res)
     plot_curves(run_dir, epochs, f"{f.loss}, {f.noise} noise {f.noise_rate:.0%}" if f.noise != "none" else f.loss)
     if res.get("selective"):
         plot_risk_coverage(run_dir, res["selective"]["curves"])

@@ -14,8 +14,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from ..atomic import atomic_save_tensors, atomic_write_text
+from ..atomic import atomic_save_tensors
 from ..errors import CheckpointError
+from ..rundir import BackboneRecord, RunDir, read_backbone_record, write_backbone_record
 from .backbones import build_backbone, resolve_stem
 
 if TYPE_CHECKING:
@@ -71,41 +72,42 @@ def save_backbone(run_dir: str | Path, backbone: nn.Module, model: "ModelConfig"
     """``backbone.safetensors`` + ``backbone.json`` in ``run_dir`` (with the image size it was trained on, which
     ``embed`` / ``export`` resize a new collection to). The saved features are those of ``model.readout_pool`` when
     it is set, else the ones pre-training used."""
-    run_dir = Path(run_dir)
-    atomic_save_tensors(run_dir / "backbone.safetensors", backbone.state_dict())
+    run = RunDir(run_dir)
+    atomic_save_tensors(run.backbone_tensors, backbone.state_dict())
     kw = readout_kwargs(model, backbone_kwargs(model, image_size))
     if hasattr(backbone, "stem_kind"):  # the stem the ResNet was built with is what its weights fit
         kw["stem"] = backbone.stem_kind
     feat_dim = (backbone.feat_dim if model.readout_pool is None
                 else build_backbone(model.backbone, in_channels, **kw).feat_dim)
     kw = {k: list(v) if isinstance(v, tuple) else v for k, v in kw.items()}
-    atomic_write_text(run_dir / "backbone.json", json.dumps(
-        {"backbone": model.backbone, "in_channels": in_channels, "image_size": image_size, "kwargs": kw,
-         "feat_dim": feat_dim},
-        indent=1))
+    write_backbone_record(run, BackboneRecord(
+        backbone=model.backbone, in_channels=in_channels, image_size=image_size, kwargs=kw,
+        feat_dim=feat_dim))
 
 
-def backbone_info(run_dir: str | Path) -> dict:
+def backbone_info(run_dir: str | Path) -> BackboneRecord:
     """``backbone.json`` of a run: backbone, in_channels, image_size (None for runs saved before it was recorded),
     kwargs, feat_dim."""
-    path = Path(run_dir) / "backbone.json"
+    run = RunDir(run_dir)
+    path = run.backbone_info
     if not path.exists():
-        raise CheckpointError(f"{run_dir} holds no trained backbone (backbone.json); is it a finished selfsup run?")
+        raise CheckpointError(f"{run_dir} holds no trained backbone ({RunDir.BACKBONE_INFO}); is it a finished "
+                              f"selfsup run?")
     try:
-        return json.loads(path.read_text())
+        return read_backbone_record(run)
     except (json.JSONDecodeError, OSError) as e:
         raise CheckpointError(f"cannot read {path}: {e}") from None
 
 
 def load_backbone(run_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """The trained backbone of a run, as an ``nn.Module`` in eval mode (inputs: float images in [0, 1])."""
-    run_dir = Path(run_dir)
-    meta_path, w_path = run_dir / "backbone.json", run_dir / "backbone.safetensors"
+    run = RunDir(run_dir)
+    meta_path, w_path = run.backbone_info, run.backbone_tensors
     if not meta_path.exists() or not w_path.exists():
-        raise CheckpointError(f"{run_dir} holds no trained backbone (backbone.json / backbone.safetensors); "
-                              f"is it a finished selfsup run?")
+        raise CheckpointError(f"{run_dir} holds no trained backbone ({RunDir.BACKBONE_INFO} / "
+                              f"{RunDir.BACKBONE_TENSORS}); is it a finished selfsup run?")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = read_backbone_record(run)
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["kwargs"].items()}
         model = build_backbone(meta["backbone"], meta["in_channels"], **kwargs)
         model.load_state_dict(load_file(str(w_path)))

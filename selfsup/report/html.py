@@ -16,6 +16,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,11 +24,13 @@ import numpy as np
 import yaml
 
 from ..atomic import atomic_write_text
+from ..errors import TrainingError
+from ..rundir import (RunDir, read_eval, read_finetune_record, read_manifest, read_metrics, read_report_record,
+                      read_stream_record, read_study_record, read_train_summary)
 from .figures import subplots
-from .results import read_metrics, results_table, run_warnings
+from .results import results_table, run_warnings
 from ..streams.stream_report import seeds_table, sequence_table
 
-REPORT_NAME = "report.html"
 MAX_TABLE_CLASSES = 30  # a larger confusion matrix is drawn as a heat map instead of a table
 
 CSS = """
@@ -89,7 +92,7 @@ class _Run:
 def write_html_report(run_dir: str | Path) -> Path:
     """Write ``<run_dir>/report.html`` (atomically) from what the run directory holds; returns its path."""
     run_dir = Path(run_dir)
-    out = run_dir / REPORT_NAME
+    out = RunDir(run_dir).report_html
     atomic_write_text(out, render_html_report(run_dir))
     return out
 
@@ -99,10 +102,10 @@ def render_html_report(run_dir: str | Path) -> str:
     run = _read_run(Path(run_dir))
     body = [_header(run), _warnings_box(run), _config(run), _training(run), _evaluation(run), _per_class(run),
             _section("Embedding of the test features",
-                     _file_figure(run, "embedding.png", "2-D projection of the test features, coloured by class"),
+                     _file_figure(run, RunDir.EMBEDDING_PLOT, "2-D projection of the test features, coloured by class"),
                      sid="embedding"),
             _section("Retrieval: nearest test neighbours",
-                     _file_figure(run, "retrieval.png", "seeded test queries (left) and their nearest test "
+                     _file_figure(run, RunDir.RETRIEVAL_PLOT, "seeded test queries (left) and their nearest test "
                                   "neighbours by cosine similarity of the features"), sid="retrieval"),
             _stream(run), _sequence(run), _finetune(run), _robustness(run)]
     title = f"selfsup run {run.path.name}"
@@ -113,13 +116,13 @@ def render_html_report(run_dir: str | Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- reading the run
-def _read_json(run: _Run, name: str) -> dict | None:
-    p = run.path / name
+def _read_json(run: _Run, p: Path, read: Callable[[], dict]) -> dict | None:
+    name = p.name
     if not p.exists():
         return None
     try:
-        data = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = read()
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TrainingError) as e:  # TrainingError: a corrupt manifest
         run.unreadable.append(f"{name} could not be read ({type(e).__name__}); its section is left out")
         return None
     if not isinstance(data, dict):
@@ -129,28 +132,28 @@ def _read_json(run: _Run, name: str) -> dict | None:
 
 
 def _read_run(path: Path) -> _Run:
-    run = _Run(path)
-    cfg = path / "config.yaml"
+    run, rd = _Run(path), RunDir(path)
+    cfg = rd.config
     if cfg.exists():
         run.config_text = cfg.read_text()
         try:
             loaded = yaml.safe_load(run.config_text)
             run.config = loaded if isinstance(loaded, dict) else {}
         except yaml.YAMLError:
-            run.unreadable.append("config.yaml could not be parsed")
-    run.results = _read_json(run, "eval.json")
-    run.train = (run.results or {}).get("train") or _read_json(run, "train_summary.json")
+            run.unreadable.append(f"{RunDir.CONFIG} could not be parsed")
+    run.results = _read_json(run, rd.eval, lambda: read_eval(rd))
+    run.train = (run.results or {}).get("train") or _read_json(run, rd.train_summary, lambda: read_train_summary(rd))
     try:
-        run.metrics = read_metrics(path)
+        run.metrics = read_metrics(rd)
     except (OSError, json.JSONDecodeError):
-        run.unreadable.append("metrics.jsonl could not be read; no training curves")
-    run.finetune = _read_json(run, "finetune.json")
-    run.manifest = _read_json(run, "manifest.json")
-    run.stream = _read_json(run, "stream.json")
-    run.sequence = _read_json(run, "sequence.json")
-    for kind, store in (("robustness", run.robustness), ("corruptions", run.corruptions)):
+        run.unreadable.append(f"{RunDir.METRICS} could not be read; no training curves")
+    run.finetune = _read_json(run, rd.finetune, lambda: read_finetune_record(rd))
+    run.manifest = _read_json(run, rd.manifest, lambda: read_manifest(rd))
+    run.stream = _read_json(run, rd.stream_record, lambda: read_stream_record(rd))
+    run.sequence = _read_json(run, rd.study_record, lambda: read_study_record(rd))
+    for kind, store in ((RunDir.ROBUSTNESS, run.robustness), (RunDir.CORRUPTIONS, run.corruptions)):
         for p in sorted(path.glob(f"{kind}_*.json")):
-            data = _read_json(run, p.name)
+            data = _read_json(run, p, lambda: read_report_record(p))
             if data is not None:
                 store[p.stem[len(kind) + 1:]] = data
     return run
@@ -304,7 +307,7 @@ def _warnings_box(run: _Run) -> str:
 def _config(run: _Run) -> str:
     if run.config_text is None:
         return ""
-    return _section("Configuration", "<details><summary>config.yaml (resolved)</summary>"
+    return _section("Configuration", f"<details><summary>{RunDir.CONFIG} (resolved)</summary>"
                     f"<pre>{_e(run.config_text)}</pre></details>", sid="config")
 
 
@@ -343,16 +346,16 @@ def _metric_plot(rows: list[dict], key: str, ylabel: str, title: str, log: bool 
 
 def _training(run: _Run) -> str:
     figs = []
-    if (run.path / "loss.png").is_file():
-        figs.append(_file_figure(run, "loss.png", "training loss"))
+    if RunDir(run.path).plot(RunDir.LOSS_PLOT).is_file():
+        figs.append(_file_figure(run, RunDir.LOSS_PLOT, "training loss"))
     else:
         data = _metric_plot(run.metrics, "loss", "training loss", "training loss")
         figs.append(_figure(data, "training loss") if data else "")
     lr = _metric_plot(run.metrics, "lr", "learning rate", "learning rate schedule")
     if lr:
         figs.append(_figure(lr, "learning rate"))
-    if (run.path / "knn.png").is_file():
-        figs.append(_file_figure(run, "knn.png", "kNN accuracy on the validation split during training"))
+    if RunDir(run.path).plot(RunDir.KNN_PLOT).is_file():
+        figs.append(_file_figure(run, RunDir.KNN_PLOT, "kNN accuracy on the validation split during training"))
     elif run.finetune is None:
         data = _metric_plot(run.metrics, "knn_val", "kNN accuracy (validation split)", "kNN monitor")
         figs.append(_figure(data, "kNN accuracy on the validation split during training") if data else "")
@@ -367,7 +370,7 @@ def _evaluation(run: _Run) -> str:
     try:
         rows = results_table(r)
     except (KeyError, TypeError, ValueError):
-        return _section("Evaluation", "<p class=\"note\">eval.json lacks the suite's diagnostics (re-run "
+        return _section("Evaluation", f"<p class=\"note\">{RunDir.EVAL} lacks the suite's diagnostics (re-run "
                         "<code>selfsup eval</code>).</p>", sid="evaluation")
     rows = [list(row) for row in rows if not (row[1] == "–" and row[2] == "–")]
     bad = ["bad" if row[1].startswith("COLLAPSED") else "" for row in rows]
@@ -421,7 +424,7 @@ def _per_class(run: _Run) -> str:
 
 def _confusion(m: np.ndarray, classes: list[str]) -> str:
     if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] == 0:
-        return "<p class=\"note\">confusion matrix in eval.json is not square; not shown.</p>"
+        return f"<p class=\"note\">confusion matrix in {RunDir.EVAL} is not square; not shown.</p>"
     share = m / np.maximum(m.sum(1, keepdims=True), 1e-12)
     n = m.shape[0]
     if n > MAX_TABLE_CLASSES:
@@ -487,9 +490,9 @@ def _stream(run: _Run) -> str:
         parts.append("<h3>Rejected chunks</h3>" + _table(
             ["chunk", "reason"], [[n, str(v.get("reason", ""))] for n, v in rejected.items()], cls="rejected"))
     parts.append(_metrics_table((run.stream or {}).get("summary") or {}))
-    parts.append(_file_figure(run, "accuracy_vs_chunk.png", "accuracy after each chunk"))
+    parts.append(_file_figure(run, RunDir.CHUNK_ACCURACY_PLOT, "accuracy after each chunk"))
     parts.append(_grid([_file_figure(run, p.name, f"per-task accuracy matrix, {p.stem[2:]}")
-                        for p in sorted(run.path.glob("R_*.png"))]))
+                        for p in sorted(run.path.glob(RunDir.strategy_matrix_plot_name("*")))]))
     return _section("Stream", *parts, sid="stream")
 
 
@@ -510,18 +513,18 @@ def _sequence(run: _Run) -> str:
         parts = [_markdown_table(seeds_table(run.sequence))]
         parts += [_file_figure(run, p.name, f"{p.stem[8:]}: linear probe on the tasks seen so far and CKA to the "
                                f"previous chunk's encoder, mean ± std over the seeds")
-                  for p in sorted(run.path.glob("summary_*.png"))]
-        parts.append("<p class=\"note\">Each seed's own study: <code>seed&lt;S&gt;/report.html</code>.</p>")
+                  for p in sorted(run.path.glob(RunDir.seed_summary_plot_name("*")))]
+        parts.append(f"<p class=\"note\">Each seed's own study: <code>seed&lt;S&gt;/{RunDir.REPORT_HTML}</code>.</p>")
         return _section("Sequence study", *parts, sid="sequence")
     parts = [_markdown_table(sequence_table(run.sequence))]
     for kind in run.sequence:
-        figs = [_file_figure(run, f"{kind}/accuracy_vs_chunk.png", f"{kind}: accuracy after each chunk"),
+        figs = [_file_figure(run, f"{kind}/{RunDir.CHUNK_ACCURACY_PLOT}", f"{kind}: accuracy after each chunk"),
                 _grid([_file_figure(run, f"{kind}/{p.name}", f"{kind}: per-task accuracy matrix, {p.stem[2:]}")
-                       for p in sorted((run.path / kind).glob("R_*.png"))])]
+                       for p in sorted((run.path / kind).glob(RunDir.strategy_matrix_plot_name("*")))])]
         if any(figs):
             parts.append(f"<h3>{_e(kind)} incremental</h3>" + "".join(figs))
-    parts.append("<p class=\"note\">Each strategy's own report: <code>&lt;sequence&gt;/&lt;strategy&gt;/report.html"
-                 "</code>.</p>")
+    parts.append("<p class=\"note\">Each strategy's own report: <code>&lt;sequence&gt;/&lt;strategy&gt;/"
+                 f"{RunDir.REPORT_HTML}</code>.</p>")
     return _section("Sequence study", *parts, sid="sequence")
 
 
@@ -539,8 +542,8 @@ def _finetune(run: _Run) -> str:
     if f.get("init"):
         rows.append(["encoder initialised from", str(f["init"])])
     parts = [_table(["metric", "value"], rows, cls="finetune") if rows else "",
-             _grid([_file_figure(run, "curves.png", "accuracy per epoch"),
-                    _file_figure(run, "risk_coverage.png", "risk-coverage (selective classification)")])]
+             _grid([_file_figure(run, RunDir.CURVES_PLOT, "accuracy per epoch"),
+                    _file_figure(run, RunDir.RISK_COVERAGE_PLOT, "risk-coverage (selective classification)")])]
     sel = f.get("selective") or {}
     scorers = [s for s in ("abstain", "softmax_response") if s in sel]
     if scorers:

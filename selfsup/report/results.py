@@ -1,7 +1,6 @@
 """Run report: PNG plots (loss, kNN during training, 2-D embedding of test features) and ``report.md``."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +10,8 @@ from rich.table import Table
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
+from ..rundir import RunDir, read_metrics
 from .figures import get_cmap, subplots
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    p = Path(run_dir) / "metrics.jsonl"
-    if not p.exists():
-        return []
-    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
 
 
 def _line_plot(run_dir: Path, name: str, points, ylabel: str, title: str, marker=None) -> str:
@@ -29,20 +22,20 @@ def _line_plot(run_dir: Path, name: str, points, ylabel: str, title: str, marker
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(run_dir / name, dpi=110)
+    fig.savefig(RunDir(run_dir).plot(name), dpi=110)
     return name
 
 
 def plot_training(run_dir: Path) -> list[str]:
     """``loss.png`` (training loss) and ``knn.png`` (kNN accuracy on the validation split during training)."""
-    rows = read_metrics(run_dir)
+    rows = read_metrics(RunDir(run_dir))
     made = []
     loss = [(r["epoch"], r["loss"]) for r in rows if "loss" in r]
     if loss:
-        made.append(_line_plot(run_dir, "loss.png", loss, "training loss", "SSL loss"))
+        made.append(_line_plot(run_dir, RunDir.LOSS_PLOT, loss, "training loss", "SSL loss"))
     knn = [(r["epoch"], r["knn_val"]) for r in rows if "knn_val" in r]
     if knn:
-        made.append(_line_plot(run_dir, "knn.png", knn, "kNN accuracy (validation split)",
+        made.append(_line_plot(run_dir, RunDir.KNN_PLOT, knn, "kNN accuracy (validation split)",
                                "kNN accuracy during training", marker="o"))
     return made
 
@@ -75,8 +68,8 @@ def plot_embedding(run_dir: Path, feats, labels, classes, kind: str, points: int
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(run_dir / "embedding.png", dpi=110)
-    return "embedding.png"
+    fig.savefig(RunDir(run_dir).plot(RunDir.EMBEDDING_PLOT), dpi=110)
+    return RunDir.EMBEDDING_PLOT
 
 
 def _pct(v) -> str:
@@ -187,5 +180,5 @@ def write_report(run_dir: Path, results: dict, f_test, y_test, classes, embeddin
             lines += [f"Few-shot: {eps} seeded episodes, supports from train, queries from test, nearest prototype "
                       "(mean of l2-normalised supports, cosine); mean ± 95 % CI (1.96·s/√episodes).", ""]
     lines += [f"![{p}]({p})" for p in plots]
-    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+    RunDir(run_dir).report_md.write_text("\n".join(lines) + "\n")
     return plots

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from ..atomic import atomic_write_bytes
 from ..evaluate.search import nearest
+from ..rundir import RunDir
 
 SAME, DIFFERENT = "#1a9850", "#d73027"  # neighbour border: same class as the query / another class
 
@@ -51,7 +52,7 @@ BORDER, GAP, QUERY_GAP, LABEL, MARGIN, TOP = 4, 10, 22, 26, 12, 40  # pixels: fr
 
 def plot_retrieval(run_dir: Path, features: torch.Tensor, images: torch.Tensor, labels: torch.Tensor | None,
                    classes: list[str], seed: int, n_queries: int = 8, k: int = 6,
-                   name: str = "retrieval.png") -> str | None:
+                   name: str = RunDir.RETRIEVAL_PLOT) -> str | None:
     """``retrieval.png``: one row per query (left, blue frame) followed by its ``k`` nearest neighbours; with labels,
     each image is captioned with its class and each neighbour framed green (same class as the query) or red. Drawn
     as one mosaic (one axes), so it stays fast for any number of tiles. Returns the file name, or None when there
@@ -93,5 +94,5 @@ def plot_retrieval(run_dir: Path, features: torch.Tensor, images: torch.Tensor, 
                                    if labels is not None else ""), ha="center", va="center", fontsize=8)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    atomic_write_bytes(Path(run_dir) / name, buf.getvalue())
+    atomic_write_bytes(RunDir(run_dir).plot(name), buf.getvalue())
     return name

@@ -34,6 +34,7 @@ from ..train.checkpoint import latest_checkpoint, load_latest_checkpoint
 from ..finetune.classifier_training import Classifier
 from ..finetune.objectives import build_objective
 from ..progress import TaskProgress
+from ..rundir import RunDir
 from ..evaluate.probes import _standardize, extract_features, fit_logistic, inference_copy, linear_probe
 
 
@@ -214,9 +215,9 @@ def build_classifier(run_dir, kind: str, device: str | torch.device = "cpu", ban
     (probe fitted on the run's training data, L2 chosen on its validation split), or ``finetuned`` (a finetune
     run's classifier; kNN comes as the BPDA model). Returns (model, test images in [0, 1], test labels)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise SelfsupError(f"{run_dir} is not a selfsup run directory (no config.yaml)")
-    cfg = load_config(run_dir / "config.yaml")
+    if not RunDir(run_dir).config.exists():
+        raise SelfsupError(f"{run_dir} is not a selfsup run directory (no {RunDir.CONFIG})")
+    cfg = load_config(RunDir(run_dir).config)
     train, test = load_datasets(cfg.data)
     if test is None or test.labels is None or train.labels is None:
         raise SelfsupError(f"{cfg.data.source}: attacking needs a labelled data set with a test split")
@@ -246,9 +247,9 @@ def build_classifier(run_dir, kind: str, device: str | torch.device = "cpu", ban
 
 
 def _load_finetuned(run_dir, cfg, train, device) -> nn.Module:
-    if latest_checkpoint(run_dir / "checkpoints") is None or not (run_dir / "finetune.json").exists():
-        raise CheckpointError(f"{run_dir} holds no finished finetune run (finetune.json + checkpoints/)")
-    state = load_latest_checkpoint(run_dir / "checkpoints").model
+    if latest_checkpoint(RunDir(run_dir).checkpoints) is None or not RunDir(run_dir).finetune.exists():
+        raise CheckpointError(f"{run_dir} holds no finished finetune run ({RunDir.FINETUNE} + {RunDir.CHECKPOINTS}/)")
+    state = load_latest_checkpoint(RunDir(run_dir).checkpoints).model
     k = state["head.weight"].shape[0] - (1 if cfg.finetune.loss == "sat_selective" else 0)
     n_soft = state["objective.soft"].shape[0] if "objective.soft" in state else 1
     obj = build_objective(cfg.finetune.loss, torch.zeros(n_soft, dtype=torch.long), k, cfg.finetune)

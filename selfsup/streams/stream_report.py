@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from ..report.figures import subplots
+from ..rundir import RunDir
 
 
 def plot_stream(out_dir: Path, manifests: dict[str, dict], title: str = "stream") -> list[str]:
@@ -38,8 +39,8 @@ def plot_stream(out_dir: Path, manifests: dict[str, dict], title: str = "stream"
         axes[0].legend(fontsize=8)
         fig.suptitle(title)
         fig.tight_layout()
-        fig.savefig(out_dir / "accuracy_vs_chunk.png", dpi=110)
-        written.append("accuracy_vs_chunk.png")
+        fig.savefig(RunDir(out_dir).plot(RunDir.CHUNK_ACCURACY_PLOT), dpi=110)
+        written.append(RunDir.CHUNK_ACCURACY_PLOT)
     for strat, man in manifests.items():
         init = man.get("init_eval", {})
         rows = [c.get("eval", {}).get("task_linear") for c in man.get("chunks", [])]
@@ -58,8 +59,8 @@ def plot_stream(out_dir: Path, manifests: dict[str, dict], title: str = "stream"
         ax.set_title(f"R[i][j], linear probe (%) — {strat}")
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
-        fig.savefig(out_dir / f"R_{strat}.png", dpi=110)
-        written.append(f"R_{strat}.png")
+        fig.savefig(RunDir(out_dir).plot(RunDir.strategy_matrix_plot_name(strat)), dpi=110)
+        written.append(RunDir.strategy_matrix_plot_name(strat))
     return written
 
 

@@ -4,7 +4,6 @@ repeats the study for N seeds (one sub-directory each) and aggregates them (mean
 where it exceeds the noise, a summary plot per sequence)."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,9 +24,10 @@ from ..models import readout_backbone
 from ..report.html import write_html_report
 from .stream_report import GAP_KEYS, plot_seed_summary, plot_stream, seeds_table, sequence_table
 from ..progress import TaskProgress
+from ..rundir import RunDir, read_manifest, write_stream_record, write_study_record
 from ..train.run_policy import write_config
 from ..train.setup import setup_device
-from .trainer import StreamResult, StreamTrainer, discover_chunks, memory_chunks, read_manifest
+from .trainer import StreamResult, StreamTrainer, discover_chunks, memory_chunks
 
 
 class StreamEvaluator:
@@ -97,7 +97,7 @@ def _finish(r: StreamResult, cfg: Config, with_tasks: bool, extra: dict | None =
     if not D.is_main():
         r.manifest["summary"] = summary
         return r
-    atomic_write_text(r.run_dir / "stream.json", json.dumps({**r.manifest, "summary": summary}, indent=1))
+    write_stream_record(RunDir(r.run_dir), {**r.manifest, "summary": summary})
     plot_stream(r.run_dir, {cfg.stream.strategy: r.manifest})
     r.manifest["summary"] = summary
     write_html_report(r.run_dir)  # reads stream.json and the plots just written
@@ -128,7 +128,7 @@ def stream(config, overrides: list[str] | None = None, source: str | Path | None
             te = np.sort(rng.choice(len(test), min(len(test), cfg.stream.eval_test_samples), replace=False))
             evaluator = StreamEvaluator(cfg, setup_device(cfg), full=EvalTask("all", train.subset(tr),
                                                                               test.subset(te)))
-    trainer = StreamTrainer(cfg, Path(cfg.output_dir) / cfg.name, evaluate=evaluator, callbacks=callbacks,
+    trainer = StreamTrainer(cfg, RunDir.of(cfg).path, evaluate=evaluator, callbacks=callbacks,
                             progress=progress)
     r = trainer.run(lambda: discover_chunks(source, cfg.data), watch=watch, idle_timeout=idle_timeout,
                     max_chunks=max_chunks)
@@ -157,23 +157,23 @@ def _study(cfg: Config, root: Path, device, train, test, bar: TaskProgress, prog
             t0 = time.perf_counter()
             log(f"-- {kind} / {strat}")
             bar.describe(f"{kind} / {strat}, seed {cfg.seed}")
-            earlier = read_manifest(root / kind / strat / "manifest.json")  # what an earlier call dealt with
+            earlier = read_manifest(RunDir(root).strategy_run(kind, strat))  # what an earlier call dealt with
             bar.advance(len(earlier["chunks"]) + len(earlier["rejected"]))
             evaluator = StreamEvaluator(scfg, device, seq.tasks, seq.full)
-            trainer = StreamTrainer(scfg, root / kind / strat, evaluate=evaluator,
+            trainer = StreamTrainer(scfg, RunDir(root).strategy_run(kind, strat).path, evaluate=evaluator,
                                     init_eval=init, final_only=final_only, progress=progress, log=log,
                                     on_chunk=lambda name: bar.advance())
             r = trainer.run(lambda: memory_chunks(seq.chunks))
             extra = {"downstream": downstream_eval(evaluator.readout(r.method.backbone), seq.full, scfg, device)} \
                 if cfg.stream.evaluate else {}
             r = _finish(r, scfg, with_tasks=True, extra=extra)
-            manifests[strat] = read_manifest(root / kind / strat / "manifest.json")
+            manifests[strat] = read_manifest(RunDir(root).strategy_run(kind, strat))
             results.setdefault(kind, {})[strat] = {**r.manifest["summary"],
                                                    "wall_seconds": round(time.perf_counter() - t0, 1)}
         plot_stream(root / kind, manifests, title=f"{kind} incremental")
-        atomic_write_text(root / "sequence.json", json.dumps(results, indent=1))
+        write_study_record(RunDir(root), results)
     table = sequence_table(results)
-    atomic_write_text(root / "sequence.md", table + "\n")
+    atomic_write_text(RunDir(root).study_table, table + "\n")
     write_html_report(root)  # the study's summary table and each kind's plots
     log(table)
     return results
@@ -219,11 +219,11 @@ def merge_studies(*studies: dict) -> dict:
 
 def write_study_summary(root: Path, study: dict) -> str:
     """``sequence.json``, ``sequence.md`` and ``summary_<kind>.png`` of an aggregated study under ``root``."""
-    atomic_write_text(root / "sequence.json", json.dumps(study, indent=1))
+    write_study_record(RunDir(root), study)
     table = seeds_table(study)
-    atomic_write_text(root / "sequence.md", table + "\n")
+    atomic_write_text(RunDir(root).study_table, table + "\n")
     for kind, per in study["aggregate"].items():
-        plot_seed_summary(root / f"summary_{kind}.png", per, title=f"{kind} incremental, "
+        plot_seed_summary(RunDir(root).plot(RunDir.seed_summary_plot_name(kind)), per, title=f"{kind} incremental, "
                           f"{len(study['seeds'])} seeds (mean ± std)")
     return table
 
@@ -246,7 +246,7 @@ def sequence(config, overrides: list[str] | None = None, progress: bool = True,
     train, test = load_datasets(cfg.data)
     if test is None or train.labels is None:
         raise DataError(f"selfsup sequence needs a labelled data set with a test split ({cfg.data.source} has none)")
-    root = Path(cfg.output_dir) / cfg.name
+    root = RunDir.of(cfg).path
     root.mkdir(parents=True, exist_ok=True)
     write_config(root, cfg, continuing=False)
     seq_cfg = cfg.sequence
@@ -258,8 +258,8 @@ def sequence(config, overrides: list[str] | None = None, progress: bool = True,
             if seeds == 1:
                 per_seed[s] = _study(cfg, root, device, train, test, bar, progress, log)
             else:
-                per_seed[s] = _study(load_config(cfg, [f"seed={s}"]), root / f"seed{s}", device, train, test, bar,
-                                     progress, log)
+                per_seed[s] = _study(load_config(cfg, [f"seed={s}"]), RunDir(root).seed_study(s).path, device, train,
+                                     test, bar, progress, log)
         bar.describe("done")
     if seeds == 1:
         return per_seed[cfg.seed]

@@ -40,9 +40,10 @@ from ..atomic import atomic_dir, atomic_write_text
 from ..augment import recipe_from_config
 from ..config import Config, DataConfig
 from ..data import ImageDataset, concat_images, open_chunk
-from ..errors import DataError, TrainingError
+from ..errors import DataError
 from ..methods import build_method
 from ..models import save_backbone
+from ..rundir import RunDir, read_manifest, write_manifest
 from ..train.loop import Callback, FitPlan, fit
 from ..train.run_policy import write_config
 from ..train.setup import setup_device
@@ -96,16 +97,6 @@ def memory_chunks(datasets: list[ImageDataset]) -> list[Chunk]:
 
 
 # ------------------------------------------------------------------------------------------------ run state
-def read_manifest(path: Path) -> dict:
-    if not path.exists():
-        return {"chunks": [], "rejected": {}}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise TrainingError(f"{path} is corrupt ({e}); it is rewritten atomically, so this should not happen — "
-                            f"move it away to start the stream afresh") from None
-
-
 def _save_state(state_root: Path, index: int, method: nn.Module, strategy: Strategy) -> str:
     """Model + strategy state after chunk ``index`` into ``state/after_NNN`` (written atomically, by rank 0)."""
     name = f"after_{index:03d}"
@@ -175,13 +166,13 @@ class StreamTrainer:
         self.log = lambda text: log(text) if D.is_main() else None  # rank 0 speaks (asked at each call: the
         # process group starts in _restore)
         self.on_chunk = on_chunk or (lambda name: None)
-        self.manifest_path = self.run_dir / "manifest.json"
+        self.run_paths = RunDir(self.run_dir)
 
     # -- state
     def _commit(self) -> None:
         """Write the manifest (rank 0); every rank passes here at the same points, and waits for the write."""
         if D.is_main():
-            atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=1))
+            write_manifest(self.run_paths, self.manifest)
         D.barrier()
 
     def _agree(self, available: list[Chunk]) -> list[Chunk]:
@@ -201,7 +192,7 @@ class StreamTrainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_config(self.run_dir, cfg, continuing=True)
         D.barrier()
-        self.manifest = read_manifest(self.manifest_path)
+        self.manifest = read_manifest(self.run_paths)
         done = self.manifest["chunks"]
         self.strategy = build_strategy(cfg.stream.strategy, cfg)
         self.method = None
@@ -209,9 +200,9 @@ class StreamTrainer:
         if done:
             last = done[-1]
             self.method = self._new_method(last["channels"], last["shape"][-1])
-            self.method.load_state_dict(load_file(str(self.run_dir / "state" / last["state"] / "model.safetensors"),
+            self.method.load_state_dict(load_file(str(self.run_paths.state / last["state"] / "model.safetensors"),
                                                   device=str(self.device)))
-            self.strategy.load(self.run_dir / "state" / last["state"], self.method)
+            self.strategy.load(self.run_paths.state / last["state"], self.method)
             self.log(f"resuming stream {self.run_dir}: {len(done)} chunk(s) already consumed")
         self.seen_data: list[ImageDataset] = []  # joint keeps every chunk
         if self.strategy.retrain_from_scratch and done:
@@ -233,11 +224,11 @@ class StreamTrainer:
 
     def _find_in_progress(self, index: int, done_names: set[str]) -> dict | None:
         """The chunk whose training was interrupted (its folder under ``chunks/``); stale folders are removed."""
-        root = self.run_dir / "chunks"
+        root = self.run_paths.chunks
         found = None
         for d in sorted(root.iterdir()) if root.is_dir() else []:
             try:
-                ident = json.loads((d / "chunk.json").read_text())
+                ident = json.loads((d / RunDir.CHUNK_RECORD).read_text())
             except (OSError, json.JSONDecodeError):
                 ident = None
             if ident is None or ident.get("index") != index or ident.get("name") in done_names or found:
@@ -303,10 +294,10 @@ class StreamTrainer:
         if not skip:
             if strategy.retrain_from_scratch:
                 self.method = self._new_method(data.channels, data.images.shape[-1])
-            ckpt_root = self.run_dir / "chunks" / _chunk_dir_name(chunk)
+            ckpt_root = self.run_paths.chunks / _chunk_dir_name(chunk)
             if D.is_main():
                 ckpt_root.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(ckpt_root / "chunk.json", json.dumps(
+                atomic_write_text(ckpt_root / RunDir.CHUNK_RECORD, json.dumps(
                     {"name": chunk.name, "signature": chunk.signature, "index": index}))
             D.barrier()
             strategy.begin_chunk(self.method, index, cfg.seed)
@@ -314,11 +305,11 @@ class StreamTrainer:
             if hasattr(self.method, "reserve"):  # per-sample state (method: sat) grows with the stream
                 self.method.reserve(offset + len(train_data))
             # log.tensorboard: this chunk's rows of metrics.jsonl, on one step axis after the earlier chunks' steps
-            tb = [TensorBoardLog(self.run_dir / "tensorboard", self.run_dir / "metrics.jsonl", {"chunk": index + 1},
+            tb = [TensorBoardLog(self.run_paths.tensorboard, self.run_paths.metrics, {"chunk": index + 1},
                                  sum(c["steps"] for c in done))] if cfg.log.tensorboard and D.is_main() else []
             try:
                 fit(self.method, train_data, cfg, self.device, FitPlan(
-                    ckpt_root / "checkpoints", self.run_dir / "metrics.jsonl", total_steps=steps,
+                    ckpt_root / RunDir.CHECKPOINTS, self.run_paths.metrics, total_steps=steps,
                     seed=cfg.seed + 1000 * (index + 1), resume=True, strategy=strategy,
                     callbacks=[*self.callbacks, *tb], progress=self.progress, label=f"chunk {index + 1}",
                     log_fields={"chunk": index + 1}, index_offset=offset))
@@ -338,14 +329,14 @@ class StreamTrainer:
             entry["eval"] = ev
             self.log(f"after chunk {index + 1} ({chunk.name}): " + ", ".join(
                 f"{k} {v:.4f}" for k, v in ev.items() if isinstance(v, float) and k != "eval_seconds"))
-        entry["state"] = _save_state(self.run_dir / "state", index + 1, self.method, strategy)
+        entry["state"] = _save_state(self.run_paths.state, index + 1, self.method, strategy)
         done.append(entry)
         self.manifest["rejected"].pop(chunk.name, None)
         self._commit()  # the commit point
         self.in_progress = None
         if D.is_main():
-            shutil.rmtree(self.run_dir / "chunks", ignore_errors=True)
-            for old_state in (self.run_dir / "state").iterdir():
+            shutil.rmtree(self.run_paths.chunks, ignore_errors=True)
+            for old_state in self.run_paths.state.iterdir():
                 if old_state.name != entry["state"]:
                     shutil.rmtree(old_state, ignore_errors=True)
         D.barrier()
@@ -389,7 +380,8 @@ class StreamTrainer:
             time.sleep(self.cfg.stream.watch_interval)
         if not self.manifest["chunks"]:
             raise DataError("the stream holds no usable chunk" + (
-                f" ({len(self.manifest['rejected'])} rejected: see manifest.json)" if self.manifest["rejected"] else ""))
+                f" ({len(self.manifest['rejected'])} rejected: see {RunDir.MANIFEST})" if self.manifest["rejected"]
+                else ""))
         last = self.manifest["chunks"][-1]
         if D.is_main():
             save_backbone(self.run_dir, self.method.backbone, self.cfg.model, last["channels"], last["shape"][-1])

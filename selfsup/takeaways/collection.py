@@ -20,13 +20,14 @@ from ..errors import ConfigError, DataError
 from ..evaluate.probes import inference_copy
 from ..models import backbone_info, load_backbone
 from ..progress import TaskProgress
+from ..rundir import RunDir
 from .device import resolve_device
 
 
 def run_data(run_dir: str | Path) -> DataConfig:
     """The run's data settings (``config.yaml``; the defaults when a run has none): the lazy-reading rule and the
     decoding workers apply to any collection embedded with its encoder."""
-    path = Path(run_dir) / "config.yaml"
+    path = RunDir(run_dir).config
     return load_config(path).data if path.exists() else DataConfig()
 
 
@@ -49,7 +50,7 @@ def open_collection(run_dir: str | Path, source: str | Path | None = None, confi
         return open_chunk(Path(source), data)  # decoded into RAM, or read lazily above data.memory_budget_mb
     if split not in ("train", "test"):
         raise ConfigError(f"split {split!r}: choose train or test")
-    cfg = load_config(config if config is not None else Path(run_dir) / "config.yaml")
+    cfg = load_config(config if config is not None else RunDir(run_dir).config)
     train, test = load_datasets(cfg.data)
     if split == "test" and test is None:
         raise DataError(f"{cfg.data.source} has no test split")

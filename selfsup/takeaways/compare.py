@@ -15,23 +15,25 @@ import yaml
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import DataError
 from ..report.figures import subplots
+from ..rundir import RunDir, read_eval, read_stream_record, read_train_summary
 
 COLUMNS = ["run", "kind", "method", "data", "steps", "train_s", "img_per_s", "knn", "linear", "linear_1pct",
            "linear_10pct", "fewshot_5w5s", "rankme"]
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path, read, run: RunDir) -> dict:
+    """``read(run)``, a DataError naming ``path`` when that fails."""
     try:
-        return json.loads(path.read_text())
+        return read(run)
     except (OSError, json.JSONDecodeError) as e:
         raise DataError(f"cannot read {path}: {e}") from None
 
 
 def _config(run_dir: Path) -> dict:
     try:
-        return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        return yaml.safe_load(RunDir(run_dir).config.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
-        raise DataError(f"cannot read {run_dir / 'config.yaml'}: {e}") from None
+        raise DataError(f"cannot read {RunDir(run_dir).config}: {e}") from None
 
 
 def run_row(run_dir: str | Path) -> dict:
@@ -40,20 +42,22 @@ def run_row(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"{run_dir} is not a directory")
-    if not (run_dir / "config.yaml").exists():
-        raise DataError(f"{run_dir} is not a selfsup run directory (no config.yaml)")
+    if not RunDir(run_dir).config.exists():
+        raise DataError(f"{run_dir} is not a selfsup run directory (no {RunDir.CONFIG})")
     cfg = _config(run_dir)
     row = dict.fromkeys(COLUMNS)
     row.update(run=run_dir.name, method=(cfg.get("method") or {}).get("name"),
                data=(cfg.get("data") or {}).get("source"))
     batch = (cfg.get("train") or {}).get("batch_size")
-    if (run_dir / "stream.json").exists():
-        return _stream_row(row, _read_json(run_dir / "stream.json"), batch)
-    if not (run_dir / "eval.json").exists():
-        raise DataError(f"{run_dir} has no eval.json (evaluate it first: selfsup eval {run_dir}) and no stream.json")
-    ev = _read_json(run_dir / "eval.json")
-    tr = ev.get("train") or (_read_json(run_dir / "train_summary.json")
-                             if (run_dir / "train_summary.json").exists() else {})
+    run = RunDir(run_dir)
+    if run.stream_record.exists():
+        return _stream_row(row, _read_json(run.stream_record, read_stream_record, run), batch)
+    if not run.eval.exists():
+        raise DataError(f"{run_dir} has no {RunDir.EVAL} (evaluate it first: selfsup eval {run_dir}) and no "
+                        f"{RunDir.STREAM}")
+    ev = _read_json(run.eval, read_eval, run)
+    tr = ev.get("train") or (_read_json(run.train_summary, read_train_summary, run)
+                             if run.train_summary.exists() else {})
     ssl = ev.get("ssl", {})
     low = ssl.get("low_label", {})
     row.update(kind="pretrain", steps=tr.get("steps"), train_s=tr.get("train_seconds"),

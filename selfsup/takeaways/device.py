@@ -8,6 +8,7 @@ import torch
 
 from ..config import load_config
 from ..errors import ConfigError, SelfsupError
+from ..rundir import RunDir
 
 
 def device_available(device: torch.device) -> bool:
@@ -38,7 +39,7 @@ def resolve_device(requested: str | torch.device | None, run_dir: str | Path | N
                               + (" (no CUDA device)" if device.type == "cuda" and not torch.cuda.is_available()
                                  else ""))
         return device
-    cfg_path = Path(run_dir) / "config.yaml" if run_dir is not None else None
+    cfg_path = RunDir(run_dir).config if run_dir is not None else None
     if cfg_path is None or not cfg_path.exists():
         return torch.device("cpu")
     try:

@@ -26,10 +26,11 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, I
 from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
 from torch import nn
 
-from ..atomic import atomic_write_bytes, atomic_write_text
+from ..atomic import atomic_write_bytes
 from ..errors import CheckpointError, ConfigError
 from ..evaluate.probes import inference_copy
 from ..models import backbone_info, load_backbone
+from ..rundir import RunDir, read_export_record, write_export_record
 from .device import resolve_device
 
 FORMATS = {"onnx": "backbone.onnx", "torchscript": "backbone.pt"}
@@ -116,12 +117,12 @@ def export_backbone(run_dir: str | Path, format: str = "onnx", out: str | Path |
     info = backbone_info(run_dir)
     size = image_size or info.get("image_size")
     if not size:
-        raise ConfigError(f"{run_dir}/backbone.json records no image size (a run saved before it was); "
+        raise ConfigError(f"{run_dir}/{RunDir.BACKBONE_INFO} records no image size (a run saved before it was); "
                           f"give the image size the encoder was trained on")
     dev = resolve_device(device, run_dir)
     backbone = load_backbone(run_dir)
     channels = info["in_channels"]
-    out = Path(out) if out is not None else run_dir / "export" / FORMATS[format]
+    out = Path(out) if out is not None else RunDir(run_dir).export_dir / FORMATS[format]
     gen = torch.Generator().manual_seed(0)
     example = torch.rand(TRACE_BATCH, channels, size, size, generator=gen)
     check = torch.rand(CHECK_BATCH, channels, size, size, generator=gen)
@@ -142,9 +143,9 @@ def export_backbone(run_dir: str | Path, format: str = "onnx", out: str | Path |
 
 def _record(run_dir: Path, info: dict, size: int, format: str, out: Path, diff: float, device: str) -> None:
     """Update ``RUN/export/export.json``: the input / output contract, and per format its file and check."""
-    path = run_dir / "export" / "export.json"
+    run = RunDir(run_dir)
     try:
-        exports = json.loads(path.read_text()).get("exports", {}) if path.exists() else {}
+        exports = read_export_record(run).get("exports", {}) if run.export_record.exists() else {}
     except (OSError, json.JSONDecodeError, AttributeError):
         exports = {}
     exports[format] = {"file": str(out), "opset": OPSET if format == "onnx" else None,
@@ -157,5 +158,4 @@ def _record(run_dir: Path, info: dict, size: int, format: str, out: Path, diff: 
               "output": {"name": "features", "dtype": "float32", "shape": ["batch", info["feat_dim"]]},
               "channels": info["in_channels"], "image_size": size, "feat_dim": info["feat_dim"],
               "backbone": info["backbone"], "exports": exports}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(record, indent=1))
+    write_export_record(run, record)

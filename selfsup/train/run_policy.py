@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from ..atomic import atomic_write_text
 from ..config import dump_config, load_config
 from ..errors import TrainingError
+from ..rundir import RunDir
 from .checkpoint import latest_checkpoint
 
 if TYPE_CHECKING:
@@ -22,12 +23,12 @@ RESUMABLE_CHANGES = ("train.threads", "train.device", "stream.watch_interval", "
 
 
 def make_run_dir(cfg: "Config", resume: bool) -> Path:
-    run_dir = Path(cfg.output_dir) / cfg.name
-    if run_dir.exists() and not resume and latest_checkpoint(run_dir / "checkpoints") is not None:
+    run_dir = RunDir.of(cfg).path
+    if run_dir.exists() and not resume and latest_checkpoint(RunDir(run_dir).checkpoints) is not None:
         raise TrainingError(f"run directory {run_dir} already holds a run: pass --resume to continue it, or choose "
                             f"another name (name=...)")
-    if resume and latest_checkpoint(run_dir / "checkpoints") is None:
-        raise TrainingError(f"--resume: no checkpoint found in {run_dir / 'checkpoints'}")
+    if resume and latest_checkpoint(RunDir(run_dir).checkpoints) is None:
+        raise TrainingError(f"--resume: no checkpoint found in {RunDir(run_dir).checkpoints}")
     return run_dir
 
 
@@ -51,7 +52,7 @@ def config_differences(old: "Config", new: "Config") -> list[str]:
 def write_config(run_dir: Path, cfg: "Config", continuing: bool) -> None:
     """Write ``config.yaml``; when ``continuing`` a run whose config.yaml exists, refuse a config that differs from
     it (naming the keys) instead of overwriting it."""
-    path = Path(run_dir) / "config.yaml"
+    path = RunDir(run_dir).config
     if continuing and path.exists():
         diff = config_differences(load_config(path), cfg)
         if diff:

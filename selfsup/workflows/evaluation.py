@@ -2,28 +2,27 @@
 (``report.md`` and the self-contained ``report.html``) and its plots, the retrieval grid included."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_write_text
 from ..config import load_config
 from ..data import load_datasets, train_val_split
 from ..evaluate.suite import evaluate_run
 from ..report.html import write_html_report
 from ..report.results import write_report
 from ..report.retrieval import plot_retrieval
+from ..rundir import RunDir, write_eval
 
 
 def evaluate_and_report(run_dir: str | Path, progress: bool = True, datasets=None, device: str = "cpu") -> dict:
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(RunDir(run_dir).config)
     datasets = datasets or load_datasets(cfg.data)
     ev = evaluate_run(run_dir, progress=progress, datasets=datasets, device=device)
     if ev.classes and "classes" not in ev.results:  # names for the per-class table when the report is re-rendered
         ev.results["classes"] = list(ev.classes)
-    atomic_write_text(run_dir / "eval.json", json.dumps(ev.results, indent=1))
+    write_eval(RunDir(run_dir), ev.results)
     e = cfg.eval
     write_report(run_dir, ev.results, ev.test_features, ev.test_labels, ev.classes, e.embedding_plot,
                  e.embedding_points, cfg.seed)

@@ -1,12 +1,9 @@
 """``selfsup pretrain``: pre-train the configured method, save the backbone, evaluate and write the report."""
 from __future__ import annotations
 
-import json
-
 import torch
 
 from .. import distributed as D
-from ..atomic import atomic_write_text
 from ..config import load_config
 from ..data import batch_composer, load_datasets, train_val_split
 from ..errors import TrainingError
@@ -14,6 +11,7 @@ from ..evaluate.monitor import KnnMonitor
 from ..methods import build_method
 from ..models import save_backbone
 from ..robustness.adversarial_training import adversarial_ssl
+from ..rundir import RunDir, TrainSummary, write_train_summary
 from ..train.loop import Callback, FitPlan, RunResult, fit
 from ..train.run_policy import make_run_dir, write_config
 from ..train.setup import setup_device
@@ -29,6 +27,7 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
     cfg = load_config(config, overrides)
     device = setup_device(cfg)
     run_dir = make_run_dir(cfg, resume)
+    run = RunDir(run_dir)
     train_ds, test_ds = load_datasets(cfg.data)  # bad data fails here, before anything is written
     batches = batch_composer(cfg.data, train_ds, cfg.train.batch_size, cfg.seed)  # labels pre-training sees
     if D.is_main():
@@ -43,11 +42,11 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
                             f"train.adversarial=mi, or another method")
     monitor = [KnnMonitor(train_ds, val_idx, cfg, device)] if train_ds.labels is not None else []
     # last: it mirrors the metrics rows the loop and the callbacks before it wrote at each step
-    tb = [TensorBoardLog(run_dir / "tensorboard", run_dir / "metrics.jsonl")] if cfg.log.tensorboard and D.is_main() \
+    tb = [TensorBoardLog(run.tensorboard, run.metrics)] if cfg.log.tensorboard and D.is_main() \
         else []
     try:
         result = fit(method, train_ds, cfg, device, FitPlan(
-            run_dir / "checkpoints", run_dir / "metrics.jsonl", resume=resume, strategy=adversarial_ssl(cfg, device),
+            run.checkpoints, run.metrics, resume=resume, strategy=adversarial_ssl(cfg, device),
             callbacks=[*monitor, *(callbacks or []), *tb], progress=progress,
             batches=batches))
     finally:  # flushed on a crash too
@@ -55,10 +54,10 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
             t.close()
     if D.is_main():
         save_backbone(run_dir, method.backbone, cfg.model, train_ds.channels, train_ds.images.shape[-1])
-        atomic_write_text(run_dir / "train_summary.json", json.dumps(
-            {"steps": result.steps, "train_seconds": result.train_seconds, "step_seconds": result.step_seconds,
-             "images_per_second": result.images_per_second, "devices": D.world_size(), "device": str(device),
-             "threads": torch.get_num_threads()}, indent=1))
+        write_train_summary(run, TrainSummary(
+            steps=result.steps, train_seconds=result.train_seconds, step_seconds=result.step_seconds,
+            images_per_second=result.images_per_second, devices=D.world_size(), device=str(device),
+            threads=torch.get_num_threads()))
         if evaluate:
             evaluate_and_report(run_dir, progress=progress, datasets=(train_ds, test_ds), device=device)
     if D.world_size() > 1:
