@@ -27,7 +27,9 @@ from .stream_report import GAP_KEYS, plot_seed_summary, plot_stream, seeds_table
 from ..progress import TaskProgress
 from ..train.run_policy import write_config
 from ..train.setup import setup_device
-from .trainer import StreamResult, StreamTrainer, discover_chunks, memory_chunks, read_manifest
+from .chunks import discover_chunks, memory_chunks
+from .manifest import read_manifest
+from .trainer import StreamOptions, StreamResult, StreamTrainer
 
 
 class StreamEvaluator:
@@ -128,8 +130,8 @@ def stream(config, overrides: list[str] | None = None, source: str | Path | None
             te = np.sort(rng.choice(len(test), min(len(test), cfg.stream.eval_test_samples), replace=False))
             evaluator = StreamEvaluator(cfg, setup_device(cfg), full=EvalTask("all", train.subset(tr),
                                                                               test.subset(te)))
-    trainer = StreamTrainer(cfg, Path(cfg.output_dir) / cfg.name, evaluate=evaluator, callbacks=callbacks,
-                            progress=progress)
+    trainer = StreamTrainer(cfg, Path(cfg.output_dir) / cfg.name, StreamOptions(evaluate=evaluator, callbacks=callbacks,
+                                                                                progress=progress))
     r = trainer.run(lambda: discover_chunks(source, cfg.data), watch=watch, idle_timeout=idle_timeout,
                     max_chunks=max_chunks)
     return _finish(r, cfg, with_tasks=False)
@@ -160,9 +162,9 @@ def _study(cfg: Config, root: Path, device, train, test, bar: TaskProgress, prog
             earlier = read_manifest(root / kind / strat / "manifest.json")  # what an earlier call dealt with
             bar.advance(len(earlier["chunks"]) + len(earlier["rejected"]))
             evaluator = StreamEvaluator(scfg, device, seq.tasks, seq.full)
-            trainer = StreamTrainer(scfg, root / kind / strat, evaluate=evaluator,
-                                    init_eval=init, final_only=final_only, progress=progress, log=log,
-                                    on_chunk=lambda name: bar.advance())
+            trainer = StreamTrainer(scfg, root / kind / strat, StreamOptions(
+                evaluate=evaluator, init_eval=init, final_only=final_only, progress=progress, log=log,
+                on_chunk=lambda name: bar.advance()))
             r = trainer.run(lambda: memory_chunks(seq.chunks))
             extra = {"downstream": downstream_eval(evaluator.readout(r.method.backbone), seq.full, scfg, device)} \
                 if cfg.stream.evaluate else {}
