@@ -21,6 +21,7 @@ from pydantic.fields import FieldInfo
 
 from selfsup.atomic import atomic_write_text
 from selfsup.config import Config
+from selfsup.data import SOURCES
 from selfsup.methods import DESCRIPTIONS, METHODS
 from selfsup.train.run_policy import RESUMABLE_CHANGES
 
@@ -52,6 +53,9 @@ CROSS_CHECKS = [
     "of both views of the global batch).",
     "`selfsup pretrain --devices N`: `train.batch_size` must be divisible by N.",
 ]
+
+# Keys whose values a registry checks (config.register_check), not the schema: their names, for the "allowed" column.
+REGISTRIES = {"data.source": SOURCES}
 
 _BOUNDS = ((at.Gt, "gt", "> {}"), (at.Ge, "ge", "≥ {}"), (at.Lt, "lt", "< {}"), (at.Le, "le", "≤ {}"),
            (at.MinLen, "min_length", "at least {} item(s)"), (at.MaxLen, "max_length", "at most {} item(s)"))
@@ -114,9 +118,10 @@ def _type(ann) -> tuple[str, list[str]]:
     return getattr(ann, "__name__", str(ann)), []
 
 
-def describe(info: FieldInfo) -> tuple[str, str, str]:
-    """(type, default, allowed values and bounds) of a field."""
+def describe(info: FieldInfo, choices=None) -> tuple[str, str, str]:
+    """(type, default, allowed values and bounds) of a field; ``choices``: the names a registry allows."""
     name, allowed = _type(info.annotation)
+    allowed += ["one of " + ", ".join(f"`{a}`" for a in choices)] if choices else []
     allowed = _bounds(info.metadata) + allowed
     default = info.get_default(call_default_factory=True)
     return name, _value(default), "; ".join(allowed)
@@ -220,7 +225,8 @@ def render(config=Config, methods=METHODS) -> str:
         doc = " ".join((model.__doc__ or "").split()).replace("``", "`")
         own_doc = doc and not doc.startswith(model.__name__ + "(")  # pydantic's generated docstring otherwise
         out += [doc if own_doc else _sentence(info.description), ""]
-        out += _table([(f"{sec}.{k}", *describe(f), f.description or "") for k, f in model.model_fields.items()])
+        out += _table([(f"{sec}.{k}", *describe(f, REGISTRIES.get(f"{sec}.{k}")), f.description or "")
+                       for k, f in model.model_fields.items()])
     out += ["", "## Checks across keys", ""]
     out += [f"- {c}" for c in CROSS_CHECKS]
     return "\n".join(out) + "\n"

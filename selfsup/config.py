@@ -21,7 +21,7 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    source: Literal["fashion_mnist", "digits", "folder", "cifar", "npz", "webdataset"] = Field(
+    source: str = Field(  # a name of selfsup.data.SOURCES, checked by selfsup.data.registry.check_source
         "fashion_mnist", description="where the images come from: fashion_mnist (idx files), digits (sklearn's, "
         "resized to 28x28), folder (PNG/JPEG; class = sub-folder; train/ and test/ used when present), cifar "
         "(CIFAR-10/100 python batches), npz (images + optional labels), webdataset (tar shards of KEY.png + KEY.cls)")

@@ -8,8 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from selfsup.data import cifar, digits, fashion_mnist, image_folder, load_source, npz, read_idx, train_val_split
-from selfsup.errors import DataError
+from selfsup.config import DataConfig, load_config
+from selfsup.data import (SOURCES, cifar, digits, fashion_mnist, has_test_split, image_folder, load_source, npz,
+                          read_idx, train_val_split)
+from selfsup.errors import ConfigError, DataError
 
 
 def write_idx(path, arr: np.ndarray, gz: bool):
@@ -160,6 +162,27 @@ def test_load_source_dispatch_and_unknown(tmp_path):
         load_source("imagenet", root=str(tmp_path))
     with pytest.raises(DataError, match="'npz' needs data.root"):
         load_source("npz")
+
+
+def test_an_unknown_source_name_is_one_config_error_naming_the_registered_ones():
+    with pytest.raises(ConfigError) as e:
+        load_config({"data": {"source": "imagenet"}})
+    assert str(e.value) == ("config error: data.source: unknown source 'imagenet' "
+                            "(choose fashion_mnist, digits, folder, cifar, npz, webdataset)")
+    assert load_config({"data": {"source": "npz"}}).data.source == "npz"  # a registered name passes
+
+
+def test_every_registered_source_answers_whether_it_has_a_test_split(tmp_path):
+    for name in SOURCES:  # data.root unset, or a folder without a test split
+        assert isinstance(has_test_split(DataConfig(source=name)), bool), name
+        assert isinstance(has_test_split(DataConfig(source=name, root=str(tmp_path))), bool), name
+    assert not any(has_test_split(DataConfig(source=name, root=str(tmp_path)))
+                   for name in ("folder", "npz", "webdataset"))
+    (tmp_path / "test").mkdir()
+    np.savez(tmp_path / "test.npz", images=np.zeros((2, 4, 4), np.uint8))
+    (tmp_path / "test" / "000.tar").write_bytes(b"")
+    assert all(has_test_split(DataConfig(source=name, root=str(tmp_path)))
+               for name in ("folder", "npz", "webdataset", "fashion_mnist", "digits", "cifar"))
 
 
 def test_train_val_split_stratified_and_seeded():

@@ -11,7 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from selfsup.config import load_config
-from selfsup.data import BatchComposer, load_datasets, step_batches
+from selfsup.data import BatchComposer, BatchPlan, load_datasets, step_batches
 from selfsup.data.lazy import _Rows
 from selfsup.errors import DataError
 from selfsup.workflows import pretrain
@@ -64,8 +64,8 @@ def test_lazy_and_in_ram_folder_hold_the_same_images(folder):
 def test_step_batches_split_the_global_batch_across_ranks_and_workers(folder):
     ds, _ = load_datasets(load_config(_cfg(folder, "/tmp", "x", "never")).data)
     comp = BatchComposer(len(ds), 16)
-    one = list(step_batches(ds, comp, 3, 6, 2, 9))
-    two = [list(step_batches(ds, comp, 3, 6, 2, 9, rank=r, world=2, workers=2)) for r in range(2)]
+    one = list(step_batches(ds, BatchPlan(comp, 3, 6, 2, 9)))
+    two = [list(step_batches(ds, BatchPlan(comp, 3, 6, 2, 9, rank=r, world=2, workers=2))) for r in range(2)]
     assert len(one) == 7
     for s, b in enumerate(one):
         assert torch.equal(two[0][s].idx, b.idx[0::2]) and torch.equal(two[1][s].idx, b.idx[1::2])

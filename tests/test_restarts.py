@@ -12,7 +12,8 @@ from selfsup.config import load_config
 from selfsup.methods import METHODS
 from selfsup.robustness.adversarial_training import AdversarialSSL, SupervisedAdversary, adversarial_ssl
 from selfsup.train.checkpoint import load_latest_checkpoint
-from selfsup.streams.trainer import StreamTrainer, discover_chunks
+from selfsup.streams.chunks import discover_chunks
+from selfsup.streams.trainer import StreamOptions, StreamTrainer
 from selfsup.finetune.finetune_workflow import finetune
 from selfsup.workflows import pretrain
 
@@ -37,8 +38,8 @@ def _same(a, b):
 
 def _trainer(root, name, logs=None, **kw):
     cfg = load_config(cfg_dict(root, name, evaluate=False))
-    return StreamTrainer(cfg, root / name, progress=False, log=(logs.append if logs is not None else lambda s: None),
-                         **kw)
+    return StreamTrainer(cfg, root / name, StreamOptions(
+        progress=False, log=(logs.append if logs is not None else lambda s: None), **kw))
 
 
 def test_chunk_in_progress_resumes_even_when_an_earlier_sorting_chunk_arrives(tmp_path):
@@ -112,11 +113,11 @@ def test_initial_evaluation_is_persisted_at_once(tmp_path):
     cfg = load_config(cfg_dict(tmp_path, "s"))
     for _ in range(3):
         with pytest.raises(Crash):
-            StreamTrainer(cfg, tmp_path / "s", evaluate=ev, callbacks=[CrashAfter(1)], progress=False,
-                          log=lambda s: None).run(lambda: discover_chunks(src))
+            StreamTrainer(cfg, tmp_path / "s", StreamOptions(evaluate=ev, callbacks=[CrashAfter(1)], progress=False,
+                                                             log=lambda s: None)).run(lambda: discover_chunks(src))
     assert ev.initial == 1
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["init_eval"] == {"knn": 0.5}
-    done = StreamTrainer(cfg, tmp_path / "s", evaluate=ev, progress=False, log=lambda s: None).run(
+    done = StreamTrainer(cfg, tmp_path / "s", StreamOptions(evaluate=ev, progress=False, log=lambda s: None)).run(
         lambda: discover_chunks(src))
     assert ev.initial == 1 and len(done.chunks) == 1
 
@@ -127,12 +128,12 @@ def test_joint_keeps_its_retained_bytes_across_a_restart(tmp_path):
     for i in range(3):
         _chunk(src, f"d{i}.npz", i)
     kw = dict(evaluate=False, strategy="joint")
-    whole = StreamTrainer(load_config(cfg_dict(tmp_path, "whole", **kw)), tmp_path / "whole", progress=False,
-                          log=lambda s: None).run(lambda: discover_chunks(src))
+    quiet = StreamOptions(progress=False, log=lambda s: None)
+    whole = StreamTrainer(load_config(cfg_dict(tmp_path, "whole", **kw)), tmp_path / "whole", quiet).run(
+        lambda: discover_chunks(src))
     cfg = load_config(cfg_dict(tmp_path, "split", **kw))
-    StreamTrainer(cfg, tmp_path / "split", progress=False, log=lambda s: None).run(lambda: discover_chunks(src),
-                                                                                   max_chunks=1)
-    split = StreamTrainer(cfg, tmp_path / "split", progress=False, log=lambda s: None).run(
+    StreamTrainer(cfg, tmp_path / "split", quiet).run(lambda: discover_chunks(src), max_chunks=1)
+    split = StreamTrainer(cfg, tmp_path / "split", quiet).run(
         lambda: discover_chunks(src))
     assert [c["retained_bytes"] for c in whole.chunks] == [64 * 784, 2 * 64 * 784, 3 * 64 * 784]
     assert [c["retained_bytes"] for c in split.chunks] == [c["retained_bytes"] for c in whole.chunks]

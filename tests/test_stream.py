@@ -15,7 +15,8 @@ from selfsup.streams.continual_metrics import continual_metrics
 from selfsup.augment import recipe_from_config
 from selfsup.methods import build_method
 from selfsup.streams.strategies import Distill, Regularize, Replay
-from selfsup.streams.trainer import StreamTrainer, discover_chunks
+from selfsup.streams.chunks import discover_chunks
+from selfsup.streams.trainer import StreamOptions, StreamTrainer
 from selfsup.streams.stream_workflow import sequence
 from selfsup.streams.stream_workflow import stream
 
@@ -179,11 +180,12 @@ def test_stream_killed_mid_chunk_resumes_to_identical_weights(chunk_dir, strateg
     chunks = lambda: discover_chunks(src)  # noqa: E731
     run_dir = root / f"crash-{strategy}"
     with pytest.raises(Crash):  # dies inside chunk 2, after its step 2
-        StreamTrainer(cfg, run_dir, progress=False, callbacks=[CrashAfter(3 + 2)]).run(chunks)
+        StreamTrainer(cfg, run_dir, StreamOptions(progress=False, callbacks=[CrashAfter(3 + 2)])).run(chunks)
     man = json.loads((run_dir / "manifest.json").read_text())
     assert [c["name"] for c in man["chunks"]] == ["day0.npz"]
-    StreamTrainer(cfg, run_dir, progress=False).run(chunks, max_chunks=1)  # resumes chunk 2 at step 2, then stops
-    done = StreamTrainer(cfg, run_dir, progress=False).run(chunks)
+    # resumes chunk 2 at step 2, then stops
+    StreamTrainer(cfg, run_dir, StreamOptions(progress=False)).run(chunks, max_chunks=1)
+    done = StreamTrainer(cfg, run_dir, StreamOptions(progress=False)).run(chunks)
     assert [c["name"] for c in done.chunks] == ["day0.npz", "day1.npz", "day2.npz"]
     a, b = _final(ref.run_dir), _final(run_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -11,7 +11,7 @@ from PIL import Image
 from selfsup.config import DataConfig
 from selfsup.data import ConcatImages, LazyImages, concat_images, open_chunk
 from selfsup.streams.replay_buffer import ReservoirBuffer
-from selfsup.streams.trainer import discover_chunks
+from selfsup.streams.chunks import discover_chunks
 from selfsup.streams.stream_workflow import stream
 
 from .helpers import _final, blobs, cfg_dict, eval_data_and_source

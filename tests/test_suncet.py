@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from selfsup.config import load_config
 from selfsup.data import BatchComposer, ImageDataset, batch_composer, known_labels, labelled_subset, load_datasets

@@ -15,16 +15,12 @@ permutation.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 
+from ..config import DataConfig
 from ..errors import DataError
 from .sources import ImageDataset
-
-if TYPE_CHECKING:
-    from ..config import DataConfig
 
 _SUBSET_STREAM = 4243  # a seed stream of its own: not the draws of train_val_split with the same seed
 
@@ -89,7 +85,7 @@ class BatchComposer:
         return torch.where(ids >= 0, self.labels[ids.clamp_min(0)], torch.full_like(ids, -1))
 
 
-def batch_composer(data: "DataConfig", train: ImageDataset, batch_size: int, seed: int) -> BatchComposer:
+def batch_composer(data: DataConfig, train: ImageDataset, batch_size: int, seed: int) -> BatchComposer:
     """The pre-training batches ``data.labelled_fraction`` and ``data.labelled_per_batch`` ask for."""
     if data.labelled_fraction is not None and train.labels is None:
         raise DataError(f"data.labelled_fraction needs a labelled data set ({data.source} has no labels)")

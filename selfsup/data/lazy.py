@@ -22,7 +22,7 @@ import torch
 from PIL import UnidentifiedImageError
 
 from ..errors import DataError
-from .sources import IMAGE_SUFFIXES, decode_image
+from .sources import IMAGE_SUFFIXES, ImageDataset, decode_image, list_folder
 
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
 
@@ -206,3 +206,45 @@ def tar_items(path: Path) -> tuple[list[Item], list[int]]:
         raise DataError(f"cannot index shard {path} (lazy reading needs an uncompressed .tar): {e}") from None
     keys = sorted(images)
     return [images[k] for k in keys], [labels.get(k, -1) for k in keys]
+
+
+# ------------------------------------------------------------------------------------ lazy folders and shards
+def _first_shape(items: list[Item], size: int | None, channels: int | None, skip_bad: bool) -> tuple[int, int]:
+    """``size`` and ``channels``, each taken from the first readable image when not given."""
+    if size is not None and channels is not None:
+        return size, channels
+    for item in items:
+        try:
+            _, c, s = decode_image(item.open(), size, channels)
+            return s, c
+        except DECODE_ERRORS as e:
+            if not skip_bad:
+                raise DataError(f"cannot read image {item.describe()}: {e}") from None
+    raise DataError("no readable images")
+
+
+def open_lazy_folder(root: Path, size: int | None, channels: int | None, skip_bad: bool) -> ImageDataset:
+    """An image folder (class = sub-folder) as a lazy :class:`ImageDataset`."""
+    files, classes = list_folder(root)
+    items = folder_items([f for f, _ in files])
+    labels = torch.tensor([c for _, c in files]) if classes else None
+    names, name = [f.relative_to(root).as_posix() for f, _ in files], f"folder:{root.name}"
+    if not items:
+        raise DataError(f"no images found at {root}")
+    size, channels = _first_shape(items, size, channels, skip_bad)
+    return ImageDataset(LazyImages(items, size, channels, skip_bad, name), labels, classes, name, names)
+
+
+def open_lazy_shards(shards: list[Path], name: str, size: int | None, channels: int | None,
+                     skip_bad: bool) -> ImageDataset:
+    """The images of uncompressed WebDataset tar shards, in order, as one lazy :class:`ImageDataset`."""
+    items, ys = [], []
+    for shard in shards:
+        it, y = tar_items(shard)
+        items += it
+        ys += y
+    if not items:
+        raise DataError(f"no images found in {name}")
+    labels = torch.tensor(ys) if ys and min(ys) >= 0 else None
+    size, channels = _first_shape(items, size, channels, skip_bad)
+    return ImageDataset(LazyImages(items, size, channels, skip_bad, name), labels, [], name, None)

@@ -36,13 +36,28 @@ class StepBatch:
     bad: int = 0  # unreadable files replaced in this batch (lazy sets with skip_bad_images)
 
 
+@dataclass(frozen=True)
+class BatchPlan:
+    """Which steps' batches a rank reads (steps ``start`` … ``total`` − 1 of epochs of ``steps_per_epoch`` steps,
+    ordered by ``seed``, composed by ``composer``; rank ``rank`` of ``world`` takes its share) and how a lazy set is
+    decoded (``workers`` DataLoader processes, ``prefetch`` batches each ahead; 0 workers: in this process)."""
+    composer: BatchComposer
+    seed: int
+    steps_per_epoch: int
+    start: int
+    total: int
+    rank: int = 0
+    world: int = 1
+    workers: int = 0
+    prefetch: int = 2
+
+
 class _StepIndices:
     """Batch sampler: this rank's indices of steps start … total − 1 (computed in the training process)."""
 
-    def __init__(self, n: int, composer: BatchComposer, seed: int, steps_per_epoch: int, start: int, total: int,
-                 rank: int, world: int):
-        self.n, self.composer, self.seed, self.spe = n, composer, seed, steps_per_epoch
-        self.start, self.total, self.rank, self.world = start, total, rank, world
+    def __init__(self, n: int, plan: BatchPlan):
+        self.n, self.composer, self.seed, self.spe = n, plan.composer, plan.seed, plan.steps_per_epoch
+        self.start, self.total, self.rank, self.world = plan.start, plan.total, plan.rank, plan.world
         self._epoch, self._perm = -1, None
 
     def indices(self, step: int) -> torch.Tensor:
@@ -81,21 +96,19 @@ def _as_is(batch):
     return batch
 
 
-def step_batches(ds: ImageDataset, composer: BatchComposer, seed: int, steps_per_epoch: int, start: int,
-                 total: int, rank: int = 0, world: int = 1, workers: int = 0, prefetch: int = 2
-                 ) -> Iterator[StepBatch]:
-    """The batches of steps ``start`` … ``total`` − 1 for this rank, in order."""
-    sampler = _StepIndices(len(ds), composer, seed, steps_per_epoch, start, total, rank, world)
+def step_batches(ds: ImageDataset, plan: BatchPlan) -> Iterator[StepBatch]:
+    """The batches of steps ``plan.start`` … ``plan.total`` − 1 for this rank, in order."""
+    sampler = _StepIndices(len(ds), plan)
     if not ds.lazy:
         for idx in sampler:
             idx = torch.tensor(idx, dtype=torch.long)
             yield StepBatch(ds.images[idx], idx)
         return
-    if workers == 0:
+    if plan.workers == 0:
         batches = (_Decode(ds.images).__getitems__(idx) for idx in sampler)
     else:
-        batches = iter(DataLoader(_Decode(ds.images), batch_sampler=sampler, num_workers=workers,
-                                  prefetch_factor=prefetch, collate_fn=_as_is, persistent_workers=False))
+        batches = iter(DataLoader(_Decode(ds.images), batch_sampler=sampler, num_workers=plan.workers,
+                                  prefetch_factor=plan.prefetch, collate_fn=_as_is, persistent_workers=False))
     for b in batches:
         if isinstance(b, str):
             raise DataError(b)

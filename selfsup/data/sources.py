@@ -1,8 +1,10 @@
-"""Data sources. Every loader returns an :class:`ImageDataset` holding uint8 images ``(N, C, H, W)``.
+"""The readers of the data sources. Every reader returns an :class:`ImageDataset` holding uint8 images
+``(N, C, H, W)``; :mod:`selfsup.data.registry` names them for ``data.source``.
 
 Supported: Fashion-MNIST idx files (plain or .gz), sklearn's bundled ``load_digits`` resized to 28x28, a folder of
 the user's own images (PNG/JPEG through Pillow, class = sub-folder), CIFAR-10/100 python batches (read with a
-restricted unpickler that only rebuilds plain containers and numpy arrays), and NPZ arrays (``allow_pickle=False``).
+restricted unpickler that only rebuilds plain containers and numpy arrays), NPZ arrays (``allow_pickle=False``) and
+WebDataset-style tar shards.
 """
 from __future__ import annotations
 
@@ -65,7 +67,8 @@ class ImageDataset:
 
     def subset(self, idx, name: str | None = None) -> "ImageDataset":
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return ImageDataset(self.images.subset(idx) if self.lazy else self.images[idx], None if self.labels is None else self.labels[idx], self.classes,
+        images = self.images.subset(idx) if self.lazy else self.images[idx]
+        return ImageDataset(images, None if self.labels is None else self.labels[idx], self.classes,
                             name or self.name, None if self.files is None else [self.files[i] for i in idx.tolist()])
 
 
@@ -272,37 +275,7 @@ def npz(path: str | Path) -> ImageDataset:
     return ImageDataset(torch.from_numpy(np.ascontiguousarray(x)), labels, [], f"npz:{path.stem}")
 
 
-# ---------------------------------------------------------------------------------------------------- dispatcher
-def load_source(name: str, split: str = "train", root: str | None = None, **kw) -> ImageDataset:
-    """Load a data set by name: ``fashion_mnist``, ``digits``, ``folder``, ``cifar`` or ``npz``."""
-    if name == "fashion_mnist":
-        return fashion_mnist(split, root)
-    if name == "digits":
-        return digits(split)
-    if root is None:
-        raise DataError(f"data source {name!r} needs data.root (a path)")
-    if name == "folder":
-        p = Path(root)
-        if (p / split).is_dir():
-            p = p / split
-        return image_folder(p, **kw)
-    if name == "cifar":
-        return cifar(root, split)
-    if name == "npz":
-        p = Path(root)
-        if p.is_dir():
-            p = p / f"{split}.npz"
-        return npz(p)
-    if name == "webdataset":
-        shards = shard_paths(root, split)
-        if not shards:
-            raise DataError(f"no {split} shards (*.tar) found at {root}")
-        parts = [webdataset_shard(s, **kw) for s in shards]
-        labels = None if any(p.labels is None for p in parts) else torch.cat([p.labels for p in parts])
-        return ImageDataset(torch.cat([p.images for p in parts]), labels, [], f"shards:{Path(root).name}/{split}")
-    raise DataError(f"unknown data source {name!r} (choose fashion_mnist, digits, folder, cifar, npz, webdataset)")
-
-
+# ------------------------------------------------------------------------------------------ splits and shards
 def shard_paths(root: str | Path, split: str) -> list[Path]:
     """Shards of a split: ``root`` itself if it is a .tar (train), else ``root/split/*.tar`` or
     ``root/split*.tar``."""

@@ -27,7 +27,8 @@ from ..progress import TaskProgress
 from ..rundir import RunDir, read_manifest, write_stream_record, write_study_record
 from ..train.run_policy import write_config
 from ..train.setup import setup_device
-from .trainer import StreamResult, StreamTrainer, discover_chunks, memory_chunks
+from .chunks import discover_chunks, memory_chunks
+from .trainer import StreamOptions, StreamResult, StreamTrainer
 
 
 class StreamEvaluator:
@@ -128,8 +129,8 @@ def stream(config, overrides: list[str] | None = None, source: str | Path | None
             te = np.sort(rng.choice(len(test), min(len(test), cfg.stream.eval_test_samples), replace=False))
             evaluator = StreamEvaluator(cfg, setup_device(cfg), full=EvalTask("all", train.subset(tr),
                                                                               test.subset(te)))
-    trainer = StreamTrainer(cfg, RunDir.of(cfg).path, evaluate=evaluator, callbacks=callbacks,
-                            progress=progress)
+    trainer = StreamTrainer(cfg, RunDir.of(cfg).path, StreamOptions(evaluate=evaluator, callbacks=callbacks,
+                                                                    progress=progress))
     r = trainer.run(lambda: discover_chunks(source, cfg.data), watch=watch, idle_timeout=idle_timeout,
                     max_chunks=max_chunks)
     return _finish(r, cfg, with_tasks=False)
@@ -160,9 +161,9 @@ def _study(cfg: Config, root: Path, device, train, test, bar: TaskProgress, prog
             earlier = read_manifest(RunDir(root).strategy_run(kind, strat))  # what an earlier call dealt with
             bar.advance(len(earlier["chunks"]) + len(earlier["rejected"]))
             evaluator = StreamEvaluator(scfg, device, seq.tasks, seq.full)
-            trainer = StreamTrainer(scfg, RunDir(root).strategy_run(kind, strat).path, evaluate=evaluator,
-                                    init_eval=init, final_only=final_only, progress=progress, log=log,
-                                    on_chunk=lambda name: bar.advance())
+            trainer = StreamTrainer(scfg, RunDir(root).strategy_run(kind, strat).path, StreamOptions(
+                evaluate=evaluator, init_eval=init, final_only=final_only, progress=progress, log=log,
+                on_chunk=lambda name: bar.advance()))
             r = trainer.run(lambda: memory_chunks(seq.chunks))
             extra = {"downstream": downstream_eval(evaluator.readout(r.method.backbone), seq.full, scfg, device)} \
                 if cfg.stream.evaluate else {}

@@ -2,12 +2,13 @@
 and evaluating after each chunk.
 
 A chunk is an image folder, an ``.npz`` file or a WebDataset-style ``.tar`` shard in the source folder (names
-starting with ``.`` or ending in ``.tmp``/``.part`` are ignored: write a chunk under such a name, then rename it).
-The run directory's ``manifest.json`` — rewritten atomically after each chunk, and the only commit point — lists the
-chunks consumed and the state saved after each, so after a crash or ``kill -9`` the same command continues: the
-chunk in progress resumes from its last step checkpoint, no chunk is lost and none is trained twice. A chunk that
-cannot be read, is empty, has the wrong image shape or is smaller than a batch is reported, recorded as rejected and
-not trained (with ``--watch`` it is retried if the file changes).
+starting with ``.`` or ending in ``.tmp``/``.part`` are ignored: write a chunk under such a name, then rename it;
+:mod:`selfsup.streams.chunks`). The run directory's ``manifest.json`` (:mod:`selfsup.rundir`) — rewritten
+atomically after each chunk, and the only commit point — lists the chunks consumed and the state saved after each,
+so after a crash or ``kill -9`` the same command continues: the chunk in progress resumes from its last step
+checkpoint, no chunk is lost and none is trained twice. A chunk that cannot be read, is empty, has the wrong image
+shape or is smaller than a batch is reported, recorded as rejected and not trained (with ``--watch`` it is retried
+if the file changes).
 
 The chunk in progress keeps its step checkpoints under ``chunks/<name>-<signature>/`` with a ``chunk.json`` naming
 it: a restart resumes that very chunk first (even if a chunk that sorts earlier has arrived meanwhile), and when the
@@ -23,11 +24,10 @@ Evaluation is injected: the driver calls an evaluator (``evaluate(backbone, n_ch
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -38,62 +38,18 @@ from torch import nn
 from .. import distributed as D
 from ..atomic import atomic_dir, atomic_write_text
 from ..augment import recipe_from_config
-from ..config import Config, DataConfig
-from ..data import ImageDataset, concat_images, open_chunk
+from ..config import Config
+from ..data import ImageDataset, concat_images
 from ..errors import DataError
 from ..methods import build_method
 from ..models import save_backbone
-from ..rundir import RunDir, read_manifest, write_manifest
 from ..train.loop import Callback, FitPlan, fit
 from ..train.run_policy import write_config
 from ..train.setup import setup_device
-from .strategies import Strategy, build_strategy
 from ..train.tensorboard import TensorBoardLog
-
-IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
-
-
-# ------------------------------------------------------------------------------------------------ chunk sources
-@dataclass
-class Chunk:
-    name: str
-    load: Callable[[], ImageDataset]
-    signature: str  # changes when the chunk's content changes (size/mtime of files, or a content hash)
-
-
-def _signature(path: Path) -> str:
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    h = hashlib.sha1()
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.relative_to(path.parent)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()
-
-
-def discover_chunks(source: Path, data: DataConfig | None = None) -> list[Chunk]:
-    """The chunks in ``source``, in name order, each opened by ``data``'s rules (size, channels, in RAM or lazy,
-    bad images; :func:`selfsup.data.open_chunk`)."""
-    if not source.is_dir():
-        raise DataError(f"stream source {source} is not a folder")
-    data = data or DataConfig()
-    out = []
-    for p in sorted(source.iterdir()):
-        if p.name.startswith(".") or p.name.endswith(IGNORED_SUFFIXES):
-            continue
-        if p.is_dir() or p.suffix in (".npz", ".tar"):
-            out.append(Chunk(p.name, lambda p=p: open_chunk(p, data), _signature(p)))
-    return out
-
-
-def memory_chunks(datasets: list[ImageDataset]) -> list[Chunk]:
-    """In-memory chunks (the benchmark sequences)."""
-    def sig(d: ImageDataset) -> str:
-        return hashlib.sha1(d.images[:: max(1, len(d) // 64)].numpy().tobytes()).hexdigest() + f":{len(d)}"
-
-    def slug(text: str) -> str:
-        return "".join(ch if ch.isalnum() or ch in "+-" else "_" for ch in text).strip("_")[:40]
-
-    return [Chunk(f"{i + 1:02d}-{slug(d.name)}", lambda d=d: d, sig(d)) for i, d in enumerate(datasets)]
+from .chunks import Chunk, chunk_dir_name, find_chunk
+from ..rundir import ChunkRecord, Manifest, RunDir, read_manifest, write_manifest
+from .strategies import Strategy, build_strategy
 
 
 # ------------------------------------------------------------------------------------------------ run state
@@ -109,11 +65,6 @@ def _save_state(state_root: Path, index: int, method: nn.Module, strategy: Strat
     return name
 
 
-def _chunk_dir_name(chunk: Chunk) -> str:
-    slug = "".join(ch if ch.isalnum() or ch in "+-._" else "_" for ch in chunk.name)[:60]
-    return f"{slug}-{chunk.signature[:12]}"
-
-
 class ChunkEvaluator(Protocol):
     image_shape: tuple[int, ...]
 
@@ -123,15 +74,15 @@ class ChunkEvaluator(Protocol):
 @dataclass
 class StreamResult:
     run_dir: Path
-    manifest: dict
+    manifest: Manifest
     method: nn.Module | None = None
 
     @property
-    def chunks(self) -> list[dict]:
+    def chunks(self) -> list[ChunkRecord]:
         return self.manifest["chunks"]
 
     @property
-    def rejected(self) -> dict:
+    def rejected(self) -> dict[str, dict]:
         return self.manifest["rejected"]
 
     @property
@@ -144,28 +95,39 @@ def _steps_for(cfg: Config, n_images: int) -> int:
     return s.chunk_steps or max(1, int(round(s.chunk_epochs * n_images / cfg.train.batch_size)))
 
 
-# ------------------------------------------------------------------------------------------------ the driver
-class StreamTrainer:
-    """Consumes chunks in order with the configured strategy; ``run`` may be called again on the same run
-    directory (a restart) and continues where the last call stopped.
+@dataclass
+class StreamOptions:
+    """How a :class:`StreamTrainer` runs, besides its config.
 
     ``evaluate``: called after each chunk (None: no evaluation); ``init_eval``: the initial encoder's evaluation
     when the caller already has it (a study shares it between strategies); ``final_only`` (the joint reference of
     a study with a known number of chunks): train and evaluate only after the last chunk; ``callbacks``: passed to
-    every chunk's training loop; ``on_chunk(name)``: called when a chunk has been dealt with (trained and committed,
-    skipped by ``final_only``, or rejected), e.g. to advance a progress bar."""
+    every chunk's training loop; ``log``: where rank 0's lines go; ``on_chunk(name)``: called when a chunk has been
+    dealt with (trained and committed, skipped by ``final_only``, or rejected), e.g. to advance a progress bar."""
+    evaluate: ChunkEvaluator | None = None
+    init_eval: dict | None = None
+    final_only: bool = False
+    callbacks: list[Callback] | None = None
+    progress: bool = True
+    log: Callable[[str], None] = print
+    on_chunk: Callable[[str], None] | None = None
 
-    def __init__(self, cfg: Config, run_dir: Path, *, evaluate: ChunkEvaluator | None = None,
-                 init_eval: dict | None = None, final_only: bool = False, callbacks: list[Callback] | None = None,
-                 progress: bool = True, log: Callable[[str], None] = print,
-                 on_chunk: Callable[[str], None] | None = None):
+
+# ------------------------------------------------------------------------------------------------ the driver
+class StreamTrainer:
+    """Consumes chunks in order with the configured strategy; ``run`` may be called again on the same run
+    directory (a restart) and continues where the last call stopped."""
+
+    def __init__(self, cfg: Config, run_dir: Path, options: StreamOptions | None = None):
+        opts = options or StreamOptions()
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.evaluate = evaluate if cfg.stream.evaluate else None
-        self.init_eval, self.final_only = init_eval, final_only
-        self.callbacks, self.progress = list(callbacks or []), progress
+        self.evaluate = opts.evaluate if cfg.stream.evaluate else None
+        self.init_eval, self.final_only = opts.init_eval, opts.final_only
+        self.callbacks, self.progress = list(opts.callbacks or []), opts.progress
+        log = opts.log
         self.log = lambda text: log(text) if D.is_main() else None  # rank 0 speaks (asked at each call: the
         # process group starts in _restore)
-        self.on_chunk = on_chunk or (lambda name: None)
+        self.on_chunk = opts.on_chunk or (lambda name: None)
         self.run_paths = RunDir(self.run_dir)
 
     # -- state
@@ -206,7 +168,7 @@ class StreamTrainer:
             self.log(f"resuming stream {self.run_dir}: {len(done)} chunk(s) already consumed")
         self.seen_data: list[ImageDataset] = []  # joint keeps every chunk
         if self.strategy.retrain_from_scratch and done:
-            self.seen_data = [_find_chunk(chunks(), c["name"]).load() for c in done]
+            self.seen_data = [find_chunk(chunks(), c["name"]).load() for c in done]
         if self.evaluate is not None and "init_eval" not in self.manifest:
             if self.init_eval is None and D.is_main():
                 channels, size = self.evaluate.image_shape[0], self.evaluate.image_shape[-1]
@@ -277,60 +239,84 @@ class StreamTrainer:
         return data
 
     def _train_chunk(self, chunk: Chunk, data: ImageDataset, n_available: int) -> None:
-        cfg, done, strategy = self.cfg, self.manifest["chunks"], self.strategy
-        index = len(done)
+        strategy, index = self.strategy, len(self.manifest["chunks"])
         self.shape = tuple(data.images.shape[1:])
         if self.method is None:
             self.method = self._new_method(data.channels, data.images.shape[-1])
         t0 = time.perf_counter()
-        steps = _steps_for(cfg, len(data))
-        train_data = data
+        train_data, steps = self._training_set(data)
         last_of_known = self.final_only and index == n_available - 1
-        if strategy.retrain_from_scratch:
-            self.seen_data.append(data)
-            steps = sum(_steps_for(cfg, len(d)) for d in self.seen_data)
-            train_data = ImageDataset(concat_images([d.images for d in self.seen_data]), None, [], "seen so far")
         skip = strategy.retrain_from_scratch and self.final_only and not last_of_known
         if not skip:
-            if strategy.retrain_from_scratch:
-                self.method = self._new_method(data.channels, data.images.shape[-1])
-            ckpt_root = self.run_paths.chunks / _chunk_dir_name(chunk)
-            if D.is_main():
-                ckpt_root.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(ckpt_root / RunDir.CHUNK_RECORD, json.dumps(
-                    {"name": chunk.name, "signature": chunk.signature, "index": index}))
-            D.barrier()
-            strategy.begin_chunk(self.method, index, cfg.seed)
-            offset = 0 if strategy.retrain_from_scratch else sum(c["images"] for c in done)
-            if hasattr(self.method, "reserve"):  # per-sample state (method: sat) grows with the stream
-                self.method.reserve(offset + len(train_data))
-            # log.tensorboard: this chunk's rows of metrics.jsonl, on one step axis after the earlier chunks' steps
-            tb = [TensorBoardLog(self.run_paths.tensorboard, self.run_paths.metrics, {"chunk": index + 1},
-                                 sum(c["steps"] for c in done))] if cfg.log.tensorboard and D.is_main() else []
-            try:
-                fit(self.method, train_data, cfg, self.device, FitPlan(
-                    ckpt_root / RunDir.CHECKPOINTS, self.run_paths.metrics, total_steps=steps,
-                    seed=cfg.seed + 1000 * (index + 1), resume=True, strategy=strategy,
-                    callbacks=[*self.callbacks, *tb], progress=self.progress, label=f"chunk {index + 1}",
-                    log_fields={"chunk": index + 1}, index_offset=offset))
-            finally:
-                for t in tb:
-                    t.close()
-        strategy.end_chunk(self.method, data, index, recipe_from_config(cfg.augment, type(self.method).recipe),
-                           self.device, cfg)
-        entry = {"name": chunk.name, "signature": chunk.signature, "images": len(data), "channels": data.channels,
-                 "shape": list(self.shape), "steps": 0 if skip else steps,
-                 "train_seconds": round(time.perf_counter() - t0, 2), "retained_bytes": strategy.retained_bytes(),
-                 "trained": not skip, "devices": D.world_size()}
+            self._fit_chunk(chunk, data, train_data, steps)
+        strategy.end_chunk(self.method, data, index, recipe_from_config(self.cfg.augment, type(self.method).recipe),
+                           self.device, self.cfg)
+        entry: ChunkRecord = {
+            "name": chunk.name, "signature": chunk.signature, "images": len(data), "channels": data.channels,
+            "shape": list(self.shape), "steps": 0 if skip else steps,
+            "train_seconds": round(time.perf_counter() - t0, 2), "retained_bytes": strategy.retained_bytes(),
+            "trained": not skip, "devices": D.world_size()}
         if self.evaluate is not None and not skip and (not self.final_only or last_of_known) and D.is_main():
-            t1 = time.perf_counter()
-            ev = _strip(self.evaluate(self.method.backbone, n_available))
-            ev["eval_seconds"] = round(time.perf_counter() - t1, 2)
-            entry["eval"] = ev
-            self.log(f"after chunk {index + 1} ({chunk.name}): " + ", ".join(
-                f"{k} {v:.4f}" for k, v in ev.items() if isinstance(v, float) and k != "eval_seconds"))
-        entry["state"] = _save_state(self.run_paths.state, index + 1, self.method, strategy)
-        done.append(entry)
+            entry["eval"] = self._evaluate_chunk(chunk, index, n_available)
+        self._commit_chunk(chunk, entry)
+
+    def _training_set(self, data: ImageDataset) -> tuple[ImageDataset, int]:
+        """What this chunk trains on, and for how many steps: the chunk, or every chunk so far (joint)."""
+        if not self.strategy.retrain_from_scratch:
+            return data, _steps_for(self.cfg, len(data))
+        self.seen_data.append(data)
+        steps = sum(_steps_for(self.cfg, len(d)) for d in self.seen_data)
+        return ImageDataset(concat_images([d.images for d in self.seen_data]), None, [], "seen so far"), steps
+
+    def _fit_chunk(self, chunk: Chunk, data: ImageDataset, train_data: ImageDataset, steps: int) -> None:
+        """Train on ``train_data`` for ``steps`` steps, checkpointing under the chunk's own folder (resumed when
+        the chunk was interrupted)."""
+        cfg, done, strategy = self.cfg, self.manifest["chunks"], self.strategy
+        index = len(done)
+        if strategy.retrain_from_scratch:
+            self.method = self._new_method(data.channels, data.images.shape[-1])
+        ckpt_root = self._chunk_checkpoints(chunk, index)
+        strategy.begin_chunk(self.method, index, cfg.seed)
+        offset = 0 if strategy.retrain_from_scratch else sum(c["images"] for c in done)
+        if hasattr(self.method, "reserve"):  # per-sample state (method: sat) grows with the stream
+            self.method.reserve(offset + len(train_data))
+        # log.tensorboard: this chunk's rows of metrics.jsonl, on one step axis after the earlier chunks' steps
+        tb = [TensorBoardLog(self.run_paths.tensorboard, self.run_paths.metrics, {"chunk": index + 1},
+                             sum(c["steps"] for c in done))] if cfg.log.tensorboard and D.is_main() else []
+        try:
+            fit(self.method, train_data, cfg, self.device, FitPlan(
+                ckpt_root / RunDir.CHECKPOINTS, self.run_paths.metrics, total_steps=steps,
+                seed=cfg.seed + 1000 * (index + 1), resume=True, strategy=strategy,
+                callbacks=[*self.callbacks, *tb], progress=self.progress, label=f"chunk {index + 1}",
+                log_fields={"chunk": index + 1}, index_offset=offset))
+        finally:
+            for t in tb:
+                t.close()
+
+    def _chunk_checkpoints(self, chunk: Chunk, index: int) -> Path:
+        """The folder of the chunk's step checkpoints, with the ``chunk.json`` that names it (rank 0 writes)."""
+        ckpt_root = self.run_paths.chunks / chunk_dir_name(chunk)
+        if D.is_main():
+            ckpt_root.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(ckpt_root / RunDir.CHUNK_RECORD, json.dumps(
+                {"name": chunk.name, "signature": chunk.signature, "index": index}))
+        D.barrier()
+        return ckpt_root
+
+    def _evaluate_chunk(self, chunk: Chunk, index: int, n_available: int) -> dict:
+        t1 = time.perf_counter()
+        ev = _strip(self.evaluate(self.method.backbone, n_available))
+        ev["eval_seconds"] = round(time.perf_counter() - t1, 2)
+        self.log(f"after chunk {index + 1} ({chunk.name}): " + ", ".join(
+            f"{k} {v:.4f}" for k, v in ev.items() if isinstance(v, float) and k != "eval_seconds"))
+        return ev
+
+    def _commit_chunk(self, chunk: Chunk, entry: ChunkRecord) -> None:
+        """Save the state after the chunk, record it in the manifest (the commit point) and drop what the commit
+        made stale: the chunk's step checkpoints and the state after the previous chunk."""
+        entry["state"] = _save_state(self.run_paths.state, len(self.manifest["chunks"]) + 1, self.method,
+                                     self.strategy)
+        self.manifest["chunks"].append(entry)
         self.manifest["rejected"].pop(chunk.name, None)
         self._commit()  # the commit point
         self.in_progress = None
@@ -379,9 +365,9 @@ class StreamTrainer:
                 break
             time.sleep(self.cfg.stream.watch_interval)
         if not self.manifest["chunks"]:
+            rejected = self.manifest["rejected"]
             raise DataError("the stream holds no usable chunk" + (
-                f" ({len(self.manifest['rejected'])} rejected: see {RunDir.MANIFEST})" if self.manifest["rejected"]
-                else ""))
+                f" ({len(rejected)} rejected: see {RunDir.MANIFEST})" if rejected else ""))
         last = self.manifest["chunks"][-1]
         if D.is_main():
             save_backbone(self.run_dir, self.method.backbone, self.cfg.model, last["channels"], last["shape"][-1])
@@ -392,9 +378,3 @@ class StreamTrainer:
 def _strip(ev: dict) -> dict:
     return {k: v for k, v in ev.items() if not k.startswith("_")}
 
-
-def _find_chunk(available: list[Chunk], name: str) -> Chunk:
-    for c in available:
-        if c.name == name:
-            return c
-    raise DataError(f"chunk {name} consumed earlier is gone from the source; the joint strategy needs every chunk")

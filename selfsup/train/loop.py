@@ -28,7 +28,7 @@ from torch import nn
 
 from .. import distributed as D
 from ..augment import recipe_from_config, to_float
-from ..data import BatchComposer, ImageDataset, step_batches
+from ..data import BatchComposer, BatchPlan, ImageDataset, step_batches
 from ..errors import TrainingError
 from ..methods import SSLMethod
 from .checkpoint import latest_checkpoint, load_latest_checkpoint, save_checkpoint
@@ -209,8 +209,8 @@ def fit(method: SSLMethod, train_ds: ImageDataset, cfg: "Config", device: torch.
     amp = use_amp(t.amp, device)
     step = start_step
     bad_images = 0  # unreadable files a lazy set replaced (data.skip_bad_images)
-    feed = step_batches(train_ds, batches, seed, steps_per_epoch, start_step, total_steps, rank, world,
-                        cfg.data.workers, cfg.data.prefetch)
+    feed = step_batches(train_ds, BatchPlan(batches, seed, steps_per_epoch, start_step, total_steps, rank, world,
+                                            cfg.data.workers, cfg.data.prefetch))
     uses_indices, uses_labels = method.uses_indices, method.uses_labels
     try:
         with prog:
