@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,18 @@ from rich.markup import escape
 from rich.table import Table
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
+import torch
 
 from .figures import get_cmap, subplots
+
+
+@dataclass(frozen=True)
+class EvaluatedTestSet:
+    """The evaluated test images' encoder features, their labels (None without labels) and the class names: what
+    the embedding plot and the retrieval grid draw."""
+    features: torch.Tensor
+    labels: torch.Tensor | None
+    classes: list[str]
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -157,10 +168,12 @@ def print_results(results: dict) -> None:
         con.print(f"[bold red]WARNING:[/] {escape(w)}")
 
 
-def write_report(run_dir: Path, results: dict, f_test, y_test, classes, embedding: str, points: int, seed: int):
+def write_report(run_dir: Path, results: dict, test: EvaluatedTestSet, embedding: str, points: int, seed: int):
+    """``report.md`` with the training plots and the embedding plot (``embedding``: its kind, ``points``: how many
+    test features it draws, seeded by ``seed``); returns the plots' file names."""
     run_dir = Path(run_dir)
     plots = plot_training(run_dir)
-    emb = plot_embedding(run_dir, f_test, y_test, classes, embedding, points, seed)
+    emb = plot_embedding(run_dir, test.features, test.labels, test.classes, embedding, points, seed)
     if emb:
         plots.append(emb)
     lines = [f"# selfsup run `{run_dir.name}`", "", f"method **{results['method']}**, data **{results['data']}**", ""]
@@ -176,8 +189,8 @@ def write_report(run_dir: Path, results: dict, f_test, y_test, classes, embeddin
         lines += ["| metric | SSL encoder | raw pixels |", "|---|---|---|"]
         lines += [f"| {a} | {b} | {c} |" for a, b, c in results_table(results)]
         lines += ["", f"kNN: cosine, weighted exp(s/T), k={s['knn_k']}{knn_t} chosen on the validation split; "
-                  f"linear probe: standardised features, L-BFGS logistic regression, L2={s.get('linear_l2')} chosen on the "
-                  f"validation split, refit on all of train; test set used once.", ""]
+                  f"linear probe: standardised features, L-BFGS logistic regression, L2={s.get('linear_l2')} chosen "
+                  f"on the validation split, refit on all of train; test set used once.", ""]
         if s.get("low_label"):
             sizes = ", ".join(f"{100 * float(k):g} %: {v['n_labels']}" for k, v in s["low_label"].items())
             lines += [f"Low-label probes: the same probe on a seeded class-balanced subset of the training labels "

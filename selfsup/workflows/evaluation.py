@@ -12,7 +12,7 @@ from ..config import load_config
 from ..data import load_datasets, train_val_split
 from ..evaluate.suite import evaluate_run
 from ..report.html import write_html_report
-from ..report.results import write_report
+from ..report.results import EvaluatedTestSet, write_report
 from ..report.retrieval import plot_retrieval
 
 
@@ -25,10 +25,9 @@ def evaluate_and_report(run_dir: str | Path, progress: bool = True, datasets=Non
         ev.results["classes"] = list(ev.classes)
     atomic_write_text(run_dir / "eval.json", json.dumps(ev.results, indent=1))
     e = cfg.eval
-    write_report(run_dir, ev.results, ev.test_features, ev.test_labels, ev.classes, e.embedding_plot,
-                 e.embedding_points, cfg.seed)
-    plot_retrieval(run_dir, ev.test_features, evaluated_test_images(datasets, cfg), ev.test_labels, ev.classes,
-                   cfg.seed)
+    test = EvaluatedTestSet(ev.test_features, ev.test_labels, ev.classes)
+    write_report(run_dir, ev.results, test, e.embedding_plot, e.embedding_points, cfg.seed)
+    plot_retrieval(run_dir, test, evaluated_test_images(datasets, cfg), cfg.seed)
     write_html_report(run_dir)
     return ev.results
 
