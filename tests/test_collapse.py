@@ -13,7 +13,7 @@ from torch import nn
 
 from selfsup.evaluate.diagnostics import collapse_check, collapse_std, collapse_warnings, rankme
 from selfsup.models import SmallCNN
-from selfsup.report.results import print_results, write_report
+from selfsup.report.results import EvaluatedTestSet, print_results, write_report
 
 
 def old_rule_flags(z: torch.Tensor) -> bool:
@@ -124,7 +124,7 @@ def test_report_and_printed_table_carry_the_warning(tmp_path, capsys):
     sentence = collapsed["warnings"][0]
     assert sentence.startswith("COLLAPSE ALARM (complete)")
     feats, labels = torch.ones(100, 64), torch.zeros(100, dtype=torch.long)
-    write_report(tmp_path, collapsed, feats, labels, ["a"], "none", 50, 0)
+    write_report(tmp_path, collapsed, EvaluatedTestSet(feats, labels, ["a"]), "none", 50, 0)
     md = (tmp_path / "report.md").read_text()
     assert sentence in md and "WARNING" in md
     assert md.index(sentence) < md.index("| metric |")  # near the top, above the results table
@@ -135,7 +135,7 @@ def test_report_and_printed_table_carry_the_warning(tmp_path, capsys):
 
     healthy = _results(collapse_check(torch.randn(100, 64)))
     assert healthy["warnings"] == []
-    write_report(tmp_path, healthy, feats, labels, ["a"], "none", 50, 0)
+    write_report(tmp_path, healthy, EvaluatedTestSet(feats, labels, ["a"]), "none", 50, 0)
     md = (tmp_path / "report.md").read_text()
     assert "WARNING" not in md and "COLLAPSE" not in md
     print_results(healthy)

@@ -20,6 +20,8 @@ from typer.testing import CliRunner
 from selfsup.cli import app
 from selfsup.report.figures import subplots
 from selfsup.report.html import render_html_report, write_html_report
+from selfsup.report.results import EvaluatedTestSet
+from selfsup.report.sections import Section, register_section, registered_sections, unregister_section
 from selfsup.report.retrieval import DIFFERENT, SAME, nearest_neighbours, pick_queries, plot_retrieval
 
 from .helpers import tiny_cfg
@@ -101,8 +103,9 @@ def run_dir(tmp_path):
     (d / "robustness_linear.json").write_text(json.dumps({"n": 30, "clean": 0.8, "classifier": "linear", "eps": {
         "0.1": {"pgd": {"accuracy": 0.4}, "autoattack": {"accuracy": 0.36667, "library_warnings": [
             "gradient masking suspected: the loss did not rise"]}, "worst_case": {"accuracy": 0.3}}}}))
+    fog = {str(s): 0.1 * s for s in range(1, 6)}
     (d / "corruptions_knn.json").write_text(json.dumps({"n": 30, "clean": 0.8, "mean_corruption_accuracy": 0.6,
-                                                        "corruptions": {"fog": {str(s): 0.1 * s for s in range(1, 6)}}}))
+                                                        "corruptions": {"fog": fog}}))
     return d
 
 
@@ -194,6 +197,48 @@ def test_robustness_finetune_and_stream_sections(run_dir):
     assert t["forgetting"][1] == ["linear", "60.00", "12.50", "–", "–"]
 
 
+# ------------------------------------------------------------------------------------------ registered sections
+class _DummySection(Section):
+    """A capability's section as a capability writes one: its own file, body, warning and header fact."""
+    id, title, order, files = "dummy", "Dummy capability", 55, ("dummy.json",)
+
+    def applies(self, run):
+        return run.data("dummy.json") is not None
+
+    def render(self, run):
+        return f"<p>dummy value {run.data('dummy.json')['value']}</p>"
+
+    def warnings(self, run):
+        return ["the dummy capability warns"]
+
+
+@pytest.fixture()
+def dummy_section():
+    register_section(_DummySection())
+    yield
+    unregister_section("dummy")
+
+
+def test_a_registered_section_appears_on_the_pages_it_applies_to_only(run_dir, dummy_section):
+    page = render_html_report(run_dir)  # no dummy.json: neither the section nor its warning
+    assert 'id="dummy"' not in page and "Dummy capability" not in page and "dummy capability warns" not in page
+    (run_dir / "dummy.json").write_text(json.dumps({"value": 42}))
+    page = render_html_report(run_dir)
+    assert '<section id="dummy"><h2>Dummy capability</h2>\n<p>dummy value 42</p>\n</section>' in page
+    heads = re.findall(r"<h2>([^<]+)</h2>", page)  # in its order: after the retrieval grid, before robustness
+    assert heads.index("Retrieval: nearest test neighbours") + 1 == heads.index("Dummy capability")
+    assert heads.index("Dummy capability") + 1 == heads.index("Robustness")
+    box = page[page.index('id="warnings"'): page.index("</section>", page.index('id="warnings"'))]
+    assert "the dummy capability warns" in box
+
+
+def test_every_capability_registers_its_sections_with_any_use_of_selfsup():
+    # importing anything of selfsup runs selfsup/api.py, which imports each capability's report module
+    ids = [s.id for s in registered_sections()]
+    assert ids == ["training", "evaluation", "per-class", "embedding", "retrieval", "stream", "sequence", "finetune",
+                   "robustness"]
+
+
 # ---------------------------------------------------------------------------------------------------- retrieval
 def test_nearest_neighbours_by_cosine_never_the_query_itself():
     f = torch.tensor([[1.0, 0.0], [10.0, -0.1], [1.0, 1.0], [0.0, 1.0], [-1.0, 0.1]])
@@ -222,14 +267,16 @@ def test_retrieval_grid_borders_show_whether_neighbours_share_the_class(tmp_path
     images = torch.full((n, 1, 8, 8), 128, dtype=torch.uint8)
     feats = torch.randn(n, 4, generator=torch.Generator().manual_seed(0))
     same = torch.zeros(n, dtype=torch.long)
-    assert plot_retrieval(tmp_path, feats, images, same, ["one"], seed=0, name="same.png") == "same.png"
+    one_class = EvaluatedTestSet(feats, same, ["one"])
+    assert plot_retrieval(tmp_path, one_class, images, seed=0, name="same.png") == "same.png"
     diff = torch.arange(n)  # every image its own class
-    plot_retrieval(tmp_path, feats, images, diff, [], seed=0, name="diff.png")
+    plot_retrieval(tmp_path, EvaluatedTestSet(feats, diff, []), images, seed=0, name="diff.png")
     assert _count_color(tmp_path / "same.png", SAME) > 500 and _count_color(tmp_path / "same.png", DIFFERENT) == 0
     assert _count_color(tmp_path / "diff.png", DIFFERENT) > 500 and _count_color(tmp_path / "diff.png", SAME) == 0
     w, h = Image.open(tmp_path / "same.png").size
     assert h > w  # 8 query rows, 1 + 6 columns
-    assert plot_retrieval(tmp_path, feats[:1], images[:1], None, [], seed=0) is None  # nothing to retrieve
+    nothing = EvaluatedTestSet(feats[:1], None, [])
+    assert plot_retrieval(tmp_path, nothing, images[:1], seed=0) is None  # nothing to retrieve
 
 
 # ------------------------------------------------------------------------------------------- real runs, a browser

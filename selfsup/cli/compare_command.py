@@ -11,13 +11,10 @@ from ..errors import SelfsupError
 from ..takeaways.compare import COLUMNS, compare_runs, format_rows, write_comparison
 from .output import fail, show
 
-HEADERS = {"run": "run", "kind": "kind", "method": "method", "data": "data", "steps": "steps", "train_s": "time s",
-           "img_per_s": "img/s", "knn": "kNN %", "linear": "linear %", "linear_1pct": "linear, 1 % labels",
-           "linear_10pct": "linear, 10 % labels", "fewshot_5w5s": "5-way 5-shot %", "rankme": "RankMe"}
-
 
 def compare(runs: List[Path] = typer.Argument(..., help="run directories (pretrain or stream runs)"),
-            out: Path = typer.Option(Path("compare"), "--out", help="folder for compare.csv, compare.json, compare.png")):
+            out: Path = typer.Option(Path("compare"), "--out",
+                                     help="folder for compare.csv, compare.json, compare.png")):
     """One table (method, data, steps, time, img/s, kNN, linear, low-label probes, few-shot, RankMe) and one plot
     across runs; stream runs also plot their accuracy after each chunk."""
     try:
@@ -33,6 +30,6 @@ def compare(runs: List[Path] = typer.Argument(..., help="run directories (pretra
     for r in cells:
         t.add_column(r[0], min_width=max(len(r[i]) for i in shown))
     for i in shown[1:]:
-        t.add_row(HEADERS[COLUMNS[i]], *[r[i] for r in cells])
+        t.add_row(COLUMNS[i].header, *[r[i] for r in cells])
     show(t)
     typer.echo(f"written: {files['csv']}, {files['json']}, {files['png']}")

@@ -14,7 +14,6 @@ own. Features for evaluation: the encoder on all patches (``model.vit_pool``: CL
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 

@@ -3,33 +3,36 @@ file, no network, no JavaScript. It is built from what the run directory holds, 
 (``eval``, ``finetune``, ``stream``, ``attack``, ``corrupt``) can rewrite it: a section appears only when its data
 exists.
 
-Sections, top to bottom: header (method, data, steps, time, throughput, devices), warnings (collapse alarm, the
-evaluation's warnings, attack libraries' gradient-masking warnings, rejected stream chunks, unreadable result
-files), the config, training curves, the evaluation table (SSL encoder vs raw pixels), per-class accuracy and the
-confusion matrix, the embedding plot, the retrieval grid, stream, sequence study, fine-tuning, robustness."""
+The page, top to bottom: header (run kind, method, data, steps, time, throughput, devices), warnings (the
+evaluation's warnings such as the collapse alarm, then every section's, then unreadable result files), the config,
+then the registered sections in their ``order``: the core ones defined here — training curves (10), the evaluation
+table (SSL encoder vs raw pixels, 20), per-class accuracy and the confusion matrix (30), the embedding plot (40), the
+retrieval grid (50) — and the capabilities' — stream (60) and sequence study (70) from
+``streams/stream_report.py``, fine-tuning (80) from ``finetune/finetune_report.py``, robustness (90) from
+``robustness/robustness_report.py``.
+
+How a capability adds to the page: its report module subclasses :class:`~selfsup.report.sections.Section` (``id``,
+``title``, ``order``, ``applies(run)``, ``render(run)``, optionally ``warnings(run)``, ``header(run)`` and the JSON
+``files`` it reads), builds it from the helpers of :mod:`selfsup.report.html_parts`, and calls
+:func:`~selfsup.report.sections.register_section` when imported. This module imports no capability: the
+registration is guaranteed by ``selfsup/api.py`` (imported by ``selfsup/__init__.py``, so by every use of selfsup),
+which imports each capability's report module explicitly, one line each."""
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import math
-import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from ..atomic import atomic_write_text
-from ..errors import TrainingError
-from ..rundir import (RunDir, read_eval, read_finetune_record, read_manifest, read_metrics, read_report_record,
-                      read_stream_record, read_study_record, read_train_summary)
 from .figures import subplots
+from .html_parts import escape, figure, figure_png, file_figure, grid, join_parts, pct, section, table
+from ..rundir import RunDir, read_metrics
 from .results import results_table, run_warnings
-from ..streams.stream_report import seeds_table, sequence_table
+from .sections import HeaderFacts, RunContents, Section, by_rank, register_section, registered_sections
 
 MAX_TABLE_CLASSES = 30  # a larger confusion matrix is drawn as a heat map instead of a table
 
@@ -71,24 +74,6 @@ pre { background: #f6f8fa; border: 1px solid #d0d7de; border-radius: 6px; paddin
 """
 
 
-@dataclass
-class _Run:
-    """What a run directory holds, read once."""
-    path: Path
-    config_text: str | None = None
-    config: dict = field(default_factory=dict)
-    results: dict | None = None
-    train: dict | None = None
-    metrics: list[dict] = field(default_factory=list)
-    finetune: dict | None = None
-    manifest: dict | None = None
-    stream: dict | None = None
-    sequence: dict | None = None
-    robustness: dict[str, dict] = field(default_factory=dict)
-    corruptions: dict[str, dict] = field(default_factory=dict)
-    unreadable: list[str] = field(default_factory=list)
-
-
 def write_html_report(run_dir: str | Path) -> Path:
     """Write ``<run_dir>/report.html`` (atomically) from what the run directory holds; returns its path."""
     run_dir = Path(run_dir)
@@ -99,30 +84,27 @@ def write_html_report(run_dir: str | Path) -> Path:
 
 def render_html_report(run_dir: str | Path) -> str:
     """The page's HTML text (see :func:`write_html_report`)."""
-    run = _read_run(Path(run_dir))
-    body = [_header(run), _warnings_box(run), _config(run), _training(run), _evaluation(run), _per_class(run),
-            _section("Embedding of the test features",
-                     _file_figure(run, RunDir.EMBEDDING_PLOT, "2-D projection of the test features, coloured by class"),
-                     sid="embedding"),
-            _section("Retrieval: nearest test neighbours",
-                     _file_figure(run, RunDir.RETRIEVAL_PLOT, "seeded test queries (left) and their nearest test "
-                                  "neighbours by cosine similarity of the features"), sid="retrieval"),
-            _stream(run), _sequence(run), _finetune(run), _robustness(run)]
+    sections = registered_sections()
+    run = read_run(Path(run_dir), sections)
+    applying = [s for s in sections if s.applies(run)]
+    body = [_header(run, applying), _warnings_box(run, applying), _config(run)]
+    body += [section(s.title, s.render(run), sid=s.id) for s in applying]
     title = f"selfsup run {run.path.name}"
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{_e(title)}</title>\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>{escape(title)}</title>\n"
             f"<style>{CSS}</style>\n</head>\n<body>\n<main>\n" + "\n".join(b for b in body if b)
             + "\n</main>\n</body>\n</html>\n")
 
 
 # ------------------------------------------------------------------------------------------------- reading the run
-def _read_json(run: _Run, p: Path, read: Callable[[], dict]) -> dict | None:
-    name = p.name
+def _read_json(run: RunContents, name: str) -> dict | None:
+    p = run.path / name
     if not p.exists():
         return None
     try:
-        data = read()
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TrainingError) as e:  # TrainingError: a corrupt manifest
+        data = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         run.unreadable.append(f"{name} could not be read ({type(e).__name__}); its section is left out")
         return None
     if not isinstance(data, dict):
@@ -131,135 +113,49 @@ def _read_json(run: _Run, p: Path, read: Callable[[], dict]) -> dict | None:
     return data
 
 
-def _read_run(path: Path) -> _Run:
-    run, rd = _Run(path), RunDir(path)
-    cfg = rd.config
+def read_run(path: Path, sections: list[Section]) -> RunContents:
+    """What ``path`` holds: the core files, then the JSON files of ``sections`` in page order."""
+    run = RunContents(path)
+    cfg = path / "config.yaml"
     if cfg.exists():
         run.config_text = cfg.read_text()
         try:
             loaded = yaml.safe_load(run.config_text)
             run.config = loaded if isinstance(loaded, dict) else {}
         except yaml.YAMLError:
-            run.unreadable.append(f"{RunDir.CONFIG} could not be parsed")
-    run.results = _read_json(run, rd.eval, lambda: read_eval(rd))
-    run.train = (run.results or {}).get("train") or _read_json(run, rd.train_summary, lambda: read_train_summary(rd))
+            run.unreadable.append("config.yaml could not be parsed")
+    run.results = _read_json(run, "eval.json")
+    run.train = (run.results or {}).get("train") or _read_json(run, "train_summary.json")
     try:
-        run.metrics = read_metrics(rd)
+        run.metrics = read_metrics(RunDir(path))
     except (OSError, json.JSONDecodeError):
-        run.unreadable.append(f"{RunDir.METRICS} could not be read; no training curves")
-    run.finetune = _read_json(run, rd.finetune, lambda: read_finetune_record(rd))
-    run.manifest = _read_json(run, rd.manifest, lambda: read_manifest(rd))
-    run.stream = _read_json(run, rd.stream_record, lambda: read_stream_record(rd))
-    run.sequence = _read_json(run, rd.study_record, lambda: read_study_record(rd))
-    for kind, store in ((RunDir.ROBUSTNESS, run.robustness), (RunDir.CORRUPTIONS, run.corruptions)):
-        for p in sorted(path.glob(f"{kind}_*.json")):
-            data = _read_json(run, p, lambda: read_report_record(p))
+        run.unreadable.append("metrics.jsonl could not be read; no training curves")
+    for pattern in (p for s in sections for p in s.files):
+        names = [p.name for p in sorted(path.glob(pattern))] if "*" in pattern else [pattern]
+        for name in names:
+            data = _read_json(run, name)
             if data is not None:
-                store[p.stem[len(kind) + 1:]] = data
+                run.files[name] = data
     return run
 
 
-# ------------------------------------------------------------------------------------------------------- helpers
-def _e(x) -> str:
-    return html.escape(str(x))
-
-
-def _pct(v, digits: int = 2) -> str:
-    return "–" if v is None else f"{100 * v:.{digits}f} %"
-
-
-def _png_data_uri(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
-def _figure(data: bytes, caption: str) -> str:
-    return (f"<figure><img src=\"{_png_data_uri(data)}\" alt=\"{_e(caption)}\">"
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
-
-
-def _file_figure(run: _Run, name: str, caption: str | None = None) -> str:
-    p = run.path / name
-    return _figure(p.read_bytes(), caption or name) if p.is_file() else ""
-
-
-def _grid(figures: list[str]) -> str:
-    """Small figures side by side (as many per row as fit)."""
-    figures = [f for f in figures if f]
-    return f"<div class=\"figs\">{''.join(figures)}</div>" if figures else ""
-
-
-def _fig_bytes(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
-
-
-def _attr(name: str, value: str) -> str:
-    return f' {name}="{_e(value)}"' if value else ""
-
-
-def _numeric(cell: str) -> bool:
-    """Numbers (and the "–" of a missing one) are right-aligned, words left-aligned."""
-    return bool(re.match(r"^[-+−–]?\d|^[–—]?$", cell.strip()))
-
-
-def _table(header: list[str], rows: list[list[str]], cls: str = "", row_classes: list[str] | None = None) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join(f"<tr{_attr('class', row_classes[i] if row_classes else '')}>"
-                   + "".join(f"<td{_attr('class', '' if _numeric(c) else 'text')}>{_e(c)}</td>" for c in r) + "</tr>"
-                   for i, r in enumerate(rows))
-    return f"<table{_attr('class', cls)}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _section(title: str, *parts: str, sid: str = "") -> str:
-    parts = [p for p in parts if p]
-    if not parts:
-        return ""
-    return f"<section{_attr('id', sid)}><h2>{_e(title)}</h2>\n" + "\n".join(parts) + "\n</section>"
-
-
-def _class_name(classes: list[str], i: int) -> str:
-    return classes[i] if i < len(classes) else str(i)
-
-
 # -------------------------------------------------------------------------------------------------------- header
-def _kind(run: _Run) -> str:
-    if run.sequence is not None:
-        return "sequence study"
-    if run.manifest is not None:
-        return "stream"
-    if run.finetune is not None:
-        return "fine-tuning"
-    return "pre-training"
+def _header_parts(run: RunContents, applying: list[Section]) -> list[HeaderFacts]:
+    return [h for s in by_rank(applying) if (h := s.header(run)) is not None]
 
 
-def _header(run: _Run) -> str:
+def _header(run: RunContents, applying: list[Section]) -> str:
     r, tr, cfg = run.results or {}, run.train or {}, run.config
+    parts = _header_parts(run, applying)
     method = r.get("method") or (cfg.get("method") or {}).get("name")
     data = r.get("data") or (cfg.get("data") or {}).get("source")
-    facts: list[tuple[str, str]] = [("run kind", _kind(run))]
-    if run.finetune is not None:  # the config's SSL method is not what a fine-tuning run trains
-        method = None
-        facts.append(("encoder", "from " + Path(run.finetune["init"]).name if run.finetune.get("init")
-                      else "random init"))
-    if method:
-        facts.append(("method", method))
+    kinds = [h.kind for h in parts if h.kind]
+    facts: list[tuple[str, str]] = [("run kind", kinds[-1] if kinds else "pre-training")]
+    trained = [h.trained for h in parts if h.trained]  # the config's SSL method is not what such a run trains
+    facts += trained or ([("method", method)] if method else [])
     if data:
         facts.append(("data", data))
-    if run.finetune is not None:
-        f = run.finetune
-        facts.append(("loss", f.get("loss", "?")))
-        if f.get("noise") not in (None, "none"):
-            facts.append(("label noise", f"{f['noise']} {_pct(f.get('noise_rate'), 0)}"))
-        if f.get("train_seconds") is not None:
-            facts.append(("training time", f"{f['train_seconds']:.0f} s"))
-        if f.get("images_per_second"):
-            facts.append(("img/s", f"{f['images_per_second']:.0f}"))
-    summary = (run.stream or {}).get("summary")
-    if summary:
-        facts += [("chunks", str(summary.get("chunks", 0))), ("steps", str(summary.get("steps", 0))),
-                  ("training time", f"{summary.get('train_seconds', 0):.0f} s")]
+    facts += [f for h in parts for f in h.facts]
     if tr:
         facts += [("steps", str(tr.get("steps", "?"))), ("training time", f"{tr.get('train_seconds', 0):.0f} s"),
                   ("img/s", f"{tr.get('images_per_second', 0):.0f}"),
@@ -268,47 +164,41 @@ def _header(run: _Run) -> str:
     if r.get("eval_seconds") is not None:
         facts.append(("evaluation time", f"{r['eval_seconds']:.0f} s"))
     facts.append(("report written", time.strftime("%Y-%m-%d %H:%M")))
-    cards = "".join(f"<div class=\"fact\"><b>{_e(k)}</b>{_e(v)}</div>" for k, v in facts)
-    return (f"<header><h1>selfsup run <code>{_e(run.path.name)}</code></h1>"
-            f"<p class=\"sub\">{_e(run.path.resolve())}</p><div class=\"facts\">{cards}</div></header>")
+    cards = "".join(f"<div class=\"fact\"><b>{escape(k)}</b>{escape(v)}</div>" for k, v in facts)
+    return (f"<header><h1>selfsup run <code>{escape(run.path.name)}</code></h1>"
+            f"<p class=\"sub\">{escape(run.path.resolve())}</p><div class=\"facts\">{cards}</div></header>")
 
 
 # ------------------------------------------------------------------------------------------------------ warnings
 def report_warnings(run_dir: str | Path) -> list[str]:
     """Every warning the report shows at its top, in order (see :func:`write_html_report`)."""
-    return _warnings(_read_run(Path(run_dir)))
+    sections = registered_sections()
+    run = read_run(Path(run_dir), sections)
+    return _warnings(run, [s for s in sections if s.applies(run)])
 
 
-def _warnings(run: _Run) -> list[str]:
+def _warnings(run: RunContents, applying: list[Section]) -> list[str]:
     ws = list(run_warnings(run.results)) if run.results else []
-    for clf, rep in run.robustness.items():
-        for eps, per in (rep.get("eps") or {}).items():
-            for attack, v in per.items():
-                for w in v.get("library_warnings") or []:
-                    ws.append(f"robustness ({clf} classifier, eps {eps}, {attack}): {w}")
-    for name, why in ((run.manifest or {}).get("rejected") or {}).items():
-        ws.append(f"stream chunk {name} rejected (not trained): {why.get('reason', '?')}")
-    for c in (run.manifest or {}).get("chunks", []):
-        if c.get("skipped"):
-            ws.append(f"stream chunk {c.get('name')}: skipped {c['skipped']}")
+    for s in by_rank(applying):
+        ws += s.warnings(run)
     return ws + run.unreadable
 
 
-def _warnings_box(run: _Run) -> str:
-    ws = _warnings(run)
+def _warnings_box(run: RunContents, applying: list[Section]) -> str:
+    ws = _warnings(run, applying)
     if not ws:
         return ""
-    items = "".join(f"<li>{_e(w)}</li>" for w in ws)
+    items = "".join(f"<li>{escape(w)}</li>" for w in ws)
     return (f"<section class=\"warnings\" id=\"warnings\"><h2>⚠ Warnings ({len(ws)})</h2><ul>{items}</ul>"
             f"</section>")
 
 
 # -------------------------------------------------------------------------------------------------------- config
-def _config(run: _Run) -> str:
+def _config(run: RunContents) -> str:
     if run.config_text is None:
         return ""
-    return _section("Configuration", f"<details><summary>{RunDir.CONFIG} (resolved)</summary>"
-                    f"<pre>{_e(run.config_text)}</pre></details>", sid="config")
+    return section("Configuration", "<details><summary>config.yaml (resolved)</summary>"
+                   f"<pre>{escape(run.config_text)}</pre></details>", sid="config")
 
 
 # ----------------------------------------------------------------------------------------------- training curves
@@ -341,54 +231,63 @@ def _metric_plot(rows: list[dict], key: str, ylabel: str, title: str, log: bool 
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    return _fig_bytes(fig)
+    return figure_png(fig)
 
 
-def _training(run: _Run) -> str:
+def _trains_ssl_method(run: RunContents) -> bool:
+    """False for a run that trains something else than the config's SSL method (a section's header says what)."""
+    applying = [s for s in registered_sections() if s.applies(run)]
+    return not any(h.trained for h in _header_parts(run, applying))
+
+
+def _training(run: RunContents) -> str:
     figs = []
-    if RunDir(run.path).plot(RunDir.LOSS_PLOT).is_file():
-        figs.append(_file_figure(run, RunDir.LOSS_PLOT, "training loss"))
+    if (run.path / "loss.png").is_file():
+        figs.append(file_figure(run.path, "loss.png", "training loss"))
     else:
         data = _metric_plot(run.metrics, "loss", "training loss", "training loss")
-        figs.append(_figure(data, "training loss") if data else "")
+        figs.append(figure(data, "training loss") if data else "")
     lr = _metric_plot(run.metrics, "lr", "learning rate", "learning rate schedule")
     if lr:
-        figs.append(_figure(lr, "learning rate"))
-    if RunDir(run.path).plot(RunDir.KNN_PLOT).is_file():
-        figs.append(_file_figure(run, RunDir.KNN_PLOT, "kNN accuracy on the validation split during training"))
-    elif run.finetune is None:
+        figs.append(figure(lr, "learning rate"))
+    if (run.path / "knn.png").is_file():
+        figs.append(file_figure(run.path, "knn.png", "kNN accuracy on the validation split during training"))
+    elif _trains_ssl_method(run):
         data = _metric_plot(run.metrics, "knn_val", "kNN accuracy (validation split)", "kNN monitor")
-        figs.append(_figure(data, "kNN accuracy on the validation split during training") if data else "")
-    return _section("Training curves", _grid(figs), sid="training")
+        figs.append(figure(data, "kNN accuracy on the validation split during training") if data else "")
+    return grid(figs)
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
-def _evaluation(run: _Run) -> str:
+def _evaluation(run: RunContents) -> str:
     r = run.results
     if not r:
         return ""
     try:
         rows = results_table(r)
     except (KeyError, TypeError, ValueError):
-        return _section("Evaluation", f"<p class=\"note\">{RunDir.EVAL} lacks the suite's diagnostics (re-run "
-                        "<code>selfsup eval</code>).</p>", sid="evaluation")
+        return "<p class=\"note\">eval.json lacks the suite's diagnostics (re-run <code>selfsup eval</code>).</p>"
     rows = [list(row) for row in rows if not (row[1] == "–" and row[2] == "–")]
     bad = ["bad" if row[1].startswith("COLLAPSED") else "" for row in rows]
-    parts = [_table(["metric", "SSL encoder", "raw pixels"], rows, cls="results", row_classes=bad)]
+    parts = [table(["metric", "SSL encoder", "raw pixels"], rows, cls="results", row_classes=bad)]
     s = r.get("ssl")
     if s:
         parts.append(f"<p class=\"note\">kNN: cosine on l2-normalised features, votes weighted exp(s/T), "
-                     f"k={_e(s.get('knn_k'))} chosen on the validation split; linear probe: standardised features, "
-                     f"L-BFGS logistic regression, L2={_e(s.get('linear_l2'))} chosen on the validation split, refit "
-                     f"on all of train; the test set is used once.</p>")
+                     f"k={escape(s.get('knn_k'))} chosen on the validation split; linear probe: standardised "
+                     f"features, L-BFGS logistic regression, L2={escape(s.get('linear_l2'))} chosen on the validation "
+                     f"split, refit on all of train; the test set is used once.</p>")
     else:
         parts.append("<p class=\"note\">No labels: kNN and linear probe are not computed.</p>")
     if r.get("note"):
-        parts.append(f"<p class=\"note\">{_e(r['note'])}</p>")
-    return _section("Evaluation", *parts, sid="evaluation")
+        parts.append(f"<p class=\"note\">{escape(r['note'])}</p>")
+    return join_parts(*parts)
 
 
-def _classes(run: _Run) -> list[str]:
+def _class_name(classes: list[str], i: int) -> str:
+    return classes[i] if i < len(classes) else str(i)
+
+
+def _classes(run: RunContents) -> list[str]:
     r = run.results or {}
     return list(r.get("classes") or (r.get("ssl") or {}).get("classes") or [])
 
@@ -398,7 +297,7 @@ def _bar(a) -> str:
     return f"<td class=\"text\"><span class=\"bar\" style=\"width:{width:.0f}px\"></span></td>"
 
 
-def _per_class(run: _Run) -> str:
+def _per_class(run: RunContents) -> str:
     r = run.results or {}
     s = r.get("ssl") or {}
     per, conf = s.get("per_class"), s.get("confusion")
@@ -409,8 +308,8 @@ def _per_class(run: _Run) -> str:
     if per is not None:
         raw = (r.get("raw_pixels") or {}).get("per_class")
         raw = raw if raw is not None and len(raw) == len(per) else None
-        rows = "".join(f"<tr><td>{_e(_class_name(classes, i))}</td><td>{_pct(a, 1)}</td>{_bar(a)}"
-                       + (f"<td>{_pct(raw[i], 1)}</td>" if raw else "") + "</tr>" for i, a in enumerate(per))
+        rows = "".join(f"<tr><td>{escape(_class_name(classes, i))}</td><td>{pct(a, 1)}</td>{_bar(a)}"
+                       + (f"<td>{pct(raw[i], 1)}</td>" if raw else "") + "</tr>" for i, a in enumerate(per))
         parts.append("<h3>Per-class accuracy (linear probe, test)</h3><table class=\"per-class\"><thead><tr>"
                      "<th>class</th><th>SSL encoder</th><th></th>" + ("<th>raw pixels</th>" if raw else "")
                      + f"</tr></thead><tbody>{rows}</tbody></table>"
@@ -419,12 +318,12 @@ def _per_class(run: _Run) -> str:
         parts.append("<h3>Confusion matrix of the linear probe (rows: true class, columns: predicted; shade: share "
                      "of the row)</h3>")
         parts.append(_confusion(np.asarray(conf, dtype=float), classes))
-    return _section("Per-class results", *parts, sid="per-class")
+    return join_parts(*parts)
 
 
 def _confusion(m: np.ndarray, classes: list[str]) -> str:
     if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] == 0:
-        return f"<p class=\"note\">confusion matrix in {RunDir.EVAL} is not square; not shown.</p>"
+        return "<p class=\"note\">confusion matrix in eval.json is not square; not shown.</p>"
     share = m / np.maximum(m.sum(1, keepdims=True), 1e-12)
     n = m.shape[0]
     if n > MAX_TABLE_CLASSES:
@@ -433,9 +332,9 @@ def _confusion(m: np.ndarray, classes: list[str]) -> str:
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
         fig.colorbar(im, ax=ax, label="share of the true class")
-        return _figure(_fig_bytes(fig), f"confusion matrix ({n} classes)")
+        return figure(figure_png(fig), f"confusion matrix ({n} classes)")
     names = [_class_name(classes, i) for i in range(n)]
-    head = "<th>true \\ predicted</th>" + "".join(f"<th title=\"{_e(c)}\">{_e(c[:10])}</th>" for c in names)
+    head = "<th>true \\ predicted</th>" + "".join(f"<th title=\"{escape(c)}\">{escape(c[:10])}</th>" for c in names)
     body = []
     for i in range(n):
         cells = []
@@ -444,7 +343,7 @@ def _confusion(m: np.ndarray, classes: list[str]) -> str:
             color = "#1f2328" if a < 0.55 else "#fff"
             hue = "47,129,247" if i == j else "207,34,46"
             cells.append(f"<td style=\"background:rgba({hue},{a:.2f});color:{color}\">{_count(m[i, j])}</td>")
-        body.append(f"<tr><th>{_e(names[i])}</th>{''.join(cells)}</tr>")
+        body.append(f"<tr><th>{escape(names[i])}</th>{''.join(cells)}</tr>")
     return f"<table class=\"confusion\"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
@@ -452,136 +351,28 @@ def _count(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:.3g}"
 
 
-# -------------------------------------------------------------------------------------------------------- stream
-def _metrics_table(summary: dict) -> str:
-    rows = []
-    for probe in ("linear", "knn"):
-        m = summary.get(f"{probe}_metrics")
-        if m:
-            rows.append([probe, *[("–" if m.get(k) is None else f"{100 * m[k]:.2f}")
-                                  for k in ("average_accuracy", "forgetting", "bwt", "fwt")]])
-    if not rows:
-        return ""
-    return ("<h3>Continual-learning metrics (points)</h3>"
-            + _table(["probe", "average task accuracy", "forgetting", "BWT", "FWT"], rows, cls="forgetting"))
+# ------------------------------------------------------------------------------------------------- core sections
+class _CoreSection(Section):
+    """A core section: its body from one function of the run."""
+
+    def __init__(self, sid: str, title: str, order: int, body):
+        self.id, self.title, self.order, self._body = sid, title, order, body
+
+    def render(self, run: RunContents) -> str:
+        return self._body(run)
 
 
-def _stream(run: _Run) -> str:
-    man = run.manifest
-    if man is None:
-        return ""
-    parts = []
-    chunks = man.get("chunks", [])
-    if chunks:
-        init = man.get("init_eval") or {}
-        rows = []
-        if init:
-            rows.append(["0 (random init)", "", "", "", "", _pct(init.get("linear")), _pct(init.get("knn")), ""])
-        for i, c in enumerate(chunks):
-            ev = c.get("eval") or {}
-            rows.append([str(i + 1), str(c.get("name", "")), str(c.get("images", "")), str(c.get("steps", "")),
-                         f"{c.get('train_seconds', 0):.1f}", _pct(ev.get("linear")), _pct(ev.get("knn")),
-                         f"{c.get('retained_bytes', 0) / 1e6:.2f}"])
-        parts.append("<h3>Chunks (accuracy on the full test set after each)</h3>" + _table(
-            ["chunk", "name", "images", "steps", "train s", "linear probe", "kNN", "retained MB"], rows,
-            cls="chunks"))
-    rejected = man.get("rejected") or {}
-    if rejected:
-        parts.append("<h3>Rejected chunks</h3>" + _table(
-            ["chunk", "reason"], [[n, str(v.get("reason", ""))] for n, v in rejected.items()], cls="rejected"))
-    parts.append(_metrics_table((run.stream or {}).get("summary") or {}))
-    parts.append(_file_figure(run, RunDir.CHUNK_ACCURACY_PLOT, "accuracy after each chunk"))
-    parts.append(_grid([_file_figure(run, p.name, f"per-task accuracy matrix, {p.stem[2:]}")
-                        for p in sorted(run.path.glob(RunDir.strategy_matrix_plot_name("*")))]))
-    return _section("Stream", *parts, sid="stream")
+def _embedding(run: RunContents) -> str:
+    return file_figure(run.path, "embedding.png", "2-D projection of the test features, coloured by class")
 
 
-def _markdown_table(md: str) -> str:
-    """A markdown pipe table (and the lines after it) as HTML."""
-    lines = md.splitlines()
-    rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines if ln.startswith("|")]
-    rows = [r for r in rows if not all(set(c) <= {"-", ":"} for c in r)]
-    rest = [ln for ln in lines if ln.strip() and not ln.startswith("|")]
-    out = _table(rows[0], rows[1:], cls="sequence") if rows else ""
-    return out + "".join(f"<p class=\"note\">{_e(ln)}</p>" for ln in rest)
+def _retrieval(run: RunContents) -> str:
+    return file_figure(run.path, "retrieval.png", "seeded test queries (left) and their nearest test neighbours by "
+                       "cosine similarity of the features")
 
 
-def _sequence(run: _Run) -> str:
-    if run.sequence is None:
-        return ""
-    if "aggregate" in run.sequence:  # selfsup sequence --seeds N: the aggregate over the seeds
-        parts = [_markdown_table(seeds_table(run.sequence))]
-        parts += [_file_figure(run, p.name, f"{p.stem[8:]}: linear probe on the tasks seen so far and CKA to the "
-                               f"previous chunk's encoder, mean ± std over the seeds")
-                  for p in sorted(run.path.glob(RunDir.seed_summary_plot_name("*")))]
-        parts.append(f"<p class=\"note\">Each seed's own study: <code>seed&lt;S&gt;/{RunDir.REPORT_HTML}</code>.</p>")
-        return _section("Sequence study", *parts, sid="sequence")
-    parts = [_markdown_table(sequence_table(run.sequence))]
-    for kind in run.sequence:
-        figs = [_file_figure(run, f"{kind}/{RunDir.CHUNK_ACCURACY_PLOT}", f"{kind}: accuracy after each chunk"),
-                _grid([_file_figure(run, f"{kind}/{p.name}", f"{kind}: per-task accuracy matrix, {p.stem[2:]}")
-                       for p in sorted((run.path / kind).glob(RunDir.strategy_matrix_plot_name("*")))])]
-        if any(figs):
-            parts.append(f"<h3>{_e(kind)} incremental</h3>" + "".join(figs))
-    parts.append("<p class=\"note\">Each strategy's own report: <code>&lt;sequence&gt;/&lt;strategy&gt;/"
-                 f"{RunDir.REPORT_HTML}</code>.</p>")
-    return _section("Sequence study", *parts, sid="sequence")
-
-
-# ------------------------------------------------------------------------------------------------------ finetune
-def _finetune(run: _Run) -> str:
-    f = run.finetune
-    if f is None:
-        return ""
-    labels = (("actual_label_error", "actual label error (training labels)"), ("test_acc_last", "test accuracy, last epoch"),
-              ("test_acc_at_best_val", "test accuracy at the best validation epoch"),
-              ("test_acc_max", "best test accuracy over epochs (optimistic)"))
-    rows = [[name, _pct(f[k])] for k, name in labels if f.get(k) is not None]
-    if f.get("best_val_epoch") is not None:
-        rows.append(["best validation epoch", f"{f['best_val_epoch']:g}"])
-    if f.get("init"):
-        rows.append(["encoder initialised from", str(f["init"])])
-    parts = [_table(["metric", "value"], rows, cls="finetune") if rows else "",
-             _grid([_file_figure(run, RunDir.CURVES_PLOT, "accuracy per epoch"),
-                    _file_figure(run, RunDir.RISK_COVERAGE_PLOT, "risk-coverage (selective classification)")])]
-    sel = f.get("selective") or {}
-    scorers = [s for s in ("abstain", "softmax_response") if s in sel]
-    if scorers:
-        table_rows = [[f"{100 * cells[0]['target_coverage']:.0f} %",
-                       *[v for c in cells for v in (_pct(c["test_coverage"], 1), _pct(c["selective_risk"]))]]
-                      for cells in zip(*[sel[s]["table"] for s in scorers])]
-        table_rows.append(["AURC (×10⁻³)", *[v for s in scorers for v in ("", f"{1000 * sel[s]['aurc']:.2f}")]])
-        header = ["target coverage"] + [f"{s}: {h}" for s in scorers for h in ("test coverage", "selective risk")]
-        parts.append("<h3>Selective classification (thresholds chosen on the validation split)</h3>"
-                     + _table(header, table_rows, cls="selective"))
-    return _section("Fine-tuning", *parts, sid="finetune")
-
-
-# ---------------------------------------------------------------------------------------------------- robustness
-def _robustness(run: _Run) -> str:
-    parts = []
-    for clf, rep in run.robustness.items():
-        eps = rep.get("eps") or {}
-        if not eps:
-            continue
-        cols = list(next(iter(eps.values())).keys())
-        rows = [[e, *[_pct(per.get(c, {}).get("accuracy")) + (" ⚠" if per.get(c, {}).get("library_warnings") else "")
-                      for c in cols]] for e, per in eps.items()]
-        parts.append(f"<h3>Adversarial attacks: {_e(clf)} classifier, {_e(rep.get('n', '?'))} test images, clean "
-                     f"accuracy {_pct(rep.get('clean'))}</h3>"
-                     + _table(["L∞ eps", *cols], rows, cls=f"robustness robustness-{clf}")
-                     + ("<p class=\"note\">⚠: the attack library warned (see the warnings at the top).</p>"
-                        if any("⚠" in c for r in rows for c in r) else ""))
-    for clf, rep in run.corruptions.items():
-        per = rep.get("corruptions") or {}
-        if not per:
-            continue
-        sev = sorted({s for v in per.values() for s in v}, key=lambda s: int(s) if s.isdigit() else s)
-        rows = [[name, *[_pct(v.get(s), 1) for s in sev], _pct(sum(v.values()) / len(v), 1) if v else "–"]
-                for name, v in per.items()]
-        parts.append(f"<h3>Common corruptions: {_e(clf)} classifier, {_e(rep.get('n', '?'))} test images, clean "
-                     f"{_pct(rep.get('clean'))}, mean over corruptions and severities "
-                     f"{_pct(rep.get('mean_corruption_accuracy'))}</h3>"
-                     + _table(["corruption", *[f"severity {s}" for s in sev], "mean"], rows,
-                              cls=f"corruptions corruptions-{clf}"))
-    return _section("Robustness", *parts, sid="robustness")
+register_section(_CoreSection("training", "Training curves", 10, _training))
+register_section(_CoreSection("evaluation", "Evaluation", 20, _evaluation))
+register_section(_CoreSection("per-class", "Per-class results", 30, _per_class))
+register_section(_CoreSection("embedding", "Embedding of the test features", 40, _embedding))
+register_section(_CoreSection("retrieval", "Retrieval: nearest test neighbours", 50, _retrieval))

@@ -1,6 +1,7 @@
 """Run report: PNG plots (loss, kNN during training, 2-D embedding of test features) and ``report.md``."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,19 @@ from rich.markup import escape
 from rich.table import Table
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
+import torch
 
-from ..rundir import RunDir, read_metrics
 from .figures import get_cmap, subplots
+from ..rundir import RunDir, read_metrics
+
+
+@dataclass(frozen=True)
+class EvaluatedTestSet:
+    """The evaluated test images' encoder features, their labels (None without labels) and the class names: what
+    the embedding plot and the retrieval grid draw."""
+    features: torch.Tensor
+    labels: torch.Tensor | None
+    classes: list[str]
 
 
 def _line_plot(run_dir: Path, name: str, points, ylabel: str, title: str, marker=None) -> str:
@@ -22,7 +33,7 @@ def _line_plot(run_dir: Path, name: str, points, ylabel: str, title: str, marker
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(RunDir(run_dir).plot(name), dpi=110)
+    fig.savefig(run_dir / name, dpi=110)
     return name
 
 
@@ -150,10 +161,12 @@ def print_results(results: dict) -> None:
         con.print(f"[bold red]WARNING:[/] {escape(w)}")
 
 
-def write_report(run_dir: Path, results: dict, f_test, y_test, classes, embedding: str, points: int, seed: int):
+def write_report(run_dir: Path, results: dict, test: EvaluatedTestSet, embedding: str, points: int, seed: int):
+    """``report.md`` with the training plots and the embedding plot (``embedding``: its kind, ``points``: how many
+    test features it draws, seeded by ``seed``); returns the plots' file names."""
     run_dir = Path(run_dir)
     plots = plot_training(run_dir)
-    emb = plot_embedding(run_dir, f_test, y_test, classes, embedding, points, seed)
+    emb = plot_embedding(run_dir, test.features, test.labels, test.classes, embedding, points, seed)
     if emb:
         plots.append(emb)
     lines = [f"# selfsup run `{run_dir.name}`", "", f"method **{results['method']}**, data **{results['data']}**", ""]
@@ -169,8 +182,8 @@ def write_report(run_dir: Path, results: dict, f_test, y_test, classes, embeddin
         lines += ["| metric | SSL encoder | raw pixels |", "|---|---|---|"]
         lines += [f"| {a} | {b} | {c} |" for a, b, c in results_table(results)]
         lines += ["", f"kNN: cosine, weighted exp(s/T), k={s['knn_k']}{knn_t} chosen on the validation split; "
-                  f"linear probe: standardised features, L-BFGS logistic regression, L2={s.get('linear_l2')} chosen on the "
-                  f"validation split, refit on all of train; test set used once.", ""]
+                  f"linear probe: standardised features, L-BFGS logistic regression, L2={s.get('linear_l2')} chosen "
+                  f"on the validation split, refit on all of train; test set used once.", ""]
         if s.get("low_label"):
             sizes = ", ".join(f"{100 * float(k):g} %: {v['n_labels']}" for k, v in s["low_label"].items())
             lines += [f"Low-label probes: the same probe on a seeded class-balanced subset of the training labels "

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from ..atomic import atomic_write_bytes
 from ..evaluate.search import nearest
+from .results import EvaluatedTestSet
 from ..rundir import RunDir
 
 SAME, DIFFERENT = "#1a9850", "#d73027"  # neighbour border: same class as the query / another class
@@ -50,37 +51,20 @@ QUERY = "#2166ac"
 BORDER, GAP, QUERY_GAP, LABEL, MARGIN, TOP = 4, 10, 22, 26, 12, 40  # pixels: frame, gaps, caption band, margins
 
 
-def plot_retrieval(run_dir: Path, features: torch.Tensor, images: torch.Tensor, labels: torch.Tensor | None,
-                   classes: list[str], seed: int, n_queries: int = 8, k: int = 6,
-                   name: str = RunDir.RETRIEVAL_PLOT) -> str | None:
-    """``retrieval.png``: one row per query (left, blue frame) followed by its ``k`` nearest neighbours; with labels,
-    each image is captioned with its class and each neighbour framed green (same class as the query) or red. Drawn
-    as one mosaic (one axes), so it stays fast for any number of tiles. Returns the file name, or None when there
-    are too few images to retrieve from."""
+def plot_retrieval(run_dir: Path, test: EvaluatedTestSet, images: torch.Tensor, seed: int, n_queries: int = 8,
+                   k: int = 6, name: str = RunDir.RETRIEVAL_PLOT) -> str | None:
+    """``retrieval.png``: one row per query (left, blue frame) followed by its ``k`` nearest neighbours among
+    ``test.features`` (``images``: the images they are the features of); with labels, each image is captioned with
+    its class and each neighbour framed green (same class as the query) or red. Drawn as one mosaic (one axes), so
+    it stays fast for any number of tiles. Returns the file name, or None when there are too few images to retrieve
+    from."""
+    features, labels = test.features, test.labels
     if len(features) < 2 or len(features) != len(images):
         return None
     queries = pick_queries(len(features), n_queries, seed)
     nn_idx = nearest_neighbours(features, queries, k)
-    rows, cols = len(queries), nn_idx.shape[1] + 1
-    h, w = images.shape[-2:]
-    scale = -(-84 // max(h, w))  # tiles of 84 to 167 pixels
-    th, tw = h * scale + 2 * BORDER, w * scale + 2 * BORDER
-    cell_h = th + LABEL + GAP
-    x0 = [MARGIN] + [MARGIN + tw + QUERY_GAP + (c - 1) * (tw + GAP) for c in range(1, cols)]
-    canvas = np.full((TOP + rows * cell_h, x0[-1] + tw + MARGIN, 3), 255, dtype=np.uint8)
-    captions = []
-    for r, q in enumerate(queries.tolist()):
-        for c, i in enumerate([q] + nn_idx[r].tolist()):
-            y, x = TOP + r * cell_h + LABEL, x0[c]
-            color = QUERY if c == 0 else ("#8c959f" if labels is None else
-                                          SAME if int(labels[i]) == int(labels[q]) else DIFFERENT)
-            canvas[y:y + th, x:x + tw] = _rgb(color)
-            canvas[y + BORDER:y + th - BORDER, x + BORDER:x + tw - BORDER] = _tile(images[i], scale)
-            text = _name(int(labels[i]), classes) if labels is not None else ""
-            if c == 0:
-                text = f"query\n{text}" if text else "query"
-            if text:
-                captions.append((x + tw / 2, y - 3, text, c == 0))
+    canvas, captions = _mosaic(images, [[q] + nn_idx[r].tolist() for r, q in enumerate(queries.tolist())], labels,
+                               test.classes)
     dpi = 100
     fig = Figure(figsize=(canvas.shape[1] / dpi, canvas.shape[0] / dpi))
     ax = fig.add_axes((0, 0, 1, 1))
@@ -96,3 +80,31 @@ def plot_retrieval(run_dir: Path, features: torch.Tensor, images: torch.Tensor, 
     fig.savefig(buf, format="png", dpi=dpi)
     atomic_write_bytes(RunDir(run_dir).plot(name), buf.getvalue())
     return name
+
+
+def _mosaic(images: torch.Tensor, rows: list[list[int]], labels: torch.Tensor | None,
+            classes: list[str]) -> tuple[np.ndarray, list[tuple[float, int, str, bool]]]:
+    """The grid's pixels (one row of tiles per entry of ``rows``: the query's index, then its neighbours') and its
+    captions (x, y, text, bold)."""
+    cols = len(rows[0])
+    h, w = images.shape[-2:]
+    scale = -(-84 // max(h, w))  # tiles of 84 to 167 pixels
+    th, tw = h * scale + 2 * BORDER, w * scale + 2 * BORDER
+    cell_h = th + LABEL + GAP
+    x0 = [MARGIN] + [MARGIN + tw + QUERY_GAP + (c - 1) * (tw + GAP) for c in range(1, cols)]
+    canvas = np.full((TOP + len(rows) * cell_h, x0[-1] + tw + MARGIN, 3), 255, dtype=np.uint8)
+    captions = []
+    for r, row in enumerate(rows):
+        q = row[0]
+        for c, i in enumerate(row):
+            y, x = TOP + r * cell_h + LABEL, x0[c]
+            color = QUERY if c == 0 else ("#8c959f" if labels is None else
+                                          SAME if int(labels[i]) == int(labels[q]) else DIFFERENT)
+            canvas[y:y + th, x:x + tw] = _rgb(color)
+            canvas[y + BORDER:y + th - BORDER, x + BORDER:x + tw - BORDER] = _tile(images[i], scale)
+            text = _name(int(labels[i]), classes) if labels is not None else ""
+            if c == 0:
+                text = f"query\n{text}" if text else "query"
+            if text:
+                captions.append((x + tw / 2, y - 3, text, c == 0))
+    return canvas, captions

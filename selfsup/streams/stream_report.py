@@ -1,5 +1,6 @@
 """Plots and tables of streamed runs: accuracy vs chunk for every strategy on one chart, accuracy matrices as heat
-maps, and the sequence study's summary table."""
+maps, the sequence study's summary table, and the stream and sequence-study sections of ``report.html`` (registered
+when this module is imported; see :mod:`selfsup.report.sections`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,8 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from ..report.figures import subplots
-from ..rundir import RunDir
+from ..report.html_parts import escape, file_figure, grid, join_parts, pct, table
+from ..report.sections import HeaderFacts, RunContents, Section, register_section
 
 
 def plot_stream(out_dir: Path, manifests: dict[str, dict], title: str = "stream") -> list[str]:
@@ -39,8 +41,8 @@ def plot_stream(out_dir: Path, manifests: dict[str, dict], title: str = "stream"
         axes[0].legend(fontsize=8)
         fig.suptitle(title)
         fig.tight_layout()
-        fig.savefig(RunDir(out_dir).plot(RunDir.CHUNK_ACCURACY_PLOT), dpi=110)
-        written.append(RunDir.CHUNK_ACCURACY_PLOT)
+        fig.savefig(out_dir / "accuracy_vs_chunk.png", dpi=110)
+        written.append("accuracy_vs_chunk.png")
     for strat, man in manifests.items():
         init = man.get("init_eval", {})
         rows = [c.get("eval", {}).get("task_linear") for c in man.get("chunks", [])]
@@ -59,8 +61,8 @@ def plot_stream(out_dir: Path, manifests: dict[str, dict], title: str = "stream"
         ax.set_title(f"R[i][j], linear probe (%) — {strat}")
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
-        fig.savefig(RunDir(out_dir).plot(RunDir.strategy_matrix_plot_name(strat)), dpi=110)
-        written.append(RunDir.strategy_matrix_plot_name(strat))
+        fig.savefig(out_dir / f"R_{strat}.png", dpi=110)
+        written.append(f"R_{strat}.png")
     return written
 
 
@@ -220,3 +222,126 @@ def plot_seed_summary(path: Path, per_strategy: dict, title: str = "") -> list[s
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return drawn
+
+
+# ---------------------------------------------------------------------------------------------- report sections
+def _metrics_table(summary: dict) -> str:
+    rows = []
+    for probe in ("linear", "knn"):
+        m = summary.get(f"{probe}_metrics")
+        if m:
+            rows.append([probe, *[("–" if m.get(k) is None else f"{100 * m[k]:.2f}")
+                                  for k in ("average_accuracy", "forgetting", "bwt", "fwt")]])
+    if not rows:
+        return ""
+    return ("<h3>Continual-learning metrics (points)</h3>"
+            + table(["probe", "average task accuracy", "forgetting", "BWT", "FWT"], rows, cls="forgetting"))
+
+
+def _stream(run: RunContents) -> str:
+    man = run.data("manifest.json")
+    if man is None:
+        return ""
+    parts = []
+    chunks = man.get("chunks", [])
+    if chunks:
+        init = man.get("init_eval") or {}
+        rows = []
+        if init:
+            rows.append(["0 (random init)", "", "", "", "", pct(init.get("linear")), pct(init.get("knn")), ""])
+        for i, c in enumerate(chunks):
+            ev = c.get("eval") or {}
+            rows.append([str(i + 1), str(c.get("name", "")), str(c.get("images", "")), str(c.get("steps", "")),
+                         f"{c.get('train_seconds', 0):.1f}", pct(ev.get("linear")), pct(ev.get("knn")),
+                         f"{c.get('retained_bytes', 0) / 1e6:.2f}"])
+        parts.append("<h3>Chunks (accuracy on the full test set after each)</h3>" + table(
+            ["chunk", "name", "images", "steps", "train s", "linear probe", "kNN", "retained MB"], rows,
+            cls="chunks"))
+    rejected = man.get("rejected") or {}
+    if rejected:
+        parts.append("<h3>Rejected chunks</h3>" + table(
+            ["chunk", "reason"], [[n, str(v.get("reason", ""))] for n, v in rejected.items()], cls="rejected"))
+    parts.append(_metrics_table((run.data("stream.json") or {}).get("summary") or {}))
+    parts.append(file_figure(run.path, "accuracy_vs_chunk.png", "accuracy after each chunk"))
+    parts.append(grid([file_figure(run.path, p.name, f"per-task accuracy matrix, {p.stem[2:]}")
+                        for p in sorted(run.path.glob("R_*.png"))]))
+    return join_parts(*parts)
+
+
+def _markdown_table(md: str) -> str:
+    """A markdown pipe table (and the lines after it) as HTML."""
+    lines = md.splitlines()
+    rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines if ln.startswith("|")]
+    rows = [r for r in rows if not all(set(c) <= {"-", ":"} for c in r)]
+    rest = [ln for ln in lines if ln.strip() and not ln.startswith("|")]
+    out = table(rows[0], rows[1:], cls="sequence") if rows else ""
+    return out + "".join(f"<p class=\"note\">{escape(ln)}</p>" for ln in rest)
+
+
+def _sequence(run: RunContents) -> str:
+    study = run.data("sequence.json")
+    if study is None:
+        return ""
+    if "aggregate" in study:  # selfsup sequence --seeds N: the aggregate over the seeds
+        parts = [_markdown_table(seeds_table(study))]
+        parts += [file_figure(run.path, p.name, f"{p.stem[8:]}: linear probe on the tasks seen so far and CKA to the "
+                               f"previous chunk's encoder, mean ± std over the seeds")
+                  for p in sorted(run.path.glob("summary_*.png"))]
+        parts.append("<p class=\"note\">Each seed's own study: <code>seed&lt;S&gt;/report.html</code>.</p>")
+        return join_parts(*parts)
+    parts = [_markdown_table(sequence_table(study))]
+    for kind in study:
+        figs = [file_figure(run.path, f"{kind}/accuracy_vs_chunk.png", f"{kind}: accuracy after each chunk"),
+                grid([file_figure(run.path, f"{kind}/{p.name}", f"{kind}: per-task accuracy matrix, {p.stem[2:]}")
+                       for p in sorted((run.path / kind).glob("R_*.png"))])]
+        if any(figs):
+            parts.append(f"<h3>{escape(kind)} incremental</h3>" + "".join(figs))
+    parts.append("<p class=\"note\">Each strategy's own report: <code>&lt;sequence&gt;/&lt;strategy&gt;/report.html"
+                 "</code>.</p>")
+    return join_parts(*parts)
+
+
+class StreamSection(Section):
+    """A stream run (``manifest.json``, ``stream.json``): the chunks, the rejected ones, the continual-learning
+    metrics and the plots; the header's chunks, steps and time; a warning per rejected or skipped chunk."""
+    id, title, order, rank = "stream", "Stream", 60, 2
+    files = ("manifest.json", "stream.json")
+
+    def applies(self, run: RunContents) -> bool:
+        return run.data("manifest.json") is not None or run.data("stream.json") is not None
+
+    def render(self, run: RunContents) -> str:
+        return _stream(run)
+
+    def warnings(self, run: RunContents) -> list[str]:
+        man = run.data("manifest.json") or {}
+        ws = [f"stream chunk {name} rejected (not trained): {why.get('reason', '?')}"
+              for name, why in (man.get("rejected") or {}).items()]
+        return ws + [f"stream chunk {c.get('name')}: skipped {c['skipped']}" for c in man.get("chunks", [])
+                     if c.get("skipped")]
+
+    def header(self, run: RunContents) -> HeaderFacts:
+        summary = (run.data("stream.json") or {}).get("summary")
+        facts = ((("chunks", str(summary.get("chunks", 0))), ("steps", str(summary.get("steps", 0))),
+                  ("training time", f"{summary.get('train_seconds', 0):.0f} s")) if summary else ())
+        return HeaderFacts(kind="stream" if run.data("manifest.json") is not None else "", facts=facts)
+
+
+class SequenceStudySection(Section):
+    """The root of a sequence study (``sequence.json``): its summary table (one seed, or the aggregate over several)
+    and each sequence's plots."""
+    id, title, order, rank = "sequence", "Sequence study", 70, 3
+    files = ("sequence.json",)
+
+    def applies(self, run: RunContents) -> bool:
+        return run.data("sequence.json") is not None
+
+    def render(self, run: RunContents) -> str:
+        return _sequence(run)
+
+    def header(self, run: RunContents) -> HeaderFacts:
+        return HeaderFacts(kind="sequence study")
+
+
+register_section(StreamSection())
+register_section(SequenceStudySection())

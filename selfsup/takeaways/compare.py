@@ -8,7 +8,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import yaml
 
@@ -17,8 +19,39 @@ from ..errors import DataError
 from ..report.figures import subplots
 from ..rundir import RunDir, read_eval, read_stream_record, read_train_summary
 
-COLUMNS = ["run", "kind", "method", "data", "steps", "train_s", "img_per_s", "knn", "linear", "linear_1pct",
-           "linear_10pct", "fewshot_5w5s", "rankme"]
+def _text(v) -> str:
+    return str(v)
+
+
+def _points(v) -> str:
+    return f"{100 * v:.2f}"
+
+
+def _whole(v) -> str:
+    return f"{v:.0f}"
+
+
+def _one_decimal(v) -> str:
+    return f"{v:.1f}"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the comparison: the row's key (also the CSV header), the header the terminal table shows, and
+    how a present value is written there (a missing one is "–")."""
+    key: str
+    header: str
+    format: Callable[[Any], str] = _text
+
+
+COLUMNS = (Column("run", "run"), Column("kind", "kind"), Column("method", "method"), Column("data", "data"),
+           Column("steps", "steps"), Column("train_s", "time s", _whole), Column("img_per_s", "img/s", _whole),
+           Column("knn", "kNN %", _points), Column("linear", "linear %", _points),
+           Column("linear_1pct", "linear, 1 % labels", _points), Column("linear_10pct", "linear, 10 % labels", _points),
+           Column("fewshot_5w5s", "5-way 5-shot %", _points), Column("rankme", "RankMe", _one_decimal))
+"""The comparison's columns, in order: the one list the rows, the CSV and ``selfsup compare``'s table are made of."""
+
+COLUMN_KEYS = [c.key for c in COLUMNS]
 
 
 def _read_json(path: Path, read, run: RunDir) -> dict:
@@ -37,7 +70,7 @@ def _config(run_dir: Path) -> dict:
 
 
 def run_row(run_dir: str | Path) -> dict:
-    """One run's row: the COLUMNS (None where the run has no such number) and, for stream runs, ``curve``:
+    """One run's row: the COLUMN_KEYS (None where the run has no such number) and, for stream runs, ``curve``:
     (chunks trained, linear accuracy) after each chunk, chunk 0 being the initial encoder."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -45,7 +78,7 @@ def run_row(run_dir: str | Path) -> dict:
     if not RunDir(run_dir).config.exists():
         raise DataError(f"{run_dir} is not a selfsup run directory (no {RunDir.CONFIG})")
     cfg = _config(run_dir)
-    row = dict.fromkeys(COLUMNS)
+    row = dict.fromkeys(COLUMN_KEYS)
     row.update(run=run_dir.name, method=(cfg.get("method") or {}).get("name"),
                data=(cfg.get("data") or {}).get("source"))
     batch = (cfg.get("train") or {}).get("batch_size")
@@ -90,19 +123,10 @@ def compare_runs(run_dirs) -> list[dict]:
     return [run_row(d) for d in run_dirs]
 
 
-def _fmt(key: str, v) -> str:
-    if v is None:
-        return "–"
-    if key in ("knn", "linear", "linear_1pct", "linear_10pct", "fewshot_5w5s"):
-        return f"{100 * v:.2f}"
-    if key in ("train_s", "img_per_s", "rankme"):
-        return f"{v:.1f}" if key == "rankme" else f"{v:.0f}"
-    return str(v)
-
-
 def format_rows(rows: list[dict]) -> list[list[str]]:
-    """The table as strings: accuracies in %, '–' where a run has no such number."""
-    return [[_fmt(k, r[k]) for k in COLUMNS] for r in rows]
+    """The table as strings, one per column of :data:`COLUMNS`: accuracies in %, '–' where a run has no such
+    number."""
+    return [["–" if r[c.key] is None else c.format(r[c.key]) for c in COLUMNS] for r in rows]
 
 
 def plot_comparison(rows: list[dict], path: Path) -> Path:
@@ -151,8 +175,8 @@ def write_comparison(rows: list[dict], out_dir: str | Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(COLUMNS)
-    w.writerows([["" if r[k] is None else r[k] for k in COLUMNS] for r in rows])
+    w.writerow(COLUMN_KEYS)
+    w.writerows([["" if r[k] is None else r[k] for k in COLUMN_KEYS] for r in rows])
     atomic_write_text(out_dir / "compare.csv", buf.getvalue())
     atomic_write_text(out_dir / "compare.json", json.dumps(rows, indent=1))
     return {"csv": out_dir / "compare.csv", "json": out_dir / "compare.json",

@@ -10,7 +10,7 @@ from ..config import load_config
 from ..data import load_datasets, train_val_split
 from ..evaluate.suite import evaluate_run
 from ..report.html import write_html_report
-from ..report.results import write_report
+from ..report.results import EvaluatedTestSet, write_report
 from ..report.retrieval import plot_retrieval
 from ..rundir import RunDir, write_eval
 
@@ -24,10 +24,9 @@ def evaluate_and_report(run_dir: str | Path, progress: bool = True, datasets=Non
         ev.results["classes"] = list(ev.classes)
     write_eval(RunDir(run_dir), ev.results)
     e = cfg.eval
-    write_report(run_dir, ev.results, ev.test_features, ev.test_labels, ev.classes, e.embedding_plot,
-                 e.embedding_points, cfg.seed)
-    plot_retrieval(run_dir, ev.test_features, evaluated_test_images(datasets, cfg), ev.test_labels, ev.classes,
-                   cfg.seed)
+    test = EvaluatedTestSet(ev.test_features, ev.test_labels, ev.classes)
+    write_report(run_dir, ev.results, test, e.embedding_plot, e.embedding_points, cfg.seed)
+    plot_retrieval(run_dir, test, evaluated_test_images(datasets, cfg), cfg.seed)
     write_html_report(run_dir)
     return ev.results
 
