@@ -71,8 +71,10 @@ def test_config_without_augmentation_gives_the_images_back():
 
     x = _batch()
     off = {"recipe": "supervised", "crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0], "flip_p": 0.0}
-    (v,) = recipe_from_config(load_config({"augment": off}).augment, METHODS["simclr"].recipe)(x, torch.Generator().manual_seed(0))
+    recipe = recipe_from_config(load_config({"augment": off}).augment, METHODS["simclr"].recipe)
+    (v,) = recipe(x, torch.Generator().manual_seed(0))
     torch.testing.assert_close(v, x)
     stretched = dict(off, crop_ratio=[0.5, 2.0])
-    (w,) = recipe_from_config(load_config({"augment": stretched}).augment, METHODS["simclr"].recipe)(x, torch.Generator().manual_seed(0))
+    recipe = recipe_from_config(load_config({"augment": stretched}).augment, METHODS["simclr"].recipe)
+    (w,) = recipe(x, torch.Generator().manual_seed(0))
     assert (w - x).abs().max() > 0.05

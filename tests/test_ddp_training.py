@@ -91,4 +91,5 @@ def test_two_processes_train_to_the_weights_of_one(method, tmp_path):
         assert not torch.allclose(ddp[k], torch.ones_like(ddp[k])), k
     assert ddp.keys() == one.keys()
     for k in one:
-        torch.testing.assert_close(ddp[k].float(), one[k].float(), rtol=1e-2, atol=2e-3, msg=k)  # float32 noise, amplified by lr 2
+        # float32 noise, amplified by lr 2
+        torch.testing.assert_close(ddp[k].float(), one[k].float(), rtol=1e-2, atol=2e-3, msg=k)

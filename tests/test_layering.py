@@ -1,8 +1,10 @@
-"""The package's imports flow one way down the pipeline, with no cycles and no imports hidden inside functions.
+"""The package's imports flow one way down the pipeline, with no cycles, no imports hidden inside functions, and
+no exemptions (an import under ``if TYPE_CHECKING:`` counts like any other).
 
-Layers, lowest first: helpers (errors, atomic, distributed) → data → augment → models → methods → config → train →
-evaluate → embeddings → report → workflows → commands → api / cli. A module may import its own layer or lower ones; imports needed only
-for type annotations (under ``if TYPE_CHECKING:``) do not count."""
+Layers, lowest first: helpers (errors, atomic, distributed, progress) → config (and each capability's
+``*_schema`` module) → rundir → data → augment → models → methods → train → evaluate → report → workflows and the
+capability packages (streams, finetune, robustness, takeaways) → api / cli. A module may import its own layer or
+lower ones."""
 import ast
 from pathlib import Path
 
@@ -23,10 +25,6 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _type_checking(node: ast.If) -> bool:
-    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
-
-
 def _imports(path: Path):
     """(imported selfsup module, line, inside a function) for every import statement of a module."""
     tree = ast.parse(path.read_text())
@@ -36,8 +34,6 @@ def _imports(path: Path):
 
     def visit(node, in_function):
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _type_checking(child):
-                continue
             fn = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
             if isinstance(child, ast.ImportFrom):
                 if child.level:

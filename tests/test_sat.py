@@ -114,5 +114,6 @@ def test_sat_state_is_checkpointed_and_resumed_exactly(npz_data, tmp_path):  # n
     assert a["targets"].shape == (256, 8) and a["visited"].sum() > 0
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    wa, wb = load_file(str(full.run_dir / "backbone.safetensors")), load_file(str(resumed.run_dir / "backbone.safetensors"))
+    wa = load_file(str(full.run_dir / "backbone.safetensors"))
+    wb = load_file(str(resumed.run_dir / "backbone.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -129,7 +129,8 @@ def test_sequences_split_the_data_as_specified():
     xt, yt = blobs(200, 4)
     te = ImageDataset(torch.from_numpy(xt)[:, None], torch.from_numpy(yt), tr.classes)
     inst = build_sequence("instance", tr, te, 5, 0, 300, 200)
-    assert sum(len(c) for c in inst.chunks) == 600 and max(len(c) for c in inst.chunks) - min(len(c) for c in inst.chunks) <= 1
+    sizes = [len(c) for c in inst.chunks]
+    assert sum(sizes) == 600 and max(sizes) - min(sizes) <= 1
     for kind in ("random_class", "distant_class"):
         s = build_sequence(kind, tr, te, 5, 0, 300, 200)
         sets = [set(c.labels.tolist()) for c in s.chunks]

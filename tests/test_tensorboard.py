@@ -84,6 +84,7 @@ def test_stream_chunks_follow_each_other_on_one_step_axis(tmp_path):
     cfg["log"] = {"tensorboard": True}
     stream(cfg, [], src, progress=False)
     tb = _scalars(tmp_path / "s")
-    ref = _metrics(tmp_path / "s", "loss", chunk=1) + [(10 + s, v) for s, v in _metrics(tmp_path / "s", "loss", chunk=2)]
+    ref = _metrics(tmp_path / "s", "loss", chunk=1)
+    ref += [(10 + s, v) for s, v in _metrics(tmp_path / "s", "loss", chunk=2)]
     assert [s for s, _ in ref] == [10, 20]
     _same(tb["loss"], ref)
