@@ -52,7 +52,7 @@ def ibot_patch_loss(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, center
     """L_patch: ``s`` / ``t`` (M, K) the student / teacher logits of the M masked tokens (``mask`` (N, L), rows in
     its row-major order); each image's cross-entropy averaged over its masked tokens, then over the N images."""
     h = -(teacher_probs(t, center, teacher_temp) * F.log_softmax(upcast(s) / student_temp, dim=1)).sum(1)
-    weight = (1 / mask.sum(1).clamp_min(1)).to(h.dtype)[:, None].expand(mask.shape)[mask]
+    weight = mask.sum(1).clamp_min(1).to(h.dtype).reciprocal()[:, None].expand(mask.shape)[mask]
     return (h * weight).sum() / mask.shape[0]
 
 
