@@ -7,7 +7,6 @@ import random
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from selfsup.config import load_config
 from selfsup.errors import ConfigError
