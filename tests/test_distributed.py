@@ -17,12 +17,15 @@ from selfsup.distributed import convert_sync_batchnorm
 from selfsup.methods import build_method
 
 METHODS = ["simclr", "barlow_twins", "vicreg", "moco", "byol", "simsiam", "moco_v3", "nnclr", "dcl", "dclw", "wmse",
-           "tico", "supcon", "swav", "dino", "suncet", "mae"]
+           "tico", "supcon", "swav", "dino", "suncet", "mae", "ibot", "ijepa"]
 EXTRA = {"moco": {"queue_size": 32}, "nnclr": {"queue_size": 12, "pred_hidden": 16}, "moco_v3": {"pred_hidden": 16},
          "wmse": {"proj_dim": 4, "w_size": 8},
          "swav": {"num_prototypes": 6, "queue_size": 8, "freeze_prototypes_fraction": 0.0},
-         "mae": {"decoder_dim": 8, "decoder_depth": 1, "decoder_heads": 2}}
-MODEL = {"mae": {"backbone": "vit", "vit_dim": 8, "vit_depth": 1, "vit_heads": 2}}  # 12x12 images: 9 patches of 4x4
+         "mae": {"decoder_dim": 8, "decoder_depth": 1, "decoder_heads": 2},
+         "ibot": {"out_dim": 12, "mask_probability": 1.0, "koleo_weight": 0.1},
+         "ijepa": {"pred_dim": 8, "pred_depth": 1, "pred_heads": 2, "min_keep": 2}}
+VIT = {"backbone": "vit", "vit_dim": 8, "vit_depth": 1, "vit_heads": 2}  # 12x12 images: 9 patches of 4x4
+MODEL = {"mae": VIT, "ibot": VIT, "ijepa": VIT}
 LABELS = torch.tensor([0, 1, 0, 2, 1, 1, 0, 2])
 LABELS_OF = {"suncet": torch.tensor([0, 1, -1, 2, 1, -1, 0, 2])}  # -1: unlabelled; one labelled class-2 per rank
 GLOBAL_BATCH = 8

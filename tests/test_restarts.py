@@ -206,8 +206,11 @@ def test_resume_falls_back_past_a_truncated_checkpoint(npz_data, tmp_path, caplo
 METHOD_PARAMS = {"moco": {"queue_size": 64}, "wmse": {"w_size": 32}, "nnclr": {"queue_size": 48},
                  "swav": {"queue_size": 64, "freeze_prototypes_fraction": 0.2},
                  "suncet": {"suncet_until": 0.6},  # its supervised term is off after step 8
-                 "mae": {"decoder_dim": 8, "decoder_depth": 1, "decoder_heads": 2}}
-METHOD_MODEL = {"mae": {"backbone": "vit", "vit_dim": 8, "vit_depth": 1, "vit_heads": 2}}
+                 "mae": {"decoder_dim": 8, "decoder_depth": 1, "decoder_heads": 2},
+                 "ibot": {"out_dim": 16, "koleo_weight": 0.1},
+                 "ijepa": {"pred_dim": 8, "pred_depth": 1, "pred_heads": 2}}
+METHOD_MODEL = {m: {"backbone": "vit", "vit_dim": 8, "vit_depth": 1, "vit_heads": 2} for m in ("mae", "ibot",
+                                                                                             "ijepa")}
 
 
 # cases beyond one per method: (method, top-level config sections merged into the tiny config)
@@ -218,7 +221,8 @@ EXTRA_CASES = {"dino+multicrop": ("dino", {"augment": {"local_crops": 2, "local_
 def test_every_method_resumes_exactly(npz_data, tmp_path, case):  # noqa: F811
     """Killed at step 10 (last checkpoint: step 8) and resumed, every method ends at step 12 with the state of an
     uninterrupted run: weights and every buffer (queues and their pointers, DINO's centre, SwAV's prototypes and
-    queue, TiCo's running covariance, momentum encoders, per-sample targets, SuNCEt's switch, MAE's mask generator)."""
+    queue, TiCo's running covariance, momentum encoders, per-sample targets, SuNCEt's switch, the mask generators
+    of MAE, iBOT and I-JEPA)."""
     method, sections = EXTRA_CASES.get(case, (case, {}))
 
     def cfg(name):

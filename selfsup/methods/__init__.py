@@ -12,6 +12,8 @@ from .base import MethodParams, SSLMethod
 from .byol import BYOL
 from .dcl import DCL, DCLW
 from .dino import DINO
+from .ibot import IBOT
+from .ijepa import IJEPA
 from .mae import MAE
 from .moco import MoCo
 from .moco_v3 import MoCoV3
@@ -28,7 +30,7 @@ from .wmse import WMSE
 
 METHODS: dict[str, type[SSLMethod]] = {m.name: m for m in (
     SimCLR, MoCo, BYOL, SimSiam, BarlowTwins, VICReg, SelfAdaptiveSSL, MoCoV3, NNCLR, DCL, DCLW, WMSE, TiCo, SupCon,
-    SwAV, DINO, SuNCEt, MAE)}
+    SwAV, DINO, SuNCEt, MAE, IBOT, IJEPA)}
 
 DESCRIPTIONS = {
     "simclr": "NT-Xent contrastive loss over 2N views (Chen et al. 2020)",
@@ -49,6 +51,9 @@ DESCRIPTIONS = {
     "dino": "DINO: self-distillation from a centred, sharpened EMA teacher over K prototypes (Caron et al. 2021)",
     "suncet": "SuNCEt: NT-Xent + a supervised contrastive term over the labelled images (Assran et al. 2020)",
     "mae": "MAE: a ViT encodes a quarter of the patches, a light decoder predicts the masked rest (He et al. 2022)",
+    "ibot": "iBOT: DINO's [CLS] loss + self-distillation of masked patch tokens on the ViT (Zhou et al. 2022)",
+    "ijepa": "I-JEPA: a predictor maps a context block to an EMA encoder's features of target blocks (Assran et al. "
+             "2023)",
 }
 
 def method_params(cfg: Config) -> MethodParams:
@@ -92,4 +97,4 @@ def build_method(cfg: Config, in_channels: int, num_samples: int = 0, image_size
 
 __all__ = ["build_method", "check_method", "method_params", "METHODS", "DESCRIPTIONS", "SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "BarlowTwins",
            "VICReg", "SelfAdaptiveSSL", "MoCoV3", "NNCLR", "DCL", "DCLW", "WMSE", "TiCo", "SupCon", "SwAV", "DINO",
-           "SuNCEt", "MAE"]
+           "SuNCEt", "MAE", "IBOT", "IJEPA"]
