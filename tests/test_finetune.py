@@ -13,10 +13,11 @@ from selfsup.errors import DataError
 from selfsup.finetune.selective import aurc, risk_coverage, selective_table, threshold_for_coverage
 from selfsup.train.checkpoint import latest_checkpoint, load_checkpoint
 from selfsup.finetune.finetune_workflow import finetune
+from selfsup.workflows import pretrain
 
 from .crash import Crash, CrashAfter
 from selfsup.finetune.objectives import GCE, LabelSmoothing, SelfAdaptive, SelfAdaptiveSelective
-from .helpers import ft_cfg
+from .helpers import ft_cfg, tiny_cfg
 
 
 
@@ -144,10 +145,6 @@ def test_finetune_sat_state_resumes_exactly(npz_data, tmp_path):  # noqa: F811
 
 
 def test_finetune_on_a_selfsup_encoder(npz_data, tmp_path):  # noqa: F811
-    from selfsup.workflows import pretrain
-
-    from .test_train import tiny_cfg
-
     r = pretrain(tiny_cfg(npz_data, tmp_path, "ssl", max_steps=4), progress=False, evaluate=False)
     res = finetune(ft_cfg(npz_data, tmp_path, "on-ssl", "ce", init=str(r.run_dir), freeze_backbone=True,
                           noise="none"), progress=False)
