@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import struct
 import warnings
 from typing import Sequence
@@ -158,7 +159,7 @@ def read_image(source, size: int | None = None, channels: int | None = None, bac
 
     Raises :class:`DataError` ``cannot read image NAME: reason`` (``name`` defaults to the path) for any file that
     cannot be read, including one over Pillow's pixel limit."""
-    name = name or str(getattr(source, "name", source))
+    name = name or (str(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<bytes>"))
     rgb = background_rgb(background)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
