@@ -153,7 +153,7 @@ def _report_ignored(root: Path, ignored: list[str]) -> None:
         return
     _REPORTED.add(key)
     shown = ", ".join(ignored[:10]) + (f", ... {len(ignored) - 10} more" if len(ignored) > 10 else "")
-    log.info("%s: ignored %d file%s that %s not images (%s)", root, len(ignored), "s" if len(ignored) > 1 else "",
+    log.warning("%s: ignored %d file%s that %s not images (%s)", root, len(ignored), "s" if len(ignored) > 1 else "",
              "are" if len(ignored) > 1 else "is", shown)
 
 
