@@ -154,7 +154,7 @@ def _report_ignored(root: Path, ignored: list[str]) -> None:
     _REPORTED.add(key)
     shown = ", ".join(ignored[:10]) + (f", ... {len(ignored) - 10} more" if len(ignored) > 10 else "")
     log.warning("%s: ignored %d file%s that %s not images (%s)", root, len(ignored), "s" if len(ignored) > 1 else "",
-             "are" if len(ignored) > 1 else "is", shown)
+                "are" if len(ignored) > 1 else "is", shown)
 
 
 def list_folder(root: Path) -> FolderListing:
