@@ -32,6 +32,10 @@ class DataConfig(Strict):
                                 "validation split (chooses kNN k and the linear probe's L2; monitor queries)")
     skip_bad_images: bool = Field(False, description="folder / webdataset: skip unreadable images with a warning "
                                                      "instead of stopping")
+    background: str | tuple[int, int, int] = Field(
+        "white", description="folder / webdataset: the colour transparent pixels (RGBA, LA, palette images with "
+        "transparency) are composited onto: a colour name or #rrggbb (e.g. white, black, '#808080') or [r, g, b] "
+        "(0-255); the colour a file stores under transparent pixels is never shown")
     subset: int | None = Field(None, gt=0, description="use only the first N training images (quick runs)")
     size: int | None = Field(None, gt=0, description="every image resized to size x size pixels (unset: folder / "
                              "webdataset: the first image's width; other sources: as stored)")

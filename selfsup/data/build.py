@@ -32,7 +32,7 @@ def open_lazy(data: DataConfig, split: str, size: int | None, channels: int | No
         raise DataError(f"data source {data.source!r} is read into RAM only, not lazily")
     if data.root is None:
         raise DataError(f"data source {data.source!r} needs data.root (a path)")
-    return source.open_lazy(Path(data.root), split, size, channels, data.skip_bad_images)
+    return source.open_lazy(Path(data.root), split, size, channels, data.skip_bad_images, data.background)
 
 
 def keep_lazy(lazy: ImageDataset, data: DataConfig) -> bool:
@@ -46,20 +46,20 @@ def open_chunk(path: Path, data: DataConfig) -> ImageDataset:
     """One chunk of a stream (an image folder, a WebDataset .tar shard or an .npz) at ``data.size`` /
     ``data.channels``: a folder or an uncompressed shard is decoded into RAM or read lazily by the training set's
     rule (:func:`keep_lazy`), so a chunk may be larger than RAM."""
-    skip = data.skip_bad_images
+    skip, background = data.skip_bad_images, data.background
     if path.suffix == ".npz":
         return conform(npz(path), data.size, data.channels)
     if data.in_memory != "always":
         try:
-            lazy = (open_lazy_folder(path, data.size, data.channels, skip) if path.is_dir()
-                    else open_lazy_shards([path], f"shard:{path.name}", data.size, data.channels, skip))
+            lazy = (open_lazy_folder(path, data.size, data.channels, skip, background) if path.is_dir()
+                    else open_lazy_shards([path], f"shard:{path.name}", data.size, data.channels, skip, background))
         except DataError:
             if data.in_memory == "never" or path.is_dir():
                 raise
             lazy = None  # a compressed shard: readable only whole, in RAM
         if lazy is not None and keep_lazy(lazy, data):
             return lazy
-    kw = {"size": data.size, "channels": data.channels, "skip_bad": skip}
+    kw = {"size": data.size, "channels": data.channels, "skip_bad": skip, "background": background}
     return image_folder(path, **kw) if path.is_dir() else webdataset_shard(path, **kw)
 
 
@@ -79,7 +79,7 @@ def conform(ds: ImageDataset, size: int | None, channels: int | None) -> ImageDa
                        for i in range(0, len(x), 4096)])
     if x is ds.images:
         return ds
-    return ImageDataset(x, ds.labels, ds.classes, ds.name, ds.files, ds.skipped)
+    return ImageDataset(x, ds.labels, ds.classes, ds.name, ds.files, ds.skipped, ds.ignored)
 
 
 def _load(data: DataConfig, split: str, size: int | None, channels: int | None) -> ImageDataset:
@@ -94,7 +94,7 @@ def _load(data: DataConfig, split: str, size: int | None, channels: int | None) 
 
 
 def _in_ram(data: DataConfig, split: str, size: int | None, channels: int | None) -> ImageDataset:
-    kw = {"skip_bad": data.skip_bad_images, "size": size, "channels": channels}
+    kw = {"skip_bad": data.skip_bad_images, "size": size, "channels": channels, "background": data.background}
     return load_source(data.source, split, data.root, **kw)
 
 

@@ -3,7 +3,8 @@
 :class:`LazyImages` stands where an in-RAM dataset holds its uint8 ``(N, C, H, W)`` tensor: ``len``, ``shape``,
 ``dtype``, ``dim()`` and indexing (an int, a slice, or an index tensor / array / list) behave like that tensor's, but
 nothing is decoded until it is indexed, so memory is bounded by the batch, not by the data set. Every image is
-converted to ``channels`` and resized to ``size`` × ``size`` (fixed when the set is opened). Tar members are read by
+converted to ``channels`` and resized to ``size`` × ``size`` (fixed when the set is opened) by
+:func:`~selfsup.data.image_reader.read_image`, transparency over ``background``. Tar members are read by
 their byte offset in the shard (uncompressed ``.tar``), so any image can be reached without reading the shard.
 
 A file that cannot be decoded raises a :class:`DataError` naming it, or, with ``skip_bad``, is replaced by the next
@@ -19,12 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import UnidentifiedImageError
-
 from ..errors import DataError
-from .sources import IMAGE_SUFFIXES, ImageDataset, decode_image, list_folder
-
-DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
+from .image_reader import IMAGE_SUFFIXES, WHITE, Colour, read_image
+from .sources import ImageDataset, list_folder
 
 
 @dataclass(frozen=True)
@@ -89,18 +87,17 @@ class _Rows:
 class LazyImages(_Rows):
     """A uint8 (N, C, size, size) image tensor that decodes its rows when they are indexed."""
 
-    def __init__(self, items: list[Item], size: int, channels: int, skip_bad: bool = False, name: str = "data"):
+    def __init__(self, items: list[Item], size: int, channels: int, skip_bad: bool = False, name: str = "data",
+                 background: Colour = WHITE):
         if not items:
             raise DataError(f"{name}: no images")
         self.items, self.size, self.channels, self.skip_bad, self.name = items, size, channels, skip_bad, name
+        self.background = background
         self.shape = torch.Size((len(items), channels, size, size))
 
     def _decode(self, i: int) -> np.ndarray:
         item = self.items[i]
-        try:
-            return decode_image(item.open(), self.size, self.channels)[0]
-        except DECODE_ERRORS as e:
-            raise DataError(f"cannot read image {item.describe()}: {e}") from None
+        return read_image(item.open(), self.size, self.channels, self.background, item.describe())[0]
 
     def fetch(self, idx) -> tuple[torch.Tensor, int]:
         """The images ``idx`` (uint8 (len(idx), C, H, W)) and how many unreadable files were replaced (skip_bad)."""
@@ -125,7 +122,7 @@ class LazyImages(_Rows):
     def subset(self, idx) -> "LazyImages":
         """The rows ``idx``, still lazy."""
         return LazyImages([self.items[int(i)] for i in torch.as_tensor(idx).flatten().tolist()], self.size,
-                          self.channels, self.skip_bad, self.name)
+                          self.channels, self.skip_bad, self.name, self.background)
 
     def __repr__(self) -> str:
         return f"LazyImages({self.name}: {len(self)} × {self.channels}×{self.size}×{self.size})"
@@ -209,34 +206,38 @@ def tar_items(path: Path) -> tuple[list[Item], list[int]]:
 
 
 # ------------------------------------------------------------------------------------ lazy folders and shards
-def _first_shape(items: list[Item], size: int | None, channels: int | None, skip_bad: bool) -> tuple[int, int]:
+def _first_shape(items: list[Item], size: int | None, channels: int | None, skip_bad: bool,
+                 background: Colour) -> tuple[int, int]:
     """``size`` and ``channels``, each taken from the first readable image when not given."""
     if size is not None and channels is not None:
         return size, channels
     for item in items:
         try:
-            _, c, s = decode_image(item.open(), size, channels)
+            _, c, s = read_image(item.open(), size, channels, background, item.describe())
             return s, c
-        except DECODE_ERRORS as e:
+        except DataError:
             if not skip_bad:
-                raise DataError(f"cannot read image {item.describe()}: {e}") from None
+                raise
     raise DataError("no readable images")
 
 
-def open_lazy_folder(root: Path, size: int | None, channels: int | None, skip_bad: bool) -> ImageDataset:
-    """An image folder (class = sub-folder) as a lazy :class:`ImageDataset`."""
-    files, classes = list_folder(root)
+def open_lazy_folder(root: Path, size: int | None, channels: int | None, skip_bad: bool,
+                     background: Colour = WHITE) -> ImageDataset:
+    """An image folder (class = sub-folder) as a lazy :class:`ImageDataset`; files that are not images are left
+    out and counted (``ignored``)."""
+    files, classes, ignored = list_folder(root)
     items = folder_items([f for f, _ in files])
     labels = torch.tensor([c for _, c in files]) if classes else None
     names, name = [f.relative_to(root).as_posix() for f, _ in files], f"folder:{root.name}"
     if not items:
         raise DataError(f"no images found at {root}")
-    size, channels = _first_shape(items, size, channels, skip_bad)
-    return ImageDataset(LazyImages(items, size, channels, skip_bad, name), labels, classes, name, names)
+    size, channels = _first_shape(items, size, channels, skip_bad, background)
+    return ImageDataset(LazyImages(items, size, channels, skip_bad, name, background), labels, classes, name, names,
+                        ignored=len(ignored))
 
 
 def open_lazy_shards(shards: list[Path], name: str, size: int | None, channels: int | None,
-                     skip_bad: bool) -> ImageDataset:
+                     skip_bad: bool, background: Colour = WHITE) -> ImageDataset:
     """The images of uncompressed WebDataset tar shards, in order, as one lazy :class:`ImageDataset`."""
     items, ys = [], []
     for shard in shards:
@@ -246,5 +247,5 @@ def open_lazy_shards(shards: list[Path], name: str, size: int | None, channels: 
     if not items:
         raise DataError(f"no images found in {name}")
     labels = torch.tensor(ys) if ys and min(ys) >= 0 else None
-    size, channels = _first_shape(items, size, channels, skip_bad)
-    return ImageDataset(LazyImages(items, size, channels, skip_bad, name), labels, [], name, None)
+    size, channels = _first_shape(items, size, channels, skip_bad, background)
+    return ImageDataset(LazyImages(items, size, channels, skip_bad, name, background), labels, [], name, None)

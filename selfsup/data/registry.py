@@ -15,13 +15,15 @@ import torch
 
 from ..config import Config, DataConfig, register_check
 from ..errors import ConfigError, DataError
+from .image_reader import Colour
 from .lazy import open_lazy_folder, open_lazy_shards
 from .sources import ImageDataset, cifar, digits, fashion_mnist, image_folder, npz, shard_paths, webdataset_shard
 
-# load(split, root, **decode) -> the split in RAM; decode: size, channels, skip_bad (the sources that decode files)
+# load(split, root, **decode) -> the split in RAM; decode: size, channels, skip_bad, background (the sources that
+# decode files)
 Loader = Callable[..., ImageDataset]
-# open_lazy(root, split, size, channels, skip_bad) -> the split, decoded a batch at a time
-LazyOpener = Callable[[Path, str, int | None, int | None, bool], ImageDataset]
+# open_lazy(root, split, size, channels, skip_bad, background) -> the split, decoded a batch at a time
+LazyOpener = Callable[[Path, str, int | None, int | None, bool, Colour], ImageDataset]
 
 
 def _always(root: Path | None) -> bool:
@@ -51,8 +53,9 @@ def _folder(split: str, root, **decode) -> ImageDataset:
     return image_folder(_split_folder(root, split), **decode)
 
 
-def _lazy_folder(root: Path, split: str, size: int | None, channels: int | None, skip_bad: bool) -> ImageDataset:
-    return open_lazy_folder(_split_folder(root, split), size, channels, skip_bad)
+def _lazy_folder(root: Path, split: str, size: int | None, channels: int | None, skip_bad: bool,
+                 background: Colour) -> ImageDataset:
+    return open_lazy_folder(_split_folder(root, split), size, channels, skip_bad, background)
 
 
 def _folder_has_test(root: Path | None) -> bool:
@@ -84,8 +87,9 @@ def _webdataset(split: str, root, **decode) -> ImageDataset:
 
 
 def _lazy_webdataset(root: Path, split: str, size: int | None, channels: int | None,
-                     skip_bad: bool) -> ImageDataset:
-    return open_lazy_shards(_split_shards(root, split), f"shards:{root.name}/{split}", size, channels, skip_bad)
+                     skip_bad: bool, background: Colour) -> ImageDataset:
+    return open_lazy_shards(_split_shards(root, split), f"shards:{root.name}/{split}", size, channels, skip_bad,
+                            background)
 
 
 def _webdataset_has_test(root: Path | None) -> bool:
@@ -110,8 +114,8 @@ def source_named(name: str) -> Source:
 
 
 def load_source(name: str, split: str = "train", root: str | None = None, **decode) -> ImageDataset:
-    """A source's split, read into RAM; ``decode`` (size, channels, skip_bad) reaches the sources that decode
-    image files (folder, webdataset)."""
+    """A source's split, read into RAM; ``decode`` (size, channels, skip_bad, background) reaches the sources that
+    decode image files (folder, webdataset)."""
     source = source_named(name)
     if source.needs_root and root is None:
         raise DataError(f"data source {name!r} needs data.root (a path)")

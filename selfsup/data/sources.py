@@ -2,15 +2,16 @@
 ``(N, C, H, W)``; :mod:`selfsup.data.registry` names them for ``data.source``.
 
 Supported: Fashion-MNIST idx files (plain or .gz), sklearn's bundled ``load_digits`` resized to 28x28, a folder of
-the user's own images (PNG/JPEG through Pillow, class = sub-folder), CIFAR-10/100 python batches (read with a
-restricted unpickler that only rebuilds plain containers and numpy arrays), NPZ arrays (``allow_pickle=False``) and
-WebDataset-style tar shards.
+the user's own images (PNG/JPEG/GIF/WebP/BMP/TIFF read by :mod:`selfsup.data.image_reader`, class = sub-folder),
+CIFAR-10/100 python batches (read with a restricted unpickler that only rebuilds plain containers and numpy arrays),
+NPZ arrays (``allow_pickle=False``) and WebDataset-style tar shards.
 """
 from __future__ import annotations
 
 import gzip
 import zipfile
 import io
+import logging
 import os
 import pickle
 import struct
@@ -18,19 +19,20 @@ import tarfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from ..errors import DataError
+from .image_reader import IMAGE_SUFFIXES, WHITE, Colour, read_image
 
 FMNIST_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                   "Ankle boot"]
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+log = logging.getLogger("selfsup")
 
 
 @dataclass
@@ -41,6 +43,7 @@ class ImageDataset:
     name: str = "data"
     files: list[str] | None = None  # where each image came from (image folders: the path relative to the root)
     skipped: int = 0  # unreadable files left out when the set was read (data.skip_bad_images)
+    ignored: int = 0  # files of an image folder left out because they are not images (by extension)
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -133,66 +136,71 @@ def digits(split: str = "train", size: int = 28, test_fraction: float = 0.3, see
 
 
 # ------------------------------------------------------------------------------------------------- image folders
-def decode_image(source, size: int | None, channels: int | None):
-    """Open one image (path or file object) with Pillow, convert to ``channels`` (1 or 3; default from the image)
-    and resize to ``size`` × ``size`` (default: its own width); a non-square image is first cropped to its central
-    square. Returns (C×H×W uint8 array, channels, size)."""
-    with Image.open(source) as im:
-        im.load()
-        if channels is None:
-            channels = 1 if im.mode in ("L", "1", "I", "I;16", "F") else 3
-        im = im.convert("L" if channels == 1 else "RGB")
-        size = size or im.size[0]
-        if im.size != (size, size):  # a photo: the central square of its aspect, then resized
-            im = ImageOps.fit(im, (size, size), Image.BILINEAR) if im.size[0] != im.size[1] else \
-                im.resize((size, size), Image.BILINEAR)
-        a = np.asarray(im, dtype=np.uint8)
-    return (a[None] if a.ndim == 2 else a.transpose(2, 0, 1)), channels, size
+class FolderListing(NamedTuple):
+    files: list[tuple[Path, int]]  # the image files with their class index (−1 without sub-folders)
+    classes: list[str]  # the sorted sub-folder names
+    ignored: list[str]  # files that are not images by their extension, relative to the folder
 
 
-def list_folder(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
-    """The image files under ``root`` with their class index (sub-folder; −1 without sub-folders), and the
-    classes (sorted sub-folder names)."""
+_REPORTED: set[tuple[str, tuple[str, ...]]] = set()  # folders whose ignored files were logged (once per process)
+
+
+def _report_ignored(root: Path, ignored: list[str]) -> None:
+    """One ``selfsup`` log line naming the files of ``root`` that are not images (once per folder and process: a
+    folder opened lazily and then decoded into RAM is listed twice)."""
+    key = (str(root.resolve()), tuple(ignored))
+    if not ignored or key in _REPORTED:
+        return
+    _REPORTED.add(key)
+    shown = ", ".join(ignored[:10]) + (f", ... {len(ignored) - 10} more" if len(ignored) > 10 else "")
+    log.warning("%s: ignored %d file%s that %s not images (%s)", root, len(ignored), "s" if len(ignored) > 1 else "",
+                "are" if len(ignored) > 1 else "is", shown)
+
+
+def list_folder(root: Path) -> FolderListing:
+    """The image files under ``root`` with their class index (sub-folder; −1 without sub-folders), the classes
+    (sorted sub-folder names) and the files that are not images by extension (named in one log line)."""
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir())
-    files: list[tuple[Path, int]] = []
-    if subdirs:
-        for ci, d in enumerate(subdirs):
-            files += [(f, ci) for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
-    else:
-        files = [(f, -1) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    candidates = [(f, ci) for ci, d in enumerate(subdirs) for f in sorted(d.rglob("*")) if f.is_file()]
+    loose = sorted(f for f in root.iterdir() if f.is_file())
+    candidates += [(f, -1) for f in loose if not subdirs or f.suffix.lower() not in IMAGE_SUFFIXES]
+    files = [(f, ci) for f, ci in candidates if f.suffix.lower() in IMAGE_SUFFIXES]
+    ignored = [f.relative_to(root).as_posix() for f, _ in candidates if f.suffix.lower() not in IMAGE_SUFFIXES]
+    _report_ignored(root, ignored)
     if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {root}")
-    return files, [d.name for d in subdirs]
+    return FolderListing(files, [d.name for d in subdirs], ignored)
 
 
 def image_folder(path: str | Path, size: int | None = None, channels: int | None = None,
-                 skip_bad: bool = False) -> ImageDataset:
-    """Images under ``path``; when ``path`` has sub-folders, each sub-folder is a class. All images are resized
-    to ``size`` (default: the first image's size) and converted to ``channels`` (default: 1 if the first image is
-    greyscale, else 3). An unreadable file raises a :class:`DataError` naming it, or is skipped with a warning
-    when ``skip_bad``."""
+                 skip_bad: bool = False, background: Colour = WHITE) -> ImageDataset:
+    """Images under ``path``; when ``path`` has sub-folders, each sub-folder is a class. All images are read by
+    :func:`~selfsup.data.image_reader.read_image`: resized to ``size`` (default: the first image's size),
+    converted to ``channels`` (default: 1 if the first image is greyscale, else 3), transparency over
+    ``background``. An unreadable file raises a :class:`DataError` naming it, or is skipped with a warning when
+    ``skip_bad``; files that are not images are left out and counted (``ignored``)."""
     root = Path(path)
-    files, classes = list_folder(root)
-    subdirs = bool(classes)
+    files, classes, ignored = list_folder(root)
     arrays, labels, names = [], [], []
     for f, ci in files:
         try:
-            a, channels, size = decode_image(f, size, channels)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            if skip_bad:
-                warnings.warn(f"skipping unreadable image {f}: {e}")
-                continue
-            raise DataError(f"cannot read image {f}: {e}") from None
+            a, channels, size = read_image(f, size, channels, background)
+        except DataError as e:
+            if not skip_bad:
+                raise
+            warnings.warn(f"skipping unreadable image: {e}")
+            continue
         arrays.append(a)
         labels.append(ci)
         names.append(f.relative_to(root).as_posix())
     if not arrays:
         raise DataError(f"no readable images in {root}")
     x = torch.from_numpy(np.stack(arrays))
-    y = torch.tensor(labels, dtype=torch.long) if subdirs else None
-    return ImageDataset(x, y, classes, f"folder:{root.name}", names, skipped=len(files) - len(arrays))
+    y = torch.tensor(labels, dtype=torch.long) if classes else None
+    return ImageDataset(x, y, classes, f"folder:{root.name}", names, skipped=len(files) - len(arrays),
+                        ignored=len(ignored))
 
 
 # ---------------------------------------------------------------------------------------------- CIFAR python batches
@@ -305,8 +313,16 @@ def train_val_split(n: int, val_fraction: float, seed: int, labels: torch.Tensor
 
 
 # ------------------------------------------------------------------------------------------ WebDataset tar shards
+def _shard_label(parts: dict[str, bytes], key: str, path: Path) -> int:
+    """A sample's ``.cls`` label (−1: none)."""
+    try:
+        return int(parts["cls"].decode().strip()) if "cls" in parts else -1
+    except ValueError as e:
+        raise DataError(f"bad label {key}.cls in shard {path}: {e}") from None
+
+
 def webdataset_shard(path: str | Path, size: int | None = None, channels: int | None = None,
-                     skip_bad: bool = False) -> ImageDataset:
+                     skip_bad: bool = False, background: Colour = WHITE) -> ImageDataset:
     """A WebDataset-style tar shard: members grouped by key (the path without its extension), one image
     (``.png``/``.jpg``/...) per key and an optional ``.cls`` (integer label as text). A truncated or corrupt shard
     raises a :class:`DataError` naming it; a bad member names the shard and the member (or is skipped)."""
@@ -331,13 +347,14 @@ def webdataset_shard(path: str | Path, size: int | None = None, channels: int | 
         if ext is None:
             continue
         try:
-            a, channels, size = decode_image(io.BytesIO(parts[ext]), size, channels)
-            label = int(parts["cls"].decode().strip()) if "cls" in parts else -1
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            if skip_bad:
-                warnings.warn(f"skipping bad sample {key}.{ext} in {path}: {e}")
-                continue
-            raise DataError(f"bad sample {key}.{ext} in shard {path}: {e}") from None
+            label = _shard_label(parts, key, path)
+            a, channels, size = read_image(io.BytesIO(parts[ext]), size, channels, background,
+                                           f"{key}.{ext} in shard {path}")
+        except DataError as e:
+            if not skip_bad:
+                raise
+            warnings.warn(f"skipping bad sample: {e}")
+            continue
         arrays.append(a)
         labels.append(label)
     if not arrays:

@@ -6,10 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from ..data.image_reader import read_image
 from ..errors import ConfigError, DataError
 from ..evaluate.search import near_duplicates, nearest
 from .collection import embed_images, embed_run_collection, item_ids
@@ -32,16 +31,9 @@ class NeighbourSearch:
 
 
 def load_query_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
-    """One query image as a C×size×size uint8 tensor, converted and resized as image folders are."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            a = np.asarray(im, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise DataError(f"cannot read query image {path}: {e}") from None
-    return torch.from_numpy((a[None] if a.ndim == 2 else a.transpose(2, 0, 1)).copy())
+    """One query image as a C×size×size uint8 tensor, read as image folders are (one reader: EXIF orientation,
+    transparency over white, centre crop, ...); an unreadable file is a DataError naming it as a query image."""
+    return torch.from_numpy(read_image(path, size, channels, name=f"{path} (query image)")[0].copy())
 
 
 def _collection_row(path: Path, source: Path | None, ids: list[str]) -> int:
