@@ -11,8 +11,10 @@ from .byol import BYOL
 from .dcl import DCL, DCLW
 from .dino import DINO
 from .mae import MAE
+from .mmcr import MMCR
 from .moco import MoCo
 from .moco_v3 import MoCoV3
+from .msn import MSN
 from .nnclr import NNCLR
 from .sat import SelfAdaptiveSSL
 from .simclr import SimCLR
@@ -26,7 +28,7 @@ from .wmse import WMSE
 
 METHODS: dict[str, type[SSLMethod]] = {m.name: m for m in (
     SimCLR, MoCo, BYOL, SimSiam, BarlowTwins, VICReg, SelfAdaptiveSSL, MoCoV3, NNCLR, DCL, DCLW, WMSE, TiCo, SupCon,
-    SwAV, DINO, SuNCEt, MAE)}
+    SwAV, DINO, SuNCEt, MAE, MSN, MMCR)}
 
 DESCRIPTIONS = {
     "simclr": "NT-Xent contrastive loss over 2N views (Chen et al. 2020)",
@@ -47,6 +49,9 @@ DESCRIPTIONS = {
     "dino": "DINO: self-distillation from a centred, sharpened EMA teacher over K prototypes (Caron et al. 2021)",
     "suncet": "SuNCEt: NT-Xent + a supervised contrastive term over the labelled images (Assran et al. 2020)",
     "mae": "MAE: a ViT encodes a quarter of the patches, a light decoder predicts the masked rest (He et al. 2022)",
+    "msn": "MSN: a patch-dropped ViT anchor matches an EMA target's sharpened prototype assignment, me-max "
+           "(Assran et al. 2022); PMSN's power-law prior as an option",
+    "mmcr": "MMCR: maximise the nuclear norm of the per-image view centroids, momentum encoder (Yerxa et al. 2023)",
 }
 
 if TYPE_CHECKING:
@@ -65,4 +70,4 @@ def build_method(cfg: "Config", in_channels: int, num_samples: int = 0, image_si
 
 __all__ = ["build_method", "METHODS", "DESCRIPTIONS", "SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "BarlowTwins",
            "VICReg", "SelfAdaptiveSSL", "MoCoV3", "NNCLR", "DCL", "DCLW", "WMSE", "TiCo", "SupCon", "SwAV", "DINO",
-           "SuNCEt", "MAE"]
+           "SuNCEt", "MAE", "MSN", "MMCR"]
