@@ -62,11 +62,14 @@ class MMCR(SSLMethod):
 
     @torch.no_grad()
     def momentum_views(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The momentum encoder's projections of every view, one batch per resolution."""
+        """The momentum encoder's projections of every view, batched as :meth:`encode_joint` batches the online
+        ones (the backbone once per resolution, the head once over all views)."""
+        backbone, head = self.target
+        order = [i for g in resolution_groups(views) for i in g]
+        feats = torch.cat([backbone(torch.cat([views[i] for i in g])) for g in resolution_groups(views)])
         out: list[torch.Tensor] = [None] * len(views)  # type: ignore[list-item]
-        for g in resolution_groups(views):
-            for i, z in zip(g, self.target(torch.cat([views[i] for i in g])).chunk(len(g))):
-                out[i] = z
+        for i, z in zip(order, head(feats).split([len(views[i]) for i in order])):
+            out[i] = z
         return out
 
     def forward(self, views):
