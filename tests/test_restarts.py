@@ -205,7 +205,7 @@ METHOD_PARAMS = {"moco": {"queue_size": 64}, "wmse": {"w_size": 32}, "nnclr": {"
                  "swav": {"queue_size": 64, "freeze_prototypes_fraction": 0.2},
                  "suncet": {"suncet_until": 0.6},  # its supervised term is off after step 8
                  "mae": {"decoder_dim": 8, "decoder_depth": 1, "decoder_heads": 2}}
-METHOD_MODEL = {"mae": {"backbone": "vit", "vit_dim": 8, "vit_depth": 1, "vit_heads": 2}}
+METHOD_MODEL = {m: {"backbone": "vit", "vit_dim": 8, "vit_depth": 1, "vit_heads": 2} for m in ("mae", "msn")}
 
 
 # cases beyond one per method: (method, top-level config sections merged into the tiny config)
