@@ -16,8 +16,8 @@ PMSNLoss, pmsn_loss.py:78-80, computes the other direction, KL(π ‖ p̄)). τ 
 Multi-crop (``augment.local_crops``): the local crops are further anchors (the paper's focal views, unmasked as in
 the authors' code, src/deit.py:221-228), each scored against the target of its image. Masks draw from the method's
 seeded generator (checkpointed; every rank draws the noise of the global batch and keeps rows r, r + W, …, the
-images the trainer deals it, selfsup/data/loader.py, so two processes mask as one). The prototypes'
-gradient is DDP's mean over ranks (the authors' code sums it, src/msn_train.py:367)."""
+images the trainer deals it, selfsup/data/loader.py, so two processes mask as one). The prototypes' gradient is
+DDP's mean over ranks (the authors' code sums it, src/msn_train.py:367)."""
 from __future__ import annotations
 
 import math
