@@ -20,12 +20,13 @@ from selfsup.methods import build_method
 from selfsup.train.loop import FitPlan, fit
 
 STEPS = 4
+MODEL = {"msn": {"backbone": "vit", "vit_dim": 8, "vit_depth": 1, "vit_heads": 2}}  # 12x12 images: 9 patches
 
 
 def _cfg(out, method="simclr", workers=0):
     return load_config({"data": {"workers": workers},
         "name": "ddp", "output_dir": str(out), "seed": 3,
-        "model": {"widths": [4, 8], "pool": 1},
+        "model": {"widths": [4, 8], "pool": 1, **MODEL.get(method, {})},
         "method": {"name": method, "proj_hidden": 16, "proj_dim": 8},
         # identity augmentation: each rank draws its own augmentation randomness, so only without it can the two
         # runs see the same views
@@ -74,7 +75,7 @@ def _worker(rank, world, init_file, out, method):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["simclr", "byol", "simclr+lazy"])
+@pytest.mark.parametrize("method", ["simclr", "byol", "simclr+lazy", "msn", "mmcr"])
 def test_two_processes_train_to_the_weights_of_one(method, tmp_path):
     """simclr+lazy: each rank decodes only its half of every batch from PNG files, in a DataLoader worker."""
     for r in (0, 1):
@@ -84,7 +85,8 @@ def test_two_processes_train_to_the_weights_of_one(method, tmp_path):
     ddp = load_file(str(tmp_path / "ddp.safetensors"))
     (tmp_path / "single").mkdir()
     one = _train(tmp_path / "single", method)
-    bn_weights = [k for k in one if k.startswith("backbone.") and k.endswith(".1.weight")]
+    bn_weights = [k.replace("running_mean", "weight") for k in one  # the online network's BatchNorm layers
+                  if k.startswith(("backbone.", "projector.")) and k.endswith(".running_mean")]
     assert len(bn_weights) >= 2
     for k in bn_weights:  # BatchNorm γ trained in both runs
         assert not torch.allclose(one[k], torch.ones_like(one[k])), k

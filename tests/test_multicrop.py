@@ -110,7 +110,7 @@ def test_config_keys_and_the_error_for_a_method_without_multi_crop():
     views = recipe_from_config(cfg.augment, METHODS["dino"].recipe)(_batch(4), torch.Generator().manual_seed(0))
     assert [v.shape[-1] for v in views] == [28, 28, 10, 10, 10, 10]
     assert load_config({}).augment.local_crops == 0
-    assert {n for n, c in METHODS.items() if c.multi_crop} == {"swav", "dino"}
+    assert {n for n, c in METHODS.items() if c.multi_crop} == {"swav", "dino", "msn", "mmcr"}
     with pytest.raises(ConfigError) as e:
         load_config({"method": {"name": "byol"}, "augment": {"local_crops": 2}})
     msg = str(e.value)

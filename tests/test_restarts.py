@@ -209,8 +209,8 @@ METHOD_PARAMS = {"moco": {"queue_size": 64}, "wmse": {"w_size": 32}, "nnclr": {"
                  "mae": {"decoder_dim": 8, "decoder_depth": 1, "decoder_heads": 2},
                  "ibot": {"out_dim": 16, "koleo_weight": 0.1},
                  "ijepa": {"pred_dim": 8, "pred_depth": 1, "pred_heads": 2}}
-METHOD_MODEL = {m: {"backbone": "vit", "vit_dim": 8, "vit_depth": 1, "vit_heads": 2} for m in ("mae", "ibot",
-                                                                                             "ijepa")}
+METHOD_MODEL = {m: {"backbone": "vit", "vit_dim": 8, "vit_depth": 1, "vit_heads": 2}
+                for m in ("mae", "ibot", "ijepa", "msn")}
 
 
 # cases beyond one per method: (method, top-level config sections merged into the tiny config)

@@ -124,7 +124,8 @@ def _with_data_batchnorm(backbone, images):
     return bb.eval()
 
 
-VIT_MODEL = {m: {"backbone": "vit", "vit_dim": 32, "vit_depth": 2, "vit_heads": 2} for m in ("mae", "ibot", "ijepa")}
+VIT_MODEL = {m: {"backbone": "vit", "vit_dim": 32, "vit_depth": 2, "vit_heads": 2}
+             for m in ("mae", "ibot", "ijepa", "msn")}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -15,8 +15,10 @@ from .dino import DINO
 from .ibot import IBOT
 from .ijepa import IJEPA
 from .mae import MAE
+from .mmcr import MMCR
 from .moco import MoCo
 from .moco_v3 import MoCoV3
+from .msn import MSN
 from .nnclr import NNCLR
 from .sat import SelfAdaptiveSSL
 from .simclr import SimCLR
@@ -30,7 +32,7 @@ from .wmse import WMSE
 
 METHODS: dict[str, type[SSLMethod]] = {m.name: m for m in (
     SimCLR, MoCo, BYOL, SimSiam, BarlowTwins, VICReg, SelfAdaptiveSSL, MoCoV3, NNCLR, DCL, DCLW, WMSE, TiCo, SupCon,
-    SwAV, DINO, SuNCEt, MAE, IBOT, IJEPA)}
+    SwAV, DINO, SuNCEt, MAE, IBOT, IJEPA, MSN, MMCR)}
 
 DESCRIPTIONS = {
     "simclr": "NT-Xent contrastive loss over 2N views (Chen et al. 2020)",
@@ -54,6 +56,9 @@ DESCRIPTIONS = {
     "ibot": "iBOT: DINO's [CLS] loss + self-distillation of masked patch tokens on the ViT (Zhou et al. 2022)",
     "ijepa": "I-JEPA: a predictor maps a context block to an EMA encoder's features of target blocks (Assran et al. "
              "2023)",
+    "msn": "MSN: a patch-dropped ViT anchor matches an EMA target's sharpened prototype assignment, me-max "
+           "(Assran et al. 2022); PMSN's power-law prior as an option",
+    "mmcr": "MMCR: maximise the nuclear norm of the per-image view centroids, momentum encoder (Yerxa et al. 2023)",
 }
 
 def method_params(cfg: Config) -> MethodParams:
@@ -97,4 +102,4 @@ def build_method(cfg: Config, in_channels: int, num_samples: int = 0, image_size
 
 __all__ = ["build_method", "check_method", "method_params", "METHODS", "DESCRIPTIONS", "SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "BarlowTwins",
            "VICReg", "SelfAdaptiveSSL", "MoCoV3", "NNCLR", "DCL", "DCLW", "WMSE", "TiCo", "SupCon", "SwAV", "DINO",
-           "SuNCEt", "MAE", "IBOT", "IJEPA"]
+           "SuNCEt", "MAE", "IBOT", "IJEPA", "MSN", "MMCR"]

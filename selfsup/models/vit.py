@@ -147,16 +147,24 @@ class ViT(nn.Module):
             z = blk(z)
         return self.norm(z)
 
-    def pool(self, z: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+    def pool(self, z: torch.Tensor, grid_h: int, grid_w: int, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
         """The features of :meth:`encode`'s output on a ``grid_h`` x ``grid_w`` grid of patches: the CLS token, the
         mean of the patch tokens, or (``grid``) the patch tokens average-pooled to ``grid`` x ``grid`` cells and
-        flattened channel by channel, as the CNN's ``pool`` readout."""
+        flattened channel by channel, as the CNN's ``pool`` readout. ``ids_keep`` (N, K): the grid index of each of
+        the K patch tokens when only those were encoded (masked-image methods); ``grid`` then averages the tokens
+        present in each cell (0 where none is)."""
         if self.pool_mode == "cls":
             return z[:, 0]
         if self.pool_mode == "mean":
             return z[:, 1:].mean(1)
-        maps = z[:, 1:].transpose(1, 2).reshape(z.shape[0], z.shape[2], grid_h, grid_w)
-        return F.adaptive_avg_pool2d(maps, self.pool_grid).flatten(1)
+        n, d, tokens = z.shape[0], z.shape[2], z[:, 1:]
+        if ids_keep is None:
+            maps = tokens.transpose(1, 2).reshape(n, d, grid_h, grid_w)
+            return F.adaptive_avg_pool2d(maps, self.pool_grid).flatten(1)
+        full = tokens.new_zeros(n, grid_h * grid_w, d + 1)
+        full = full.scatter(1, ids_keep[..., None].expand(-1, -1, d + 1), F.pad(tokens, (0, 1), value=1.0))
+        sums = F.adaptive_avg_pool2d(full.transpose(1, 2).reshape(n, d + 1, grid_h, grid_w), self.pool_grid)
+        return (sums[:, :d] / sums[:, d:].clamp_min(1e-12)).flatten(1)  # the last channel: the share present
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.encode(self.embed(x)), *self.grid(x))
