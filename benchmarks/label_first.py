@@ -38,7 +38,7 @@ from selfsup.config import load_config  # noqa: E402
 from selfsup.data.sources import fashion_mnist  # noqa: E402
 from selfsup.takeaways.collection import embed_images
 from selfsup.takeaways.select import STRATEGIES, select_to_label
-from selfsup.evaluate.probes import linear_probe  # noqa: E402
+from selfsup.evaluate.probes import LabelledFeatures, ProbeGrid, linear_probe  # noqa: E402
 from selfsup.models import backbone_info, load_backbone  # noqa: E402
 from selfsup.workflows import pretrain  # noqa: E402
 
@@ -73,7 +73,8 @@ def _probe(f_tr, y_tr, f_te, y_te, picks: list[int], seed: int) -> float:
     perm = picks_t[torch.randperm(len(picks_t), generator=torch.Generator().manual_seed(seed))]
     n_val = max(1, int(round(VAL_FRACTION * len(perm))))
     va, tr = perm[:n_val], perm[n_val:]
-    lp = linear_probe(f_tr[tr], y_tr[tr], f_tr[va], y_tr[va], f_te, y_te, max_iter=200, num_classes=10, seed=seed)
+    lp = linear_probe(LabelledFeatures(f_tr[tr], y_tr[tr]), LabelledFeatures(f_tr[va], y_tr[va]),
+                      LabelledFeatures(f_te, y_te), ProbeGrid(max_iter=200), num_classes=10, seed=seed)
     return lp["test_acc"]
 
 

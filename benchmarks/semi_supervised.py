@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
 from selfsup.config import load_config  # noqa: E402
 from selfsup.data import labelled_subset, load_datasets, train_val_split  # noqa: E402
-from selfsup.evaluate.probes import extract_features, linear_probe  # noqa: E402
+from selfsup.evaluate.features import extract_features  # noqa: E402
+from selfsup.evaluate.probes import LabelledFeatures, linear_probe  # noqa: E402
 from selfsup.finetune.finetune_workflow import finetune
 from selfsup.workflows import pretrain
 
@@ -70,9 +71,11 @@ class ProbeCurve:
         bb = event.method.backbone
         f_train, f_test = extract_features(bb, self.train.images), extract_features(bb, self.test.images)
         y, yt = self.train.labels, self.test.labels
-        full = linear_probe(f_train[self.tr], y[self.tr], f_train[self.va], y[self.va], f_test, yt)["test_acc"]
-        low = linear_probe(f_train[self.few_tr], y[self.few_tr], f_train[self.few_va], y[self.few_va], f_test,
-                           yt)["test_acc"]
+        test = LabelledFeatures(f_test, yt)
+        full = linear_probe(LabelledFeatures(f_train[self.tr], y[self.tr]),
+                            LabelledFeatures(f_train[self.va], y[self.va]), test)["test_acc"]
+        low = linear_probe(LabelledFeatures(f_train[self.few_tr], y[self.few_tr]),
+                           LabelledFeatures(f_train[self.few_va], y[self.few_va]), test)["test_acc"]
         row = {"step": event.step, "share": event.step / event.total_steps, "linear_test": full,
                "low_label_test": low, "probe_seconds": round(time.perf_counter() - t0, 1)}
         self.rows.append(row)

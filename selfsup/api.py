@@ -15,7 +15,7 @@ from .takeaways.embed import embed_to_file
 from .takeaways.neighbours import find_neighbours, near_duplicates, nearest
 from .takeaways.select import select_from_collection, select_to_label
 from .evaluate.fewshot import fewshot_eval, low_label_probes
-from .evaluate.probes import extract_features
+from .evaluate.features import extract_features
 from .models import load_backbone as load
 from .models import save_backbone
 from .takeaways.compare import compare_runs

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from selfsup.config import load_config
+from selfsup.evaluate.probes import LabelledFeatures
 from selfsup.evaluate.suite import _probe_all
 
 
@@ -15,7 +16,7 @@ def test_knn_and_linear_probe_agree_between_cpu_and_cuda():
     f = centers[y] + torch.randn(3000, 32, generator=g) * 2.5
     e = load_config({}).eval
     tr, va = torch.arange(0, 2000), torch.arange(2000, 2500)
-    args = (f[:2500], y[:2500], tr, va, f[2500:], y[2500:], e)
+    args = (LabelledFeatures(f[:2500], y[:2500]), (tr, va), LabelledFeatures(f[2500:], y[2500:]), e)
     cpu, gpu = _probe_all(*args, device="cpu"), _probe_all(*args, device="cuda")
     assert torch.cuda.max_memory_allocated() > 0  # the probes ran on the GPU
     assert gpu["knn_k"] == cpu["knn_k"] and abs(gpu["knn_test"] - cpu["knn_test"]) < 0.005

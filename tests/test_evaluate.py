@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from selfsup.evaluate import alignment, collapse_std, linear_cka, linear_probe, rankme, uniformity
-from selfsup.evaluate.probes import knn_predict, select_knn, select_knn_k
+from selfsup.evaluate.probes import LabelledFeatures as LF, ProbeGrid, knn_predict, select_knn, select_knn_k
 from selfsup.config import load_config
 from selfsup.data import ImageDataset, load_datasets
 from selfsup.evaluate.suite import evaluate_run
@@ -66,7 +66,7 @@ def test_linear_probe_separable_clusters_score_one():
     x, y = _clusters(n=90)
     v, vy = _clusters(n=30, seed=1)
     t, ty = _clusters(n=30, seed=2)
-    r = linear_probe(x, y, v, vy, t, ty, l2_grid=(0.0, 1e-2), max_iter=50)
+    r = linear_probe(LF(x, y), LF(v, vy), LF(t, ty), ProbeGrid(l2_grid=(0.0, 1e-2), max_iter=50))
     assert r["test_acc"] == 1.0 and r["val_acc"] == 1.0
 
 
@@ -85,13 +85,14 @@ def test_linear_probe_l2_choice_never_sees_the_test_split():
     x, y = _noisy_dims(36, 10)
     v, vy = _noisy_dims(60, 11)
     t, ty = _noisy_dims(60, 12)
-    grid = (0.0, 0.1, 3.0)
-    real = linear_probe(x, y, v, vy, t, ty, l2_grid=grid, max_iter=100)
+    grid = ProbeGrid(l2_grid=(0.0, 0.1, 3.0), max_iter=100)
+    real = linear_probe(LF(x, y), LF(v, vy), LF(t, ty), grid)
     assert real["val_scores"][3.0] > real["val_scores"][0.1] > real["val_scores"][0.0]  # the choice matters
     assert real["l2"] == 3.0 and real["val_acc"] == real["val_scores"][3.0]
-    moved = linear_probe(x, y, v, vy, t, (ty + 1) % 3, l2_grid=grid, max_iter=100)
-    noise = linear_probe(x, y, v, vy, torch.randn(60, 20, generator=torch.Generator().manual_seed(3)),
-                         ty[torch.randperm(60, generator=torch.Generator().manual_seed(4))], l2_grid=grid, max_iter=100)
+    moved = linear_probe(LF(x, y), LF(v, vy), LF(t, (ty + 1) % 3), grid)
+    noise = linear_probe(LF(x, y), LF(v, vy), LF(torch.randn(60, 20, generator=torch.Generator().manual_seed(3)),
+                                                 ty[torch.randperm(60, generator=torch.Generator().manual_seed(4))]),
+                         grid)
     for other in (moved, noise):
         assert (other["l2"], other["val_acc"], other["val_scores"]) == (real["l2"], real["val_acc"], real["val_scores"])
     assert real["test_acc"] > 0.6 and moved["test_acc"] < 0.3  # ...while the test score follows the test labels

@@ -12,9 +12,10 @@ from safetensors.torch import save_file
 
 from selfsup.config import load_config
 from selfsup.data import load_datasets
-from selfsup.evaluate.fewshot import (episode_accuracies, fewshot_eval, label_subset, low_label_probe, mean_ci95,
-                                      nearest_prototype, per_class_and_confusion, prototypes, sample_episodes)
-from selfsup.evaluate.probes import raw_pixel_features
+from selfsup.evaluate.fewshot import (EpisodeSpec, episode_accuracies, fewshot_eval, label_subset, low_label_probe,
+                                      mean_ci95, nearest_prototype, per_class_and_confusion, prototypes,
+                                      sample_episodes)
+from selfsup.evaluate.probes import LabelledFeatures as LF, ProbeGrid, raw_pixel_features
 from selfsup.evaluate.suite import evaluate_run
 from selfsup.models import load_backbone
 from selfsup.report.results import print_results, results_table
@@ -83,12 +84,13 @@ def test_low_label_probe_sees_only_its_subset():
     its subset by noise changes nothing (L2, validation and test accuracy): no other label is used."""
     x, y = _clusters(1000)
     t, ty = _clusters(300, seed=1)
-    r = low_label_probe(x, y, t, ty, 0.05, seed=0, l2_grid=(1e-4, 1e-2), max_iter=30)
+    grid = ProbeGrid(l2_grid=(1e-4, 1e-2), max_iter=30)
+    r = low_label_probe(LF(x, y), LF(t, ty), 0.05, seed=0, grid=grid)
     assert r["n_labels"] == 50 and r["linear_test"] == 1.0
     outside = np.setdiff1d(np.arange(1000), label_subset(y, 0.05, 0))
     noisy = x.clone()
     noisy[outside] = 5 * torch.randn(len(outside), 16, generator=torch.Generator().manual_seed(9))
-    assert low_label_probe(noisy, y, t, ty, 0.05, seed=0, l2_grid=(1e-4, 1e-2), max_iter=30) == r
+    assert low_label_probe(LF(noisy, y), LF(t, ty), 0.05, seed=0, grid=grid) == r
 
 
 def test_episodes_are_seeded_and_draw_supports_from_train_and_queries_from_test():
@@ -111,13 +113,13 @@ def test_episodes_are_seeded_and_draw_supports_from_train_and_queries_from_test(
 def test_fewshot_accuracy_is_one_on_separable_and_chance_on_random_features():
     x, y = _clusters(500)
     t, ty = _clusters(300, seed=1)
-    sep = fewshot_eval(x, y, t, ty, ways=5, shots=(1, 5), queries=15, episodes=100, seed=0)
+    sep = fewshot_eval(LF(x, y), LF(t, ty), EpisodeSpec(ways=5, shots=(1, 5), queries=15, episodes=100), seed=0)
     assert set(sep) == {"5way_1shot", "5way_5shot"}
     for r in sep.values():
         assert r == {"mean": 1.0, "ci95": 0.0, "episodes": 100}
     g = torch.Generator().manual_seed(5)
-    rnd = fewshot_eval(torch.randn(500, 16, generator=g), y, torch.randn(300, 16, generator=g), ty, ways=5,
-                       shots=(1, 5), queries=15, episodes=400, seed=0)
+    rnd = fewshot_eval(LF(torch.randn(500, 16, generator=g), y), LF(torch.randn(300, 16, generator=g), ty),
+                       EpisodeSpec(ways=5, shots=(1, 5), queries=15, episodes=400), seed=0)
     for r in rnd.values():  # chance 1/5; the standard error of the mean is about 0.005
         assert abs(r["mean"] - 0.2) < 0.03 and 0 < r["ci95"] < 0.02
 
@@ -186,8 +188,9 @@ def test_eval_json_has_low_label_fewshot_per_class_and_confusion(tmp_path, monke
     assert "cached" not in changed and set(changed["low_label"]) == {"0.1"}
     assert {v["episodes"] for v in changed["fewshot"].values()} == {30}
     # the raw-pixel few-shot numbers are those of the episodes of the run's seed on the raw pixels
-    direct = fewshot_eval(raw_pixel_features(train.images), train.labels, raw_pixel_features(test.images),
-                          test.labels, 5, (1, 5), 15, 60, seed=load_config(r.run_dir / "config.yaml").seed)
+    direct = fewshot_eval(LF(raw_pixel_features(train.images), train.labels),
+                          LF(raw_pixel_features(test.images), test.labels), EpisodeSpec(5, (1, 5), 15, 60),
+                          seed=load_config(r.run_dir / "config.yaml").seed)
     assert direct == res["trained"]["raw_pixels"]["fewshot"]
     # the table (printed and in report.md) shows them beside the raw pixels
     rows = {row[0]: row[1:] for row in results_table(res["trained"])}

@@ -168,7 +168,7 @@ class _WhereDecoded(_Rows):
 
 
 def test_feature_extraction_decodes_a_lazy_set_in_the_workers_in_order(folder, tmp_path):
-    from selfsup.evaluate.probes import extract_features
+    from selfsup.evaluate.features import extract_features
     from selfsup.models import build_backbone
     lazy, _ = load_datasets(load_config(_cfg(folder, "/tmp", "x", "never")).data)
     ram, _ = load_datasets(load_config(_cfg(folder, "/tmp", "x", "always")).data)

@@ -247,7 +247,7 @@ def test_finetune_with_pgd_and_trades(npz_data, tmp_path):  # noqa: F811
 @pytest.mark.parametrize("name", ["cnn", "resnet18"])
 def test_inference_copy_keeps_outputs_and_input_gradients(name):
     """Attacks run on the BatchNorm-folded channels_last copy: same logits and same input gradient as the model."""
-    from selfsup.evaluate.probes import inference_copy
+    from selfsup.evaluate.features import inference_copy
     from selfsup.models import build_backbone
 
     torch.manual_seed(0)

@@ -267,7 +267,8 @@ def test_stream_evaluation_and_knn_monitor_score_the_readout_features(tmp_path):
     from selfsup.streams.sequences import EvalTask
     from selfsup.streams.continual_metrics import evaluate_chunk
     from selfsup.evaluate.monitor import KnnMonitor
-    from selfsup.evaluate.probes import extract_features, knn_accuracy
+    from selfsup.evaluate.features import extract_features
+    from selfsup.evaluate.probes import knn_accuracy
     from selfsup.models import backbone_from_config, readout_backbone
     from selfsup.streams.stream_workflow import StreamEvaluator
 

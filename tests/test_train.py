@@ -13,7 +13,8 @@ from selfsup.config import load_config
 from selfsup.data import fashion_mnist
 from selfsup.errors import DataError
 from selfsup.errors import TrainingError
-from selfsup.evaluate.probes import extract_features, knn_accuracy
+from selfsup.evaluate.features import extract_features
+from selfsup.evaluate.probes import knn_accuracy
 from selfsup.methods import METHODS, build_method
 from selfsup.train.checkpoint import latest_checkpoint, load_checkpoint
 from selfsup.workflows import pretrain
@@ -190,7 +191,8 @@ def test_short_real_run_beats_random_init_encoder(tmp_path):
         fashion_mnist("test")
     except DataError:
         pytest.skip("dataset-fashion-mnist not installed")
-    from selfsup.evaluate.probes import extract_features, knn_accuracy
+    from selfsup.evaluate.features import extract_features
+    from selfsup.evaluate.probes import knn_accuracy
     from selfsup.config import load_config
     from selfsup.methods import build_method
 

@@ -82,14 +82,7 @@ def collapse_check(z: torch.Tensor) -> dict:
     second = float(z.pow(2).sum())
     spread = float(zc.pow(2).sum())
     var_ratio = spread / second if second > 0 else 0.0
-    # singular values of zc from the eigenvalues of the smaller Gram matrix (cheaper than an SVD of N×D)
-    gram = zc.T @ zc if d <= n else zc @ zc.T
-    s = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()
-    if float(s.sum()) > 0:
-        p = s / s.sum() + 1e-7
-        erank = float(torch.exp(-(p * p.log()).sum()))
-    else:
-        erank = 0.0
+    erank = _centred_effective_rank(zc)
     m = min(n - 1, d)
     rank_thr = min(max(COLLAPSE_RANK_MIN, COLLAPSE_RANK_FRACTION * m), m / 4)
     out.update(var_ratio=var_ratio, effective_rank=erank, rank_threshold=rank_thr)
@@ -104,6 +97,18 @@ def collapse_check(z: torch.Tensor) -> dict:
             f"dimensions of {m} possible (alarm below {rank_thr:.1f}). The encoder has collapsed onto a few "
             f"directions; its kNN / linear-probe numbers are suspect."))
     return out
+
+
+def _centred_effective_rank(zc: torch.Tensor) -> float:
+    """RankMe of centred features ``zc`` (N×D), 0 when they are all zero: its singular values from the eigenvalues
+    of the smaller Gram matrix (cheaper than an SVD of N×D)."""
+    n, d = zc.shape
+    gram = zc.T @ zc if d <= n else zc @ zc.T
+    s = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()
+    if float(s.sum()) > 0:
+        p = s / s.sum() + 1e-7
+        return float(torch.exp(-(p * p.log()).sum()))
+    return 0.0
 
 
 def collapse_warnings(check: dict) -> list[str]:

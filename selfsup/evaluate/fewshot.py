@@ -16,14 +16,36 @@ Protocols (stated so they can be checked):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .probes import linear_probe
+from .probes import LabelledFeatures, ProbeGrid, linear_probe
+
+if TYPE_CHECKING:
+    from ..config import EvalConfig
 
 _SUBSET_STREAM = 7101  # seed streams of their own: not the draws of train_val_split with the same seed
 _EPISODE_STREAM = 7102
+LOW_LABEL_GRID = ProbeGrid(max_iter=200)  # a low-label probe's default fit
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """Few-shot episodes: ``ways`` classes, ``shots`` support images per class (one evaluation per entry),
+    ``queries`` query images per class, ``episodes`` episodes."""
+    ways: int = 5
+    shots: tuple[int, ...] = (1, 5)
+    queries: int = 15
+    episodes: int = 200
+
+    @classmethod
+    def from_eval(cls, e: "EvalConfig") -> "EpisodeSpec":
+        """The episodes of the ``eval`` config section (``fewshot_*``)."""
+        return cls(e.fewshot_ways, e.fewshot_shots, e.fewshot_queries, e.fewshot_episodes)
 
 
 def label_subset(labels, fraction: float, seed: int, min_per_class: int = 2) -> np.ndarray:
@@ -50,26 +72,27 @@ def _split_subset(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.nda
     return np.sort(np.concatenate(tr)), np.sort(np.concatenate(va))
 
 
-def low_label_probe(f_train, y_train, f_test, y_test, fraction: float, seed: int, val_fraction: float = 0.1,
-                    l2_grid=(1e-5, 1e-4, 1e-3), max_iter: int = 200, num_classes: int | None = None) -> dict:
+def low_label_probe(train: LabelledFeatures, test: LabelledFeatures, fraction: float, seed: int,
+                    val_fraction: float = 0.1, grid: ProbeGrid = LOW_LABEL_GRID,
+                    num_classes: int | None = None) -> dict:
     """The linear probe trained on the class-balanced ``fraction`` of the training labels (see the module's
     protocol): ``{"linear_test", "n_labels", "linear_l2", "linear_val"}``."""
+    (f_train, y_train), (f_test, y_test) = train, test
     num_classes = num_classes or int(max(y_train.max(), y_test.max())) + 1
     idx = label_subset(y_train, fraction, seed)
     tr, va = _split_subset(np.asarray(y_train)[idx], val_fraction, seed)
     itr, iva = torch.as_tensor(idx[tr]), torch.as_tensor(idx[va])
-    lp = linear_probe(f_train[itr], y_train[itr], f_train[iva], y_train[iva], f_test, y_test, l2_grid, max_iter,
-                      num_classes=num_classes, seed=seed)
+    lp = linear_probe(LabelledFeatures(f_train[itr], y_train[itr]), LabelledFeatures(f_train[iva], y_train[iva]),
+                      LabelledFeatures(f_test, y_test), grid, num_classes=num_classes, seed=seed)
     return {"linear_test": lp["test_acc"], "n_labels": int(len(idx)), "linear_l2": lp["l2"],
             "linear_val": lp["val_acc"]}
 
 
-def low_label_probes(f_train, y_train, f_test, y_test, fractions, seed: int, val_fraction: float = 0.1,
-                     l2_grid=(1e-5, 1e-4, 1e-3), max_iter: int = 200) -> dict:
+def low_label_probes(train: LabelledFeatures, test: LabelledFeatures, fractions, seed: int, val_fraction: float = 0.1,
+                     grid: ProbeGrid = LOW_LABEL_GRID) -> dict:
     """``low_label_probe`` for every fraction, keyed by the fraction as written (``"0.01"``, ``"0.1"``)."""
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
-    return {f"{fr:g}": low_label_probe(f_train, y_train, f_test, y_test, fr, seed, val_fraction, l2_grid, max_iter,
-                                       num_classes) for fr in fractions}
+    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    return {f"{fr:g}": low_label_probe(train, test, fr, seed, val_fraction, grid, num_classes) for fr in fractions}
 
 
 def prototypes(support: torch.Tensor) -> torch.Tensor:
@@ -128,17 +151,17 @@ def mean_ci95(accs) -> tuple[float, float]:
     return float(a.mean()), float(half)
 
 
-def fewshot_eval(f_support, y_support, f_query, y_query, ways: int = 5, shots=(1, 5), queries: int = 15,
-                 episodes: int = 200, seed: int = 0) -> dict:
-    """N-way K-shot accuracy for every K of ``shots``: ``{"5way_1shot": {"mean", "ci95", "episodes"}, ...}``
-    (supports from ``f_support``, the training split; queries from ``f_query``, the test split)."""
+def fewshot_eval(support: LabelledFeatures, query: LabelledFeatures, spec: EpisodeSpec = EpisodeSpec(),
+                 seed: int = 0) -> dict:
+    """N-way K-shot accuracy for every K of ``spec.shots``: ``{"5way_1shot": {"mean", "ci95", "episodes"}, ...}``
+    (supports from ``support``, the training split; queries from ``query``, the test split)."""
     out = {}
-    for k in shots:
-        ep = sample_episodes(y_support, y_query, ways, k, queries, episodes, seed)
+    for k in spec.shots:
+        ep = sample_episodes(support.labels, query.labels, spec.ways, k, spec.queries, spec.episodes, seed)
         if ep is None:
             continue
-        mean, ci = mean_ci95(episode_accuracies(f_support, f_query, *ep).numpy())
-        out[f"{ep[0].shape[1]}way_{k}shot"] = {"mean": mean, "ci95": ci, "episodes": episodes}
+        mean, ci = mean_ci95(episode_accuracies(support.features, query.features, *ep).numpy())
+        out[f"{ep[0].shape[1]}way_{k}shot"] = {"mean": mean, "ci95": ci, "episodes": spec.episodes}
     return out
 
 

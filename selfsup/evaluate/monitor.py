@@ -12,7 +12,8 @@ import numpy as np
 from .. import distributed as D
 from ..data import ImageDataset
 from ..models import readout_backbone
-from .probes import extract_features, knn_accuracy
+from .features import extract_features
+from .probes import knn_accuracy
 
 if TYPE_CHECKING:
     from ..config import Config

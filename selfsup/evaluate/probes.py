@@ -1,4 +1,4 @@
-"""Frozen-feature evaluation: feature extraction, weighted kNN, linear probe.
+"""Frozen-feature evaluation: weighted kNN, linear probe (the features: :mod:`.features`).
 
 Protocols (stated so they can be checked):
 - features come from the backbone in eval mode (BatchNorm running statistics), no augmentation;
@@ -10,7 +10,8 @@ Protocols (stated so they can be checked):
 """
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -18,40 +19,31 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..data import image_batches
-
-
-def inference_copy(backbone: nn.Module, channels_last: bool = True) -> nn.Module:
-    """An eval-mode copy with every Conv2d→BatchNorm2d pair folded into one convolution (same outputs, fewer
-    memory passes) and weights in channels_last when asked."""
-    m = copy.deepcopy(backbone).eval()
-    for mod in m.modules():
-        children = list(mod.named_children())
-        for (n1, c1), (n2, c2) in zip(children, children[1:]):
-            if isinstance(c1, nn.Conv2d) and isinstance(c2, nn.BatchNorm2d) and c2.track_running_stats:
-                setattr(mod, n1, fuse_conv_bn_eval(c1, c2))
-                setattr(mod, n2, nn.Identity())
-    return m.to(memory_format=torch.channels_last) if channels_last else m
+if TYPE_CHECKING:
+    from ..config import EvalConfig
 
 
-@torch.inference_mode()
-def extract_features(backbone: nn.Module, images: torch.Tensor, batch_size: int = 256,
-                     device: str | torch.device = "cpu", channels_last: bool = True, workers: int = 0
-                     ) -> torch.Tensor:
-    """Backbone features (eval mode: BatchNorm running statistics, no augmentation) of uint8 images (0..255) or
-    float images in [0, 1], used as they are (no quantisation). A lazy image set is decoded batch by batch, in
-    ``workers`` DataLoader processes when workers > 0 (:func:`selfsup.data.image_batches`)."""
-    model = inference_copy(backbone, channels_last).to(device)
-    out = []
-    for x in image_batches(images, batch_size, workers):
-        x = x.to(device)
-        x = x.float() if x.is_floating_point() else x.float().div_(255)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out.append(model(x).float().cpu())
-    return torch.cat(out)
+class LabelledFeatures(NamedTuple):
+    """The features of one split and their labels."""
+    features: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ProbeGrid:
+    """How a linear probe is fitted: the L2 strengths ``l2_grid`` tried, ``max_iter`` L-BFGS iterations of the final
+    fit and ``select_iter`` (default ``max_iter // 3``, at least 1) of each fit that chooses the strength, on a
+    seeded subsample of at most ``select_samples`` training points (None: all)."""
+    l2_grid: tuple[float, ...] = (1e-5, 1e-4, 1e-3)
+    max_iter: int = 300
+    select_iter: int | None = None
+    select_samples: int | None = 20000
+
+    @classmethod
+    def from_eval(cls, e: "EvalConfig") -> "ProbeGrid":
+        """The grid of the ``eval`` config section (``linear_l2_grid``, ``linear_max_iter``)."""
+        return cls(e.linear_l2_grid, e.linear_max_iter)
 
 
 @torch.inference_mode()
@@ -137,25 +129,27 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, num_classes: int, 
     return lin
 
 
-def linear_probe(train_f, train_y, val_f, val_y, test_f, test_y, l2_grid=(1e-5, 1e-4, 1e-3),
-                 max_iter: int = 300, num_classes: int | None = None, select_iter: int | None = None,
-                 select_samples: int | None = 20000, seed: int = 0) -> dict:
-    """Choose the L2 strength on (train, val) — on a seeded subsample of ``select_samples`` training points, walking
-    the grid from strong to weak regularisation with warm starts (``select_iter`` iterations each) — then refit on
-    all of train ∪ val from the chosen solution (``max_iter`` iterations) and score test once (``test_pred``: the
-    predicted test labels, on the CPU). Runs on the device of ``train_f`` (the other tensors are moved there)."""
+def linear_probe(train: LabelledFeatures, val: LabelledFeatures, test: LabelledFeatures,
+                 grid: ProbeGrid = ProbeGrid(), num_classes: int | None = None, seed: int = 0) -> dict:
+    """Choose the L2 strength on (train, val) — on a seeded subsample of ``grid.select_samples`` training points,
+    walking ``grid.l2_grid`` from strong to weak regularisation with warm starts (``grid.select_iter`` iterations
+    each) — then refit on all of train ∪ val from the chosen solution (``grid.max_iter`` iterations) and score test
+    once (``test_pred``: the predicted test labels, on the CPU). Runs on the device of ``train``'s features (the
+    other tensors are moved there)."""
+    train_f, train_y = train
     dev = train_f.device
-    val_f, test_f, train_y, val_y, test_y = (t.to(dev) for t in (val_f, test_f, train_y, val_y, test_y))
+    val_f, test_f, train_y, val_y, test_y = (t.to(dev) for t in (val.features, test.features, train_y, val.labels,
+                                                                  test.labels))
     num_classes = num_classes or int(max(train_y.max(), val_y.max())) + 1
-    select_iter = select_iter or max(1, max_iter // 3)
-    if select_samples and len(train_f) > select_samples:
-        keep = torch.randperm(len(train_f), generator=torch.Generator().manual_seed(seed))[:select_samples]
+    select_iter = grid.select_iter or max(1, grid.max_iter // 3)
+    if grid.select_samples and len(train_f) > grid.select_samples:
+        keep = torch.randperm(len(train_f), generator=torch.Generator().manual_seed(seed))[:grid.select_samples]
         sel_f, sel_y = train_f[keep.to(dev)], train_y[keep.to(dev)]
     else:
         sel_f, sel_y = train_f, train_y
     tr, va = _standardize(sel_f.float(), val_f.float())
     val_scores, models, prev = {}, {}, None
-    for l2 in sorted(l2_grid, reverse=True):
+    for l2 in sorted(grid.l2_grid, reverse=True):
         prev = fit_logistic(tr, sel_y, l2, num_classes, select_iter, init=prev)
         models[l2] = prev
         with torch.no_grad():
@@ -164,7 +158,7 @@ def linear_probe(train_f, train_y, val_f, val_y, test_f, test_y, l2_grid=(1e-5, 
     full_f = torch.cat([train_f, val_f]).float()
     full_y = torch.cat([train_y, val_y])
     full, te = _standardize(full_f, test_f.float())
-    lin = fit_logistic(full, full_y, best, num_classes, max_iter, init=models[best])
+    lin = fit_logistic(full, full_y, best, num_classes, grid.max_iter, init=models[best])
     with torch.no_grad():
         pred = lin(te).argmax(1)
     acc = float((pred == test_y).float().mean())

@@ -23,8 +23,9 @@ from ..methods import METHODS
 from ..models import load_backbone
 from ..rundir import RunDir, read_train_summary
 from . import diagnostics as diag
-from .fewshot import fewshot_eval, low_label_probes, per_class_and_confusion
-from .probes import extract_features, linear_probe, raw_pixel_features, select_knn, knn_accuracy
+from .features import extract_features
+from .fewshot import EpisodeSpec, fewshot_eval, low_label_probes, per_class_and_confusion
+from .probes import LabelledFeatures, ProbeGrid, knn_accuracy, linear_probe, raw_pixel_features, select_knn
 
 
 PROBE_ON_DEVICE_BYTES = 256 * 2 ** 20  # feature matrices above this are probed on the evaluation device
@@ -37,34 +38,33 @@ def probe_device(f_train: torch.Tensor, device) -> str | torch.device:
     return device if f_train.numel() * f_train.element_size() > PROBE_ON_DEVICE_BYTES else "cpu"
 
 
-def _probe_all(f_train, y_train, tr, va, f_test, y_test, e, device="cpu") -> dict:
-    """kNN (k chosen on the validation split) and the linear probe, computed on ``device``."""
-    f_train, y_train, f_test, y_test = (t.to(device) for t in (f_train, y_train, f_test, y_test))
-    tr, va = torch.as_tensor(tr).to(device), torch.as_tensor(va).to(device)
+def _probe_all(train: LabelledFeatures, parts, test: LabelledFeatures, e, device="cpu") -> dict:
+    """kNN (k chosen on the validation part) and the linear probe, computed on ``device``; ``parts``: the indices
+    (fitting, validation) into ``train``."""
+    f_train, y_train, f_test, y_test = (t.to(device) for t in (*train, *test))
+    tr, va = (torch.as_tensor(p).to(device) for p in parts)
     temps = e.knn_temperature_grid or [e.knn_temperature]
     k, t, scores = select_knn(f_train[tr], y_train[tr], f_train[va], y_train[va], e.knn_k_grid, temps)
     out = {"knn_k": k, "knn_temperature": t, "knn_val": scores[(k, t)],
            "knn_test": knn_accuracy(f_train, y_train, f_test, y_test, k, t)}
     if e.linear:
-        lp = linear_probe(f_train[tr], y_train[tr], f_train[va], y_train[va], f_test, y_test, e.linear_l2_grid,
-                          e.linear_max_iter)
+        lp = linear_probe(LabelledFeatures(f_train[tr], y_train[tr]), LabelledFeatures(f_train[va], y_train[va]),
+                          LabelledFeatures(f_test, y_test), ProbeGrid.from_eval(e))
         out.update(linear_test=lp["test_acc"], linear_val=lp["val_acc"], linear_l2=lp["l2"])
         num_classes = int(max(y_train.max(), y_test.max())) + 1
         out["per_class"], out["confusion"] = per_class_and_confusion(y_test.cpu(), lp["test_pred"], num_classes)
     return out
 
 
-def _low_label_fewshot(f_train, y_train, f_test, y_test, e, seed: int, val_fraction: float) -> dict:
+def _low_label_fewshot(train: LabelledFeatures, test: LabelledFeatures, e, seed: int, val_fraction: float) -> dict:
     """Low-label linear probes (``eval.label_fractions``) and N-way K-shot episodes (``eval.fewshot_*``); the
     label subsets and episodes depend only on the labels and the seed, so every encoder (and the raw pixels) is
     scored on the same ones."""
     out = {}
     if e.linear and e.label_fractions:
-        out["low_label"] = low_label_probes(f_train, y_train, f_test, y_test, e.label_fractions, seed, val_fraction,
-                                            e.linear_l2_grid, e.linear_max_iter)
+        out["low_label"] = low_label_probes(train, test, e.label_fractions, seed, val_fraction, ProbeGrid.from_eval(e))
     if e.fewshot_episodes:
-        out["fewshot"] = fewshot_eval(f_train, y_train, f_test, y_test, e.fewshot_ways, e.fewshot_shots,
-                                      e.fewshot_queries, e.fewshot_episodes, seed)
+        out["fewshot"] = fewshot_eval(train, test, EpisodeSpec.from_eval(e), seed)
     return out
 
 
@@ -75,6 +75,45 @@ class Evaluation:
     test_features: torch.Tensor
     test_labels: torch.Tensor | None
     classes: list[str]
+
+
+@dataclass
+class SuiteFeatures:
+    """What the suite scores: training features ``train`` (labels None: unlabelled) with the indices of their
+    fitting and validation parts ``parts``, test features ``test`` (labels None: unlabelled), and ``sample``: up to
+    2000 images of the scored split (for the alignment of two augmented views)."""
+    train: LabelledFeatures
+    parts: tuple
+    test: LabelledFeatures
+    sample: torch.Tensor
+
+    @property
+    def labelled(self) -> bool:
+        return self.train.labels is not None and self.test.labels is not None
+
+
+def _suite_features(backbone, datasets, cfg, device, results: dict) -> SuiteFeatures:
+    """The backbone's features of the training and test splits of ``datasets``; without a test split it scores
+    the validation split and chooses on a split of the rest (and says so in ``results["note"]``)."""
+    train_ds, test_ds = datasets
+    cl, e = cfg.train.channels_last, cfg.eval
+    w = cfg.data.workers  # a lazy set is decoded in DataLoader workers, a batch at a time
+    f_train = extract_features(backbone, train_ds.images, e.batch_size, device, cl, w)
+    tr, va = train_val_split(len(train_ds), cfg.data.val_fraction, cfg.seed, train_ds.labels)
+    if test_ds is None:  # no test split: score on the validation split, choose on a split of the rest
+        sample = train_ds.images[va[:2000]]  # (a lazy set decodes only these)
+        y_test = train_ds.labels[va] if train_ds.labels is not None else None
+        f_test = f_train[va]
+        sub_tr, sub_va = train_val_split(len(tr), cfg.data.val_fraction, cfg.seed + 1,
+                                         None if train_ds.labels is None else train_ds.labels[tr])
+        f_train, y_train_all = f_train[tr], (train_ds.labels[tr] if train_ds.labels is not None else None)
+        tr, va = sub_tr, sub_va
+        results["note"] = "no test split: scored on the validation split"
+    else:
+        sample, y_test = test_ds.images[:2000], test_ds.labels
+        f_test = extract_features(backbone, test_ds.images, e.batch_size, device, cl, w)
+        y_train_all = train_ds.labels
+    return SuiteFeatures(LabelledFeatures(f_train, y_train_all), (tr, va), LabelledFeatures(f_test, y_test), sample)
 
 
 def evaluate_run(run_dir: str | Path, progress: bool = True, datasets=None, device: str = "cpu") -> Evaluation:
@@ -89,65 +128,60 @@ def evaluate_run(run_dir: str | Path, progress: bool = True, datasets=None, devi
     t_start = time.perf_counter()
     results: dict = {"run": str(run_dir), "method": cfg.method["name"], "data": cfg.data.source}
     with _StageProgress(stages, progress) as sp:
-        cl = cfg.train.channels_last
-        w = cfg.data.workers  # a lazy set is decoded in DataLoader workers, a batch at a time
-        f_train = extract_features(backbone, train_ds.images, e.batch_size, device, cl, w)
-        tr, va = train_val_split(len(train_ds), cfg.data.val_fraction, cfg.seed, train_ds.labels)
-        if test_ds is None:  # no test split: score on the validation split, choose on a split of the rest
-            sample = train_ds.images[va[:2000]]  # (a lazy set decodes only these)
-            y_test = train_ds.labels[va] if train_ds.labels is not None else None
-            f_test = f_train[va]
-            sub_tr, sub_va = train_val_split(len(tr), cfg.data.val_fraction, cfg.seed + 1,
-                                             None if train_ds.labels is None else train_ds.labels[tr])
-            f_train, y_train_all = f_train[tr], (train_ds.labels[tr] if train_ds.labels is not None else None)
-            tr, va = sub_tr, sub_va
-            results["note"] = "no test split: scored on the validation split"
-        else:
-            sample, y_test = test_ds.images[:2000], test_ds.labels
-            f_test = extract_features(backbone, test_ds.images, e.batch_size, device, cl, w)
-            y_train_all = train_ds.labels
+        fs = _suite_features(backbone, (train_ds, test_ds), cfg, device, results)
         sp.advance()
-        labelled = y_train_all is not None and y_test is not None
-        if labelled:
-            results["ssl"] = _probe_all(f_train, y_train_all, tr, va, f_test, y_test, e,
-                                        probe_device(f_train, device))
+        if fs.labelled:
+            results["ssl"] = _probe_all(fs.train, fs.parts, fs.test, e, probe_device(fs.train.features, device))
         sp.advance()
-        if labelled:
-            results["ssl"].update(_low_label_fewshot(f_train, y_train_all, f_test, y_test, e, cfg.seed,
-                                                     cfg.data.val_fraction))
+        if fs.labelled:
+            results["ssl"].update(_low_label_fewshot(fs.train, fs.test, e, cfg.seed, cfg.data.val_fraction))
         sp.advance()
-        if labelled and e.baselines and test_ds is not None:
-            if train_ds.lazy or test_ds.lazy:  # raw pixels would be the whole decoded set in RAM
-                results.setdefault("warnings", []).append(
-                    "raw-pixel baselines skipped: the data set is read lazily (data.in_memory); they need every "
-                    "image decoded in RAM")
-            else:
-                results["raw_pixels"] = _raw_baselines(train_ds, test_ds, tr, va, e, cfg.seed,
-                                                       cfg.data.val_fraction)
+        if fs.labelled and e.baselines and test_ds is not None:
+            _raw_baselines_stage(results, train_ds, test_ds, fs.parts, cfg)
         sp.advance()
         if e.transfer:
-            results["transfer_digits"] = _transfer_digits(backbone, train_ds.channels, e, device, cl)
+            results["transfer_digits"] = _transfer_digits(backbone, train_ds.channels, e, device,
+                                                          cfg.train.channels_last)
         sp.advance()
-        n = min(len(f_test), 10000)
-        results["rankme"] = diag.rankme(f_test[:n])
-        results["collapse_std"] = diag.collapse_std(f_test[:n])
-        results["collapse_std_healthy"] = 1 / float(np.sqrt(f_test.shape[1]))
-        results["collapse"] = diag.collapse_check(f_test[:n])  # the alarm (not collapse_std: fooled by ReLU features)
-        results.setdefault("warnings", []).extend(diag.collapse_warnings(results["collapse"]))  # + logged
-        recipe = recipe_from_config(cfg.augment, METHODS[cfg.method["name"]].recipe)
-        g = torch.Generator().manual_seed(cfg.seed + 12345)
-        views = recipe(sample.float() / 255, g)  # the global views first (multi-crop: local crops follow)
-        v1, v2 = views[:2] if len(views) >= 2 else (views[0], recipe(sample.float() / 255, g)[0])  # mae: 1 view
-        z1 = extract_features(backbone, v1, e.batch_size, device, cl)
-        z2 = extract_features(backbone, v2, e.batch_size, device, cl)
-        results["alignment"] = diag.alignment(z1, z2)
-        results["uniformity"] = diag.uniformity(f_test[:2000])
+        _diagnostics(results, backbone, fs, cfg, device)
         sp.advance()
         results["eval_seconds"] = time.perf_counter() - t_start
         results["eval_stage_seconds"] = sp.seconds
         if RunDir(run_dir).train_summary.exists():
             results["train"] = read_train_summary(RunDir(run_dir))
-    return Evaluation(results, f_test, y_test, test_ds.classes if test_ds is not None else train_ds.classes)
+    return Evaluation(results, fs.test.features, fs.test.labels,
+                      test_ds.classes if test_ds is not None else train_ds.classes)
+
+
+def _raw_baselines_stage(results: dict, train_ds, test_ds, parts, cfg) -> None:
+    """``results["raw_pixels"]``, or a warning where the data set is read lazily."""
+    if train_ds.lazy or test_ds.lazy:  # raw pixels would be the whole decoded set in RAM
+        results.setdefault("warnings", []).append(
+            "raw-pixel baselines skipped: the data set is read lazily (data.in_memory); they need every "
+            "image decoded in RAM")
+    else:
+        results["raw_pixels"] = _raw_baselines(train_ds, test_ds, *parts, cfg.eval, cfg.seed, cfg.data.val_fraction)
+
+
+def _diagnostics(results: dict, backbone, fs: SuiteFeatures, cfg, device) -> None:
+    """RankMe, the collapse statistics and alarm (its warnings also logged), alignment of two augmented views of
+    ``fs.sample`` and uniformity, into ``results``."""
+    e, cl, f_test = cfg.eval, cfg.train.channels_last, fs.test.features
+    n = min(len(f_test), 10000)
+    results["rankme"] = diag.rankme(f_test[:n])
+    results["collapse_std"] = diag.collapse_std(f_test[:n])
+    results["collapse_std_healthy"] = 1 / float(np.sqrt(f_test.shape[1]))
+    results["collapse"] = diag.collapse_check(f_test[:n])  # the alarm (not collapse_std: fooled by ReLU features)
+    results.setdefault("warnings", []).extend(diag.collapse_warnings(results["collapse"]))  # + logged
+    recipe = recipe_from_config(cfg.augment, METHODS[cfg.method["name"]].recipe)
+    g = torch.Generator().manual_seed(cfg.seed + 12345)
+    sample = fs.sample
+    views = recipe(sample.float() / 255, g)  # the global views first (multi-crop: local crops follow)
+    v1, v2 = views[:2] if len(views) >= 2 else (views[0], recipe(sample.float() / 255, g)[0])  # mae: 1 view
+    z1 = extract_features(backbone, v1, e.batch_size, device, cl)
+    z2 = extract_features(backbone, v2, e.batch_size, device, cl)
+    results["alignment"] = diag.alignment(z1, z2)
+    results["uniformity"] = diag.uniformity(f_test[:2000])
 
 
 _BASELINE_PROTOCOL = 2  # raise when the baselines' code changes what they compute: older cache entries are ignored
@@ -158,7 +192,8 @@ def _raw_baselines(train_ds, test_ds, tr, va, e, seed, val_fraction) -> dict:
     They depend only on the data and the protocol, so the result is cached under ~/.cache/selfsup keyed by a hash of
     both (every eval key they read, and the protocol's version)."""
     h = hashlib.sha1()
-    for t in (train_ds.images, train_ds.labels, test_ds.images, test_ds.labels, torch.as_tensor(tr), torch.as_tensor(va)):
+    for t in (train_ds.images, train_ds.labels, test_ds.images, test_ds.labels, torch.as_tensor(tr),
+              torch.as_tensor(va)):
         h.update(t.contiguous().numpy().tobytes())
     h.update(json.dumps([_BASELINE_PROTOCOL, e.knn_k_grid, e.knn_temperature, e.knn_temperature_grid, e.linear,
                          e.linear_l2_grid, e.linear_max_iter, seed, val_fraction, e.label_fractions,
@@ -171,8 +206,9 @@ def _raw_baselines(train_ds, test_ds, tr, va, e, seed, val_fraction) -> dict:
         except (OSError, json.JSONDecodeError):
             pass
     f_train, f_test = raw_pixel_features(train_ds.images), raw_pixel_features(test_ds.images)
-    out = _probe_all(f_train, train_ds.labels, tr, va, f_test, test_ds.labels, e)
-    out.update(_low_label_fewshot(f_train, train_ds.labels, f_test, test_ds.labels, e, seed, val_fraction))
+    train, test = LabelledFeatures(f_train, train_ds.labels), LabelledFeatures(f_test, test_ds.labels)
+    out = _probe_all(train, (tr, va), test, e)
+    out.update(_low_label_fewshot(train, test, e, seed, val_fraction))
     try:
         cache.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(out))
@@ -188,7 +224,8 @@ def _transfer_digits(backbone, channels: int, e, device, cl) -> dict:
     f_tr = extract_features(backbone, xs[0], e.batch_size, device, cl)
     f_te = extract_features(backbone, xs[1], e.batch_size, device, cl)
     tr, va = train_val_split(len(tr_ds), 0.2, 0, tr_ds.labels)
-    return _probe_all(f_tr, tr_ds.labels, tr, va, f_te, te_ds.labels, e, probe_device(f_tr, device))
+    return _probe_all(LabelledFeatures(f_tr, tr_ds.labels), (tr, va), LabelledFeatures(f_te, te_ds.labels), e,
+                      probe_device(f_tr, device))
 
 
 class _StageProgress:

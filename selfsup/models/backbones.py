@@ -10,12 +10,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .normalize import Normalize
+from .normalize import InputNorm, Normalize
 from .resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet50, resolve_stem
-from .vit import ViT
+from .vit import ViT, ViTSpec
 
-__all__ = ["SmallCNN", "build_backbone", "conv_bn_relu", "BasicBlock", "Bottleneck", "ResNet", "ResNet18",
-           "ResNet50", "resolve_stem", "ViT"]
+__all__ = ["SmallCNN", "build_backbone", "conv_bn_relu", "BasicBlock", "Bottleneck", "InputNorm", "ResNet",
+           "ResNet18", "ResNet50", "resolve_stem", "ViT", "ViTSpec"]
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -37,12 +37,11 @@ class SmallCNN(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, widths=(32, 64, 128), convs_per_stage: int = 2, pool: int = 2,
-                 downsample: str = "max", stem: str = "cifar",
-                 mean: float = 0.5, std: float = 0.25):
+                 downsample: str = "max", stem: str = "cifar", norm: InputNorm = InputNorm()):
         super().__init__()
         if stem not in ("cifar", "imagenet"):
             raise ValueError(f"unknown CNN stem {stem!r} (choose cifar or imagenet; resolve auto first)")
-        self.normalize = Normalize(mean, std)
+        self.normalize = Normalize(norm.mean, norm.std)
         self.stem_kind = stem
         layers: list[nn.Module] = []
         cin = in_channels
@@ -62,6 +61,8 @@ class SmallCNN(nn.Module):
 
 
 def build_backbone(name: str, in_channels: int, **kwargs) -> nn.Module:
+    """The backbone ``name`` for ``in_channels``-channel images; ``kwargs``: its constructor's (for ``vit``: the
+    fields of :class:`ViTSpec`), as ``backbone.json`` records them."""
     if name == "cnn":
         return SmallCNN(in_channels=in_channels, **kwargs)
     if name == "resnet18":
@@ -69,5 +70,5 @@ def build_backbone(name: str, in_channels: int, **kwargs) -> nn.Module:
     if name == "resnet50":
         return ResNet50(in_channels=in_channels, **kwargs)
     if name == "vit":
-        return ViT(in_channels=in_channels, **kwargs)
+        return ViT(in_channels=in_channels, spec=ViTSpec(**kwargs))
     raise ValueError(f"unknown backbone {name!r} (choose cnn, resnet18, resnet50 or vit)")

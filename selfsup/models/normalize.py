@@ -1,8 +1,17 @@
 """Input normalisation inside every backbone, so that attacks and evaluation always work on [0, 1] images."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class InputNorm:
+    """The constants a backbone normalises its [0, 1] input with: (x − mean) / std."""
+    mean: float = 0.5
+    std: float = 0.25
 
 
 class Normalize(nn.Module):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .normalize import Normalize
+from .normalize import InputNorm, Normalize
 
 CIFAR_STEM_MAX = 64  # image side (px) up to which ``stem: auto`` picks the CIFAR stem
 STEMS = ("cifar", "imagenet")
@@ -95,11 +95,11 @@ class ResNet(nn.Module):
     """
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], depths, in_channels: int = 3, width: int = 64,
-                 stem: str = "cifar", zero_init_residual: bool = False, mean: float = 0.5, std: float = 0.25):
+                 stem: str = "cifar", zero_init_residual: bool = False, norm: InputNorm = InputNorm()):
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"unknown ResNet stem {stem!r} (choose cifar or imagenet; resolve auto first)")
-        self.normalize = Normalize(mean, std)
+        self.normalize = Normalize(norm.mean, norm.std)
         self.stem_kind = stem
         if stem == "cifar":
             self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
@@ -129,13 +129,13 @@ class ResNet18(ResNet):
     """ResNet-18: basic blocks [2, 2, 2, 2]; the CIFAR stem unless ``stem="imagenet"``."""
 
     def __init__(self, in_channels: int = 3, width: int = 64, stem: str = "cifar", zero_init_residual: bool = False,
-                 mean: float = 0.5, std: float = 0.25):
-        super().__init__(BasicBlock, (2, 2, 2, 2), in_channels, width, stem, zero_init_residual, mean, std)
+                 norm: InputNorm = InputNorm()):
+        super().__init__(BasicBlock, (2, 2, 2, 2), in_channels, width, stem, zero_init_residual, norm)
 
 
 class ResNet50(ResNet):
     """ResNet-50: bottleneck blocks [3, 4, 6, 3] (expansion 4); the CIFAR stem unless ``stem="imagenet"``."""
 
     def __init__(self, in_channels: int = 3, width: int = 64, stem: str = "cifar", zero_init_residual: bool = False,
-                 mean: float = 0.5, std: float = 0.25):
-        super().__init__(Bottleneck, (3, 4, 6, 3), in_channels, width, stem, zero_init_residual, mean, std)
+                 norm: InputNorm = InputNorm()):
+        super().__init__(Bottleneck, (3, 4, 6, 3), in_channels, width, stem, zero_init_residual, norm)

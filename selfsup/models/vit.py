@@ -15,11 +15,13 @@ undecayed, as MAE / timm do.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .normalize import Normalize
+from .normalize import InputNorm, Normalize
 
 
 def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
@@ -90,19 +92,32 @@ def init_transformer(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class ViT(nn.Module):
-    """A small ViT. ``patch`` must divide the image's height and width (4: 49 patches at 28x28, 64 at 32x32)."""
+@dataclass(frozen=True)
+class ViTSpec:
+    """A ViT's shape: ``patch`` side (px), token width ``dim``, ``depth`` blocks of ``heads`` heads, MLP hidden
+    ``mlp_ratio``·dim, readout ``pool`` (cls, mean or grid: average-pooled to ``grid`` x ``grid``)."""
+    patch: int = 4
+    dim: int = 192
+    depth: int = 6
+    heads: int = 3
+    mlp_ratio: float = 4.0
+    pool: str = "cls"
+    grid: int = 3
 
-    def __init__(self, in_channels: int = 1, patch: int = 4, dim: int = 192, depth: int = 6, heads: int = 3,
-                 mlp_ratio: float = 4.0, pool: str = "cls", grid: int = 3, mean: float = 0.5, std: float = 0.25):
+
+class ViT(nn.Module):
+    """A small ViT. ``spec.patch`` must divide the image's height and width (4: 49 patches at 28x28, 64 at 32x32)."""
+
+    def __init__(self, in_channels: int = 1, spec: ViTSpec = ViTSpec(), norm: InputNorm = InputNorm()):
         super().__init__()
+        patch, dim, heads, pool, grid = spec.patch, spec.dim, spec.heads, spec.pool, spec.grid
         if pool not in ("cls", "mean", "grid"):
             raise ValueError(f"unknown ViT pooling {pool!r} (choose cls, mean or grid)")
-        self.normalize = Normalize(mean, std)
+        self.normalize = Normalize(norm.mean, norm.std)
         self.patch, self.in_channels, self.pool_mode, self.pool_grid = patch, in_channels, pool, grid
         self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
         self.cls_token = nn.Parameter(torch.zeros(dim))
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(dim, heads, spec.mlp_ratio) for _ in range(spec.depth))
         self.norm = nn.LayerNorm(dim)
         self.dim = dim  # the token width
         self.feat_dim = dim * grid * grid if pool == "grid" else dim

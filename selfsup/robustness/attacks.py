@@ -34,8 +34,9 @@ from ..train.checkpoint import latest_checkpoint, load_latest_checkpoint
 from ..finetune.classifier_training import Classifier
 from ..finetune.objectives import build_objective
 from ..progress import TaskProgress
+from ..evaluate.features import extract_features, inference_copy
+from ..evaluate.probes import LabelledFeatures, ProbeGrid, _standardize, fit_logistic, linear_probe
 from ..rundir import RunDir
-from ..evaluate.probes import _standardize, extract_features, fit_logistic, inference_copy, linear_probe
 
 
 class LinearProbeModel(nn.Module):
@@ -237,7 +238,8 @@ def build_classifier(run_dir, kind: str, device: str | torch.device = "cpu", ban
     if kind != "linear":
         raise SelfsupError(f"unknown classifier {kind!r} (linear, knn, finetuned)")
     tr, va = train_val_split(len(f), 0.2, seed, y)
-    lp = linear_probe(f[tr], y[tr], f[va], y[va], f[va], y[va], cfg.eval.linear_l2_grid, cfg.eval.linear_max_iter)
+    lp = linear_probe(LabelledFeatures(f[tr], y[tr]), LabelledFeatures(f[va], y[va]), LabelledFeatures(f[va], y[va]),
+                      ProbeGrid.from_eval(cfg.eval))
     mean, std = f.mean(0), f.std(0).clamp_min(1e-6)
     (fs,) = _standardize(f)
     lin = fit_logistic(fs, y, lp["l2"], int(y.max()) + 1, cfg.eval.linear_max_iter)

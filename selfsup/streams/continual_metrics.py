@@ -19,8 +19,9 @@ import torch
 from ..data import digits, train_val_split
 from .sequences import EvalTask
 from ..evaluate.diagnostics import linear_cka
-from ..evaluate.fewshot import fewshot_eval, low_label_probes
-from ..evaluate.probes import extract_features, knn_accuracy, linear_probe
+from ..evaluate.features import extract_features
+from ..evaluate.fewshot import EpisodeSpec, fewshot_eval, low_label_probes
+from ..evaluate.probes import LabelledFeatures, ProbeGrid, knn_accuracy, linear_probe
 
 
 def probe_task(backbone, task: EvalTask, cfg, device, cl: bool, seed: int = 0) -> dict:
@@ -30,7 +31,8 @@ def probe_task(backbone, task: EvalTask, cfg, device, cl: bool, seed: int = 0) -
     f_te = extract_features(backbone, task.test.images, e.batch_size, device, cl, cfg.data.workers)
     y_tr, y_te = task.train.labels, task.test.labels
     tr, va = train_val_split(len(y_tr), 0.2, seed, y_tr)
-    lp = linear_probe(f_tr[tr], y_tr[tr], f_tr[va], y_tr[va], f_te, y_te, e.linear_l2_grid, e.linear_max_iter,
+    lp = linear_probe(LabelledFeatures(f_tr[tr], y_tr[tr]), LabelledFeatures(f_tr[va], y_tr[va]),
+                      LabelledFeatures(f_te, y_te), ProbeGrid.from_eval(e),
                       num_classes=int(max(y_tr.max(), y_te.max())) + 1, seed=seed)
     return {"knn": knn_accuracy(f_tr, y_tr, f_te, y_te, e.knn_k, e.knn_temperature), "linear": lp["test_acc"],
             "test_features": f_te}
@@ -69,12 +71,11 @@ def downstream_eval(backbone, full: EvalTask, cfg, device) -> dict:
     out: dict = {}
     if e.label_fractions:
         out["low_label"] = {fr: r["linear_test"] for fr, r in low_label_probes(
-            f_tr, y_tr, f_te, y_te, e.label_fractions, cfg.seed, cfg.data.val_fraction, e.linear_l2_grid,
-            e.linear_max_iter).items()}
+            LabelledFeatures(f_tr, y_tr), LabelledFeatures(f_te, y_te), e.label_fractions, cfg.seed,
+            cfg.data.val_fraction, ProbeGrid.from_eval(e)).items()}
     if e.fewshot_episodes:
         out["fewshot"] = {k: r["mean"] for k, r in fewshot_eval(
-            f_tr, y_tr, f_te, y_te, e.fewshot_ways, e.fewshot_shots, e.fewshot_queries, e.fewshot_episodes,
-            cfg.seed).items()}
+            LabelledFeatures(f_tr, y_tr), LabelledFeatures(f_te, y_te), EpisodeSpec.from_eval(e), cfg.seed).items()}
     return out
 
 

@@ -17,7 +17,7 @@ from ..config import DataConfig, load_config
 from ..data import image_batches, load_datasets, open_chunk
 from ..data.sources import ImageDataset, image_folder
 from ..errors import ConfigError, DataError
-from ..evaluate.probes import inference_copy
+from ..evaluate.features import inference_copy
 from ..models import backbone_info, load_backbone
 from ..progress import TaskProgress
 from ..rundir import RunDir

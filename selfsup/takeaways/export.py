@@ -28,7 +28,7 @@ from torch import nn
 
 from ..atomic import atomic_write_bytes
 from ..errors import CheckpointError, ConfigError
-from ..evaluate.probes import inference_copy
+from ..evaluate.features import inference_copy
 from ..models import backbone_info, load_backbone
 from ..rundir import RunDir, read_export_record, write_export_record
 from .device import resolve_device

@@ -14,45 +14,40 @@ strategy that mixes in replayed images mixes them into each rank's share, from a
 
 Progress goes out through callbacks: after each step every callback gets a :class:`StepEvent`; a dict it returns
 is logged to ``metrics.jsonl`` (e.g. kNN accuracy on a validation split). The loop imports no evaluation code.
+
+Its parts: :mod:`.setup` (the schedule), :mod:`.training_state` (what a checkpoint holds; restore and save),
+:mod:`.step` (one optimiser step), :mod:`.step_log` (metrics rows, progress, callbacks).
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .. import distributed as D
-from ..augment import recipe_from_config, to_float
+from ..augment import recipe_from_config
 from ..data import BatchComposer, BatchPlan, ImageDataset, step_batches
 from ..errors import TrainingError
 from ..methods import SSLMethod
-from .checkpoint import latest_checkpoint, load_latest_checkpoint, save_checkpoint
-from .optim import build_optimizer, lr_at
 from ..progress import StepProgress
+from .checkpoint import load_latest_checkpoint
+from .optim import build_optimizer
+from .random_state import RandomState, generators_of
 from .run_policy import MetricsLog
-from .setup import plan_steps, use_amp
+from .setup import schedule_of
+from .step import MethodInputs, StepRunner, autocast
+from .step_log import Callback, StepEvent, StepLog
 from .strategy import Strategy
+from .training_state import TrainingState, trainable
 
 if TYPE_CHECKING:
     from ..config import Config
 
-
-@dataclass
-class StepEvent:
-    """What a callback sees after an optimiser step."""
-    step: int
-    total_steps: int
-    steps_per_epoch: int
-    loss: float
-    method: nn.Module
-
-
-Callback = Callable[[StepEvent], "dict | None"]
+__all__ = ["Callback", "FitPlan", "RunResult", "StepEvent", "autocast", "fit"]
 
 
 @dataclass
@@ -90,43 +85,6 @@ class RunResult:
     step_seconds: float = 0.0
 
 
-def autocast(device: torch.device, enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-class _RandomState:
-    """Every generator the run draws from, saved and restored per rank."""
-
-    def __init__(self, gens: dict[str, torch.Generator]):
-        self.gens = gens
-
-    def states(self) -> dict[str, torch.Tensor]:
-        out = {f"rng.{k}": g.get_state() for k, g in self.gens.items()}
-        out["rng.torch"] = torch.get_rng_state()
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            out["rng.cuda"] = torch.cuda.get_rng_state()
-        return out
-
-    def restore(self, saved: dict[str, torch.Tensor], rank: int) -> None:
-        def pick(key: str):
-            return saved.get(f"{key}@rank{rank}", saved.get(f"{key}@rank0"))
-
-        for k, g in self.gens.items():
-            s = pick(f"rng.{k}")
-            if s is not None:
-                g.set_state(s)
-        if (s := pick("rng.torch")) is not None:
-            torch.set_rng_state(s)
-        if (s := pick("rng.cuda")) is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(s)
-
-
-def _generators(obj) -> dict[str, torch.Generator]:
-    return obj.generators() if hasattr(obj, "generators") else {}
-
-
 def fit(method: SSLMethod, train_ds: ImageDataset, cfg: "Config", device: torch.device, plan: FitPlan) -> RunResult:
     """Train ``method`` on ``train_ds`` with one warm-up + cosine schedule; the step loop shared by joint
     pre-training, every chunk of a stream and fine-tuning.
@@ -142,139 +100,88 @@ def fit(method: SSLMethod, train_ds: ImageDataset, cfg: "Config", device: torch.
     metrics = MetricsLog(plan.metrics_path, plan.log_fields, enabled=D.is_main())
     if t.batch_size % world:
         raise TrainingError(f"train.batch_size {t.batch_size} is not divisible by the {world} processes")
-    steps_per_epoch, total_steps = plan_steps(len(train_ds), t, plan.total_steps)
-    warmup = min(int(round(t.warmup_epochs * steps_per_epoch)), total_steps // 2)
-    base_lr = t.lr * t.batch_size / 256
+    schedule = schedule_of(len(train_ds), t, plan.total_steps)
     if t.channels_last:
         method = method.to(memory_format=torch.channels_last)
     if world > 1:  # before the optimiser is built (the conversion keeps the parameter objects anyway)
         method = D.convert_sync_batchnorm(method, device)
     recipe = recipe_from_config(cfg.augment, type(method).recipe)
-    extra = strategy.module
-    owner = method if extra is None else nn.ModuleList([method, extra])
-    optimizer = build_optimizer(owner, t.optimizer, base_lr, t.momentum, t.weight_decay)
+    optimizer = build_optimizer(trainable(method, strategy.module), t.optimizer, schedule.base_lr, t.momentum,
+                                t.weight_decay)
+    state = TrainingState(method, strategy.module, optimizer, _random_state(method, strategy, device, seed),
+                          plan.ckpt_dir)
+    batches = plan.batches or BatchComposer(len(train_ds), t.batch_size, train_ds.labels)
+    start_step = _restore(state, plan, metrics, rank)
+    model = _wrapped(method, device, world, t.compile)
+    prog = StepProgress(schedule.total_steps, start_step, enabled=plan.progress and D.is_main(), label=plan.label)
+    method.train()
+    log = StepLog(metrics, prog, schedule, plan.callbacks, method, t.batch_size,
+                  train_ds.lazy and cfg.data.skip_bad_images)
+    steps_per_epoch, total_steps = schedule.steps_per_epoch, schedule.total_steps
+    feed = step_batches(train_ds, BatchPlan(batches, seed, steps_per_epoch, start_step, total_steps, rank, world,
+                                            cfg.data.workers, cfg.data.prefetch))
+    runner = StepRunner(state, model, strategy, recipe, MethodInputs(method, batches, plan.index_offset, device),
+                        schedule, t)
+    meta = {"config": cfg.model_dump(mode="json"), "in_channels": train_ds.channels, **plan.log_fields}
+    step = _run_steps(runner, feed, log, start_step, meta)
+    return RunResult(Path(plan.ckpt_dir).parent, step, log.seconds(), log.images_per_second(), log.step_seconds)
+
+
+def _random_state(method: SSLMethod, strategy: Strategy, device: torch.device, seed: int) -> RandomState:
+    """The run's generators: augmentation (one per rank, on ``device``) and mixing (each rank mixes its own share),
+    then the strategy's and the method's own."""
+    rank = D.rank()
     aug_gen = torch.Generator(device=device).manual_seed(seed * 7919 + 17 + rank)
     mix_gen = torch.Generator().manual_seed(seed * 104_729 + 5 + 7_919 * rank)  # each rank mixes its own share
-    batches = plan.batches or BatchComposer(len(train_ds), t.batch_size, train_ds.labels)
-    rng = _RandomState({"aug": aug_gen, "mix": mix_gen,
-                        **{f"strategy.{k}": g for k, g in _generators(strategy).items()},
-                        **{f"method.{k}": g for k, g in _generators(method).items()}})
+    return RandomState({"aug": aug_gen, "mix": mix_gen,
+                        **{f"strategy.{k}": g for k, g in generators_of(strategy).items()},
+                        **{f"method.{k}": g for k, g in generators_of(method).items()}})
 
-    start_step = 0
+
+def _restore(state: TrainingState, plan: FitPlan, metrics: MetricsLog, rank: int) -> int:
+    """The step to start from: the newest readable checkpoint's when resuming (its later metrics rows dropped),
+    else 0 (a stream's chunk drops its rows of a failed attempt; a fresh run starts a new metrics file)."""
     ck = load_latest_checkpoint(plan.ckpt_dir) if plan.resume else None
     if ck is not None:
-        owner_state = ck.model if extra is None else {
-            **{f"0.{k}": v for k, v in ck.model.items() if not k.startswith("strategy_module.")},
-            **{f"1.{k[len('strategy_module.'):]}": v for k, v in ck.model.items() if k.startswith("strategy_module.")}}
-        owner.load_state_dict(owner_state)
-        if ck.optimizer is not None:
-            optimizer.load_state_dict(ck.optimizer)
-        rng.restore(ck.extra, rank)
-        start_step = int(ck.meta["step"])
+        start_step = state.restore(ck, rank)
         metrics.truncate(start_step)
-    elif plan.log_fields:  # a stream's chunk (re)started from its beginning: drop its rows of a failed attempt
+        return start_step
+    if plan.log_fields:  # a stream's chunk (re)started from its beginning: drop its rows of a failed attempt
         metrics.truncate(0)
     elif D.is_main() and plan.metrics_path.exists():
         plan.metrics_path.unlink()
+    return 0
 
+
+def _wrapped(method: SSLMethod, device: torch.device, world: int, compile_model: bool) -> nn.Module:
+    """What the steps call: the method, in DDP under torchrun, compiled when ``train.compile``."""
     model: nn.Module = method
     if world > 1:
         # static_graph: every step runs the same graph; required for correct gradients when a method calls its
         # backbone once per view with synced BatchNorm (tests/test_distributed.py checks it against one process)
-        model = nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
-                                                    static_graph=True)
-    if t.compile:
+        device_ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(method, device_ids=device_ids, static_graph=True)
+    if compile_model:
         model = torch.compile(model)
+    return model
 
-    def checkpoint(step: int):
-        states = rng.states()
-        per_rank = [states]
-        if world > 1:
-            per_rank = [None] * world
-            torch.distributed.all_gather_object(per_rank, states)
-        if D.is_main():
-            state = dict(method.state_dict())
-            if extra is not None:
-                state.update({f"strategy_module.{k}": v for k, v in extra.state_dict().items()})
-            save_checkpoint(plan.ckpt_dir, step, state, optimizer.state_dict(),
-                            {f"{k}@rank{r}": v for r, s in enumerate(per_rank) for k, v in s.items()},
-                            {"epoch": step / steps_per_epoch, "config": cfg.model_dump(mode="json"),
-                             "in_channels": train_ds.channels, **plan.log_fields}, keep=t.keep_checkpoints)
 
-    prog = StepProgress(total_steps, start_step, enabled=plan.progress and D.is_main(), label=plan.label)
-    method.train()
-    t0 = time.perf_counter()
-    seen = 0
-    step_time = 0.0  # seconds inside training steps (excludes callbacks and checkpoints)
-    amp = use_amp(t.amp, device)
+def _run_steps(runner: StepRunner, feed, log: StepLog, start_step: int, meta: dict) -> int:
+    """Steps ``start_step`` … the last, reported to ``log`` and checkpointed every ``train.checkpoint_every_steps``
+    and at the end (``meta``: what every checkpoint records besides its step and epoch); the last step taken."""
+    t, schedule, state = runner.t, runner.schedule, runner.state
     step = start_step
-    bad_images = 0  # unreadable files a lazy set replaced (data.skip_bad_images)
-    feed = step_batches(train_ds, BatchPlan(batches, seed, steps_per_epoch, start_step, total_steps, rank, world,
-                                            cfg.data.workers, cfg.data.prefetch))
-    uses_indices, uses_labels = method.uses_indices, method.uses_labels
     try:
-        with prog:
-            while step < total_steps:
-                ts = time.perf_counter()
+        with log.progress:
+            while step < schedule.total_steps:
+                step_started = time.perf_counter()
                 fed = next(feed)  # this rank's share of the step's batch
-                bad_images += fed.bad
-                images, ids = strategy.batch(fed.images, fed.idx, mix_gen)
-                x = to_float(images.to(device, non_blocking=True), t.channels_last)
-                extra_in = {}
-                if uses_indices:
-                    extra_in["idx"] = torch.where(ids >= 0, ids + plan.index_offset, ids).to(device)
-                if uses_labels:
-                    labels = batches.labels_of(ids)  # -1: unlabelled
-                    if labels is None or ((labels < 0).any() and not method.accepts_unlabelled):
-                        raise TrainingError(f"{type(method).__name__} needs a label for every training image "
-                                            f"(method suncet accepts unlabelled ones)")
-                    extra_in["labels"] = labels.to(device)
-                lr = lr_at(step, total_steps, warmup, base_lr, t.min_lr_ratio)
-                for gr in optimizer.param_groups:
-                    gr["lr"] = lr
-                with torch.no_grad():
-                    views = recipe(x, aug_gen)
-                if t.channels_last:
-                    views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-                with autocast(device, amp), strategy.watching(method):
-                    loss = model(views, **extra_in)
-                    penalty = strategy.penalty(method, views)
-                total = loss if penalty is None else loss + penalty
-                if not torch.isfinite(total.detach()).all():
-                    raise TrainingError(f"loss became {float(total.detach())} at step {step} (epoch "
-                                        f"{step / steps_per_epoch:.2f}); stopped. Last good checkpoint: "
-                                        f"{latest_checkpoint(plan.ckpt_dir) or 'none'}. Try a lower train.lr or "
-                                        f"train.grad_clip")
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                if t.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(owner.parameters(), t.grad_clip)
-                optimizer.step()
-                method.on_step((step + 1) / total_steps)
+                out = runner(step, fed.images, fed.idx)
                 step += 1
-                seen += t.batch_size
-                step_time += time.perf_counter() - ts
-                loss_v = float(loss.detach())
-                prog.update(step, loss_v)
-                if step % 10 == 0 or step == total_steps:
-                    row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss_v, "lr": lr,
-                           "img_per_s": seen / step_time, "time_s": time.perf_counter() - t0}
-                    if penalty is not None:
-                        row["penalty"] = float(penalty.detach())
-                    if train_ds.lazy and cfg.data.skip_bad_images:
-                        row["bad_images"] = bad_images
-                    metrics.append(row)
-                event = StepEvent(step, total_steps, steps_per_epoch, loss_v, method)
-                for cb in plan.callbacks:
-                    vals = cb(event)
-                    if vals:
-                        metrics.append({"step": step, "epoch": round(step / steps_per_epoch, 4), **vals})
-                        prog.note(" ".join(f"{k} {v:.4f}" for k, v in vals.items()))
-                        method.train()
-                if step % t.checkpoint_every_steps == 0 or step == total_steps:
-                    checkpoint(step)
+                log.after_step(step, out, fed.bad, step_started)
+                if step % t.checkpoint_every_steps == 0 or step == schedule.total_steps:
+                    state.save(step, {"epoch": schedule.epoch(step), **meta}, t.keep_checkpoints)
     except KeyboardInterrupt:
         raise TrainingError(f"interrupted at step {step}; resume with --resume (last checkpoint: "
-                            f"{latest_checkpoint(plan.ckpt_dir)})") from None
-    return RunResult(Path(plan.ckpt_dir).parent, step, time.perf_counter() - t0, seen / max(step_time, 1e-9),
-                     step_time)
+                            f"{state.last_checkpoint()})") from None
+    return step

@@ -1,13 +1,16 @@
-"""Before the first step: threads, device and (under torchrun) the process group; the length of a run in steps."""
+"""Before the first step: threads, device and (under torchrun) the process group; the length of a run in steps and
+its learning-rate schedule."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from .. import distributed as D
 from ..errors import TrainingError
+from .optim import lr_at
 
 if TYPE_CHECKING:
     from ..config import Config, TrainConfig
@@ -52,3 +55,28 @@ def plan_steps(n_images: int, t: "TrainConfig", total_steps: int | None = None) 
         raise TrainingError(f"train.batch_size {t.batch_size} is larger than the data set ({n_images} images)")
     total = total_steps or t.max_steps or max(1, int(round(t.epochs * steps_per_epoch)))
     return steps_per_epoch, total
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long a run trains and at which learning rate: ``total_steps`` of ``steps_per_epoch`` per epoch, a linear
+    warm-up over ``warmup`` steps to ``base_lr``, then cosine decay to ``min_lr_ratio``·base_lr."""
+    steps_per_epoch: int
+    total_steps: int
+    warmup: int
+    base_lr: float
+    min_lr_ratio: float
+
+    def lr(self, step: int) -> float:
+        return lr_at(step, self.total_steps, self.warmup, self.base_lr, self.min_lr_ratio)
+
+    def epoch(self, step: int) -> float:
+        return step / self.steps_per_epoch
+
+
+def schedule_of(n_images: int, t: "TrainConfig", total_steps: int | None = None) -> Schedule:
+    """The :class:`Schedule` of ``train`` for ``n_images`` (see :func:`plan_steps`): the warm-up is
+    ``train.warmup_epochs`` (at most half the run), the base learning rate ``train.lr`` · batch size / 256."""
+    steps_per_epoch, total = plan_steps(n_images, t, total_steps)
+    warmup = min(int(round(t.warmup_epochs * steps_per_epoch)), total // 2)
+    return Schedule(steps_per_epoch, total, warmup, t.lr * t.batch_size / 256, t.min_lr_ratio)
