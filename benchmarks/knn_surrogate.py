@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
 from selfsup.config import load_config  # noqa: E402
-from selfsup.robustness.attacks import build_classifier, predict, run_attack
+from selfsup.robustness.attacks import AttackSpec, build_classifier, predict, run_attack
 from selfsup.data import load_datasets  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "knn_surrogate.json"
@@ -95,7 +95,7 @@ def diagnose(args) -> None:
     for run, knn, x, y in _classifiers(args, cols):
         for label, name, steps in attacks:
             t0 = time.perf_counter()
-            adv, _ = run_attack(name, knn, x, y, args.eps, steps=steps or 20)
+            adv, _ = run_attack(AttackSpec(name, args.eps, steps=steps or 20), knn, x, y)
             acc = float((predict(knn, adv) == y).float().mean())
             rows.setdefault(label, []).append(f"{100 * acc:.2f} ({time.perf_counter() - t0:.0f} s)")
             print(run.name, label, f"{100 * acc:.2f} %", f"{time.perf_counter() - t0:.0f} s", flush=True)
@@ -132,7 +132,7 @@ def main():
         for k, t, floor in VARIANTS:
             knn.soft_k, knn.t_soft, knn.soft_floor = k, t, floor
             t0 = time.perf_counter()
-            adv, _ = run_attack("pgd", knn, x, y, args.eps)
+            adv, _ = run_attack(AttackSpec("pgd", args.eps), knn, x, y)
             acc.setdefault((k, t, floor), []).append(float((predict(knn, adv) == y).float().mean()))
             print(run.name, k or "all", t, floor, f"PGD-20 {100 * acc[(k, t, floor)][-1]:.2f} %",
                   f"{time.perf_counter() - t0:.0f} s", flush=True)

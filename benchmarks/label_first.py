@@ -36,7 +36,7 @@ from benchmarks.common import ROOT, command, cpu, git_rev, machine, md_table, up
 from selfsup.atomic import atomic_write_text  # noqa: E402
 from selfsup.config import load_config  # noqa: E402
 from selfsup.data.sources import fashion_mnist  # noqa: E402
-from selfsup.takeaways.collection import embed_images
+from selfsup.takeaways.collection import FeatureExtraction, embed_images
 from selfsup.takeaways.select import STRATEGIES, select_to_label
 from selfsup.evaluate.probes import LabelledFeatures, ProbeGrid, linear_probe  # noqa: E402
 from selfsup.models import backbone_info, load_backbone  # noqa: E402
@@ -85,8 +85,8 @@ def run(args) -> dict:
     backbone, size = load_backbone(run_dir), backbone_info(run_dir).get("image_size")
     progress = sys.stdout.isatty()
     t0 = time.perf_counter()
-    f_tr = embed_images(backbone, train.images, size=size, progress=progress)
-    f_te = embed_images(backbone, test.images, size=size, progress=progress)
+    f_tr = embed_images(backbone, train.images, FeatureExtraction(size=size), progress=progress)
+    f_te = embed_images(backbone, test.images, FeatureExtraction(size=size), progress=progress)
     embed_s = time.perf_counter() - t0
     results = {}
     for strategy in args.strategies.split(","):

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
-from selfsup.robustness.attacks import build_classifier, corruption_report, robustness_report
+from selfsup.robustness.attacks import AttackSuite, build_classifier, corruption_report, robustness_report
 from selfsup.finetune.finetune_workflow import finetune
 from selfsup.workflows import pretrain  # noqa: E402
 
@@ -235,7 +235,7 @@ def main():
         rec = store["models"].setdefault(label, {"eps": {}})
         for e in eps:
             t0 = time.perf_counter()
-            rep = robustness_report(model, x[idx], y[idx], [e], args.attacks.split(","))
+            rep = robustness_report(model, x[idx], y[idx], AttackSuite([e], args.attacks.split(",")))
             rec["clean"], rec["n"] = rep["clean"], rep["n"]
             rec["eps"][f"{e:g}"] = {**rep["eps"][f"{e:g}"], "minutes": (time.perf_counter() - t0) / 60,
                                     "commit": rev, "clean": rep["clean"], "machine": machine()}

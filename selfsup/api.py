@@ -11,9 +11,10 @@ from torch import nn
 
 from .config import load_config
 from .takeaways.export import export_backbone
+from .takeaways.collection import CollectionSpec
 from .takeaways.embed import embed_to_file
-from .takeaways.neighbours import find_neighbours, near_duplicates, nearest
-from .takeaways.select import select_from_collection, select_to_label
+from .takeaways.neighbours import NeighbourQuery, find_neighbours, near_duplicates, nearest
+from .takeaways.select import Selection, select_from_collection, select_to_label
 from .evaluate.fewshot import fewshot_eval, low_label_probes
 from .evaluate.features import extract_features
 from .models import load_backbone as load
@@ -23,7 +24,7 @@ from .report.html import write_html_report
 from .finetune.finetune_workflow import finetune
 from .workflows import pretrain
 from .streams.stream_workflow import sequence
-from .streams.stream_workflow import stream
+from .streams.stream_workflow import StreamIntake, stream
 from .streams import stream_report  # noqa: F401  registers its report sections (stream, sequence study)
 from .finetune import finetune_report  # noqa: F401  registers its report section
 from .robustness import robustness_report  # noqa: F401  registers its report section
@@ -43,4 +44,5 @@ def embed(model: nn.Module | str | Path, images, batch_size: int = 1024, device:
 
 __all__ = ["pretrain", "finetune", "stream", "sequence", "load", "embed", "load_config", "save_backbone",
            "embed_to_file", "export_backbone", "find_neighbours", "nearest", "near_duplicates", "select_to_label",
-           "select_from_collection", "compare_runs", "write_html_report", "fewshot_eval", "low_label_probes"]
+           "select_from_collection", "compare_runs", "write_html_report", "fewshot_eval", "low_label_probes",
+           "CollectionSpec", "NeighbourQuery", "Selection", "StreamIntake"]

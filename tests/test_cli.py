@@ -50,6 +50,39 @@ def test_missing_fmnist_says_what_to_install(tmp_path):
     assert f"not found in {tmp_path}" in r.stderr and "apt-get install dataset-fashion-mnist" in r.stderr
 
 
+def test_demo_reads_the_repository_demo_config():
+    from selfsup.cli.training_commands import CONFIG_DIR
+
+    assert (CONFIG_DIR / "demo.yaml").is_file(), CONFIG_DIR
+
+
+def test_fashion_mnist_is_found_installed_with_apt_get_or_explained(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from selfsup.cli import app
+    from selfsup.errors import DataError
+    from selfsup.workflows import fashion_mnist_install as install
+
+    calls, logged = [], []
+    monkeypatch.setattr(install.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setenv("SELFSUP_FMNIST_DIR", str(tmp_path))
+    monkeypatch.setattr(install.shutil, "which", lambda name: None)  # no apt-get here: say how to install it
+    with pytest.raises(DataError, match=f"not found in {tmp_path}. Install it with 'sudo apt-get update && sudo "
+                                        "apt-get install -y dataset-fashion-mnist'"):
+        install.ensure_fashion_mnist()
+    r = CliRunner().invoke(app, ["demo"])
+    assert r.exit_code == 2 and "error: Fashion-MNIST not found" in r.output and calls == [], r.output
+    monkeypatch.setattr(install.shutil, "which", lambda name: "/usr/bin/apt-get")
+    monkeypatch.setattr(install.os, "geteuid", lambda: 0)
+    assert install.ensure_fashion_mnist(log=logged.append) == tmp_path
+    assert calls == [["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "dataset-fashion-mnist"]]
+    assert logged == [f"Fashion-MNIST not found in {tmp_path}; installing it: apt-get update && apt-get install -y "
+                      "dataset-fashion-mnist"]
+    calls.clear()
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    assert install.ensure_fashion_mnist() == tmp_path and calls == []  # found: nothing to install
+
+
 def _write_cfg(tmp_path, cfg):
     import yaml
 

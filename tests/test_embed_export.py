@@ -17,7 +17,7 @@ import selfsup.takeaways.embed as extract_mod
 from selfsup.cli import app
 from selfsup.config import ModelConfig, load_config
 from selfsup.data import load_datasets
-from selfsup.takeaways.collection import embed_images, open_collection
+from selfsup.takeaways.collection import CollectionSpec, FeatureExtraction, embed_images, open_collection
 from selfsup.takeaways.device import resolve_device
 from selfsup.takeaways.export import ExportError, export_backbone
 from selfsup.takeaways.embed import embed_to_file, ids_csv_path
@@ -67,13 +67,13 @@ def folders(tmp_path_factory):
 
 def _reference(run, source):
     ds = open_collection(run, source=source)
-    return embed_images(load_backbone(run), ds.images, size=SIZE, progress=False).numpy()
+    return embed_images(load_backbone(run), ds.images, FeatureExtraction(size=SIZE), progress=False).numpy()
 
 
 def test_parquet_rows_and_features_equal_in_memory_embedding(run, folders, tmp_path):
     torch.set_num_threads(1)
     classed, _ = folders
-    out = embed_to_file(run, tmp_path / "sub" / "e.parquet", source=classed, batch_size=3, progress=False)
+    out = embed_to_file(run, tmp_path / "sub" / "e.parquet", CollectionSpec(classed), batch_size=3, progress=False)
     f = pq.ParquetFile(out)
     assert f.metadata.num_row_groups == 3  # 7 images, batches of 3: streamed, one row group per batch
     assert [f.metadata.row_group(i).num_rows for i in range(3)] == [3, 3, 1]
@@ -90,7 +90,7 @@ def test_parquet_rows_and_features_equal_in_memory_embedding(run, folders, tmp_p
 def test_npy_and_ids_csv_of_a_flat_folder(run, folders, tmp_path):
     torch.set_num_threads(1)
     _, flat = folders
-    out = embed_to_file(run, tmp_path / "e.npy", source=flat, batch_size=2, progress=False)
+    out = embed_to_file(run, tmp_path / "e.npy", CollectionSpec(flat), batch_size=2, progress=False)
     np.testing.assert_allclose(np.load(out), _reference(run, flat), rtol=1e-5, atol=1e-6)
     rows = list(csv.DictReader(ids_csv_path(out).open()))
     assert ids_csv_path(out).name == "e.ids.csv"
@@ -99,7 +99,7 @@ def test_npy_and_ids_csv_of_a_flat_folder(run, folders, tmp_path):
 
 def test_parquet_labels_are_null_for_a_flat_folder(run, folders, tmp_path):
     _, flat = folders
-    t = pq.read_table(embed_to_file(run, tmp_path / "e.parquet", source=flat, progress=False))
+    t = pq.read_table(embed_to_file(run, tmp_path / "e.parquet", CollectionSpec(flat), progress=False))
     assert t["label"].null_count == 5 and t["class"].null_count == 5
     assert t["id"].to_pylist() == [f"img{i}.png" for i in range(5)]
 
@@ -108,14 +108,15 @@ def test_config_split_gives_index_ids_labels_and_class_names(run, tmp_path):
     torch.set_num_threads(1)
     cfg = tmp_path / "digits.yaml"
     cfg.write_text("data: {source: digits}\n")
-    out = embed_to_file(run, tmp_path / "d.parquet", config=cfg, split="test", batch_size=256, progress=False)
+    out = embed_to_file(run, tmp_path / "d.parquet", CollectionSpec(config=cfg, split="test"), batch_size=256,
+                        progress=False)
     test = load_datasets(load_config(cfg).data)[1]
     t = pq.read_table(out)
     assert t["id"].to_pylist() == [str(i) for i in range(len(test))]
     assert t["label"].to_pylist() == test.labels.tolist()
     assert t["class"].to_pylist() == [str(v) for v in test.labels.tolist()]  # digits' class names are "0".."9"
     emb = np.array(t["embedding"].to_pylist(), dtype=np.float32)
-    ref = embed_images(load_backbone(run), test.images, size=SIZE, progress=False).numpy()
+    ref = embed_images(load_backbone(run), test.images, FeatureExtraction(size=SIZE), progress=False).numpy()
     np.testing.assert_allclose(emb, ref, rtol=1e-5, atol=1e-6)
 
 
@@ -172,11 +173,11 @@ def test_interrupted_write_leaves_no_file_under_the_final_name(run, folders, tmp
     monkeypatch.setattr(extract_mod, "iter_features", crash_after_first_batch)
     out = tmp_path / f"e{suffix}"
     with pytest.raises(KeyboardInterrupt):
-        embed_to_file(run, out, source=classed, batch_size=2, progress=False)
+        embed_to_file(run, out, CollectionSpec(classed), batch_size=2, progress=False)
     assert not list(tmp_path.iterdir())  # neither the final name nor a temporary file
     out.write_bytes(b"old")  # an older file under the name survives an interrupted rewrite untouched
     with pytest.raises(KeyboardInterrupt):
-        embed_to_file(run, out, source=classed, batch_size=2, progress=False)
+        embed_to_file(run, out, CollectionSpec(classed), batch_size=2, progress=False)
     assert out.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == [out.name]
 
 
@@ -245,6 +246,6 @@ def test_a_folder_over_the_runs_memory_budget_embeds_lazily_in_workers(run, fold
     assert ds.lazy and ds.files == [f"boot/b{i}.png" for i in range(4)] + [f"coat/c{i}.png" for i in range(3)]
     eager = image_folder(classed, size=SIZE, channels=1)
     assert not open_collection(run, source=classed).lazy  # the default budget keeps a small folder in RAM
-    want = embed_images(load_backbone(run), eager.images, size=SIZE, progress=False).numpy()
-    out = embed_to_file(lazy_run, tmp_path / "e.npy", source=classed, batch_size=2, progress=False)
+    want = embed_images(load_backbone(run), eager.images, FeatureExtraction(size=SIZE), progress=False).numpy()
+    out = embed_to_file(lazy_run, tmp_path / "e.npy", CollectionSpec(classed), batch_size=2, progress=False)
     np.testing.assert_allclose(np.load(out), want, rtol=1e-5, atol=1e-6)

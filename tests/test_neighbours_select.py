@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from selfsup.cli import app
 from selfsup.config import ModelConfig
-from selfsup.takeaways.collection import embed_images, open_collection
-from selfsup.takeaways.neighbours import find_neighbours, near_duplicates, nearest
-from selfsup.takeaways.select import kcenter_greedy, select_from_collection, select_to_label
+from selfsup.takeaways.collection import FeatureExtraction, embed_images, open_collection
+from selfsup.takeaways.neighbours import NeighbourQuery, find_neighbours, near_duplicates, nearest
+from selfsup.takeaways.select import Selection, kcenter_greedy, select_from_collection, select_to_label
 from selfsup.models import build_backbone, load_backbone, save_backbone
 
 
@@ -185,12 +185,12 @@ def test_neighbours_cli_writes_the_grid_and_tables(collection, tmp_path):
     assert {frozenset({x["id_a"], x["id_b"]}) for x in dups} == planted
     # the planted copies are the only pairs at or above the threshold: brute force over the embedded folder
     ds = open_collection(run, source=src)
-    u = _unit(embed_images(load_backbone(run), ds.images, size=16, progress=False).numpy())
+    u = _unit(embed_images(load_backbone(run), ds.images, FeatureExtraction(size=16), progress=False).numpy())
     assert int(((u @ u.T)[np.triu_indices(len(u), 1)] >= 0.9999).sum()) == 2
     with Image.open(out / "neighbours.png") as im:
         assert im.size[1] > im.size[0] / 4  # 5 rows of 4 images
     # a query image from the collection: its copy first (similarity 1), never itself
-    res = find_neighbours(run, src, queries=[original], k=4, threshold=0.9999, progress=False)
+    res = find_neighbours(run, src, NeighbourQuery([original], k=4), threshold=0.9999, progress=False)
     assert res.query_index[0] == ds.files.index(f"c0/{original.name}")
     assert res.ids[int(res.idx[0, 0])] == "c0/copy_a.png" and float(res.sims[0, 0]) == pytest.approx(1, abs=1e-5)
     assert res.query_index[0] not in res.idx[0].tolist()
@@ -206,12 +206,12 @@ def test_select_cli_writes_the_ranked_labelled_list(collection, tmp_path):
     rows = _csv_rows(out)
     assert list(rows[0]) == ["rank", "id", "label", "class"]
     ds = open_collection(run, source=src)
-    feats = embed_images(load_backbone(run), ds.images, size=16, progress=False)
+    feats = embed_images(load_backbone(run), ds.images, FeatureExtraction(size=16), progress=False)
     expect = select_to_label(feats, 6, "kcenter", 1)
     assert [x["id"] for x in rows] == [ds.files[i] for i in expect]
     assert [x["class"] for x in rows] == [ds.files[i].split("/")[0] for i in expect]
     assert [int(x["label"]) for x in rows] == [int(ds.labels[i]) for i in expect]
-    again = select_from_collection(run, src, 6, "kcenter", seed=1, progress=False)
+    again = select_from_collection(run, src, Selection(6, "kcenter", seed=1), progress=False)
     assert [x["id"] for x in again] == [x["id"] for x in rows]
 
 

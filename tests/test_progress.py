@@ -11,7 +11,7 @@ from rich.console import Console
 from torch import nn
 
 from selfsup.robustness import attacks as robustness
-from selfsup.robustness.attacks import corruption_report, robustness_report
+from selfsup.robustness.attacks import AttackSuite, corruption_report, robustness_report
 from selfsup.progress import TaskProgress
 
 from .helpers import blobs, cfg_dict
@@ -56,14 +56,14 @@ def _finished(bar, total, label):
 
 def test_attack_bar_counts_eps_attacks_and_batches(recorder, capsys):
     net, x, y = _model_and_data()
-    robustness_report(net, x, y, [0.1, 0.2], ["fgsm", "pgd"], steps=2, batch=4)  # 11 images: 3 batches
-    robustness_report(net, x, y, [0.3], ["autoattack"], batch=4)  # AutoAttack batches inside: all 3 at its end
+    robustness_report(net, x, y, AttackSuite([0.1, 0.2], ["fgsm", "pgd"], steps=2), batch=4)  # 11 images: 3 batches
+    robustness_report(net, x, y, AttackSuite([0.3], ["autoattack"]), batch=4)  # AutoAttack batches inside: all 3 at end
     first, second = recorder.made
     _finished(first, 2 * 2 * 3, "attack")
     _finished(second, 1 * 1 * 3, "attack")
     assert capsys.readouterr().out == ""  # drawn on the bar's own console only
 
-    robustness_report(net, x, y, [0.1], ["fgsm"], batch=4, progress=False)
+    robustness_report(net, x, y, AttackSuite([0.1], ["fgsm"]), batch=4, progress=False)
     assert not recorder.made[-1].enabled and recorder.made[-1].out.getvalue() == ""
     assert capsys.readouterr() == ("", "")
 

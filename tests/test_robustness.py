@@ -10,7 +10,8 @@ from torch import nn
 from selfsup.robustness.corruptions import CORRUPTIONS, corrupt
 from selfsup.evaluate.probes import knn_predict
 from selfsup.robustness import attacks as robustness
-from selfsup.robustness.attacks import KNNModel, corruption_report, predict, robustness_report, run_attack
+from selfsup.robustness.attacks import (AttackSpec, AttackSuite, FeatureBank, KNNModel, corruption_report, predict,
+                                        robustness_report, run_attack)
 from selfsup.models import SmallCNN
 
 from .helpers import run
@@ -46,10 +47,10 @@ def test_knn_model_matches_the_evaluation_knn_and_bpda_has_its_outputs_and_the_s
     q, _ = _blobs(20, 2)
     with torch.no_grad():
         bank_f, q_f = backbone(bank_x), backbone(q)
-    knn = KNNModel(backbone, bank_f, bank_y, k=5, temperature=0.1)
+    knn = KNNModel(backbone, FeatureBank(bank_f, bank_y), k=5, temperature=0.1)
     assert torch.equal(predict(knn, q), knn_predict(bank_f, bank_y, q_f, 5, 0.1))
-    soft = KNNModel(backbone, bank_f, bank_y, k=5, mode="soft")
-    bpda = KNNModel(backbone, bank_f, bank_y, k=5, temperature=0.1, mode="bpda")
+    soft = KNNModel(backbone, FeatureBank(bank_f, bank_y), k=5, mode="soft")
+    bpda = KNNModel(backbone, FeatureBank(bank_f, bank_y), k=5, temperature=0.1, mode="bpda")
     with torch.no_grad():
         assert torch.equal(bpda(q), knn(q))  # the attacked model is exactly the classifier
     grads = []
@@ -59,7 +60,7 @@ def test_knn_model_matches_the_evaluation_knn_and_bpda_has_its_outputs_and_the_s
         grads.append(qq.grad)
     assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1])
     with pytest.raises(ValueError):
-        KNNModel(backbone, bank_f, bank_y, mode="exact")
+        KNNModel(backbone, FeatureBank(bank_f, bank_y), mode="exact")
 
 
 def test_gradient_attacks_stay_in_the_ball_and_break_an_undefended_model():
@@ -68,11 +69,11 @@ def test_gradient_attacks_stay_in_the_ball_and_break_an_undefended_model():
     assert clean > 0.9
     acc = {}
     for name in ("fgsm", "pgd"):
-        adv, _ = run_attack(name, net, x, y, eps=0.3)
+        adv, _ = run_attack(AttackSpec(name, eps=0.3), net, x, y)
         assert float((adv - x).abs().max()) <= 0.3 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
         acc[name] = float((predict(net, adv) == y).float().mean())
     assert acc["fgsm"] < clean - 0.3 and acc["pgd"] < 0.3 and acc["pgd"] <= acc["fgsm"]
-    rep = robustness_report(net, x[:16], y[:16], [0.3], ["fgsm", "pgd", "autoattack"])
+    rep = robustness_report(net, x[:16], y[:16], AttackSuite([0.3], ["fgsm", "pgd", "autoattack"]))
     per = rep["eps"]["0.3"]
     assert per["autoattack"]["accuracy"] <= per["fgsm"]["accuracy"] < rep["clean"]
 
@@ -89,13 +90,13 @@ def test_worst_case_is_per_image_over_the_clean_prediction_and_every_attack(monk
         net[1].bias.copy_(torch.tensor([5.0, -5.0]))  # class 1 iff pixel > 0.5
     flips = {"fgsm": [0, 1, 2, 9], "pgd": [3, 4, 9]}
 
-    def fake_attack(name, model, xx, yy, eps, *args, **kwargs):
+    def fake_attack(spec, model, xx, yy, *args, **kwargs):
         adv = xx.clone()
-        adv[flips[name]] = 1 - adv[flips[name]]  # 0.4 <-> 0.6: across the boundary, within eps = 0.2
+        adv[flips[spec.name]] = 1 - adv[flips[spec.name]]  # 0.4 <-> 0.6: across the boundary, within eps = 0.2
         return adv, []
 
     monkeypatch.setattr(robustness, "run_attack", fake_attack)
-    rep = robustness_report(net, x, y, [0.2], ["fgsm", "pgd"])
+    rep = robustness_report(net, x, y, AttackSuite([0.2], ["fgsm", "pgd"]))
     per = rep["eps"]["0.2"]
     assert rep["clean"] == pytest.approx(0.9)
     assert per["fgsm"]["accuracy"] == pytest.approx(0.7) and per["pgd"]["accuracy"] == pytest.approx(0.8)
@@ -108,14 +109,14 @@ def test_knn_is_attacked_by_bpda_and_scored_on_the_real_knn():
     backbone = net[0]
     with torch.no_grad():
         f = backbone(x)
-    knn, bpda = KNNModel(backbone, f, y, k=5), KNNModel(backbone, f, y, k=5, mode="bpda")
-    rep = robustness_report(bpda, x[:12], y[:12], [0.3], ["pgd", "square"])
+    knn, bpda = KNNModel(backbone, FeatureBank(f, y), k=5), KNNModel(backbone, FeatureBank(f, y), k=5, mode="bpda")
+    rep = robustness_report(bpda, x[:12], y[:12], AttackSuite([0.3], ["pgd", "square"]))
     per = rep["eps"]["0.3"]
     assert set(per) == {"pgd", "square", "worst_case"}
     assert rep["clean"] == float((predict(knn, x[:12]) == y[:12]).float().mean())
     assert min(per["pgd"]["accuracy"], per["square"]["accuracy"]) < rep["clean"]
     # the surrogate's gradient is what makes PGD work: on the hard kNN alone it is weaker or equal
-    hard = robustness_report(knn, x[:12], y[:12], [0.3], ["pgd"])["eps"]["0.3"]["pgd"]["accuracy"]
+    hard = robustness_report(knn, x[:12], y[:12], AttackSuite([0.3], ["pgd"]))["eps"]["0.3"]["pgd"]["accuracy"]
     assert per["pgd"]["accuracy"] <= hard
 
 
@@ -170,14 +171,30 @@ def test_attack_and_corrupt_commands(npz_data, tmp_path):  # noqa: F811
     assert yaml.safe_load((r.run_dir / "config.yaml").read_text())["name"] == "rob"
 
 
+def test_robustness_imports_no_other_capability():
+    """Robustness stands on the core pipeline only: the classifier it attacks is selfsup.models.classifier's."""
+    import ast
+    from pathlib import Path
+
+    import selfsup
+
+    others = ("finetune", "streams", "takeaways")
+    for path in (Path(selfsup.__file__).parent / "robustness").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                mod = (node.module or "").removeprefix("selfsup.") if node.level != 1 else ""
+                assert mod.split(".")[0] not in others, f"{path.name}:{node.lineno} imports {node.module}"
+
+
 # ---------------------------------------------------------------------------------------------- adversarial training
 def test_training_pgd_matches_torchattacks_pgd_on_the_same_model():
     import torchattacks
 
-    from selfsup.robustness.adversarial_training import pgd
+    from selfsup.robustness.adversarial_training import PGDStart, pgd
 
     net, x, y = _trained_cnn()
-    ours = pgd(lambda z: nn.functional.cross_entropy(net(z), y), x, eps=0.1, steps=7, alpha=0.02, random_start=False)
+    ours = pgd(lambda z: nn.functional.cross_entropy(net(z), y), x, eps=0.1, steps=7, alpha=0.02,
+               start=PGDStart(random=False))
     lib = torchattacks.PGD(net, eps=0.1, alpha=0.02, steps=7, random_start=False)(x, y)
     assert (ours - lib).abs().max() < 1e-5
     assert float((ours - x).abs().max()) <= 0.1 + 1e-6
@@ -185,7 +202,7 @@ def test_training_pgd_matches_torchattacks_pgd_on_the_same_model():
 
 def test_supervised_adversarial_losses_exceed_the_clean_loss():
     from selfsup.robustness.adversarial_training import SupervisedAdversary, supervised_adversarial_loss
-    from selfsup.finetune.classifier_training import Classifier
+    from selfsup.models.classifier import Classifier
     from selfsup.finetune.objectives import Objective
 
     net, x, y = _trained_cnn()
@@ -279,7 +296,7 @@ def test_run_attack_leaves_the_model_in_eval_mode():
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 3))
     net.train()
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 3, (8,))
-    run_attack("pgd", net, x, y, 0.05, steps=2)
+    run_attack(AttackSpec("pgd", 0.05, steps=2), net, x, y)
     assert not net.training and not net[1].training
 
 
@@ -292,16 +309,16 @@ def test_autoattack_components_run_alone_and_autoattack_is_at_least_as_strong():
     x = torch.rand(24, 1, 8, 8)
     with torch.no_grad():
         y = net(x).argmax(1)  # clean accuracy 1 by construction
-    rep = robustness_report(net, x, y, [0.2, 0.02], ["apgd-ce", "apgd-t", "autoattack"])
+    rep = robustness_report(net, x, y, AttackSuite([0.2, 0.02], ["apgd-ce", "apgd-t", "autoattack"]))
     assert rep["clean"] == 1.0
     assert all(rep["eps"]["0.2"][a]["accuracy"] == 0 for a in ("apgd-ce", "apgd-t", "autoattack"))
     per = rep["eps"]["0.02"]  # a small ball: some images survive, and the components differ
     assert 0 < per["apgd-t"]["accuracy"] < 1 and 0 < per["apgd-ce"]["accuracy"] < 1
     assert per["autoattack"]["accuracy"] <= min(per["apgd-ce"]["accuracy"], per["apgd-t"]["accuracy"])
     with pytest.raises(ValueError, match="apgd-t"):
-        run_attack("apgd", net, x, y, 0.2)
+        run_attack(AttackSpec("apgd", 0.2), net, x, y)
     three = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval()  # AutoAttack without APGD-T (needs 4 classes)
     with pytest.raises(ValueError, match="at least 4 classes"):
-        run_attack("apgd-t", three, x, y % 3, 0.2)
-    adv, _ = run_attack("autoattack", three, x, three(x).argmax(1).detach(), 0.02)
+        run_attack(AttackSpec("apgd-t", 0.2), three, x, y % 3)
+    adv, _ = run_attack(AttackSpec("autoattack", 0.02), three, x, three(x).argmax(1).detach())
     assert float((adv - x).abs().max()) <= 0.02 + 1e-6

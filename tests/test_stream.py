@@ -18,7 +18,7 @@ from selfsup.streams.strategies import Distill, Regularize, Replay
 from selfsup.streams.chunks import discover_chunks
 from selfsup.streams.trainer import StreamOptions, StreamTrainer
 from selfsup.streams.stream_workflow import sequence
-from selfsup.streams.stream_workflow import stream
+from selfsup.streams.stream_workflow import StreamIntake, stream
 
 from .crash import Crash, CrashAfter
 from .helpers import blobs, cfg_dict, _final, eval_data_and_source
@@ -209,7 +209,8 @@ def test_watch_picks_up_a_chunk_that_lands_later(chunk_dir):
 
     th = threading.Thread(target=drop)
     th.start()
-    r = stream(cfg_dict(root, "w", evaluate=False), [], late, watch=True, idle_timeout=2.0, progress=False)
+    r = stream(cfg_dict(root, "w", evaluate=False), [], late, StreamIntake(watch=True, idle_timeout=2.0),
+               progress=False)
     th.join()
     assert [c["name"] for c in r.chunks] == ["a.npz", "b.npz"]
 

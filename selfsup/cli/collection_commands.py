@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from ..takeaways.neighbours import find_neighbours
-from ..takeaways.select import STRATEGIES, select_from_collection
+from ..takeaways.neighbours import NeighbourQuery, find_neighbours
+from ..takeaways.select import STRATEGIES, Selection, select_from_collection
 from ..errors import SelfsupError
 from ..takeaways.neighbours_report import GRID_ROWS, write_neighbours
 from .output import fail, show, table
@@ -31,7 +31,7 @@ def neighbours(run_dir: Path = typer.Argument(..., help="a run directory with a 
                seed: int = typer.Option(0, "--seed", help="seed of --sample's draw")):
     """Nearest images in a collection (neighbours.png, neighbours.csv) and near-duplicate pairs (duplicates.csv)."""
     try:
-        r = find_neighbours(run_dir, source, query or None, sample, k, threshold, device, seed,
+        r = find_neighbours(run_dir, source, NeighbourQuery(query or None, sample, seed, k), threshold, device,
                             progress=sys.stderr.isatty())
         paths = write_neighbours(r, out if out is not None else run_dir / "neighbours")
     except SelfsupError as e:
@@ -54,7 +54,8 @@ def select(run_dir: Path = typer.Argument(..., help="a run directory with a trai
            source: Optional[Path] = typer.Option(None, "--source",
                                                  help="image folder to choose from (default: the run's training data)"),
            n: int = typer.Option(..., "--n", help="how many images to choose"),
-           strategy: str = typer.Option("typical", "--strategy", help=" | ".join(STRATEGIES) + " (typical: best on the 1 %-label benchmark, BENCHMARKS.md)"),
+           strategy: str = typer.Option("typical", "--strategy", help=" | ".join(STRATEGIES)
+                                        + " (typical: best on the 1 %-label benchmark, BENCHMARKS.md)"),
            out: Optional[Path] = typer.Option(None, "--out", help="CSV file (default: RUN/select-STRATEGY-N.csv)"),
            seed: int = typer.Option(0, "--seed"),
            device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: the run's "
@@ -62,7 +63,7 @@ def select(run_dir: Path = typer.Argument(..., help="a run directory with a trai
     """Which K images to label first: k-centre greedy coverage, typicality per cluster, or random."""
     try:
         path = out if out is not None else run_dir / f"select-{strategy}-{n}.csv"
-        rows = select_from_collection(run_dir, source, n, strategy, seed, device, out=path,
+        rows = select_from_collection(run_dir, source, Selection(n, strategy, seed), device, out=path,
                                       progress=sys.stderr.isatty())
     except SelfsupError as e:
         fail(str(e))

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from ..takeaways.export import FORMATS, export_backbone
+from ..takeaways.collection import CollectionSpec
 from ..takeaways.embed import embed_to_file, embeddings_shape, ids_csv_path
 from ..errors import SelfsupError
 from .output import fail
@@ -26,8 +27,8 @@ def embed(run_dir: Path = typer.Argument(..., help="a trained run directory (hol
     """Features of every image of a collection, written to FILE.parquet (id, label, class, embedding) or FILE.npy
     (+ FILE.ids.csv), batch by batch, atomically."""
     try:
-        path = embed_to_file(run_dir, out, source=source, config=config, split=split, device=device,
-                             batch_size=batch_size, skip_bad=skip_bad)
+        path = embed_to_file(run_dir, out, CollectionSpec(source, config, split, skip_bad), device=device,
+                             batch_size=batch_size)
         rows, dim = embeddings_shape(path)
     except SelfsupError as e:
         fail(str(e))

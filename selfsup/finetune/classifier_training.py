@@ -1,4 +1,5 @@
-"""The classifier that ``selfsup finetune`` trains with the one training loop, its labels and its per-epoch monitor.
+"""What ``selfsup finetune`` trains the classifier (:class:`selfsup.models.classifier.Classifier`) with: its labels
+and its per-epoch monitor.
 
 The classifier (backbone + linear head) is a method like any other to the loop — ``loss = model(views, idx=,
 labels=)`` — with its objective (:mod:`selfsup.finetune.objectives`: ce, label smoothing, GCE, SAT, SAT-selective)
@@ -14,66 +15,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
 from .. import distributed as D
 from ..config import Config
 from ..data import ImageDataset
 from .label_noise import asymmetric_noise, read_labels, symmetric_noise
 from ..errors import DataError
-from ..robustness.adversarial_training import SupervisedAdversary, supervised_adversarial_loss
 from ..train.loop import StepEvent
-from .objectives import Objective
-
-
-class Classifier(nn.Module):
-    """Backbone + linear head; the training loss is its objective's (under ``adversary``: on adversarial
-    examples, see :mod:`selfsup.robustness.adversarial_training`). ``epochs``: the length of the run in epochs, so that
-    ``epoch_now`` (which the objectives' schedules read) is exact also when ``train.max_steps`` sets the length."""
-    recipe = "supervised"
-    uses_indices = True
-    uses_labels = True
-
-    def __init__(self, backbone: nn.Module, num_classes: int, objective: Objective, epochs: float,
-                 freeze_backbone: bool = False, adversary: SupervisedAdversary | None = None):
-        super().__init__()
-        self.backbone, self.objective, self.num_classes = backbone, objective, num_classes
-        self.adversary = adversary
-        self.head = nn.Linear(backbone.feat_dim, num_classes + objective.extra_outputs)
-        self.epochs, self.freeze = epochs, freeze_backbone
-        self.register_buffer("epoch_now", torch.zeros(()))
-        if freeze_backbone:
-            for p in backbone.parameters():
-                p.requires_grad_(False)
-
-    def generators(self) -> dict[str, torch.Generator]:
-        return {"adversarial": self.adversary.gen} if self.adversary is not None else {}
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.freeze:
-            self.backbone.eval()
-        return self
-
-    def forward(self, views, idx=None, labels=None):
-        if self.adversary is not None and self.training:
-            return supervised_adversarial_loss(self.adversary, self, views[0], labels, idx)
-        return self.objective(self.head(self.backbone(views[0])), labels, idx, float(self.epoch_now))
-
-    @torch.no_grad()
-    def on_step(self, progress: float) -> None:
-        self.epoch_now.fill_(progress * self.epochs)
-
-    @torch.no_grad()
-    def predict(self, images_uint8: torch.Tensor, batch: int = 512) -> torch.Tensor:
-        """Logits (all outputs, abstain included) in eval mode."""
-        was = self.training
-        self.eval()
-        dev = next(self.parameters()).device
-        out = [self.head(self.backbone(images_uint8[i:i + batch].to(dev).float() / 255)).float().cpu()
-               for i in range(0, len(images_uint8), batch)]
-        self.train(was)
-        return torch.cat(out)
 
 
 def noisy_labels(cfg: Config, train: ImageDataset, num_classes: int) -> torch.Tensor:

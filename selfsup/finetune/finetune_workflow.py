@@ -14,8 +14,9 @@ from ..models import backbone_from_config, load_backbone
 from .finetune_report import plot_curves, plot_risk_coverage
 from ..report.html import write_html_report
 from ..robustness.adversarial_training import SupervisedAdversary
+from ..models.classifier import Classifier
 from ..rundir import RunDir, read_metrics, write_finetune_record
-from .classifier_training import Classifier, EpochMonitor, noisy_labels
+from .classifier_training import EpochMonitor, noisy_labels
 from ..train.loop import Callback, FitPlan, fit
 from .objectives import build_objective
 from ..train.run_policy import make_run_dir, write_config
@@ -60,7 +61,8 @@ def finetune(config, overrides: list[str] | None = None, resume: bool = False, p
     rows = read_metrics(RunDir(run_dir))
     epochs = [row for row in rows if "train_acc_noisy" in row]
     res: dict = {"loss": f.loss, "noise": f.noise, "noise_rate": f.noise_rate, "init": f.init,
-                 "actual_label_error": float((noisy != train.labels).float().mean()) if train.labels is not None else None,
+                 "actual_label_error": (float((noisy != train.labels).float().mean()) if train.labels is not None
+                                        else None),
                  "train_labels": int(len(tr_idx)), "train_seconds": round(time.perf_counter() - t0, 1),
                  "images_per_second": r.images_per_second,
                  "epochs": epochs}

@@ -15,6 +15,7 @@ libraries).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -24,17 +25,27 @@ from .. import distributed as D
 from ..train.strategy import Strategy
 
 
+@dataclass(frozen=True, eq=False)
+class PGDStart:
+    """Where :func:`pgd` starts: the images ``image`` when given, else (``random``) a uniform draw in the ε-ball
+    from ``generator`` (None: the global generator), else x itself."""
+    random: bool = True
+    generator: torch.Generator | None = None
+    image: torch.Tensor | None = None
+
+
 def pgd(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float, steps: int,
-        alpha: float | None = None, random_start: bool = True, generator: torch.Generator | None = None,
-        start: torch.Tensor | None = None) -> torch.Tensor:
-    """argmax over ‖δ‖∞ ≤ eps, x + δ ∈ [0, 1] of ``loss_fn(x + δ)``, by ``steps`` sign-gradient steps."""
+        alpha: float | None = None, start: PGDStart = PGDStart()) -> torch.Tensor:
+    """argmax over ‖δ‖∞ ≤ eps, x + δ ∈ [0, 1] of ``loss_fn(x + δ)``, by ``steps`` sign-gradient steps of ``alpha``
+    (default 2.5·eps / steps) from ``start``."""
     alpha = alpha if alpha is not None else 2.5 * eps / max(1, steps)
+    generator = start.generator
     if generator is not None and generator.device.type != x.device.type:
         raise ValueError(f"pgd: the random-start generator is on {generator.device}, the images on {x.device}")
     x = x.detach()
-    if start is not None:
-        adv = start.detach().clamp(0, 1)
-    elif random_start:
+    if start.image is not None:
+        adv = start.image.detach().clamp(0, 1)
+    elif start.random:
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
         adv = (x + eps * noise).clamp(0, 1)
     else:
@@ -58,9 +69,13 @@ class SupervisedAdversary:
         self.kind, self.eps, self.steps, self.beta = kind, eps, steps, beta
         self.gen = torch.Generator(device=device).manual_seed(seed * 7 + 3)
 
+    def loss(self, clf, x, labels, idx) -> torch.Tensor:
+        """The classifier's training loss on adversarial examples (:func:`supervised_adversarial_loss`)."""
+        return supervised_adversarial_loss(self, clf, x, labels, idx)
+
 
 def supervised_adversarial_loss(adv: SupervisedAdversary, clf, x, labels, idx) -> torch.Tensor:
-    """The classifier's (:class:`selfsup.train.classifier.Classifier`) training loss under ``adv.kind`` (pgd |
+    """The classifier's (:class:`selfsup.models.classifier.Classifier`) training loss under ``adv.kind`` (pgd |
     trades); adversarial examples are generated in eval mode (BatchNorm running statistics), as in the TRADES code."""
     k, epoch = clf.num_classes, float(clf.epoch_now)
 
@@ -71,14 +86,14 @@ def supervised_adversarial_loss(adv: SupervisedAdversary, clf, x, labels, idx) -
     clf.eval()
     if adv.kind == "pgd":
         x_adv = pgd(lambda z: F.cross_entropy(logits(z)[:, :k].float(), labels), x, adv.eps, adv.steps,
-                    generator=adv.gen)
+                    start=PGDStart(generator=adv.gen))
         clf.train(was)
         return clf.objective(logits(x_adv), labels, idx, epoch)
     with torch.no_grad():
         p_clean = F.softmax(logits(x)[:, :k].float(), 1)
     start = (x + 0.001 * torch.randn(x.shape, generator=adv.gen, device=x.device, dtype=x.dtype)).clamp(0, 1)
     x_adv = pgd(lambda z: F.kl_div(F.log_softmax(logits(z)[:, :k].float(), 1), p_clean, reduction="batchmean"),
-                x, adv.eps, adv.steps, start=start)
+                x, adv.eps, adv.steps, start=PGDStart(image=start))
     clf.train(was)
     out = logits(x)
     robust = F.kl_div(F.log_softmax(logits(x_adv)[:, :k].float(), 1), F.softmax(out[:, :k].float(), 1),
@@ -108,12 +123,12 @@ class AdversarialSSL(Strategy):
     def penalty(self, method, views):
         x1, x2 = views[0], views[1]
         if self.kind == "instance":
-            adv = pgd(lambda a: method([a, x2]), x1, self.eps, self.steps, generator=self.gen)
+            adv = pgd(lambda a: method([a, x2]), x1, self.eps, self.steps, start=PGDStart(generator=self.gen))
             return self.weight * method([adv, x2])
         with torch.no_grad():
             z_clean = F.normalize(self._embed(method, x1).float(), dim=1)
         adv = pgd(lambda a: _info_nce(F.normalize(self._embed(method, a).float(), dim=1), z_clean, self.t),
-                  x1, self.eps, self.steps, generator=self.gen)
+                  x1, self.eps, self.steps, start=PGDStart(generator=self.gen))
         za = F.normalize(self._embed(method, adv).float(), dim=1)
         zc = F.normalize(self._embed(method, x1).float(), dim=1)
         return self.weight * _info_nce(za, zc, self.t)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +31,8 @@ from ..config import load_config
 from ..data import load_datasets, train_val_split
 from ..errors import CheckpointError, SelfsupError
 from ..models import backbone_from_config, load_backbone
+from ..models.classifier import ClassLogits
 from ..train.checkpoint import latest_checkpoint, load_latest_checkpoint
-from ..finetune.classifier_training import Classifier
-from ..finetune.objectives import build_objective
 from ..progress import TaskProgress
 from ..evaluate.features import extract_features, inference_copy
 from ..evaluate.probes import LabelledFeatures, ProbeGrid, _standardize, fit_logistic, linear_probe
@@ -52,30 +52,46 @@ class LinearProbeModel(nn.Module):
         return self.linear((self.backbone(x) - self.mean) / self.std)
 
 
+@dataclass(frozen=True, eq=False)
+class FeatureBank:
+    """The labelled features a kNN classifier votes from; ``num_classes`` None: the largest label + 1."""
+    features: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int | None = None
+
+
+@dataclass(frozen=True)
+class SoftSurrogate:
+    """The differentiable soft-kNN surrogate's settings (see :class:`KNNModel`): votes from the ``k`` nearest bank
+    items (None: all) weighted by softmax(s / ``temperature``), plus ``floor`` × the whole-bank soft votes."""
+    temperature: float = 0.1
+    k: int | None = 50
+    floor: float = 1e-3
+
+
 class KNNModel(nn.Module):
     """The weighted kNN classifier (cosine, top-k, votes exp(s/T)); returns log vote mass per class.
 
-    ``mode="hard"``: the classifier itself; ``"soft"``: the differentiable surrogate, votes from the ``soft_k``
-    nearest bank items (None: all) weighted by softmax(s/T_soft) — a neighbourhood wider than k, so classes just
-    outside the top k pull on the gradient; ``"bpda"``: the hard classifier's outputs exactly, with the soft
-    surrogate's gradient (what attacks use). ``soft_floor`` adds that fraction of the whole-bank soft votes, so
-    every class keeps a gradient even where all soft_k neighbours share one class. soft_k = 50, T_soft = 0.1,
-    floor 1e-3: the lowest PGD-20 accuracy, averaged over a SimCLR and an adversarially trained SimCLR encoder, of
+    ``mode="hard"``: the classifier itself; ``"soft"``: the differentiable ``surrogate``, votes from the
+    ``soft_k`` nearest items of the ``bank`` (None: all) weighted by softmax(s/T_soft) — a neighbourhood wider than
+    k, so classes just outside the top k pull on the gradient; ``"bpda"``: the hard classifier's outputs exactly,
+    with the soft surrogate's gradient (what attacks use). ``soft_floor`` adds that fraction of the whole-bank soft
+    votes, so every class keeps a gradient even where all soft_k neighbours share one class. soft_k = 50, T_soft =
+    0.1, floor 1e-3: the lowest PGD-20 accuracy, averaged over a SimCLR and an adversarially trained SimCLR encoder, of
     the variants in benchmarks/knn_surrogate.py at both ε = 0.1 and 0.05 (measured on training images outside the
     bank, never on test images)."""
 
-    def __init__(self, backbone: nn.Module, bank_f: torch.Tensor, bank_y: torch.Tensor, k: int = 20,
-                 temperature: float = 0.1, num_classes: int | None = None, mode: str = "hard",
-                 soft_temperature: float = 0.1, soft_k: int | None = 50, soft_floor: float = 1e-3):
+    def __init__(self, backbone: nn.Module, bank: FeatureBank, k: int = 20, temperature: float = 0.1,
+                 mode: str = "hard", surrogate: SoftSurrogate = SoftSurrogate()):
         super().__init__()
         if mode not in ("hard", "soft", "bpda"):
             raise ValueError(f"unknown kNN mode {mode!r} (hard, soft, bpda)")
         self.backbone = backbone.eval()
-        self.register_buffer("bank", F.normalize(bank_f.float(), dim=1))
-        self.register_buffer("bank_y", bank_y.long())
-        self.k, self.t, self.mode, self.t_soft, self.soft_k = k, temperature, mode, soft_temperature, soft_k
-        self.soft_floor = soft_floor
-        self.num_classes = num_classes or int(bank_y.max()) + 1
+        self.register_buffer("bank", F.normalize(bank.features.float(), dim=1))
+        self.register_buffer("bank_y", bank.labels.long())
+        self.k, self.t, self.mode, self.t_soft, self.soft_k = k, temperature, mode, surrogate.temperature, surrogate.k
+        self.soft_floor = surrogate.floor
+        self.num_classes = bank.num_classes or int(bank.labels.max()) + 1
 
     @property
     def surrogate(self) -> str:
@@ -129,52 +145,44 @@ alone, with its settings (APGD-CE: 100 iterations, 1 restart; APGD-T: 100 iterat
 to see which part of AutoAttack does the work when it and PGD disagree."""
 
 
-def run_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int = 0,
-               steps: int = 20, batch: int = 500,
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack: ``name`` (one of :data:`ATTACKS`) at L∞ radius ``eps``, seeded by ``seed``; ``steps``: PGD's."""
+    name: str
+    eps: float
+    seed: int = 0
+    steps: int = 20
+
+
+@dataclass(frozen=True)
+class AttackSuite:
+    """Every attack of ``attacks`` at every radius of ``eps`` (see :func:`robustness_report`)."""
+    eps: Sequence[float]
+    attacks: Sequence[str]
+    seed: int = 0
+    steps: int = 20
+
+    def spec(self, name: str, eps: float) -> AttackSpec:
+        return AttackSpec(name, eps, self.seed, self.steps)
+
+
+def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500,
                on_batches: Callable[[int], None] | None = None) -> tuple[torch.Tensor, list[str]]:
-    """Adversarial images for ``model`` (L∞ ``eps``) and any warnings the attack library raised. The model is put in
-    eval mode first: torchattacks hands a training-mode model back in training mode (BatchNorm on batch statistics).
+    """Adversarial images for ``model`` under ``spec`` and any warnings the attack library raised. The model is put
+    in eval mode first: torchattacks hands a training-mode model back in training mode (BatchNorm on batch
+    statistics).
 
     ``on_batches(n)`` is told when ``n`` more of the ``ceil(len(x) / batch)`` batches are done: after each batch,
     or for AutoAttack (which batches internally, attack by attack) all of them at its end."""
     on_batches = on_batches or (lambda n: None)
     model.eval()
-    torch.manual_seed(seed)
+    torch.manual_seed(spec.seed)
     warnings: list[str] = []
-    if name in ("autoattack", "apgd-ce", "apgd-t"):
-        log = logging.getLogger("auto-attack")
-        h = _Collect()
-        log.addHandler(h)
-        try:
-            with torch.no_grad():
-                n_cls = model(x[:1]).shape[1]
-            if name == "apgd-t" and n_cls < 4:
-                raise ValueError(f"apgd-t needs at least 4 classes (its targeted DLR loss); the model has {n_cls}")
-            if name == "autoattack":
-                aa = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, device=x.device)
-                if n_cls < 4:  # APGD-T's DLR loss reads the 4th-largest logit
-                    aa.attacks_to_run = [a for a in aa.attacks_to_run if a != "apgd-t"]
-            else:  # one component, with the standard version's settings
-                aa = AutoAttack(model, norm="Linf", eps=eps, version="custom", attacks=[name], seed=seed,
-                                device=x.device)
-                aa.apgd.n_restarts, aa.apgd_targeted.n_restarts = 1, 1
-            # standard targets the 9 runner-up classes; with fewer classes, all the others (the library would index
-            # past the logits)
-            aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = min(9, n_cls - 1)
-            aa.verbose = False
-            adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch)
-        finally:
-            log.removeHandler(h)
+    if spec.name in ("autoattack", "apgd-ce", "apgd-t"):
+        adv, warnings = _run_autoattack(spec, model, x, y, batch)
         on_batches(math.ceil(len(x) / batch))
-        return adv.detach(), h.messages
-    if name == "fgsm":
-        atk = torchattacks.FGSM(model, eps=eps)
-    elif name == "pgd":
-        atk = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
-    elif name == "square":
-        atk = torchattacks.Square(model, norm="Linf", eps=eps, n_queries=1000, n_restarts=1, seed=seed, loss="margin")
-    else:
-        raise ValueError(f"unknown attack {name!r} ({', '.join(ATTACKS)})")
+        return adv, warnings
+    atk = _torchattacks_attack(spec, model)
     parts = []
     for i in range(0, len(x), batch):
         parts.append(atk(x[i:i + batch], y[i:i + batch]))
@@ -182,22 +190,64 @@ def run_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ep
     return torch.cat(parts).detach(), warnings
 
 
-def robustness_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list, attacks, seed: int = 0,
-                      steps: int = 20, progress: bool = True, batch: int = 500) -> dict:
-    """Clean and robust accuracy of ``model`` for every (eps, attack), and the per-image worst case over the attacks
-    (for kNN, ``model`` is the BPDA :class:`KNNModel`). ``progress``: one bar with ETA over eps × attacks ×
-    batches of ``batch`` images."""
+def _torchattacks_attack(spec: AttackSpec, model: nn.Module):
+    eps, steps = spec.eps, spec.steps
+    if spec.name == "fgsm":
+        return torchattacks.FGSM(model, eps=eps)
+    if spec.name == "pgd":
+        return torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
+    if spec.name == "square":
+        return torchattacks.Square(model, norm="Linf", eps=eps, n_queries=1000, n_restarts=1, seed=spec.seed,
+                                   loss="margin")
+    raise ValueError(f"unknown attack {spec.name!r} ({', '.join(ATTACKS)})")
+
+
+def _run_autoattack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    batch: int) -> tuple[torch.Tensor, list[str]]:
+    """AutoAttack (standard) or one of its APGD components, with the library's warnings collected."""
+    name, eps, seed = spec.name, spec.eps, spec.seed
+    log = logging.getLogger("auto-attack")
+    h = _Collect()
+    log.addHandler(h)
+    try:
+        with torch.no_grad():
+            n_cls = model(x[:1]).shape[1]
+        if name == "apgd-t" and n_cls < 4:
+            raise ValueError(f"apgd-t needs at least 4 classes (its targeted DLR loss); the model has {n_cls}")
+        if name == "autoattack":
+            aa = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, device=x.device)
+            if n_cls < 4:  # APGD-T's DLR loss reads the 4th-largest logit
+                aa.attacks_to_run = [a for a in aa.attacks_to_run if a != "apgd-t"]
+        else:  # one component, with the standard version's settings
+            aa = AutoAttack(model, norm="Linf", eps=eps, version="custom", attacks=[name], seed=seed,
+                            device=x.device)
+            aa.apgd.n_restarts, aa.apgd_targeted.n_restarts = 1, 1
+        # standard targets the 9 runner-up classes; with fewer classes, all the others (the library would index
+        # past the logits)
+        aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = min(9, n_cls - 1)
+        aa.verbose = False
+        adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch)
+    finally:
+        log.removeHandler(h)
+    return adv.detach(), h.messages
+
+
+def robustness_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: AttackSuite,
+                      progress: bool = True, batch: int = 500) -> dict:
+    """Clean and robust accuracy of ``model`` for every (eps, attack) of ``suite``, and the per-image worst case over
+    the attacks (for kNN, ``model`` is the BPDA :class:`KNNModel`). ``progress``: one bar with ETA over eps ×
+    attacks × batches of ``batch`` images."""
     model.eval()
     clean_ok = predict(model, x) == y
     out = {"n": len(x), "clean": float(clean_ok.float().mean()), "eps": {}}
-    total = len(eps_list) * len(attacks) * math.ceil(len(x) / batch)
+    total = len(suite.eps) * len(suite.attacks) * math.ceil(len(x) / batch)
     with TaskProgress("attack", total, progress, unit="batches") as bar:
-        for eps in eps_list:
+        for eps in suite.eps:
             worst = clean_ok.clone()
             per: dict = {}
-            for a in attacks:
+            for a in suite.attacks:
                 bar.describe(f"{a}, eps {eps:g}")
-                adv, warn = run_attack(a, model, x, y, eps, seed, steps, batch, on_batches=bar.advance)
+                adv, warn = run_attack(suite.spec(a, eps), model, x, y, batch, on_batches=bar.advance)
                 assert float((adv - x).abs().max()) <= eps + 1e-5 and adv.min() >= 0 and adv.max() <= 1
                 ok = predict(model, adv) == y
                 worst &= ok
@@ -233,7 +283,7 @@ def build_classifier(run_dir, kind: str, device: str | torch.device = "cpu", ban
     f = extract_features(backbone, train.images[sub], 256, device, cfg.train.channels_last)
     y = train.labels[sub]
     if kind == "knn":
-        knn = KNNModel(backbone, f, y, cfg.eval.knn_k, cfg.eval.knn_temperature, mode="bpda")
+        knn = KNNModel(backbone, FeatureBank(f, y), cfg.eval.knn_k, cfg.eval.knn_temperature, mode="bpda")
         return knn.to(device).eval(), x_test, y_test  # eval: torchattacks restores a training-mode model's mode
     if kind != "linear":
         raise SelfsupError(f"unknown classifier {kind!r} (linear, knn, finetuned)")
@@ -249,32 +299,28 @@ def build_classifier(run_dir, kind: str, device: str | torch.device = "cpu", ban
 
 
 def _load_finetuned(run_dir, cfg, train, device) -> nn.Module:
+    """A finetune run's classifier as its K class logits (backbone and head from its last checkpoint)."""
     if latest_checkpoint(RunDir(run_dir).checkpoints) is None or not RunDir(run_dir).finetune.exists():
         raise CheckpointError(f"{run_dir} holds no finished finetune run ({RunDir.FINETUNE} + {RunDir.CHECKPOINTS}/)")
     state = load_latest_checkpoint(RunDir(run_dir).checkpoints).model
     k = state["head.weight"].shape[0] - (1 if cfg.finetune.loss == "sat_selective" else 0)
-    n_soft = state["objective.soft"].shape[0] if "objective.soft" in state else 1
-    obj = build_objective(cfg.finetune.loss, torch.zeros(n_soft, dtype=torch.long), k, cfg.finetune)
     if cfg.finetune.init:
         backbone = load_backbone(cfg.finetune.init, device)
     else:
         backbone = backbone_from_config(cfg.model, train.channels, train.images.shape[-1])
-    clf = Classifier(backbone, k, obj, cfg.train.epochs)
-    clf.load_state_dict(state)
-    clf.backbone = inference_copy(clf.backbone, cfg.train.channels_last)  # BN folded: same outputs, faster attacks
-    clf = clf.to(device).eval()
+    head = nn.Linear(backbone.feat_dim, state["head.weight"].shape[0])
+    backbone.load_state_dict(_part(state, "backbone."))
+    head.load_state_dict(_part(state, "head."))
+    backbone = inference_copy(backbone, cfg.train.channels_last)  # BN folded: same outputs, faster attacks
+    clf = ClassLogits(backbone, head, k).to(device).eval()
     for p in clf.parameters():
         p.requires_grad_(False)
+    return clf
 
-    class Logits(nn.Module):  # the K class logits (an abstain output is not a class)
-        def __init__(self, c):
-            super().__init__()
-            self.c = c
 
-        def forward(self, x):
-            return self.c.head(self.c.backbone(x))[:, : self.c.num_classes]
-
-    return Logits(clf).eval()
+def _part(state: dict, prefix: str) -> dict:
+    """The entries of ``state`` under ``prefix``, named without it."""
+    return {name[len(prefix):]: v for name, v in state.items() if name.startswith(prefix)}
 
 
 @torch.no_grad()

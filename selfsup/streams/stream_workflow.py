@@ -5,6 +5,7 @@ where it exceeds the noise, a summary plot per sequence)."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -15,10 +16,11 @@ from torch import nn
 from .. import distributed as D
 from ..atomic import atomic_write_text
 from ..config import Config, load_config
-from ..data import load_datasets
+from ..data import ImageDataset, load_datasets
 from .sequences import EvalTask, build_sequence
 from ..errors import DataError, SelfsupError
-from .continual_metrics import (aggregate_seeds, cka, continual_metrics, downstream_eval, evaluate_chunk, gap_stats, seen_task_accuracy)
+from .continual_metrics import (aggregate_seeds, cka, continual_metrics, downstream_eval, evaluate_chunk, gap_stats,
+                                seen_task_accuracy)
 from ..methods import build_method
 from ..models import readout_backbone
 from ..report.html import write_html_report
@@ -105,11 +107,19 @@ def _finish(r: StreamResult, cfg: Config, with_tasks: bool, extra: dict | None =
     return r
 
 
-def stream(config, overrides: list[str] | None = None, source: str | Path | None = None, watch: bool = False,
-           progress: bool = True, idle_timeout: float | None = None, max_chunks: int | None = None,
-           callbacks=None) -> StreamResult:
-    """Train on the chunks in ``source`` (a folder), evaluating on ``data`` (its test split) after each chunk when
-    that source is labelled."""
+@dataclass(frozen=True)
+class StreamIntake:
+    """Which chunks one ``stream`` call takes: ``watch`` — keep waiting for new chunks (until ``idle_timeout``
+    seconds pass without one); ``max_chunks`` — stop after this many new chunks (None: no limit)."""
+    watch: bool = False
+    idle_timeout: float | None = None
+    max_chunks: int | None = None
+
+
+def stream(config, overrides: list[str] | None = None, source: str | Path | None = None,
+           intake: StreamIntake = StreamIntake(), progress: bool = True, callbacks=None) -> StreamResult:
+    """Train on the chunks in ``source`` (a folder) as ``intake`` says, evaluating on ``data`` (its test split) after
+    each chunk when that source is labelled."""
     cfg = load_config(config, overrides)
     if source is None:
         raise SelfsupError("stream: pass --source DIR (a folder of chunks)")
@@ -131,53 +141,73 @@ def stream(config, overrides: list[str] | None = None, source: str | Path | None
                                                                               test.subset(te)))
     trainer = StreamTrainer(cfg, RunDir.of(cfg).path, StreamOptions(evaluate=evaluator, callbacks=callbacks,
                                                                     progress=progress))
-    r = trainer.run(lambda: discover_chunks(source, cfg.data), watch=watch, idle_timeout=idle_timeout,
-                    max_chunks=max_chunks)
+    r = trainer.run(lambda: discover_chunks(source, cfg.data), watch=intake.watch, idle_timeout=intake.idle_timeout,
+                    max_chunks=intake.max_chunks)
     return _finish(r, cfg, with_tasks=False)
 
 
-def _study(cfg: Config, root: Path, device, train, test, bar: TaskProgress, progress: bool,
-           log: Callable[[str], None]) -> dict:
+@dataclass(frozen=True)
+class StudySetting:
+    """What every seed's study shares: the device, the labelled data set the sequences are built from, the progress
+    bar over all of them (and whether each chunk shows its own), and where the log lines go."""
+    device: torch.device
+    train: ImageDataset
+    test: ImageDataset
+    bar: TaskProgress
+    progress: bool
+    log: Callable[[str], None]
+
+
+def _study(cfg: Config, root: Path, setting: StudySetting) -> dict:
     """One seed's study under ``root``: every sequence × strategy (resumable), ``sequence.json``/``.md``, plots."""
     root.mkdir(parents=True, exist_ok=True)
     write_config(root, cfg, continuing=False)
     results: dict = {}
     seq_cfg = cfg.sequence
+    train, test, bar, device = setting.train, setting.test, setting.bar, setting.device
     for kind in seq_cfg.kinds:
         bar.describe(f"{kind}: initial evaluation")
         seq = build_sequence(kind, train, test, seq_cfg.chunks, cfg.seed, cfg.stream.eval_train_samples,
                              cfg.stream.eval_test_samples)
-        log(f"== sequence {kind} (seed {cfg.seed}): " + "; ".join(seq.describe()))
+        setting.log(f"== sequence {kind} (seed {cfg.seed}): " + "; ".join(seq.describe()))
         torch.manual_seed(cfg.seed)
         init = StreamEvaluator(cfg, device, seq.tasks, seq.full)(
             build_method(cfg, train.channels, image_size=train.images.shape[-1]).to(device).backbone, 0)
         manifests = {}
         for strat in seq_cfg.strategies:
-            scfg = load_config(cfg, [f"stream.strategy={strat}"])
-            final_only = strat == "joint" and not seq_cfg.joint_every_chunk
-            t0 = time.perf_counter()
-            log(f"-- {kind} / {strat}")
-            bar.describe(f"{kind} / {strat}, seed {cfg.seed}")
-            earlier = read_manifest(RunDir(root).strategy_run(kind, strat))  # what an earlier call dealt with
-            bar.advance(len(earlier["chunks"]) + len(earlier["rejected"]))
-            evaluator = StreamEvaluator(scfg, device, seq.tasks, seq.full)
-            trainer = StreamTrainer(scfg, RunDir(root).strategy_run(kind, strat).path, StreamOptions(
-                evaluate=evaluator, init_eval=init, final_only=final_only, progress=progress, log=log,
-                on_chunk=lambda name: bar.advance()))
-            r = trainer.run(lambda: memory_chunks(seq.chunks))
-            extra = {"downstream": downstream_eval(evaluator.readout(r.method.backbone), seq.full, scfg, device)} \
-                if cfg.stream.evaluate else {}
-            r = _finish(r, scfg, with_tasks=True, extra=extra)
-            manifests[strat] = read_manifest(RunDir(root).strategy_run(kind, strat))
-            results.setdefault(kind, {})[strat] = {**r.manifest["summary"],
-                                                   "wall_seconds": round(time.perf_counter() - t0, 1)}
+            results.setdefault(kind, {})[strat], manifests[strat] = _run_strategy(
+                cfg, RunDir(root).strategy_run(kind, strat).path, seq, init, setting)
         plot_stream(root / kind, manifests, title=f"{kind} incremental")
         write_study_record(RunDir(root), results)
     table = sequence_table(results)
     atomic_write_text(RunDir(root).study_table, table + "\n")
     write_html_report(root)  # the study's summary table and each kind's plots
-    log(table)
+    setting.log(table)
     return results
+
+
+def _run_strategy(cfg: Config, run_dir: Path, seq, init: dict, setting: StudySetting) -> tuple[dict, dict]:
+    """One strategy (the last part of ``run_dir``) on one sequence, resumed where an earlier call stopped: (its
+    summary with the wall-clock seconds it took, its manifest)."""
+    kind, strat = run_dir.parent.name, run_dir.name
+    scfg = load_config(cfg, [f"stream.strategy={strat}"])
+    final_only = strat == "joint" and not cfg.sequence.joint_every_chunk
+    t0 = time.perf_counter()
+    setting.log(f"-- {kind} / {strat}")
+    bar = setting.bar
+    bar.describe(f"{kind} / {strat}, seed {cfg.seed}")
+    earlier = read_manifest(RunDir(run_dir))  # what an earlier call dealt with
+    bar.advance(len(earlier["chunks"]) + len(earlier["rejected"]))
+    evaluator = StreamEvaluator(scfg, setting.device, seq.tasks, seq.full)
+    trainer = StreamTrainer(scfg, run_dir, StreamOptions(
+        evaluate=evaluator, init_eval=init, final_only=final_only, progress=setting.progress, log=setting.log,
+        on_chunk=lambda name: bar.advance()))
+    r = trainer.run(lambda: memory_chunks(seq.chunks))
+    extra = {"downstream": downstream_eval(evaluator.readout(r.method.backbone), seq.full, scfg, setting.device)} \
+        if cfg.stream.evaluate else {}
+    r = _finish(r, scfg, with_tasks=True, extra=extra)
+    manifest = read_manifest(RunDir(run_dir))
+    return {**r.manifest["summary"], "wall_seconds": round(time.perf_counter() - t0, 1)}, manifest
 
 
 def aggregate_study(per_seed: dict) -> dict:
@@ -254,13 +284,13 @@ def sequence(config, overrides: list[str] | None = None, progress: bool = True,
     total = seeds * len(seq_cfg.kinds) * len(seq_cfg.strategies) * seq_cfg.chunks
     per_seed: dict = {}
     with TaskProgress("sequence", total, progress, unit="chunks") as bar:
+        setting = StudySetting(device, train, test, bar, progress, log)
         for k in range(seeds):
             s = cfg.seed + k
             if seeds == 1:
-                per_seed[s] = _study(cfg, root, device, train, test, bar, progress, log)
+                per_seed[s] = _study(cfg, root, setting)
             else:
-                per_seed[s] = _study(load_config(cfg, [f"seed={s}"]), RunDir(root).seed_study(s).path, device, train,
-                                     test, bar, progress, log)
+                per_seed[s] = _study(load_config(cfg, [f"seed={s}"]), RunDir(root).seed_study(s).path, setting)
         bar.describe("done")
     if seeds == 1:
         return per_seed[cfg.seed]

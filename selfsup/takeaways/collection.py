@@ -31,12 +31,35 @@ def run_data(run_dir: str | Path) -> DataConfig:
     return load_config(path).data if path.exists() else DataConfig()
 
 
+@dataclass(frozen=True)
+class CollectionSpec:
+    """Which collection to embed (see :func:`open_collection`): the image folder ``source``, else the ``split`` of
+    the data set ``config`` names, else of the run's own data; ``skip_bad``: leave unreadable images of a folder out
+    (with a warning)."""
+    source: str | Path | None = None
+    config: str | Path | None = None
+    split: str = "train"
+    skip_bad: bool = False
+
+
+@dataclass(frozen=True)
+class FeatureExtraction:
+    """How images go through an encoder: ``batch_size`` at a time on ``device``, resized to ``size`` when it differs
+    (None: as they are), channels-last when ``channels_last``; a lazy set decoded in ``workers`` DataLoader
+    processes when workers > 0."""
+    batch_size: int = 512
+    device: str | torch.device = "cpu"
+    size: int | None = None
+    channels_last: bool = True
+    workers: int = 0
+
+
 def open_collection(run_dir: str | Path, source: str | Path | None = None, config: str | Path | None = None,
                     split: str = "train", skip_bad: bool = False) -> ImageDataset:
     """The images to embed: the folder ``source`` (sub-folders are classes; images converted to the run's channels
     and resized to its image size; read lazily, a batch at a time in the run's ``data.workers``, by the run's
-    ``data.in_memory`` / ``data.memory_budget_mb`` rule — so a folder larger than RAM embeds), else the ``split`` ("train" or "test") of the data set ``config`` names, else of
-    the run's own config."""
+    ``data.in_memory`` / ``data.memory_budget_mb`` rule — so a folder larger than RAM embeds), else the ``split``
+    ("train" or "test") of the data set ``config`` names, else of the run's own config."""
     if source is not None and config is not None:
         raise ConfigError("give a source folder or a config, not both")
     info = backbone_info(run_dir)
@@ -66,19 +89,19 @@ def item_ids(ds: ImageDataset) -> list[str]:
 
 
 @torch.inference_mode()
-def iter_features(backbone: nn.Module, images: torch.Tensor, batch_size: int = 512,
-                  device: str | torch.device = "cpu", size: int | None = None, channels_last: bool = True,
-                  progress: bool = True, description: str = "embedding", workers: int = 0
-                  ) -> Iterator[tuple[int, torch.Tensor]]:
+def iter_features(backbone: nn.Module, images: torch.Tensor, extraction: FeatureExtraction = FeatureExtraction(),
+                  progress: bool = True, description: str = "embedding") -> Iterator[tuple[int, torch.Tensor]]:
     """(start index, features on the CPU) for each batch of ``images`` (uint8 0..255 or float in [0, 1],
-    N×C×H×W; a lazy set is decoded in ``workers`` DataLoader processes when workers > 0), each batch moved to
-    ``device``, resized to ``size`` when it differs, and run through an eval-mode copy of the backbone."""
+    N×C×H×W), each batch moved to the device, resized and run through an eval-mode copy of the backbone as
+    ``extraction`` says."""
+    batch_size, device, size = extraction.batch_size, extraction.device, extraction.size
+    channels_last = extraction.channels_last
     if batch_size < 1:
         raise ConfigError(f"batch size must be positive, got {batch_size}")
     model = inference_copy(backbone, channels_last).to(device)
     with TaskProgress(description, len(images), enabled=progress, unit="images") as bar:
         start = 0
-        for x in image_batches(images, batch_size, workers):
+        for x in image_batches(images, batch_size, extraction.workers):
             x = x.to(device)
             x = x.float() if x.is_floating_point() else x.float().div_(255)
             if size is not None and tuple(x.shape[-2:]) != (size, size):
@@ -90,12 +113,10 @@ def iter_features(backbone: nn.Module, images: torch.Tensor, batch_size: int = 5
             bar.advance(len(x))
 
 
-def embed_images(backbone: nn.Module, images: torch.Tensor, batch_size: int = 512,
-                 device: str | torch.device = "cpu", size: int | None = None, channels_last: bool = True,
-                 progress: bool = True, workers: int = 0) -> torch.Tensor:
+def embed_images(backbone: nn.Module, images: torch.Tensor, extraction: FeatureExtraction = FeatureExtraction(),
+                 progress: bool = True) -> torch.Tensor:
     """All features of ``images`` as one N×D CPU tensor (see :func:`iter_features`)."""
-    parts = [f for _, f in iter_features(backbone, images, batch_size, device, size, channels_last, progress,
-                                         workers=workers)]
+    parts = [f for _, f in iter_features(backbone, images, extraction, progress)]
     return torch.cat(parts)
 
 
@@ -120,6 +141,6 @@ def embed_run_collection(run_dir: str | Path, source: str | Path | None = None,
     size = backbone_info(run_dir).get("image_size")
     ds = open_collection(run_dir, source=source)
     backbone = load_backbone(run_dir, device)
-    feats = embed_images(backbone, ds.images, batch_size, device, size, progress=progress,
-                         workers=run_data(run_dir).workers)
+    feats = embed_images(backbone, ds.images, FeatureExtraction(batch_size, device, size,
+                                                                workers=run_data(run_dir).workers), progress)
     return EmbeddedCollection(ds, feats, backbone, size, device)

@@ -19,7 +19,7 @@ from ..atomic import atomic_file
 from ..data.sources import ImageDataset
 from ..errors import ConfigError, DataError
 from ..models import backbone_info, load_backbone
-from .collection import item_ids, iter_features, open_collection, run_data
+from .collection import CollectionSpec, FeatureExtraction, item_ids, iter_features, open_collection, run_data
 from .device import resolve_device
 
 SUFFIXES = (".parquet", ".npy")
@@ -84,14 +84,13 @@ def _ids_csv(ids, labels, names) -> str:
     return buf.getvalue()
 
 
-def embed_to_file(run_dir: str | Path, out: str | Path, source: str | Path | None = None,
-                  config: str | Path | None = None, split: str = "train", device: str | torch.device | None = None,
-                  batch_size: int = 512, progress: bool = True, skip_bad: bool = False) -> Path:
-    """Features of every image of a collection (the folder ``source``, else the ``split`` of the data set ``config``
-    names, else of the run's own data; see :func:`~selfsup.takeaways.collection.open_collection`), extracted batch
-    by batch on ``device`` (default: the run's ``train.device`` when available here, else the CPU) and streamed to
-    ``out``: ``.parquet`` (columns id, label, class, embedding as a fixed-size list of float32; one row group per
-    batch) or ``.npy`` (float32 N×D) plus ``FILE.ids.csv``. Returns ``out``."""
+def embed_to_file(run_dir: str | Path, out: str | Path, collection: CollectionSpec = CollectionSpec(),
+                  device: str | torch.device | None = None, batch_size: int = 512, progress: bool = True) -> Path:
+    """Features of every image of a ``collection`` (the folder ``source``, else the ``split`` of the data set
+    ``config`` names, else of the run's own data; see :func:`~selfsup.takeaways.collection.open_collection`),
+    extracted batch by batch on ``device`` (default: the run's ``train.device`` when available here, else the CPU)
+    and streamed to ``out``: ``.parquet`` (columns id, label, class, embedding as a fixed-size list of float32; one
+    row group per batch) or ``.npy`` (float32 N×D) plus ``FILE.ids.csv``. Returns ``out``."""
     out = Path(out)
     if out.suffix.lower() not in SUFFIXES:
         raise ConfigError(f"--out {out}: the file name must end in .parquet or .npy")
@@ -99,15 +98,16 @@ def embed_to_file(run_dir: str | Path, out: str | Path, source: str | Path | Non
         raise ConfigError(f"batch size must be positive, got {batch_size}")
     info = backbone_info(run_dir)  # a clear error for a folder that is not a trained run, before any data is read
     dev = resolve_device(device, run_dir)
-    ds = open_collection(run_dir, source=source, config=config, split=split, skip_bad=skip_bad)
+    source, split = collection.source, collection.split
+    ds = open_collection(run_dir, source=source, config=collection.config, split=split, skip_bad=collection.skip_bad)
     backbone = load_backbone(run_dir)
     ids = item_ids(ds)
     labels, names = row_labels(ds)
     if out.parent.exists() and not out.parent.is_dir():
         raise DataError(f"cannot write {out}: {out.parent} is not a folder")
     out.parent.mkdir(parents=True, exist_ok=True)
-    batches = iter_features(backbone, ds.images, batch_size, dev, size=info.get("image_size"), progress=progress,
-                            description=f"embedding {ds.name}", workers=run_data(run_dir).workers)
+    extraction = FeatureExtraction(batch_size, dev, size=info.get("image_size"), workers=run_data(run_dir).workers)
+    batches = iter_features(backbone, ds.images, extraction, progress=progress, description=f"embedding {ds.name}")
     if out.suffix.lower() == ".parquet":
         metadata = {"run": str(run_dir), "collection": ds.name, "split": None if source is not None else split,
                     "image_size": info.get("image_size"), "classes": list(ds.classes)}

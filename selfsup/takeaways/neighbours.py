@@ -11,7 +11,7 @@ import torch
 from ..data.image_reader import read_image
 from ..errors import ConfigError, DataError
 from ..evaluate.search import near_duplicates, nearest
-from .collection import embed_images, embed_run_collection, item_ids
+from .collection import FeatureExtraction, embed_images, embed_run_collection, item_ids
 
 
 @dataclass
@@ -28,6 +28,16 @@ class NeighbourSearch:
     idx: torch.Tensor
     duplicates: list[tuple[int, int, float]]
     threshold: float
+
+
+@dataclass(frozen=True)
+class NeighbourQuery:
+    """What :func:`find_neighbours` looks up: the image files ``images``, or ``sample`` collection images drawn with
+    ``seed`` (one of the two), and the ``k`` nearest images of each."""
+    images: Sequence[str | Path] | None = None
+    sample: int | None = None
+    seed: int = 0
+    k: int = 8
 
 
 def load_query_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
@@ -47,14 +57,14 @@ def _collection_row(path: Path, source: Path | None, ids: list[str]) -> int:
     return ids.index(rel) if rel in ids else -1
 
 
-def find_neighbours(run_dir: str | Path, source: str | Path | None = None,
-                    queries: Sequence[str | Path] | None = None, sample: int | None = None, k: int = 8,
-                    threshold: float = 0.95, device: str | None = None, seed: int = 0, batch_size: int = 512,
+def find_neighbours(run_dir: str | Path, source: str | Path | None = None, query: NeighbourQuery = NeighbourQuery(),
+                    threshold: float = 0.95, device: str | None = None, batch_size: int = 512,
                     progress: bool = True) -> NeighbourSearch:
     """Embed the collection (the folder ``source``, else the run's training data) with the run's encoder; find the
-    ``k`` nearest images of each query — the image files ``queries``, or ``sample`` collection images drawn with
-    ``seed`` — (a query that is in the collection is not its own neighbour), and every pair with cosine similarity
-    ≥ ``threshold``."""
+    ``query.k`` nearest images of each query — the image files ``query.images``, or ``query.sample`` collection
+    images drawn with ``query.seed`` — (a query that is in the collection is not its own neighbour), and every pair
+    with cosine similarity ≥ ``threshold``."""
+    queries, sample, seed, k = query.images, query.sample, query.seed, query.k
     if (queries is None or len(queries) == 0) == (sample is None):
         raise ConfigError("give query images (--query) or a number of collection images to sample (--sample), "
                           "one of the two")
@@ -85,7 +95,8 @@ def find_neighbours(run_dir: str | Path, source: str | Path | None = None,
         outside = [i for i, r in enumerate(q_index) if r < 0]
         q_feats = torch.empty(len(q_index), feats.shape[1])
         if outside:
-            q_feats[outside] = embed_images(backbone, q_images[outside], batch_size, device, size, progress=False)
+            q_feats[outside] = embed_images(backbone, q_images[outside], FeatureExtraction(batch_size, device, size),
+                                            progress=False)
         inside = [i for i, r in enumerate(q_index) if r >= 0]
         if inside:
             q_feats[inside] = feats[[q_index[i] for i in inside]]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +115,8 @@ def typical_clusters(features: torch.Tensor, n: int, seed: int = 0) -> list[int]
 
 
 def select_to_label(features: torch.Tensor, n: int, strategy: str = "typical", seed: int = 0) -> list[int]:
-    """The ``n`` rows of ``features`` to label first, in order, by ``strategy`` (kcenter, kcenter_dense, typical or random)."""
+    """The ``n`` rows of ``features`` to label first, in order, by ``strategy`` (kcenter, kcenter_dense, typical or
+    random)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r} (choose {', '.join(STRATEGIES)})")
     if n < 1:
@@ -130,13 +132,21 @@ def select_to_label(features: torch.Tensor, n: int, strategy: str = "typical", s
     return torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:n].tolist()
 
 
-def select_from_collection(run_dir: str | Path, source: str | Path | None = None, n: int = 100,
-                           strategy: str = "typical", seed: int = 0, device: str | None = None,
-                           out: str | Path | None = None, batch_size: int = 512,
+@dataclass(frozen=True)
+class Selection:
+    """How many images to choose (``n``), by which of :data:`STRATEGIES`, with which ``seed``."""
+    n: int = 100
+    strategy: str = "typical"
+    seed: int = 0
+
+
+def select_from_collection(run_dir: str | Path, source: str | Path | None = None, selection: Selection = Selection(),
+                           device: str | None = None, out: str | Path | None = None, batch_size: int = 512,
                            progress: bool = True) -> list[dict]:
     """Embed the collection (the folder ``source``, else the run's training data) with the run's encoder and choose
-    the ``n`` images to label first; one dict per pick (rank, id, and label/class when the collection has labels),
-    also written to the CSV ``out`` when given."""
+    the ``selection.n`` images to label first; one dict per pick (rank, id, and label/class when the collection has
+    labels), also written to the CSV ``out`` when given."""
+    n, strategy, seed = selection.n, selection.strategy, selection.seed
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r} (choose {', '.join(STRATEGIES)})")
     if n < 1:
