@@ -20,7 +20,8 @@ from selfsup.methods import build_method
 from selfsup.train.loop import FitPlan, fit
 
 STEPS = 4
-MODEL = {m: {"backbone": "vit", "vit_dim": 8, "vit_depth": 1, "vit_heads": 2} for m in ("msn", "mae")}  # 12x12 images: 9 patches
+# 12x12 images: 9 patches
+MODEL = {m: {"backbone": "vit", "vit_dim": 8, "vit_depth": 1, "vit_heads": 2} for m in ("msn", "mae")}
 
 
 def _cfg(out, method="simclr", workers=0):

@@ -17,8 +17,8 @@ from selfsup.config import load_config
 from selfsup.distributed import convert_sync_batchnorm
 from selfsup.errors import ConfigError
 from selfsup.methods import build_method
-from selfsup.methods.msn import log_prior, momentum_at, msn_loss
-from selfsup.models.vit import ViT
+from selfsup.methods.msn import MeanEntropyPrior, log_prior, momentum_at, msn_loss
+from selfsup.models.vit import ViT, ViTSpec
 
 TINY = {"backbone": "vit", "vit_dim": 8, "vit_depth": 1, "vit_heads": 2}
 
@@ -82,11 +82,12 @@ def _lightly_msn(anchors, targets, protos, tau, sharpen, iterations, weight, pri
 @pytest.mark.parametrize("iterations", [0, 3])
 def test_msn_loss_matches_lightly_msnloss_by_hand(iterations):
     anchors, targets, protos = _randn(0, 6, 5), _randn(1, 3, 5), _randn(2, 7, 5)  # 2 anchor views of 3 images
-    ours = float(msn_loss(anchors, targets, protos, 0.1, 0.25, iterations, 1.0, log_prior(7, "uniform", 0.0)))
+    uniform = log_prior(7, "uniform", 0.0)
+    ours = float(msn_loss(anchors, targets, protos, 0.1, 0.25, iterations, MeanEntropyPrior(1.0, uniform)))
     ref = _lightly_msn(anchors.numpy(), targets.numpy(), protos.numpy(), 0.1, 0.25, iterations, 1.0)
     assert ours == pytest.approx(ref, rel=1e-10)
     # λ = 0: the cross-entropy alone, smaller (the regulariser is a KL, ≥ 0)
-    ce = float(msn_loss(anchors, targets, protos, 0.1, 0.25, iterations, 0.0, log_prior(7, "uniform", 0.0)))
+    ce = float(msn_loss(anchors, targets, protos, 0.1, 0.25, iterations, MeanEntropyPrior(0.0, uniform)))
     assert ce == pytest.approx(_lightly_msn(anchors.numpy(), targets.numpy(), protos.numpy(), 0.1, 0.25,
                                             iterations, 0.0), rel=1e-10)
     assert ce < ours
@@ -97,7 +98,8 @@ def test_pmsn_regulariser_is_kl_of_the_mean_prediction_to_a_power_law():
     pi = np.arange(1, 7, dtype=np.float64) ** -0.25
     pi /= pi.sum()
     np.testing.assert_allclose(log_prior(6, "power_law", 0.25).exp().numpy(), pi, rtol=1e-12)
-    ours = float(msn_loss(anchors, targets, protos, 0.1, 0.25, 3, 0.7, log_prior(6, "power_law", 0.25)))
+    power_law = MeanEntropyPrior(0.7, log_prior(6, "power_law", 0.25))
+    ours = float(msn_loss(anchors, targets, protos, 0.1, 0.25, 3, power_law))
     ce = _lightly_msn(anchors.numpy(), targets.numpy(), protos.numpy(), 0.1, 0.25, 3, 0.0)
     p_bar = _softmax_rows(_unit(anchors.numpy()) @ _unit(protos.numpy()).T / 0.1).mean(0)
     kl = sum(p_bar[k] * math.log(p_bar[k] / pi[k]) for k in range(6))  # KL(p̄ ‖ π)
@@ -106,9 +108,10 @@ def test_pmsn_regulariser_is_kl_of_the_mean_prediction_to_a_power_law():
     lightly = _lightly_msn(anchors.numpy(), targets.numpy(), protos.numpy(), 0.1, 0.25, 3, 0.7, prior=pi)
     assert abs(lightly - ours) > 1e-4
     # exponent 0: the power law is uniform and PMSN is MSN
-    assert float(msn_loss(anchors, targets, protos, 0.1, 0.25, 3, 0.7, log_prior(6, "power_law", 0.0))) == \
-        pytest.approx(float(msn_loss(anchors, targets, protos, 0.1, 0.25, 3, 0.7, log_prior(6, "uniform", 0))),
-                      rel=1e-12)
+    flat = MeanEntropyPrior(0.7, log_prior(6, "power_law", 0.0))
+    uniform = MeanEntropyPrior(0.7, log_prior(6, "uniform", 0))
+    assert float(msn_loss(anchors, targets, protos, 0.1, 0.25, 3, flat)) == \
+        pytest.approx(float(msn_loss(anchors, targets, protos, 0.1, 0.25, 3, uniform)), rel=1e-12)
 
 
 # ------------------------------------------------------------------------------------------- defining properties
@@ -127,8 +130,9 @@ def test_the_regulariser_drives_the_mean_prediction_to_the_prior(prior):
     start, dominant = float((p_bar() * (p_bar().log() - log_pi)).sum()), float(p_bar()[0])
     for _ in range(300):
         anchors.grad = None
-        (msn_loss(anchors, targets, protos, 0.1, 0.25, 0, 1.0, log_pi)
-         - msn_loss(anchors, targets, protos, 0.1, 0.25, 0, 0.0, log_pi)).backward()  # the KL term alone
+        # the KL term alone
+        (msn_loss(anchors, targets, protos, 0.1, 0.25, 0, MeanEntropyPrior(1.0, log_pi))
+         - msn_loss(anchors, targets, protos, 0.1, 0.25, 0, MeanEntropyPrior(0.0, log_pi))).backward()
         with torch.no_grad():
             anchors -= 80.0 * anchors.grad  # plain gradient descent (the gradient of a batch mean: ~1/40)
     end = float((p_bar() * (p_bar().log() - log_pi)).sum())
@@ -142,7 +146,9 @@ def test_targets_are_sharpened_and_sinkhorn_balances_them():
     sim = unit(targets, dim=1) @ unit(protos, dim=1).T
     q_sharp = torch.softmax(sim / 0.025, 1)  # τ⁺ = τ·T
     p = torch.softmax(sim / 0.1, 1)
-    ent = lambda d: -(d * d.log()).sum(1)
+    def ent(d):
+        return -(d * d.log()).sum(1)
+
     assert (ent(q_sharp) < ent(p)).all()  # sharper than the anchor's prediction of the same embedding
     torch.testing.assert_close(q_sharp, p ** 4 / (p ** 4).sum(1, keepdim=True))
     balanced = torch.from_numpy(_lightly_sinkhorn(q_sharp.numpy(), 1000))
@@ -151,7 +157,7 @@ def test_targets_are_sharpened_and_sinkhorn_balances_them():
     assert float(q_sharp.sum(0).max() - q_sharp.sum(0).min()) > 1.0  # unbalanced before
     log_pa = torch.log_softmax(unit(anchors, dim=1) @ unit(protos, dim=1).T / 0.1, 1)
     for it, q in ((0, q_sharp), (1000, balanced)):  # the cross-entropy's targets
-        ce = float(msn_loss(anchors, targets, protos, 0.1, 0.25, it, 0.0, log_prior(6, "uniform", 0)))
+        ce = float(msn_loss(anchors, targets, protos, 0.1, 0.25, it, MeanEntropyPrior(0.0, log_prior(6, "uniform", 0))))
         assert ce == pytest.approx(float(-(q * log_pa).sum(1).mean()), rel=1e-10)
 
 
@@ -186,7 +192,7 @@ def test_the_anchor_sees_only_its_kept_patches_and_the_target_the_whole_image():
 
 
 def test_masked_grid_readout_averages_the_present_tokens():
-    vit = ViT(1, patch=4, dim=8, depth=1, heads=2, pool="grid", grid=2).double()
+    vit = ViT(1, ViTSpec(patch=4, dim=8, depth=1, heads=2, pool="grid", grid=2)).double()
     x = torch.rand(2, 1, 16, 16, dtype=torch.float64)
     z = vit.encode(vit.embed(x))
     every = torch.arange(16).expand(2, -1)

@@ -154,7 +154,7 @@ def linear_probe(train: LabelledFeatures, val: LabelledFeatures, test: LabelledF
         models[l2] = prev
         with torch.no_grad():
             val_scores[l2] = float((prev(va).argmax(1) == val_y).float().mean())
-    best = max(val_scores, key=lambda l: (val_scores[l], l))
+    best = max(val_scores, key=lambda s: (val_scores[s], s))
     full_f = torch.cat([train_f, val_f]).float()
     full_y = torch.cat([train_y, val_y])
     full, te = _standardize(full_f, test_f.float())

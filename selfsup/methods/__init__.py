@@ -100,6 +100,7 @@ def build_method(cfg: Config, in_channels: int, num_samples: int = 0, image_size
     return cls(backbone, method_params(cfg))
 
 
-__all__ = ["build_method", "check_method", "method_params", "METHODS", "DESCRIPTIONS", "SSLMethod", "SimCLR", "MoCo", "BYOL", "SimSiam", "BarlowTwins",
+__all__ = ["build_method", "check_method", "method_params", "METHODS", "DESCRIPTIONS", "SSLMethod", "SimCLR", "MoCo",
+           "BYOL", "SimSiam", "BarlowTwins",
            "VICReg", "SelfAdaptiveSSL", "MoCoV3", "NNCLR", "DCL", "DCLW", "WMSE", "TiCo", "SupCon", "SwAV", "DINO",
            "SuNCEt", "MAE", "IBOT", "IJEPA", "MSN", "MMCR"]

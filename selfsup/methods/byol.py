@@ -1,5 +1,6 @@
 """BYOL (Grill et al. 2020): online encoder + projector + predictor q, target = EMA of encoder + projector with
-τ from ``base_momentum`` to 1 on a cosine schedule. loss = Σ over both view orders of 2 − 2·cos(q(z_online), sg(z_target))."""
+τ from ``base_momentum`` to 1 on a cosine schedule.
+loss = Σ over both view orders of 2 − 2·cos(q(z_online), sg(z_target))."""
 from __future__ import annotations
 
 import torch

@@ -96,7 +96,8 @@ class MoCo(SSLMethod):
                 k1 = self.key_encoder(x1)
                 k2 = self.key_encoder(x2)
         queue = self.queue.clone()
-        loss = 0.5 * (info_nce(q1, k2, queue, self.params.temperature) + info_nce(q2, k1, queue, self.params.temperature))
+        tau = self.params.temperature
+        loss = 0.5 * (info_nce(q1, k2, queue, tau) + info_nce(q2, k1, queue, tau))
         if self.training:
             self._enqueue(torch.cat([k1, k2]))
         return loss

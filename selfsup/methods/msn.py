@@ -21,6 +21,7 @@ DDP's mean over ranks (the authors' code sums it, src/msn_train.py:367)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -43,10 +44,18 @@ def log_prior(k: int, prior: str, exponent: float) -> torch.Tensor:
     return log_w - torch.logsumexp(log_w, 0)
 
 
+@dataclass(frozen=True)
+class MeanEntropyPrior:
+    """The regulariser λ·KL(p̄ ‖ π): ``weight`` λ and ``log_pi`` log π over the K prototypes (:func:`log_prior`)."""
+    weight: float
+    log_pi: torch.Tensor
+
+
 def msn_loss(anchors: torch.Tensor, targets: torch.Tensor, prototypes: torch.Tensor, temperature: float,
-             sharpen: float, sinkhorn_iterations: int, reg_weight: float, log_pi: torch.Tensor) -> torch.Tensor:
+             sharpen: float, sinkhorn_iterations: int, prior: MeanEntropyPrior) -> torch.Tensor:
     """mean_i H(p⁺_i, p_i) + λ·KL(p̄ ‖ π): ``anchors`` (V·N, D) view-major, ``targets`` (N, D) (no gradient),
     ``prototypes`` (K, D); p̄ and the Sinkhorn batch are global under DDP."""
+    reg_weight, log_pi = prior.weight, prior.log_pi
     w = F.normalize(upcast(prototypes), dim=1)
     log_p = F.log_softmax(F.normalize(upcast(anchors), dim=1) @ w.T / temperature, dim=1)
     with torch.no_grad():
@@ -134,7 +143,7 @@ class MSN(SSLMethod):
             targets = self.target(views[0])
         p = self.params
         return msn_loss(anchors, targets, self.prototypes, p.temperature, p.sharpen_temp, p.sinkhorn_iterations,
-                        p.me_max_weight, self.log_pi)
+                        MeanEntropyPrior(p.me_max_weight, self.log_pi))
 
     @torch.no_grad()
     def on_step(self, progress):

@@ -5,26 +5,31 @@ loop: ``loss = model(views, idx=, labels=)``, its objective inside — see :mod:
 :class:`ClassLogits` is a trained one's K class logits, what the attacks of :mod:`selfsup.robustness` score."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from ..finetune.objectives import Objective
-    from ..robustness.adversarial_training import SupervisedAdversary
+
+class Adversary(Protocol):
+    """What adversarial training plugs in (:class:`selfsup.robustness.adversarial_training.SupervisedAdversary`):
+    its generator, and the classifier's loss on adversarial examples."""
+    gen: torch.Generator
+
+    def loss(self, clf: nn.Module, x: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor: ...
 
 
 class Classifier(nn.Module):
-    """Backbone + linear head; the training loss is its objective's (under ``adversary``: on adversarial
+    """Backbone + linear head; the training loss is its ``objective``'s (a :mod:`selfsup.finetune.objectives`
+    module with ``extra_outputs``; under ``adversary``: on adversarial
     examples, see :mod:`selfsup.robustness.adversarial_training`). ``epochs``: the length of the run in epochs, so that
     ``epoch_now`` (which the objectives' schedules read) is exact also when ``train.max_steps`` sets the length."""
     recipe = "supervised"
     uses_indices = True
     uses_labels = True
 
-    def __init__(self, backbone: nn.Module, num_classes: int, objective: Objective, epochs: float,
-                 freeze_backbone: bool = False, adversary: SupervisedAdversary | None = None):
+    def __init__(self, backbone: nn.Module, num_classes: int, objective: nn.Module, epochs: float,
+                 freeze_backbone: bool = False, adversary: Adversary | None = None):
         super().__init__()
         self.backbone, self.objective, self.num_classes = backbone, objective, num_classes
         self.adversary = adversary

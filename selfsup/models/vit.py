@@ -53,10 +53,10 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, l, d = x.shape
-        q, k, v = self.qkv(x).view(n, l, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        n, length, d = x.shape
+        q, k, v = self.qkv(x).view(n, length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)  # (n, heads, l, d_head)
-        return self.proj(out.transpose(1, 2).reshape(n, l, d))
+        return self.proj(out.transpose(1, 2).reshape(n, length, d))
 
 
 class Block(nn.Module):
