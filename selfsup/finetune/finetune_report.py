@@ -61,7 +61,7 @@ def plot_risk_coverage(run_dir: Path, curves: dict[str, dict]) -> str:
 
 # ------------------------------------------------------------------------------------------------ report section
 def _finetune(run: RunContents) -> str:
-    f = run.data("finetune.json")
+    f = run.data(RunDir.FINETUNE)
     if f is None:
         return ""
     labels = (("actual_label_error", "actual label error (training labels)"),
@@ -74,8 +74,8 @@ def _finetune(run: RunContents) -> str:
     if f.get("init"):
         rows.append(["encoder initialised from", str(f["init"])])
     parts = [table(["metric", "value"], rows, cls="finetune") if rows else "",
-             grid([file_figure(run.path, "curves.png", "accuracy per epoch"),
-                    file_figure(run.path, "risk_coverage.png", "risk-coverage (selective classification)")])]
+             grid([file_figure(run.path, RunDir.CURVES_PLOT, "accuracy per epoch"),
+                    file_figure(run.path, RunDir.RISK_COVERAGE_PLOT, "risk-coverage (selective classification)")])]
     sel = f.get("selective") or {}
     scorers = [s for s in ("abstain", "softmax_response") if s in sel]
     if scorers:
@@ -106,16 +106,16 @@ class FinetuneSection(Section):
     the encoder it started from (in place of the config's SSL method, which it does not train), loss, label noise,
     time and throughput."""
     id, title, order, rank = "finetune", "Fine-tuning", 80, 1
-    files = ("finetune.json",)
+    files = (RunDir.FINETUNE,)
 
     def applies(self, run: RunContents) -> bool:
-        return run.data("finetune.json") is not None
+        return run.data(RunDir.FINETUNE) is not None
 
     def render(self, run: RunContents) -> str:
         return _finetune(run)
 
     def header(self, run: RunContents) -> HeaderFacts:
-        return _header_facts(run.data("finetune.json"))
+        return _header_facts(run.data(RunDir.FINETUNE))
 
 
 register_section(FinetuneSection())

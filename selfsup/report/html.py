@@ -116,7 +116,7 @@ def _read_json(run: RunContents, name: str) -> dict | None:
 def read_run(path: Path, sections: list[Section]) -> RunContents:
     """What ``path`` holds: the core files, then the JSON files of ``sections`` in page order."""
     run = RunContents(path)
-    cfg = path / "config.yaml"
+    cfg = path / RunDir.CONFIG
     if cfg.exists():
         run.config_text = cfg.read_text()
         try:
@@ -124,8 +124,8 @@ def read_run(path: Path, sections: list[Section]) -> RunContents:
             run.config = loaded if isinstance(loaded, dict) else {}
         except yaml.YAMLError:
             run.unreadable.append("config.yaml could not be parsed")
-    run.results = _read_json(run, "eval.json")
-    run.train = (run.results or {}).get("train") or _read_json(run, "train_summary.json")
+    run.results = _read_json(run, RunDir.EVAL)
+    run.train = (run.results or {}).get("train") or _read_json(run, RunDir.TRAIN_SUMMARY)
     try:
         run.metrics = read_metrics(RunDir(path))
     except (OSError, json.JSONDecodeError):
@@ -242,16 +242,16 @@ def _trains_ssl_method(run: RunContents) -> bool:
 
 def _training(run: RunContents) -> str:
     figs = []
-    if (run.path / "loss.png").is_file():
-        figs.append(file_figure(run.path, "loss.png", "training loss"))
+    if (run.path / RunDir.LOSS_PLOT).is_file():
+        figs.append(file_figure(run.path, RunDir.LOSS_PLOT, "training loss"))
     else:
         data = _metric_plot(run.metrics, "loss", "training loss", "training loss")
         figs.append(figure(data, "training loss") if data else "")
     lr = _metric_plot(run.metrics, "lr", "learning rate", "learning rate schedule")
     if lr:
         figs.append(figure(lr, "learning rate"))
-    if (run.path / "knn.png").is_file():
-        figs.append(file_figure(run.path, "knn.png", "kNN accuracy on the validation split during training"))
+    if (run.path / RunDir.KNN_PLOT).is_file():
+        figs.append(file_figure(run.path, RunDir.KNN_PLOT, "kNN accuracy on the validation split during training"))
     elif _trains_ssl_method(run):
         data = _metric_plot(run.metrics, "knn_val", "kNN accuracy (validation split)", "kNN monitor")
         figs.append(figure(data, "kNN accuracy on the validation split during training") if data else "")
@@ -363,12 +363,12 @@ class _CoreSection(Section):
 
 
 def _embedding(run: RunContents) -> str:
-    return file_figure(run.path, "embedding.png", "2-D projection of the test features, coloured by class")
+    return file_figure(run.path, RunDir.EMBEDDING_PLOT, "2-D projection of the test features, coloured by class")
 
 
 def _retrieval(run: RunContents) -> str:
-    return file_figure(run.path, "retrieval.png", "seeded test queries (left) and their nearest test neighbours by "
-                       "cosine similarity of the features")
+    return file_figure(run.path, RunDir.RETRIEVAL_PLOT, "seeded test queries (left) and their nearest test "
+                       "neighbours by cosine similarity of the features")
 
 
 register_section(_CoreSection("training", "Training curves", 10, _training))

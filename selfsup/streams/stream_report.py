@@ -11,6 +11,7 @@ from matplotlib.ticker import MaxNLocator
 from ..report.figures import subplots
 from ..report.html_parts import escape, file_figure, grid, join_parts, pct, table
 from ..report.sections import HeaderFacts, RunContents, Section, register_section
+from ..rundir import RunDir
 
 
 def plot_stream(out_dir: Path, manifests: dict[str, dict], title: str = "stream") -> list[str]:
@@ -41,8 +42,8 @@ def plot_stream(out_dir: Path, manifests: dict[str, dict], title: str = "stream"
         axes[0].legend(fontsize=8)
         fig.suptitle(title)
         fig.tight_layout()
-        fig.savefig(out_dir / "accuracy_vs_chunk.png", dpi=110)
-        written.append("accuracy_vs_chunk.png")
+        fig.savefig(out_dir / RunDir.CHUNK_ACCURACY_PLOT, dpi=110)
+        written.append(RunDir.CHUNK_ACCURACY_PLOT)
     for strat, man in manifests.items():
         init = man.get("init_eval", {})
         rows = [c.get("eval", {}).get("task_linear") for c in man.get("chunks", [])]
@@ -239,7 +240,7 @@ def _metrics_table(summary: dict) -> str:
 
 
 def _stream(run: RunContents) -> str:
-    man = run.data("manifest.json")
+    man = run.data(RunDir.MANIFEST)
     if man is None:
         return ""
     parts = []
@@ -261,8 +262,8 @@ def _stream(run: RunContents) -> str:
     if rejected:
         parts.append("<h3>Rejected chunks</h3>" + table(
             ["chunk", "reason"], [[n, str(v.get("reason", ""))] for n, v in rejected.items()], cls="rejected"))
-    parts.append(_metrics_table((run.data("stream.json") or {}).get("summary") or {}))
-    parts.append(file_figure(run.path, "accuracy_vs_chunk.png", "accuracy after each chunk"))
+    parts.append(_metrics_table((run.data(RunDir.STREAM) or {}).get("summary") or {}))
+    parts.append(file_figure(run.path, RunDir.CHUNK_ACCURACY_PLOT, "accuracy after each chunk"))
     parts.append(grid([file_figure(run.path, p.name, f"per-task accuracy matrix, {p.stem[2:]}")
                         for p in sorted(run.path.glob("R_*.png"))]))
     return join_parts(*parts)
@@ -279,7 +280,7 @@ def _markdown_table(md: str) -> str:
 
 
 def _sequence(run: RunContents) -> str:
-    study = run.data("sequence.json")
+    study = run.data(RunDir.STUDY)
     if study is None:
         return ""
     if "aggregate" in study:  # selfsup sequence --seeds N: the aggregate over the seeds
@@ -305,36 +306,36 @@ class StreamSection(Section):
     """A stream run (``manifest.json``, ``stream.json``): the chunks, the rejected ones, the continual-learning
     metrics and the plots; the header's chunks, steps and time; a warning per rejected or skipped chunk."""
     id, title, order, rank = "stream", "Stream", 60, 2
-    files = ("manifest.json", "stream.json")
+    files = (RunDir.MANIFEST, RunDir.STREAM)
 
     def applies(self, run: RunContents) -> bool:
-        return run.data("manifest.json") is not None or run.data("stream.json") is not None
+        return run.data(RunDir.MANIFEST) is not None or run.data(RunDir.STREAM) is not None
 
     def render(self, run: RunContents) -> str:
         return _stream(run)
 
     def warnings(self, run: RunContents) -> list[str]:
-        man = run.data("manifest.json") or {}
+        man = run.data(RunDir.MANIFEST) or {}
         ws = [f"stream chunk {name} rejected (not trained): {why.get('reason', '?')}"
               for name, why in (man.get("rejected") or {}).items()]
         return ws + [f"stream chunk {c.get('name')}: skipped {c['skipped']}" for c in man.get("chunks", [])
                      if c.get("skipped")]
 
     def header(self, run: RunContents) -> HeaderFacts:
-        summary = (run.data("stream.json") or {}).get("summary")
+        summary = (run.data(RunDir.STREAM) or {}).get("summary")
         facts = ((("chunks", str(summary.get("chunks", 0))), ("steps", str(summary.get("steps", 0))),
                   ("training time", f"{summary.get('train_seconds', 0):.0f} s")) if summary else ())
-        return HeaderFacts(kind="stream" if run.data("manifest.json") is not None else "", facts=facts)
+        return HeaderFacts(kind="stream" if run.data(RunDir.MANIFEST) is not None else "", facts=facts)
 
 
 class SequenceStudySection(Section):
     """The root of a sequence study (``sequence.json``): its summary table (one seed, or the aggregate over several)
     and each sequence's plots."""
     id, title, order, rank = "sequence", "Sequence study", 70, 3
-    files = ("sequence.json",)
+    files = (RunDir.STUDY,)
 
     def applies(self, run: RunContents) -> bool:
-        return run.data("sequence.json") is not None
+        return run.data(RunDir.STUDY) is not None
 
     def render(self, run: RunContents) -> str:
         return _sequence(run)
