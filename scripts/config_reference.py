@@ -22,6 +22,7 @@ from pydantic.fields import FieldInfo
 from selfsup.atomic import atomic_write_text
 from selfsup.config import Config
 from selfsup.data import SOURCES
+from selfsup.streams.strategies import STRATEGIES
 from selfsup.methods import DESCRIPTIONS, METHODS
 from selfsup.train.run_policy import RESUMABLE_CHANGES
 
@@ -55,7 +56,7 @@ CROSS_CHECKS = [
 ]
 
 # Keys whose values a registry checks (config.register_check), not the schema: their names, for the "allowed" column.
-REGISTRIES = {"data.source": SOURCES}
+REGISTRIES = {"data.source": SOURCES, "stream.strategy": STRATEGIES, "sequence.strategies": STRATEGIES}
 
 _BOUNDS = ((at.Gt, "gt", "> {}"), (at.Ge, "ge", "≥ {}"), (at.Lt, "lt", "< {}"), (at.Le, "le", "≤ {}"),
            (at.MinLen, "min_length", "at least {} item(s)"), (at.MaxLen, "max_length", "at most {} item(s)"))

@@ -22,6 +22,7 @@ import contextlib
 import copy
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file
@@ -29,7 +30,9 @@ from torch import nn
 
 from ..atomic import atomic_save_tensors, atomic_write_text
 from ..augment import to_float
+from ..config import Config, register_check
 from ..data import ImageDataset
+from ..errors import ConfigError
 from .replay_buffer import ReservoirBuffer
 from ..methods.base import resolution_groups
 from ..models.heads import prediction_head
@@ -230,19 +233,28 @@ class Distill(Strategy):
         return sum(v.numel() * v.element_size() for v in self.old.state_dict().values())
 
 
-STRATEGIES = ("sequential", "joint", "replay", "regularize", "distill")
+# The registry: a strategy's name → how to build it from the run's config (a new strategy: its class above, and a
+# line here).
+STRATEGIES: dict[str, Callable[[Config], Strategy]] = {
+    "sequential": lambda cfg: Strategy(),
+    "joint": lambda cfg: Joint(),
+    "replay": lambda cfg: Replay(cfg.stream.buffer_size, cfg.stream.replay_fraction, cfg.seed),
+    "regularize": lambda cfg: Regularize(cfg.stream.regularizer, cfg.stream.reg_lambda, cfg.stream.importance_batches,
+                                         cfg.train.batch_size),
+    "distill": lambda cfg: Distill(cfg.stream.distill_weight, cfg.stream.distill_hidden),
+}
 
 
-def build_strategy(name: str, cfg) -> Strategy:
-    s = cfg.stream
-    if name == "sequential":
-        return Strategy()
-    if name == "joint":
-        return Joint()
-    if name == "replay":
-        return Replay(s.buffer_size, s.replay_fraction, cfg.seed)
-    if name == "regularize":
-        return Regularize(s.regularizer, s.reg_lambda, s.importance_batches, cfg.train.batch_size)
-    if name == "distill":
-        return Distill(s.distill_weight, s.distill_hidden)
-    raise ValueError(f"unknown strategy {name!r} (choose {', '.join(STRATEGIES)})")
+def build_strategy(name: str, cfg: Config) -> Strategy:
+    if name not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {name!r} (choose {', '.join(STRATEGIES)})")
+    return STRATEGIES[name](cfg)
+
+
+@register_check
+def check_strategies(cfg: Config) -> None:
+    """``stream.strategy`` and ``sequence.strategies`` name registered strategies; else ConfigError naming the key."""
+    for key, names in (("stream.strategy", [cfg.stream.strategy]), ("sequence.strategies", cfg.sequence.strategies)):
+        for name in names:
+            if name not in STRATEGIES:
+                raise ConfigError(f"config error: {key}: unknown strategy {name!r} (choose {', '.join(STRATEGIES)})")

@@ -13,7 +13,7 @@ class Strict(BaseModel):
 
 class StreamConfig(Strict):
     """Streamed pre-training (``selfsup stream`` / ``selfsup sequence``)."""
-    strategy: Literal["sequential", "joint", "replay", "regularize", "distill"] = Field(
+    strategy: str = Field(
         "sequential", description="sequential (naive), joint (re-train from scratch on everything seen), replay "
         "(reservoir buffer), regularize (MAS / EWC penalty on drift), distill (CaSSLe predictor to the frozen "
         "previous encoder)")
@@ -45,7 +45,7 @@ class SequenceConfig(Strict):
                     "distant_class (groups of similar classes per chunk), domain (a different domain per chunk), "
                     "far_domain (a larger shift: clean, inverted, heavily blurred, edge maps, digits)")
     chunks: int = Field(5, ge=2, description="chunks per sequence")
-    strategies: list[Literal["sequential", "joint", "replay", "regularize", "distill"]] = Field(
+    strategies: list[str] = Field(
         default_factory=lambda: ["joint", "sequential", "replay", "regularize", "distill"], min_length=1,
-        description="stream strategies run on every sequence")
+        description="stream strategies run on every sequence (names as stream.strategy)")
     joint_every_chunk: bool = Field(False, description="joint: re-train after every chunk (else only after the last)")
