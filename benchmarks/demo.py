@@ -76,11 +76,11 @@ def sections(rec: dict) -> dict:
 
 def summary(rec: dict) -> list[dict]:
     s = rec["eval"]["ssl"]
-    return [harness.summary_row(f"demo {name}, Fashion-MNIST test (one run; peer quoted, 8 min)",
+    return [harness.summary_row(f"demo {name} test (1 run; peer quoted)",
                                 f"{100 * s[k]:.2f} %", f"lightly {100 * PEER[k]:.1f} %",
                                 f"{100 * (s[k] - PEER[k]):+.2f} points", rec, "demo")
             for name, k in (("kNN", "knn_test"), ("linear", "linear_test"))] + [
-        harness.summary_row("demo wall time, whole command (one run)", f"{rec['wall_seconds'] / 60:.1f} min",
+        harness.summary_row("demo wall time (1 run)", f"{rec['wall_seconds'] / 60:.1f} min",
                             f"previous demo {rec['baseline']['wall_seconds'] / 60:.1f} min"
                             if rec.get("baseline") else "–",
                             f"{rec['wall_seconds'] / rec['baseline']['wall_seconds']:.2f}×"

@@ -41,13 +41,17 @@ WRAP = 118
 
 BENCHMARKS = ["throughput", "demo", "gpu", "peers", "methods", "streaming", "robustness", "noisy_labels",
               "knn_surrogate", "label_first", "semi_supervised", "memory"]
-"""Every benchmark module, in the order of the summary table."""
+"""Every benchmark, in the order of the summary table."""
+MODULES = {"peers": "peers.run"}
+"""A benchmark whose module is not ``benchmarks.<name>``."""
 
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 """The /proc/cpuinfo flags that decide which CPU kernels torch can use (fp32 GEMM width, bf16/int8 paths)."""
 
-HEADER = ("# Benchmarks\n\nEvery number here comes from a record in `benchmarks/results/*.json` (its full command, "
-          "commit, host\nand dependency hashes) and is rewritten from it by `python -m benchmarks.report`.\n")
+HEADER = ("# Benchmarks\n\nEvery number outside the dated note blocks comes from a record in "
+          "`benchmarks/results/*.json` (its full\ncommand, commit, host and dependency hashes) and is rewritten from it "
+          "by `python -m benchmarks.report`.\nThe note blocks (`<!-- note DATE -->`) are written by hand and kept as "
+          "they are.\n")
 
 # ---------------------------------------------------------------------------------------------------------------------
 # the record
@@ -216,10 +220,13 @@ def needs_run(rec: dict | None) -> bool:
 
 
 def records(store, path: str = "") -> list[tuple[str, dict]]:
-    """Every record (a dict with a "command" and a "commit") in a results store, with its path of keys."""
+    """Every record in a results store, with its path of keys: a dict with a "commit" and a "command" (or, in older
+    files, a "machine"), the outermost one where records nest."""
+    if isinstance(store, list):
+        return [x for i, v in enumerate(store) for x in records(v, f"{path}[{i}]")]
     if not isinstance(store, dict):
         return []
-    if isinstance(store.get("command"), str) and "commit" in store:
+    if isinstance(store.get("commit"), str) and ("command" in store or "machine" in store):
         return [(path or "(the file)", store)]
     out = []
     for k, v in store.items():
@@ -264,7 +271,8 @@ def provenance(store: dict, results: str) -> list[str]:
         s, files = freshness(r)
         status[s].append(path)
         changed.update(files)
-    lines = [command_line([r for _, r in recs], results),
+    commands = [r for _, r in recs] + [{"command": c} for c in store.get("commands", [])]
+    lines = [command_line(commands, results),
              f"Commit{'s' if len(commits) > 1 else ''}: {', '.join(commits)}. "
              f"Host{'s' if len(hosts) > 1 else ''}: {'; '.join(hosts)}."]
     lines.append(freshness_sentence(status, sorted(changed)))
@@ -285,14 +293,51 @@ def freshness_sentence(status: dict[str, list[str]], changed: list[str]) -> str:
     return "Freshness: " + "; ".join(parts) + "."
 
 
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def split_table(lines: list[str], limit: int = MAX_LINE) -> list[str]:
+    """A markdown table too wide for ``limit`` as several tables, each repeating the key columns (the first, and the
+    second too when the first repeats its values, e.g. sequence | strategy)."""
+    if all(len(ln) <= limit for ln in lines) or len(lines) < 3:
+        return lines
+    rows = [_cells(ln) for ln in lines[:1] + lines[2:]]
+    first = [r[0] for r in rows[1:]]
+    key = 2 if len(set(first)) < len(first) and len(rows[0]) > 3 else 1
+    groups, cur = [], []
+    for j in range(key, len(rows[0])):
+        trial = cur + [j]
+        width = max(len(md_table([], [[r[i] for i in range(key)] + [r[i] for i in trial]]).split("\n")[-1])
+                    for r in rows)
+        if cur and width > limit:
+            groups.append(cur)
+            trial = [j]
+        cur = trial
+    groups.append(cur)
+    out = []
+    for g in groups:
+        cols = list(range(key)) + g
+        out += ([""] if out else []) + md_table([rows[0][i] for i in cols],
+                                                [[r[i] for i in cols] for r in rows[1:]]).split("\n")
+    return out
+
+
 NOTE = re.compile(r"<!-- note \d{4}-\d{2}-\d{2} -->.*?<!-- /note -->", re.S)
 
 
 def wrap(body: str, width: int = WRAP) -> str:
-    """Prose lines wrapped to ``width``; tables, headings, code fences, note blocks and HTML comments left alone."""
-    out, fence, in_note = [], False, False
-    for line in body.split("\n"):
+    """Prose lines wrapped to ``width``; tables split where wider than MAX_LINE; headings, code fences, note blocks
+    and HTML comments left alone."""
+    out, fence, in_note, table = [], False, False, []
+    for line in body.split("\n") + [""]:
         s = line.lstrip()
+        if s.startswith("|") and not fence and not in_note:
+            table.append(line)
+            continue
+        if table:
+            out += split_table(table)
+            table = []
         if s.startswith("```"):
             fence = not fence
         if s.startswith("<!-- note "):
@@ -306,19 +351,24 @@ def wrap(body: str, width: int = WRAP) -> str:
                                  break_long_words=False, break_on_hyphens=False)
         if s.startswith("<!-- /note -->"):
             in_note = False
-    return "\n".join(out)
+    return "\n".join(out[:-1])
 
 
-def update_section(key: str, body: str, path: Path | None = None) -> None:
-    """Replace (or append) the section between ``<!-- key -->`` markers, keeping its dated note blocks."""
+def update_section(key: str, body: str, path: Path | None = None, after: str | None = None) -> None:
+    """Replace the section between ``<!-- key -->`` markers, keeping its dated note blocks; a new section goes after
+    section ``after`` (when there is one) or at the end."""
     path = path or BENCH_MD
     start, end = f"<!-- {key} -->", f"<!-- /{key} -->"
     text = path.read_text() if path.exists() else HEADER
     old = re.search(re.escape(start) + r"\n(.*?)" + re.escape(end), text, flags=re.S)
     notes = NOTE.findall(old.group(1)) if old else []
     block = f"{start}\n{wrap(body.rstrip())}\n" + "".join(f"\n{n}\n" for n in notes) + end
+    prev = after and text.find(f"<!-- /{after} -->")
     if old:
         text = text[:old.start()] + block + text[old.end():]
+    elif prev is not None and prev >= 0:
+        cut = prev + len(f"<!-- /{after} -->")
+        text = text[:cut] + "\n\n" + block + text[cut:]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
@@ -389,9 +439,21 @@ def write(bench: Benchmark, store: dict, path: Path | None = None) -> list[str]:
         if body is None:
             continue
         update_section(key, body.rstrip() + "\n\n" + "\n".join(provenance(scope, _results_name(bench.results))),
-                       path)
+                       path, after=written[-1] if written else None)
         written.append(key)
     return written
+
+
+def report(names: list[str] | None = None, path: Path | None = None) -> None:
+    """Rewrite every benchmark's sections that has a results file, then the summary (``python -m
+    benchmarks.report``)."""
+    benches = load_benchmarks(names)
+    for b in benches:
+        if b.results.exists():
+            print(f"{b.name}: {', '.join(write(b, load(b.results), path)) or 'no section'}")
+        else:
+            print(f"{b.name}: no results file ({_results_name(b.results)}); its sections are left as they are")
+    write_summary(path, benches)
 
 
 SUMMARY_HEADER = ["claim", "selfsup", "peer / baseline", "ratio or margin", "host (CPU, ISA)", "commit", "section"]
@@ -414,7 +476,7 @@ def summary_section(benches: list[Benchmark], md: str) -> str:
             continue
         for r in b.summary(load(b.results)):
             title = heads.get(r["section"])
-            link = f"[{r['section']}](#{anchor(title)})" if title else r["section"]
+            link = f"[§](#{anchor(title)})" if title else r["section"]
             rows.append([r["claim"], r["selfsup"], r["other"], r["margin"], r["host"], r["commit"], link])
     return "\n".join(["## Summary", "",
                       "Each row's figures come from its section's record; ± is the std over seeds where the "
@@ -422,7 +484,7 @@ def summary_section(benches: list[Benchmark], md: str) -> str:
 
 
 def load_benchmarks(names=None) -> list[Benchmark]:
-    return [importlib.import_module(f"benchmarks.{n}").BENCH for n in (names or BENCHMARKS)]
+    return [importlib.import_module(f"benchmarks.{MODULES.get(n, n)}").BENCH for n in (names or BENCHMARKS)]
 
 
 def write_summary(path: Path | None = None, benches: list[Benchmark] | None = None) -> None:

@@ -67,18 +67,22 @@ def sections(store: dict) -> dict:
     return {section: (section_body(rec), rec) for section, rec in store.items()}
 
 
+def forward_text(rec: dict) -> str:
+    """What BPDA's forward pass is (older records do not name k and T)."""
+    return f" (forward = the real kNN, k = {rec['k']}, T = {rec['t']:g})" if "k" in rec else ""
+
+
 def section_body(rec: dict) -> str:
-    head = (f"{rec['n']} training images outside the kNN bank, L∞ ε = {rec['eps']:g}, BPDA (forward = the real kNN, "
-            f"k = {rec['k']}, T = {rec['t']:g}")
+    head = f"{rec['n']} training images outside the kNN bank, L∞ ε = {rec['eps']:g}, BPDA{forward_text(rec)}"
     if rec["kind"] == "diagnose":
         body = [f"## kNN: PGD-20 vs AutoAttack's gradient components (ε = {rec['eps']:g}), accuracy % (attack "
                 "seconds)", "",
-                f"{head}) through the default surrogate ({rec['surrogate']}); APGD-CE / APGD-T alone with "
+                f"{head} through the default surrogate ({rec['surrogate']}); APGD-CE / APGD-T alone with "
                 f"AutoAttack-standard's settings (100 iterations; APGD-T on {min(9, rec['num_classes'] - 1)} target "
                 "classes).", "", md_table(["attack", *rec["cols"]], rec["rows"])]
     else:
         body = [f"## kNN attack surrogate (ε = {rec['eps']:g}): PGD-20 accuracy % through each soft-kNN variant "
-                "(lower = stronger attack)", "", f"{head}).", "",
+                "(lower = stronger attack)", "", f"{head}.", "",
                 md_table(["soft_k", "T_soft", "whole-bank floor", *rec["cols"], "mean"], rec["rows"])]
     return "\n".join(body)
 

@@ -148,7 +148,7 @@ def summary(store: dict) -> list[dict]:
     if best is None:
         return []
     noise = 100 * max(s[best]["std"], s["random"]["std"])
-    return [harness.summary_row(f"labels chosen first: best strategy ({best}) vs random, {store['n']} labels",
+    return [harness.summary_row(f"label first: {best} vs random, {store['n']} labels",
                                 f"{100 * s[best]['mean']:.2f} ± {100 * s[best]['std']:.2f} %",
                                 f"random {100 * s['random']['mean']:.2f} ± {100 * s['random']['std']:.2f} %",
                                 f"{100 * (s[best]['mean'] - s['random']['mean']):+.2f} ± {noise:.2f} points "

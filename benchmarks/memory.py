@@ -128,7 +128,7 @@ def sections(rec: dict) -> dict:
 
 def summary(rec: dict) -> list[dict]:
     lo, hi = rec["rows"][0], rec["rows"][-1]
-    return [harness.summary_row(f"peak memory, lazy 96 px JPEG folder, {lo['images']} → {hi['images']} images",
+    return [harness.summary_row(f"peak PSS, JPEG folder, {lo['images']} → {hi['images']} images",
                                 f"{lo['peak_pss_mb']:.0f} → {hi['peak_pss_mb']:.0f} MB PSS",
                                 f"decoded {lo['decoded_mb']:.0f} → {hi['decoded_mb']:.0f} MB",
                                 f"{hi['peak_pss_mb'] - lo['peak_pss_mb']:+.0f} MB", rec, "memory")]

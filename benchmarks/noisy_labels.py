@@ -165,7 +165,7 @@ def summary(store: dict) -> list[dict]:
         per = store.get("noise", {}).get(setting, {})
         if "sat" in per and "ce" in per:
             sat, ce = per["sat"]["test_acc_at_best_val"], per["ce"]["test_acc_at_best_val"]
-            out.append(harness.summary_row(f"noisy labels {setting}: SAT vs CE, test at best noisy val (one run)",
+            out.append(harness.summary_row(f"SAT vs CE, {setting} label noise (1 run)",
                                            f"{100 * sat:.2f} %", f"CE {100 * ce:.2f} %",
                                            f"{100 * (sat - ce):+.2f} points", per["sat"], "noisy-labels"))
     return out

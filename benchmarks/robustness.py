@@ -117,7 +117,8 @@ def sections(store: dict) -> dict:
                          ("—" if gap is None else f"{100 * gap:.2f}" + (
                              f" (> {MASKING_POINTS:g}: suspect gradient masking)"
                              if round(100 * gap, 2) > MASKING_POINTS else "")),
-                         f"{per.get('minutes', 0):.1f}", per.get("surrogate", "—"), warn or "—",
+                         f"{per.get('minutes', 0):.1f}", per.get("surrogate", "—"),
+                         harness.short_command(warn, 60) if warn else "—",
                          harness.short_host(per) if per.get("machine") else "—"])
         cr = rep.get("corruptions")
         if cr:

@@ -273,7 +273,7 @@ def summary(store: dict) -> list[dict]:
         return []
     p = store["supcon"]
     s, c = p["supcon"]["linear_test"], p["ce"]["test_acc_last"]
-    return [harness.summary_row(f"SupCon (linear probe) vs cross-entropy, {p['epochs']:g} epochs (one run)",
+    return [harness.summary_row(f"SupCon vs CE, {p['epochs']:g} epochs (1 run)",
                                 f"{100 * s:.2f} %", f"CE {100 * c:.2f} %", f"{100 * (s - c):+.2f} points", p,
                                 "semi-supervised")]
 

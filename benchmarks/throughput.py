@@ -128,7 +128,7 @@ def sections(rec: dict) -> dict:
 def summary(rec: dict) -> list[dict]:
     v = {x["name"]: max(x["img_s"]) for x in rec["variants"]}
     (a, fa), (b, fb) = list(v.items())[:2]
-    return [harness.summary_row(f"CPU training img/s, {a} vs {b} (best of {len(rec['variants'][0]['img_s'])})",
+    return [harness.summary_row(f"CPU img/s, {a.split()[0]} vs {b} (best of {len(rec['variants'][0]['img_s'])})",
                                 f"{fa:.0f} img/s", f"{b} {fb:.0f} img/s", f"{fa / fb:.2f}×", rec, "throughput")]
 
 
