@@ -49,9 +49,9 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
 """The /proc/cpuinfo flags that decide which CPU kernels torch can use (fp32 GEMM width, bf16/int8 paths)."""
 
 HEADER = ("# Benchmarks\n\nEvery number outside the dated note blocks comes from a record in "
-          "`benchmarks/results/*.json` (its full\ncommand, commit, host and dependency hashes) and is rewritten from it "
-          "by `python -m benchmarks.report`.\nThe note blocks (`<!-- note DATE -->`) are written by hand and kept as "
-          "they are.\n")
+          "`benchmarks/results/*.json` (its full\ncommand, commit, host and dependency hashes) and is rewritten from "
+          "it by `python -m benchmarks.report`.\nThe note blocks (`<!-- note DATE -->`) are written by hand and kept "
+          "as they are.\n")
 
 # ---------------------------------------------------------------------------------------------------------------------
 # the record
@@ -195,7 +195,7 @@ def traced(argv: list[str], out: Path) -> list[str]:
 
 
 def _trace_child(argv: list[str]) -> None:
-    out, module, rest = Path(argv[1]), argv[3], argv[4:]
+    out, module, rest = Path(argv[2]), argv[4], argv[5:]  # harness.py --trace-into OUT -m MODULE ARGS...
 
     def dump():
         out.write_text(json.dumps([_rel(Path(p)) for p in loaded_modules()]))
@@ -470,17 +470,20 @@ def summary_section(benches: list[Benchmark], md: str) -> str:
         h = re.search(r"^## (.+)$", body, flags=re.M)
         if h:
             heads[key] = h.group(1)
-    rows = []
+    rows, links = [], {}
     for b in benches:
         if b.summary is None or not b.results.exists():
             continue
         for r in b.summary(load(b.results)):
             title = heads.get(r["section"])
-            link = f"[§](#{anchor(title)})" if title else r["section"]
+            if title:  # reference-style links keep the rows short
+                links[r["section"]] = f"[{r['section']}]: #{anchor(title)}"
+            link = f"[{r['section']}]" if title else r["section"]
             rows.append([r["claim"], r["selfsup"], r["other"], r["margin"], r["host"], r["commit"], link])
     return "\n".join(["## Summary", "",
                       "Each row's figures come from its section's record; ± is the std over seeds where the "
-                      "record has seeds, and a row without it is one run.", "", md_table(SUMMARY_HEADER, rows)])
+                      "record has seeds, and a row without it is one run.", "", md_table(SUMMARY_HEADER, rows), "",
+                      *links.values()])
 
 
 def load_benchmarks(names=None) -> list[Benchmark]:
