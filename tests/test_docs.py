@@ -334,3 +334,31 @@ def test_numbers_quoted_from_benchmarks_are_in_the_records(page):
             if n.replace("−", "-").lstrip("+") not in recorded:
                 missing.append(n)
     assert missing == [], f"{page.name}: numbers not in benchmarks/results/*.json: {sorted(set(missing))}"
+
+
+def _bench_section(title: str) -> str | None:
+    """The text of the BENCHMARKS.md section whose heading starts with ``title`` (up to its end marker)."""
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    m = re.search(r"^#{2,3} " + re.escape(title) + r".*?(?=^<!-- /)", text, flags=re.M | re.S)
+    return m.group(0) if m else None
+
+
+@pytest.mark.parametrize("page", NUMBER_PAGES, ids=lambda p: p.name)
+def test_numbers_cited_with_a_section_are_in_that_section(page):
+    """A paragraph citing BENCHMARKS.md, section "X" quotes its decimals from that section (generated from the
+    records), not from another table that happens to hold the same digits."""
+    checked, missing = 0, []
+    for para in _cited_paragraphs(page.read_text()):
+        if ILLUSTRATIVE in para:
+            continue
+        flat = para.replace("\n", " ")
+        titles = re.findall(r"BENCHMARKS\.md\]?(?:\([^)]*\))?,? (?:section )?\"([^\"]+)\"", flat)
+        titles += re.findall(r"section \"([^\"]+)\"", flat)
+        sections = [s for s in (_bench_section(t) for t in titles) if s]
+        if not sections:
+            continue
+        for n in re.findall(r"(?<![\w.])[-+−]?\d+\.\d+(?![\w.])", para):
+            checked += 1
+            if not any(re.search(r"(?<![\d.])" + re.escape(n.lstrip("+−-")) + r"(?![\d])", s) for s in sections):
+                missing.append(n)
+    assert missing == [], f"{page.name}: numbers not in the cited section: {sorted(set(missing))}"
