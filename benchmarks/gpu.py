@@ -1,8 +1,8 @@
 """GPU numbers: SimCLR with the CIFAR-stem ResNet-18 on 32x32 RGB Fashion-MNIST, selfsup against lightly's pipeline
 (benchmarks/peers/lightly_simclr.py) interleaved in one invocation, and the evaluation suite's time on the GPU.
 
-    python benchmarks/gpu.py --steps 100 --repeats 2 --out gpu.json      # on a machine with CUDA (and lightly)
-    python benchmarks/gpu.py --report-only                               # rewrite the section from the results
+    python -m benchmarks.gpu --steps 100 --repeats 2 --out gpu.json   # on a machine with CUDA (and lightly)
+    python -m benchmarks.gpu --report-only                            # rewrite the section from the results
 
 selfsup runs configs/simclr_resnet18_gpu.yaml (bf16 autocast, channels_last, augmentation on the GPU) with
 data.size=32, data.channels=3; lightly runs its SimCLRTransform in DataLoader workers (PIL) with the same batch,
@@ -12,7 +12,6 @@ The record is rewritten after every phase, so a run stopped part-way keeps what 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -24,14 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import ROOT, command, git_rev, md_table, update_section  # noqa: E402
-from selfsup.data import fashion_mnist  # noqa: E402
-from selfsup.data.build import conform  # noqa: E402
-from selfsup.evaluate.suite import evaluate_run  # noqa: E402
-from selfsup.workflows import pretrain  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import ROOT, md_table
+from selfsup.data import fashion_mnist
+from selfsup.data.build import conform
+from selfsup.evaluate.suite import evaluate_run
+from selfsup.workflows import pretrain
 
-RESULTS = ROOT / "benchmarks" / "results" / "gpu.json"
 PEER = ROOT / "benchmarks" / "peers" / "lightly_simclr.py"
 CONFIG = ROOT / "configs" / "simclr_resnet18_gpu.yaml"
 
@@ -47,8 +45,9 @@ def sync(device: str) -> None:
 
 
 def selfsup_run(out: Path, tag: str, steps: int, batch: int, device: str) -> tuple[dict, Path]:
-    ov = [f"train.device={device}", f"output_dir={out}", f"name=gpu-{tag}", "data.size=32", "data.channels=3", f"train.max_steps={steps}",
-          f"train.batch_size={batch}", "train.monitor_every_epochs=1000", "train.checkpoint_every_steps=100000"]
+    ov = [f"train.device={device}", f"output_dir={out}", f"name=gpu-{tag}", "data.size=32", "data.channels=3",
+          f"train.max_steps={steps}", f"train.batch_size={batch}", "train.monitor_every_epochs=1000",
+          "train.checkpoint_every_steps=100000"]
     sync(device)
     t = time.perf_counter()
     r = pretrain(str(CONFIG), ov, progress=False, evaluate=False)
@@ -68,12 +67,24 @@ def lightly_run(npy: Path, steps: int, batch: int, workers: int, device: str, py
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def write_section(rec: dict) -> None:
+def good(runs: list[dict]) -> list[float]:
+    return [r["img_s"] for r in runs if "img_s" in r]
+
+
+def eval_sentence(rec: dict) -> str:
+    cpu = (f", {rec['eval_cpu_seconds']:.1f} s on the host's {rec['cpus']} CPU cores" if "eval_cpu_seconds" in rec
+           else "")
+    return ("Evaluation suite (`evaluate_run`: features of the 70 000 images, kNN, linear probe, few-shot, transfer "
+            f"to digits, diagnostics, embedding map) of a run above: {rec['eval_cuda_seconds']:.1f} s on the GPU"
+            f"{cpu}.")
+
+
+def sections(rec: dict) -> dict:
     ss, pl = rec.get("selfsup", []), rec.get("lightly", [])
     lines = ["## GPU: SimCLR ResNet-18 (CIFAR stem) at 32×32, selfsup vs lightly; the evaluation suite on the GPU", "",
-             f"Command: `{rec['command']}` (commit {rec['commit']}); device: {rec['gpu']}; host CPU: "
-             f"{rec.get('host_cpu', '?')}, {rec['cpus']} cores. Batch {rec['batch']}, {rec['steps']} steps per run, runs interleaved "
-             f"(selfsup, lightly, selfsup, …); img/s = images / wall time of the training loop, first steps included; "
+             f"Device: {rec['gpu']}; host CPU: {rec.get('host_cpu', '?')}, {rec['cpus']} cores. Batch {rec['batch']}, "
+             f"{rec['steps']} steps per run, runs interleaved (selfsup, lightly, selfsup, …); img/s = images / "
+             "wall time of the training loop, first steps included; "
              f"epoch time = {rec['epoch_images']} images / img/s. lightly: {rec.get('lightly_version', '?')} with "
              f"{rec['workers']} DataLoader workers (its PIL SimCLRTransform), bf16 autocast and channels_last as "
              f"selfsup's config.", ""]
@@ -88,15 +99,10 @@ def write_section(rec: dict) -> None:
             if "error" in r:
                 rows.append([name, "failed", r["error"].strip().splitlines()[-1][:120], ""])
     lines.append(md_table(["pipeline", "img/s (best)", "img/s (each run)", "epoch s (best)"], rows))
-    good = lambda runs: [r["img_s"] for r in runs if "img_s" in r]  # noqa: E731
     if good(ss) and good(pl):
         lines += ["", f"selfsup / lightly (best runs): {max(good(ss)) / max(good(pl)):.2f}×."]
     if "eval_cuda_seconds" in rec:
-        lines += ["", f"Evaluation suite (`evaluate_run`: features of the 70 000 images, kNN, linear probe, few-shot, "
-                      f"transfer to digits, diagnostics, embedding map) of a run above: "
-                      f"{rec['eval_cuda_seconds']:.1f} s on the GPU"
-                  + (f", {rec['eval_cpu_seconds']:.1f} s on the host's {rec['cpus']} CPU cores"
-                     if "eval_cpu_seconds" in rec else "") + "."]
+        lines += ["", eval_sentence(rec)]
     if "second" in rec:  # a later invocation, added by hand from its gpu.json
         s2 = rec["second"]
         lines += ["", f"A second invocation (same command, {s2['commit']}): selfsup "
@@ -108,33 +114,41 @@ def write_section(rec: dict) -> None:
                       f"device only for feature matrices over 256 MB. Tests there: {s2['tests']}."]
     if "tests" in rec:
         lines += ["", f"GPU tests (`{rec['tests']['command']}`): {rec['tests']['summary']}"]
-    update_section("gpu", "\n".join(lines))
+    return {"gpu": "\n".join(lines)}
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def summary(rec: dict) -> list[dict]:
+    ss, pl = good(rec.get("selfsup", [])), good(rec.get("lightly", []))
+    if not (ss and pl):
+        return []
+    return [harness.summary_row(f"GPU img/s vs lightly, ResNet-18, bf16 both (best of {len(ss)})",
+                                f"{max(ss):.0f} img/s",
+                                f"lightly {max(pl):.0f} img/s", f"{max(ss) / max(pl):.2f}×", rec, "gpu")]
+
+
+def add_arguments(ap) -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     ap.add_argument("--cpu-eval", action="store_true", help="also time the evaluation suite on the CPU")
     ap.add_argument("--tests", default="", help="pytest arguments to run on the GPU after the measurements")
-    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--results", "--out", type=Path, default=harness.RESULTS_DIR / "gpu.json",
+                    help="results file (default: %(default)s)")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke test of this script, no numbers to keep")
     ap.add_argument("--peer-python", default=sys.executable, help="a Python that has lightly (the peer environment)")
-    ap.add_argument("--report-only", action="store_true")
-    a = ap.parse_args()
-    if a.report_only:
-        return write_section(json.loads(RESULTS.read_text()))
+
+
+def run(a, store: dict, results: Path) -> dict:
     if a.device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit("benchmarks/gpu.py needs a CUDA device")
-    out_path = Path(a.out)
-    cpu_model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    rec = {"command": command(), "commit": git_rev(), "host_cpu": cpu_model, "gpu": gpu_name() if a.device.startswith("cuda") else a.device, "cpus": os.cpu_count(), "batch": a.batch,
+        raise SystemExit("python -m benchmarks.gpu needs a CUDA device")
+    rec = {**harness.stamp(), "host_cpu": harness.cpu()[0],
+           "gpu": gpu_name() if a.device.startswith("cuda") else a.device, "cpus": os.cpu_count(), "batch": a.batch,
            "steps": a.steps, "workers": a.workers, "selfsup": [], "lightly": []}
 
     def save():
-        out_path.write_text(json.dumps(rec, indent=1))
+        rec["dependencies"] = harness.dependencies([CONFIG])
+        harness.save(results, rec)
 
     tmp = Path(tempfile.mkdtemp())
     train = conform(fashion_mnist("train"), 32, 3)
@@ -174,7 +188,10 @@ def main():
         rec["eval_cpu_seconds"] = time.perf_counter() - t
         print("eval cpu", rec["eval_cpu_seconds"], flush=True)
         save()
+    return rec
 
+
+BENCH = harness.Benchmark("gpu", sections, run=run, add_arguments=add_arguments, summary=summary, doc=__doc__)
 
 if __name__ == "__main__":
-    main()
+    harness.main(BENCH)

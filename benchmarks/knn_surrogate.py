@@ -1,6 +1,6 @@
 """Which soft-kNN surrogate attacks a kNN classifier best (BPDA: the real kNN forward, the surrogate's gradient)?
 
-    python benchmarks/knn_surrogate.py [--runs runs/bench/robust-b_ssl runs/bench/robust-e_ssl_at] [--n 300]
+    python -m benchmarks.knn_surrogate [--runs runs/bench/robust-b_ssl runs/bench/robust-e_ssl_at] [--n 300]
         [--eps 0.1]
 
 For each pre-training run, PGD-20 against the run's kNN classifier through each surrogate variant (whole bank or
@@ -8,7 +8,7 @@ top-K neighbourhood, softmax temperature T_soft), on --n training images outside
 images the robustness benchmark reports. Lower accuracy = stronger attack. Writes the "knn-surrogate" section of
 BENCHMARKS.md; the default of selfsup.robustness.attacks.KNNModel was chosen from it.
 
-    python benchmarks/knn_surrogate.py --diagnose [--runs runs/bench/robust-e_ssl_at] [--eps 0.1]
+    python -m benchmarks.knn_surrogate --diagnose [--runs runs/bench/robust-e_ssl_at] [--eps 0.1]
 
 Where PGD-20 and AutoAttack disagree on a kNN model: the default surrogate only, PGD with 20 and 100 steps and
 AutoAttack's APGD-CE and APGD-T run alone, on the same held-out images (section "knn-gap[-EPS]"). If more PGD steps or
@@ -20,21 +20,18 @@ Every invocation keeps its numbers in benchmarks/results/knn_surrogate.json (one
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
-from selfsup.config import load_config  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import ROOT, md_table
+from selfsup.config import load_config
 from selfsup.robustness.attacks import AttackSpec, build_classifier, predict, run_attack
-from selfsup.data import load_datasets  # noqa: E402
+from selfsup.data import load_datasets
 
-RESULTS = ROOT / "benchmarks" / "results" / "knn_surrogate.json"
 VARIANTS = [(None, 0.02, 0), (None, 0.05, 0), (None, 0.1, 0), (20, 0.1, 0), (30, 0.1, 0), (50, 0.05, 0),
             (50, 0.1, 0), (50, 0.2, 0), (100, 0.1, 0), (200, 0.05, 0), (200, 0.1, 0), (500, 0.1, 0), (1000, 0.02, 0),
             (200, 0.05, 1e-3), (200, 0.05, 1e-1), (50, 0.1, 1e-3), (1000, 0.02, 1e-3)]  # (soft_k, T_soft, soft_floor)
@@ -60,36 +57,37 @@ def _classifiers(args, cols: list[str]):
         yield run, knn, x, y
 
 
-def _store(section: str, rec: dict) -> None:
-    store = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    store[section] = rec
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(store, indent=1))
-
-
 def _stamp(args, knn) -> dict:
-    return {"command": command(), "commit": git_rev(), "machine": machine(), "n": args.n, "eps": args.eps,
-            "k": knn.k, "t": knn.t, "num_classes": knn.num_classes}
+    configs = [Path(r) / "config.yaml" for r in args.runs]  # the runs' configs (outside the tree: not hashed)
+    return {**harness.stamp(configs=configs), "n": args.n, "eps": args.eps, "k": knn.k, "t": knn.t,
+            "num_classes": knn.num_classes}
 
 
-def write_section(section: str, rec: dict) -> None:
-    head = (f"Command: `{rec['command']}` (commit {rec['commit']}); machine: {rec['machine']}. {rec['n']} training "
-            f"images outside the kNN bank, L∞ ε = {rec['eps']:g}, BPDA (forward = the real kNN, k = {rec['k']}, "
-            f"T = {rec['t']:g}")
+def sections(store: dict) -> dict:
+    return {section: (section_body(rec), rec) for section, rec in store.items()}
+
+
+def forward_text(rec: dict) -> str:
+    """What BPDA's forward pass is (older records do not name k and T)."""
+    return f" (forward = the real kNN, k = {rec['k']}, T = {rec['t']:g})" if "k" in rec else ""
+
+
+def section_body(rec: dict) -> str:
+    head = f"{rec['n']} training images outside the kNN bank, L∞ ε = {rec['eps']:g}, BPDA{forward_text(rec)}"
     if rec["kind"] == "diagnose":
         body = [f"## kNN: PGD-20 vs AutoAttack's gradient components (ε = {rec['eps']:g}), accuracy % (attack "
                 "seconds)", "",
-                f"{head}) through the default surrogate ({rec['surrogate']}); APGD-CE / APGD-T alone with "
+                f"{head} through the default surrogate ({rec['surrogate']}); APGD-CE / APGD-T alone with "
                 f"AutoAttack-standard's settings (100 iterations; APGD-T on {min(9, rec['num_classes'] - 1)} target "
                 "classes).", "", md_table(["attack", *rec["cols"]], rec["rows"])]
     else:
         body = [f"## kNN attack surrogate (ε = {rec['eps']:g}): PGD-20 accuracy % through each soft-kNN variant "
-                "(lower = stronger attack)", "", f"{head}).", "",
+                "(lower = stronger attack)", "", f"{head}.", "",
                 md_table(["soft_k", "T_soft", "whole-bank floor", *rec["cols"], "mean"], rec["rows"])]
-    update_section(section, "\n".join(body))
+    return "\n".join(body)
 
 
-def diagnose(args) -> None:
+def diagnose(args, store: dict) -> dict:
     cols, rows = [], {}
     attacks = [("PGD-20", "pgd", 20), ("PGD-100", "pgd", 100), ("APGD-CE", "apgd-ce", 0), ("APGD-T", "apgd-t", 0)]
     for run, knn, x, y in _classifiers(args, cols):
@@ -102,12 +100,10 @@ def diagnose(args) -> None:
     section = args.section if args.section != "knn-surrogate" else f"knn-gap-{args.eps:g}"
     rec = {"kind": "diagnose", **_stamp(args, knn), "surrogate": knn.surrogate, "cols": cols,
            "rows": [[k, *v] for k, v in rows.items()]}
-    _store(section, rec)
-    write_section(section, rec)
+    return {**store, section: rec}
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def add_arguments(ap) -> None:
     ap.add_argument("--runs", nargs="+", default=[str(ROOT / "runs/bench/robust-b_ssl"),
                                                   str(ROOT / "runs/bench/robust-e_ssl_at")])
     ap.add_argument("--n", type=int, default=300)
@@ -115,18 +111,14 @@ def main():
     ap.add_argument("--section", default="knn-surrogate", help="BENCHMARKS.md section to write")
     ap.add_argument("--diagnose", action="store_true",
                     help="PGD-20/PGD-100/APGD-CE/APGD-T through the default surrogate instead of the surrogate table")
-    ap.add_argument("--report-only", action="store_true",
-                    help=f"rewrite every section stored in {RESULTS.relative_to(ROOT)} without attacking")
-    args = ap.parse_args()
-    if args.report_only:
-        for section, rec in (json.loads(RESULTS.read_text()) if RESULTS.exists() else {}).items():
-            write_section(section, rec)
-        return
+
+
+def run(args, store: dict, results: Path) -> dict:
     missing = [r for r in args.runs if not (Path(r) / "config.yaml").exists()]
     if missing:
-        sys.exit(f"error: {missing[0]} is not a selfsup run directory (train it with benchmarks/robustness.py)")
+        sys.exit(f"error: {missing[0]} is not a selfsup run directory (train it with python -m benchmarks.robustness)")
     if args.diagnose:
-        return diagnose(args)
+        return diagnose(args, store)
     cols, acc = [], {}
     for run, knn, x, y in _classifiers(args, cols):
         for k, t, floor in VARIANTS:
@@ -139,9 +131,10 @@ def main():
     rows = [[k or "whole bank", t, floor or "—", *[f"{100 * a:.2f}" for a in v], f"{100 * sum(v) / len(v):.2f}"]
             for (k, t, floor), v in sorted(acc.items(), key=lambda kv: sum(kv[1]))]
     rec = {"kind": "surrogate", **_stamp(args, knn), "cols": cols, "rows": rows}
-    _store(args.section, rec)
-    write_section(args.section, rec)
+    return {**store, args.section: rec}
 
+
+BENCH = harness.Benchmark("knn_surrogate", sections, run=run, add_arguments=add_arguments, doc=__doc__)
 
 if __name__ == "__main__":
-    main()
+    harness.main(BENCH)

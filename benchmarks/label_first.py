@@ -1,9 +1,9 @@
 """Which images to label first: k-centre greedy, typicality and random selection of 1 % of Fashion-MNIST's training
 set, scored by the linear probe trained on the chosen images and their labels.
 
-    python benchmarks/label_first.py                          # train an encoder briefly (configs/demo.yaml, 1 epoch), then select
-    python benchmarks/label_first.py --run runs/demo-...      # reuse a trained run's encoder
-    python benchmarks/label_first.py --report-only            # rewrite the BENCHMARKS.md section from the stored results
+    python -m benchmarks.label_first                # train an encoder briefly (configs/demo.yaml, 1 epoch)
+    python -m benchmarks.label_first --run runs/demo-... # reuse a trained run's encoder
+    python -m benchmarks.label_first --report-only  # rewrite the section from the stored results
 
 Features: the encoder's backbone output (eval mode) for all 60 000 training and 10 000 test images. For each strategy
 and seed, ``select_to_label`` picks ``--n`` training images from the features alone (no label is looked at); the
@@ -14,35 +14,25 @@ from the stored numbers.
 """
 from __future__ import annotations
 
-import os
+import json
+import shutil
 import sys
+import time
+from pathlib import Path
 
-# run as a script, this file's folder comes first on sys.path and this file would shadow the standard library's
-# ``select`` module (which subprocess, imported by torch, needs): drop the folder before importing anything else
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import ROOT, command, cpu, git_rev, machine, md_table, update_section  # noqa: E402
-from selfsup.atomic import atomic_write_text  # noqa: E402
-from selfsup.config import load_config  # noqa: E402
-from selfsup.data.sources import fashion_mnist  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import ROOT, md_table
+from selfsup.config import load_config
+from selfsup.data.sources import fashion_mnist
 from selfsup.takeaways.collection import FeatureExtraction, embed_images
 from selfsup.takeaways.select import STRATEGIES, select_to_label
-from selfsup.evaluate.probes import LabelledFeatures, ProbeGrid, linear_probe  # noqa: E402
-from selfsup.models import backbone_info, load_backbone  # noqa: E402
-from selfsup.workflows import pretrain  # noqa: E402
+from selfsup.evaluate.probes import LabelledFeatures, ProbeGrid, linear_probe
+from selfsup.models import backbone_info, load_backbone
+from selfsup.workflows import pretrain
 
-RESULTS = ROOT / "benchmarks" / "results" / "select.json"
 CONFIG = ROOT / "configs" / "demo.yaml"
 VAL_FRACTION = 0.1
 
@@ -104,8 +94,8 @@ def run(args) -> dict:
         acc = np.array(per["test_acc"])
         per["mean"], per["std"] = float(acc.mean()), float(acc.std(ddof=1)) if len(acc) > 1 else 0.0
         results[strategy] = per
-    name, flags = cpu()
-    return {"command": command(), "commit": git_rev(), "machine": machine(), "cpu_model": name,
+    name, flags = harness.cpu()
+    return {**harness.stamp(configs=[CONFIG]), "cpu_model": name,
             "avx2": "avx2" in flags, "avx512": "avx512f" in flags, "encoder": encoder, "feat_dim": int(f_tr.shape[1]),
             "n": args.n, "pool": len(f_tr), "seeds": args.seeds, "embed_seconds": round(embed_s, 1),
             "strategies": results, "wall_seconds": round(time.perf_counter() - t_start, 1)}
@@ -130,7 +120,7 @@ def conclusion(store: dict) -> str:
     return f"With {store['n']} labels chosen from {store['pool']} images: " + "; ".join(parts) + "."
 
 
-def write_section(store: dict) -> None:
+def sections(store: dict) -> dict:
     rows = []
     for name, r in store["strategies"].items():
         rows.append([name, f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}",
@@ -138,11 +128,9 @@ def write_section(store: dict) -> None:
                      f"{min(r['classes_covered'])}–{max(r['classes_covered'])}",
                      f"{min(r['smallest_class'])}–{max(r['smallest_class'])}",
                      f"{np.mean(r['select_seconds']):.1f}"])
-    isa = ", ".join(f"{f} {'yes' if store[k] else 'no'}" for f, k in (("avx2", "avx2"), ("avx512", "avx512")))
-    update_section("select", "\n".join([
+    return {"select": "\n".join([
         f"## Which images to label first: {store['n']} of Fashion-MNIST's {store['pool']} training images", "",
-        f"Command: `{store['command']}` (commit {store['commit']}); CPU: {store['cpu_model']} ({isa}); machine: "
-        f"{store['machine']}; wall time {store['wall_seconds'] / 60:.1f} min.",
+        f"Wall time {store['wall_seconds'] / 60:.1f} min. "
         f"Features ({store['feat_dim']}-d): {store['encoder']}. Each strategy picks from the features alone; the "
         f"linear probe (selfsup.evaluate.probes.linear_probe, L2 chosen on a seeded {100 * VAL_FRACTION:g} % of the "
         f"picks, refitted on all) is trained on the picks with their labels and scored on the 10 000 test images. "
@@ -150,31 +138,44 @@ def write_section(store: dict) -> None:
         f"k-means' initialisation, the random draw; and the probe's validation split).", "",
         md_table(["strategy", "test acc %", "per seed", "classes covered", "smallest class (images)",
                   "selection s"], rows), "",
-        conclusion(store)]))
+        conclusion(store)])}
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def summary(store: dict) -> list[dict]:
+    s = store["strategies"]
+    if "random" not in s:
+        return []
+    best = max((k for k in s if k != "random"), key=lambda k: s[k]["mean"], default=None)
+    if best is None:
+        return []
+    noise = 100 * max(s[best]["std"], s["random"]["std"])
+    return [harness.summary_row(f"label first: {best} vs random, {store['n']} labels",
+                                f"{100 * s[best]['mean']:.2f} ± {100 * s[best]['std']:.2f} %",
+                                f"random {100 * s['random']['mean']:.2f} ± {100 * s['random']['std']:.2f} %",
+                                f"{100 * (s[best]['mean'] - s['random']['mean']):+.2f} ± {noise:.2f} points "
+                                f"({store['seeds']} seeds)", store, "select")]
+
+
+def add_arguments(ap) -> None:
     ap.add_argument("--run", help="a trained run directory whose encoder to use (default: train one here)")
     ap.add_argument("--epochs", type=float, default=1.0, help="pre-training epochs when no --run is given")
     ap.add_argument("--n", type=int, default=600, help="images to label (600 = 1 %% of the training set)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))
-    ap.add_argument("--report-only", action="store_true",
-                    help="rewrite the section from benchmarks/results/select.json without running anything")
-    args = ap.parse_args()
-    if args.report_only:
-        return write_section(json.loads(RESULTS.read_text()))
+
+
+def run_bench(args, store: dict, results: Path) -> dict:
     torch.manual_seed(0)
     store = run(args)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULTS, json.dumps(store, indent=1))
-    write_section(store)
     for name, r in store["strategies"].items():
         print(f"{name:8s} {100 * r['mean']:.2f} ± {100 * r['std']:.2f} %")
     print(conclusion(store))
+    return store
 
+
+BENCH = harness.Benchmark("label_first", sections, results=harness.RESULTS_DIR / "select.json", run=run_bench,
+                          add_arguments=add_arguments, summary=summary, doc=__doc__)
 
 if __name__ == "__main__":
-    main()
+    harness.main(BENCH)

@@ -1,8 +1,8 @@
 """Bounded memory: pre-training from a folder of 96×96 RGB JPEGs read lazily (data.in_memory=never, DataLoader
 workers) must not grow with the number of images.
 
-    python benchmarks/memory.py [--sizes 10000,60000] [--steps 15] [--workers 2] [--keep DIR]
-    python benchmarks/memory.py --report-only      # rewrite the section from benchmarks/results/memory.json
+    python -m benchmarks.memory [--sizes 10000,60000] [--steps 15] [--workers 2] [--keep DIR]
+    python -m benchmarks.memory --report-only      # rewrite the section from benchmarks/results/memory.json
 
 The folder is made from Fashion-MNIST by this script (training images upscaled to 96×96, tinted to RGB with a
 per-image colour, JPEG quality 90, one sub-folder per class). For each size, ``selfsup pretrain`` runs in a child
@@ -13,7 +13,6 @@ in RAM (N × 3 × 96 × 96 bytes).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -26,11 +25,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
-from selfsup.data import fashion_mnist  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import ROOT, md_table
+from selfsup.data import fashion_mnist
 
-RESULTS = ROOT / "benchmarks" / "results" / "memory.json"
+CONFIG = ROOT / "configs" / "simclr_fmnist.yaml"
 HEADER = ["images", "decoded size MB", "peak PSS, process + workers MB", "peak RSS, training process MB",
           "steps"]
 
@@ -84,11 +83,12 @@ def sample_tree(pid: int) -> tuple[int, int]:
 def measure(folder: Path, n: int, args, out: Path) -> dict:
     name = f"memory-{n}"
     shutil.rmtree(out / name, ignore_errors=True)
-    cmd = [sys.executable, "-m", "selfsup.cli", "pretrain", "--config", str(ROOT / "configs" / "simclr_fmnist.yaml"),
-           "--no-eval", f"name={name}", f"output_dir={out}", "data.source=folder", f"data.root={folder}",
+    cmd = [sys.executable, "-m", "selfsup.cli", "pretrain", "--config", str(CONFIG), "--no-eval", f"name={name}",
+           f"output_dir={out}", "data.source=folder", f"data.root={folder}",
            "data.size=96", "data.channels=3", "data.in_memory=never", f"data.workers={args.workers}",
            f"train.max_steps={args.steps}", f"train.batch_size={args.batch}", "train.monitor_every_epochs=1000"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deps = out / f"{name}.deps.json"
+    proc = subprocess.Popen(harness.traced(cmd, deps), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = [0, 0]
     done = threading.Event()
 
@@ -107,27 +107,34 @@ def measure(folder: Path, n: int, args, out: Path) -> dict:
         sys.exit(f"pretrain failed for {n} images:\n{err[-3000:]}")
     ts = json.loads((out / name / "train_summary.json").read_text())
     return {"images": n, "decoded_mb": n * 3 * 96 * 96 / 2 ** 20, "peak_pss_mb": peak[0] / 1024,
-            "peak_rss_mb": peak[1] / 1024, "steps": ts["steps"]}
+            "peak_rss_mb": peak[1] / 1024, "steps": ts["steps"], "modules": json.loads(deps.read_text())}
 
 
-def write_section(rec: dict) -> None:
+def sections(rec: dict) -> dict:
     rows = [[r["images"], f"{r['decoded_mb']:.0f}", f"{r['peak_pss_mb']:.0f}", f"{r['peak_rss_mb']:.0f}",
              r["steps"]] for r in rec["rows"]]
     lo, hi = rec["rows"][0], rec["rows"][-1]
     body = ["## Bounded memory: a lazily read folder of 96×96 RGB JPEGs", "",
-            f"Command: `{rec['command']}` at commit {rec['commit']}.", f"Machine: {rec['machine']}.",
-            f"SimCLR, small CNN (configs/simclr_fmnist.yaml; `model.stem: auto`, which from commit 859471f on gives the CNN a stride-2 first conv above 64 px), batch {rec['batch']}, `data.in_memory=never`, "
+            f"SimCLR, small CNN (configs/simclr_fmnist.yaml; `model.stem: auto`, which from commit 859471f on gives "
+            f"the CNN a stride-2 first conv above 64 px), batch {rec['batch']}, `data.in_memory=never`, "
             f"`data.workers={rec['workers']}`; the folder is Fashion-MNIST upscaled to 96×96 and tinted to RGB "
             "(JPEG q90). PSS is summed over the training process and its DataLoader workers (shared pages counted "
             "once); sampled every 0.2 s.", "", md_table(HEADER, rows), "",
             f"From {lo['images']} to {hi['images']} images ({hi['images'] / lo['images']:.0f}×; decoded "
             f"{lo['decoded_mb']:.0f} → {hi['decoded_mb']:.0f} MB) the peak PSS went from {lo['peak_pss_mb']:.0f} "
             f"to {hi['peak_pss_mb']:.0f} MB ({hi['peak_pss_mb'] - lo['peak_pss_mb']:+.0f} MB)."]
-    update_section("memory", "\n".join(body))
+    return {"memory": "\n".join(body)}
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def summary(rec: dict) -> list[dict]:
+    lo, hi = rec["rows"][0], rec["rows"][-1]
+    return [harness.summary_row(f"peak PSS, JPEG folder, {lo['images']} → {hi['images']} images",
+                                f"{lo['peak_pss_mb']:.0f} → {hi['peak_pss_mb']:.0f} MB PSS",
+                                f"decoded {lo['decoded_mb']:.0f} → {hi['decoded_mb']:.0f} MB",
+                                f"{hi['peak_pss_mb'] - lo['peak_pss_mb']:+.0f} MB", rec, "memory")]
+
+
+def add_arguments(ap) -> None:
     ap.add_argument("--sizes", default="10000,60000")
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--workers", type=int, default=2)
@@ -135,13 +142,12 @@ def main():
                     "it and dominate the memory)")
     ap.add_argument("--keep", type=Path, help="make / reuse the JPEG folder here (default: a temporary folder)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
-    ap.add_argument("--report-only", action="store_true")
-    args = ap.parse_args()
-    if args.report_only:
-        return write_section(json.loads(RESULTS.read_text()))
+
+
+def run(args, store: dict, results: Path) -> dict:
     sizes = [int(s) for s in args.sizes.split(",")]
     base = args.keep or Path(tempfile.mkdtemp(prefix="selfsup-jpegs-"))
-    rows = []
+    rows, modules = [], set()
     try:
         for n in sizes:
             folder = base / f"n{n}"
@@ -149,18 +155,18 @@ def main():
                 print(f"writing {n} JPEGs to {folder} ...", flush=True)
                 make_folder(folder, n)
             r = measure(folder, n, args, args.out)
+            modules.update(r.pop("modules"))
             print(" | ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()),
                   flush=True)
             rows.append(r)
     finally:
         if args.keep is None:
             shutil.rmtree(base, ignore_errors=True)
-    rec = {"rows": rows, "command": command(), "commit": git_rev(), "machine": machine(), "workers": args.workers,
-           "batch": args.batch}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(rec, indent=1))
-    write_section(rec)
+    return {**harness.stamp(configs=[CONFIG], modules=sorted(modules)), "rows": rows, "workers": args.workers,
+            "batch": args.batch}
 
+
+BENCH = harness.Benchmark("memory", sections, run=run, add_arguments=add_arguments, summary=summary, doc=__doc__)
 
 if __name__ == "__main__":
-    main()
+    harness.main(BENCH)

@@ -1,16 +1,17 @@
 """The method table: every method with the same backbone and the same number of epochs on Fashion-MNIST,
 each through the full pipeline (pre-training, then the evaluation suite).
 
-    python benchmarks/methods.py [--epochs 4] [--methods simclr,byol,dino_vit,...] [--out runs/bench]
-    python benchmarks/methods.py --minutes 8 [--methods ...]   # the same-wall-clock table: 8 min of training each
-    python benchmarks/methods.py --epochs 1 --minutes 3        # both tables, one calibration
-    python benchmarks/methods.py --report-only     # rewrite the section from benchmarks/results/methods.json
+    python -m benchmarks.methods [--epochs 4] [--methods simclr,byol,dino_vit,...] [--out runs/bench]
+    python -m benchmarks.methods --minutes 8 [--methods ...]   # the same-wall-clock table: 8 min of training each
+    python -m benchmarks.methods --epochs 1 --minutes 3        # both tables, one calibration
+    python -m benchmarks.methods --report-only     # rewrite the section from benchmarks/results/methods.json
 
 A row is a config: ``configs/<name>_fmnist.yaml`` for each name in ``--methods`` (a method, or a variant such as
 ``dino_vit`` — DINO on the ViT backbone). Prints the tables, keeps every row (with the command, commit and machine
-that measured it) in benchmarks/results/methods.json and writes the "methods" section of BENCHMARKS.md. A run
-replaces its rows and keeps the others, so a table can be filled over several invocations; a row whose method file
-changed after its commit is named as stale. Accuracies are on the Fashion-MNIST test set, with k (kNN) and L2
+that measured it, and the hashes of the files it used) in benchmarks/results/methods.json and writes the "methods"
+section of BENCHMARKS.md. A run replaces its rows and keeps the others, so a table can be filled over several
+invocations; a row any of whose files changed since is named as stale, and ``--missing-only`` re-runs the rows that
+are missing, stale or without dependency hashes. Accuracies are on the Fashion-MNIST test set, with k (kNN) and L2
 (linear probe) chosen on a validation split held out from train.
 
 Speed is measured first, for every selected config back to back: a calibration run of ``--calibrate-steps`` steps
@@ -25,35 +26,26 @@ second table ("wallclock" in the results file).
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
-import subprocess
 import shutil
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
-from selfsup.config import load_config  # noqa: E402
-from selfsup.data import load_datasets  # noqa: E402
-from selfsup.methods import METHODS  # noqa: E402
-from selfsup.workflows import pretrain  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import ROOT, md_table
+from selfsup.config import load_config
+from selfsup.data import load_datasets
+from selfsup.methods import METHODS
+from selfsup.workflows import pretrain
 
-RESULTS = ROOT / "benchmarks" / "results" / "methods.json"
+RESULTS = harness.RESULTS_DIR / "methods.json"
 HEADER = ["config", "backbone", "epochs", "steps", "img/s", "pre-train min at that img/s", "kNN %", "linear %",
-          "1 % labels linear %", "10 % labels linear %", "5-way 5-shot %", "digits linear %", "RankMe"]
+          "1 % labels linear %", "10 % labels linear %", "5-way 5-shot %", "digits linear %", "RankMe", "host"]
 LINEAR = HEADER.index("linear %")
 VARIANTS = ["dino_vit", "moco_v3_vit"]
 """Configs beyond one per method: the ViT backbone for the methods the issue runs on it (MAE's own config is ViT)."""
-
-
-def git(args: list[str]) -> str:
-    try:
-        return subprocess.check_output(["git", *args], cwd=ROOT, text=True, stderr=subprocess.DEVNULL).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
 
 
 def pct(x) -> str:
@@ -78,15 +70,36 @@ def row_from_run(name: str, d: Path, cal: dict) -> dict:
              "–" if shot is None else f"{100 * shot['mean']:.2f} ± {100 * shot['ci95']:.2f}",
              pct(ev.get("transfer_digits", {}).get("linear_test")), f"{ev['rankme']:.1f}"]
     raw = ev.get("raw_pixels")
-    return {"cells": cells, "method": cfg.method["name"], "command": wall["command"], "commit": wall["commit"],
-            "machine": wall["machine"], "raw": raw and {k: raw[k] for k in ("knn_test", "linear_test")}}
+    return {"cells": cells, "method": cfg.method["name"], **{k: wall[k] for k in ("command", "commit", "machine")},
+            "host": wall.get("host"), "dependencies": wall.get("dependencies"), "calibration": cal,
+            "raw": raw and {k: raw[k] for k in ("knn_test", "linear_test")}}
 
 
-def summary(rows: list[list[str]], raw: dict | None) -> list[str]:
+def cells(row: dict) -> list[str]:
+    """A row's table cells: the stored ones and its host."""
+    return [*row["cells"], harness.short_host(row)]
+
+
+def calibration_reused(row: dict) -> bool | None:
+    """Whether a row's img/s came from an earlier invocation's calibration (--calibration-from); None: unknown."""
+    cal = row.get("calibration")
+    if cal is not None:
+        return bool(cal.get("reused_from"))
+    return "--calibration-from" in row.get("command", "")
+
+
+def calibration_sentence(rows: list[dict]) -> str:
+    """How many rows' img/s were calibrated in the invocation that trained them."""
+    reused = sum(bool(calibration_reused(r)) for r in rows)
+    return (f"Calibration: {len(rows) - reused} of {len(rows)} rows were calibrated in the invocation that trained "
+            f"them, {reused} reuse an earlier invocation's calibration (`--calibration-from`, named in the record).")
+
+
+def summary_sentences(rows: list[list[str]], raw: dict | None) -> list[str]:
     """Sentences computed from the table: methods by linear accuracy, and the margin over raw pixels."""
     if not rows:
         return []
-    lin = sorted(((float(r[LINEAR]), r[0]) for r in rows), reverse=True)
+    lin = sorted(((float(r[LINEAR]), r[0]) for r in rows if r[LINEAR] != "–"), reverse=True)
     out = ["Linear probe, highest first: " + ", ".join(f"{m} {v:.2f} %" for v, m in lin) + "."]
     if raw:
         margins = [v - 100 * raw["linear_test"] for v, _ in lin]
@@ -96,73 +109,80 @@ def summary(rows: list[list[str]], raw: dict | None) -> list[str]:
     return out
 
 
-def stale_rows(rec: dict) -> list[str]:
-    """A sentence naming the rows whose method file changed after the commit that measured them (from git, when
-    the section is written), so an old row is never read as a measurement of today's code."""
-    stale = []
-    for m, r in rec["rows"].items():
-        changed = git(["log", "-1", "--format=%h", f"{r['commit']}..HEAD", "--",
-                       f"selfsup/methods/{r.get('method', m)}.py", f"configs/{m}_fmnist.yaml"])
-        if changed:
-            stale.append(f"{m} (changed in {changed})")
-    if not stale:
-        return []
-    budget = f"--minutes {rec['minutes']:g}" if "minutes" in rec else f"--epochs {rec['epochs']:g}"
-    return ["", f"Not re-measured since its code changed: {', '.join(stale)} — these rows describe the code at the "
-                f"commit that measured them; re-run them with `python benchmarks/methods.py {budget} --methods "
-                f"{','.join(s.split()[0] for s in stale)}`."]
-
-
 def ordered(rec: dict) -> list[str]:
     """Rows in the registry's order (METHODS, then VARIANTS), then any config no longer listed."""
     known = [*METHODS, *VARIANTS]
     return [m for m in known if m in rec["rows"]] + [m for m in rec["rows"] if m not in known]
 
 
+def hosts_sentence(rows: list[dict]) -> str:
+    """One host per table, or a warning that its rows compare across hosts."""
+    hosts = sorted({harness.short_host(r) for r in rows})
+    if len(hosts) == 1:
+        return f"Every row ran on one host: {hosts[0]}."
+    return (f"**The rows ran on {len(hosts)} hosts** ({'; '.join(hosts)}): compare img/s and minutes only between "
+            "rows of one host (the host column).")
+
+
 def table_lines(rec: dict, title: str, header: list[str], notes: list[str]) -> list[str]:
-    """One table (a title, the commands and machines that measured its rows, the rows, computed sentences)."""
+    """One table (a title, its settings, the rows, computed sentences)."""
     names = ordered(rec)
     if not names:
         return [title, "", "No rows measured yet."]
-    runs: dict[tuple[str, str], list[str]] = {}
-    for m in names:
-        r = rec["rows"][m]
-        runs.setdefault((r["command"], r["commit"]), []).append(m)
-    machines = sorted({rec["rows"][m]["machine"] for m in names})
-    rows = [rec["rows"][m]["cells"] for m in names]
-    body = [title, "",
-            "Commands (rows each measured): " + "; ".join(f"`{c}` at commit {k}: {', '.join(ms)}"
-                                                           for (c, k), ms in runs.items()) + ".",
-            "Machine: " + "; ".join(machines) + ".", *notes, "", md_table(header, rows)]
+    rows = [cells(rec["rows"][m]) for m in names]
+    body = [title, "", *notes, hosts_sentence([rec["rows"][m] for m in names]), "", md_table(header, rows)]
     raw = rec.get("raw")
     if raw:
         body += ["", f"Raw pixels through the same code: kNN {100 * raw['knn_test']:.2f} %, "
                      f"linear {100 * raw['linear_test']:.2f} %."]
-    return body + ["", *summary(rows, raw), *stale_rows(rec)]
+    return body + ["", *summary_sentences(rows, raw)]
 
 
-def write_section(rec: dict) -> None:
-    body = table_lines(rec, "## Method table: Fashion-MNIST, same backbone and epochs for every method", HEADER, [
-        "Settings: `configs/<config>_fmnist.yaml` (the CNN backbone for every method; `*_vit` and mae: the small "
-        "ViT). Test accuracy; k and L2 chosen on a validation split carved from train. img/s = source images per "
-        "second of step time (each seen in the method's views), from a calibration run of each config back to back "
-        "at the start of the invocation; pre-train min = the row's images at that speed. 1 % / 10 % labels: linear "
-        "probe on a class-balanced seeded share of the training labels; 5-way 5-shot: prototype classifier on "
-        "frozen features, mean ± 95 % CI over 200 episodes."])
+SETTINGS = ("Settings: `configs/<config>_fmnist.yaml` (the CNN backbone for every method; `*_vit` and mae: the small "
+            "ViT). Test accuracy; k and L2 chosen on a validation split carved from train. img/s = source images per "
+            "second of step time (each seen in the method's views), from a calibration run of each config back to "
+            "back at the start of an invocation; pre-train min = the row's images at that speed. 1 % / 10 % labels: "
+            "linear probe on a class-balanced seeded share of the training labels; 5-way 5-shot: prototype "
+            "classifier on frozen features, mean ± 95 % CI over 200 episodes.")
+
+
+def sections(rec: dict) -> dict:
+    epochs = {"rows": rec.get("rows", {})}
+    body = table_lines({**epochs, "raw": rec.get("raw")},
+                       "## Method table: Fashion-MNIST, same backbone and epochs for every method", HEADER,
+                       [SETTINGS])
+    out = {"methods": ("\n".join(body), epochs)}
     wc = rec.get("wallclock")
     if wc and wc.get("rows"):
-        body += ["", *table_lines({**wc, "raw": rec.get("raw")},
-                                  f"### The same wall-clock budget: {wc['minutes']:g} min of training per method",
-                                  HEADER, [
-            "Steps per config = budget × the img/s its calibration run measured in the same invocation (its own "
-            "warm-up + cosine schedule over those steps); the epochs column is what that bought."])]
+        wrows = {"rows": wc["rows"]}
+        out["methods-wallclock"] = ("\n".join(table_lines(
+            {**wc, "raw": rec.get("raw")},
+            f"## Method table at the same wall-clock budget: {wc['minutes']:g} min of training per method", HEADER,
+            ["Steps per config = budget × the img/s of its calibration run (its own warm-up + cosine schedule over "
+             "those steps); the epochs column is what that bought. "
+             + calibration_sentence(list(wc["rows"].values()))])), wrows)
     vit = [m for m in ordered(rec) if rec["rows"][m]["cells"][1] == "vit"]
     cnn = [m for m in ordered(rec) if rec["rows"][m]["cells"][1] != "vit"]
     if vit and cnn:
         best = max(cnn, key=lambda m: float(rec["rows"][m]["cells"][LINEAR]))
-        body += ["", "### ViT rows beside the best CNN row (same epochs)", "",
-                 md_table(HEADER, [rec["rows"][m]["cells"] for m in [*vit, best]])]
-    update_section("methods", "\n".join(body))
+        picked = {m: rec["rows"][m] for m in [*vit, best]}
+        out["methods-vit"] = ("\n".join([
+            "## Method table: ViT rows beside the best CNN row (same epochs)", "",
+            hosts_sentence(list(picked.values())), "", md_table(HEADER, [cells(r) for r in picked.values()])]),
+            {"rows": picked})
+    return out
+
+
+def summary(rec: dict) -> list[dict]:
+    rows = rec.get("rows", {})
+    raw = rec.get("raw")
+    if not rows or not raw:
+        return []
+    best = max(rows, key=lambda m: float(rows[m]["cells"][LINEAR]))
+    lin = float(rows[best]["cells"][LINEAR])
+    return [harness.summary_row(f"best linear probe ({best}), {rec['epochs']:g} epoch, vs raw pixels", f"{lin:.2f} %",
+                                f"raw pixels {100 * raw['linear_test']:.2f} %",
+                                f"{lin - 100 * raw['linear_test']:+.2f} points", rows[best], "methods")]
 
 
 def config_path(name: str) -> Path:
@@ -172,7 +192,7 @@ def config_path(name: str) -> Path:
     return p
 
 
-def run_method(m: str, name: str, out: Path, overrides: list[str], rev: str, evaluate: bool = True):
+def run_method(m: str, name: str, out: Path, overrides: list[str], evaluate: bool = True):
     """Pre-train (and evaluate) one config; the wall time, train-set size and provenance go beside its results."""
     shutil.rmtree(out / name, ignore_errors=True)
     t0 = time.perf_counter()
@@ -181,22 +201,22 @@ def run_method(m: str, name: str, out: Path, overrides: list[str], rev: str, eva
                  progress=sys.stdout.isatty(), evaluate=evaluate)
     cfg = load_config(r.run_dir / "config.yaml")
     (r.run_dir / "bench_wall.json").write_text(json.dumps({
-        "total_seconds": time.perf_counter() - t0, "command": command(), "commit": rev, "machine": machine(),
+        "total_seconds": time.perf_counter() - t0, **harness.stamp(configs=[config_path(m)]),
         "train_size": len(load_datasets(cfg.data)[0])}))
     return r
 
 
-def calibrate(names: list[str], args, out: Path, rev: str) -> dict:
+def calibrate(names: list[str], args, out: Path) -> dict:
     """img/s of every config, measured back to back before any long run (this phase must have the machine alone)."""
     cal = {}
     for m in names:
         kept = args.calibration_from and Path(args.calibration_from) / f"bench-{m}-calibrate" / "train_summary.json"
         if kept and kept.exists():  # an earlier invocation's calibration, run alone (its run dir names it)
             ts = json.loads(kept.read_text())
-            cal[m] = {"img_per_s": ts["images_per_second"], "steps": ts["steps"]}
+            cal[m] = {"img_per_s": ts["images_per_second"], "steps": ts["steps"], "reused_from": str(kept)}
             print(f"calibration {m}: {ts['images_per_second']:.0f} img/s over {ts['steps']} steps, from {kept}")
             continue
-        r = run_method(m, f"bench-{m}-calibrate", out, [f"train.max_steps={args.calibrate_steps}", *args.set], rev,
+        r = run_method(m, f"bench-{m}-calibrate", out, [f"train.max_steps={args.calibrate_steps}", *args.set],
                        evaluate=False)
         cal[m] = {"img_per_s": r.images_per_second, "steps": r.steps}
         print(f"calibration {m}: {r.images_per_second:.0f} img/s over {r.steps} steps", flush=True)
@@ -223,63 +243,60 @@ def wallclock_steps(m: str, minutes: float, cal: dict, overrides: list[str]) -> 
     return max(1, int(round(minutes * 60 * cal["img_per_s"] / cfg.train.batch_size)))
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def add_arguments(ap) -> None:
     ap.add_argument("--epochs", type=float, help="the same-epochs table (default 4 when --minutes is not given)")
     ap.add_argument("--minutes", type=float, help="the same-wall-clock table: minutes of training per method")
     ap.add_argument("--calibrate-steps", type=int, default=30, help="--minutes: steps of each calibration run")
     ap.add_argument("--calibration-from", help="reuse the calibration runs (bench-<name>-calibrate) of an earlier "
                     "invocation under this directory; configs without one are calibrated here")
-    ap.add_argument("--missing-only", action="store_true", help="run only the rows the results file lacks")
+    ap.add_argument("--missing-only", action="store_true",
+                    help="run only the rows the results file lacks, or whose dependencies changed or are unknown")
     ap.add_argument("--methods", default=",".join([*METHODS, *VARIANTS]),
                     help="configs to run: configs/<name>_fmnist.yaml for each name")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     ap.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every method")
-    ap.add_argument("--results", type=Path, default=RESULTS, help="results file (default: %(default)s)")
-    ap.add_argument("--report-only", action="store_true",
-                    help=f"rewrite the section from {RESULTS.relative_to(ROOT)} without training")
-    args = ap.parse_args()
-    path = args.results
+
+
+def run(args, rec: dict, path: Path) -> dict:
     if args.epochs is None and args.minutes is None:
         args.epochs = 4.0
-    rec = json.loads(path.read_text()) if path.exists() else {"epochs": args.epochs, "rows": {}, "raw": None}
-    if args.report_only:
-        return write_section(rec)
+    rec = rec or {"epochs": args.epochs, "rows": {}, "raw": None}
     if args.epochs is not None and rec["rows"] and rec["epochs"] != args.epochs:
-        sys.exit(f"{path} holds a {rec['epochs']:g}-epoch table; run with --epochs {rec['epochs']:g} or move the "
-                 f"file away to start a new table")
+        raise SystemExit(f"{path} holds a {rec['epochs']:g}-epoch table; run with --epochs {rec['epochs']:g} or move "
+                         "the file away to start a new table")
     if args.minutes is not None and rec.get("wallclock", {}).get("minutes", args.minutes) != args.minutes:
-        sys.exit(f"{path} holds a {rec['wallclock']['minutes']:g}-minute table; run with --minutes "
-                 f"{rec['wallclock']['minutes']:g} or move the file away")
+        raise SystemExit(f"{path} holds a {rec['wallclock']['minutes']:g}-minute table; run with --minutes "
+                         f"{rec['wallclock']['minutes']:g} or move the file away")
     out = Path(args.out)
-    rev = git_rev()  # the code this invocation runs (HEAD may move during the runs)
     names = args.methods.split(",")
     for m in names:
         config_path(m)
-    cal = calibrate(names, args, out, rev)
     jobs = []
     if args.epochs is not None:
         rec["epochs"] = args.epochs
-        jobs += [(m, f"bench-{m}", [f"train.epochs={args.epochs}"], rec) for m in names]
+        jobs += [(m, f"bench-{m}", lambda m, cal: [f"train.epochs={args.epochs}"], rec) for m in names]
     if args.minutes is not None:
         wc = rec.setdefault("wallclock", {"minutes": args.minutes, "rows": {}})
-        jobs += [(m, f"bench-{m}-wallclock", [f"train.max_steps={wallclock_steps(m, args.minutes, cal[m], args.set)}"],
-                  wc) for m in names]
-    if args.missing_only:  # continue a stopped invocation: only the rows its tables do not hold yet
-        jobs = [j for j in jobs if j[0] not in j[3]["rows"]]
+        jobs += [(m, f"bench-{m}-wallclock",
+                  lambda m, cal: [f"train.max_steps={wallclock_steps(m, args.minutes, cal, args.set)}"], wc)
+                 for m in names]
+    if args.missing_only:  # only the rows the tables lack or whose files changed since they were measured
+        jobs = [j for j in jobs if harness.needs_run(j[3]["rows"].get(j[0]))]
+    cal = calibrate(sorted({j[0] for j in jobs}, key=names.index), args, out)
+    jobs = [(m, run_name, ov(m, cal[m]), table) for m, run_name, ov, table in jobs]
     jobs.sort(key=lambda j: job_minutes(j[0], j[2], cal[j[0]], args.set))  # cheapest first: a stopped
     for m, run_name, overrides, table in jobs:                                # invocation keeps the most rows
         baselines = [] if rec.get("raw") else ["eval.baselines=true"]  # raw pixels: measured once per results file
-        r = run_method(m, run_name, out, [*overrides, *args.set, "eval.baselines=false", *baselines], rev)
+        r = run_method(m, run_name, out, [*overrides, *args.set, "eval.baselines=false", *baselines])
         row = row_from_run(m, r.run_dir, cal[m])
         rec["raw"] = row.pop("raw") or rec.get("raw")
         table["rows"][m] = row
         print(" | ".join(row["cells"]), flush=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(rec, indent=1))  # after every run: a stopped invocation keeps its rows
-        if path == RESULTS:
-            write_section(rec)
+        harness.save(path, rec)  # after every run: a stopped invocation keeps its rows
+    return rec
 
+
+BENCH = harness.Benchmark("methods", sections, run=run, add_arguments=add_arguments, summary=summary, doc=__doc__)
 
 if __name__ == "__main__":
-    main()
+    harness.main(BENCH)

@@ -1,8 +1,8 @@
 """Self-adaptive training benchmarks on Fashion-MNIST (configs/noisy_fmnist.yaml):
 
-    python benchmarks/noisy_labels.py noise [--settings sym0.2,sym0.4,...] [--losses ce,label_smoothing,gce,sat] [--set k=v ...]
-    python benchmarks/noisy_labels.py selective [--set k=v ...]
-    python benchmarks/noisy_labels.py --report-only     # rewrite both sections from the stored results, run nothing
+    python -m benchmarks.noisy_labels noise [--settings sym0.2,sym0.4,...] [--losses ce,label_smoothing,gce,sat]
+    python -m benchmarks.noisy_labels selective [--set k=v ...]
+    python -m benchmarks.noisy_labels --report-only     # rewrite both sections from the stored results, run nothing
 
 ``noise``: the same network and budget for every loss under each noise setting (symN: symmetric, N redrawn over all
 classes; asymN: the confusable-pair flips); clean-test accuracy at the last epoch, at the epoch with the best noisy
@@ -16,18 +16,17 @@ BENCHMARKS.md are rewritten from it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import ROOT, md_table
 from selfsup.finetune.finetune_workflow import finetune
 
-RESULTS = ROOT / "benchmarks" / "results" / "noisy_labels.json"
+RESULTS = harness.RESULTS_DIR / "noisy_labels.json"
 CONFIG = ROOT / "configs" / "noisy_fmnist.yaml"
 
 
@@ -118,82 +117,93 @@ def _curves(noise: dict) -> list[str]:
     return out
 
 
-def _machines(records) -> str:
-    """The machine(s) the records ran on (records from before machines were stored carry a backfilled one)."""
-    ms = sorted({r.get("machine", "not recorded") for r in records})
-    return ms[0] if len(ms) == 1 else "; ".join(ms)
+def sections(store: dict) -> dict:
+    return {"noisy-labels": (noise_section(store.get("noise", {})), store.get("noise", {})),
+            "selective": (selective_section(store.get("selective", {})), store.get("selective", {}))}
 
 
-def write_sections(store: dict) -> None:
-    noise = store.get("noise", {})
-    if noise:
-        rows = []
-        for setting, per in noise.items():
-            for loss, r in per.items():
-                rows.append([setting, loss, _pct(r.get("actual_label_error")), _pct(r.get("test_acc_last")),
-                             _pct(r.get("test_acc_at_best_val")), _pct(r.get("test_acc_max")),
-                             f"{r.get('wall_seconds', 0) / 60:.1f}"])
-        cmds = sorted({r["command"] + f" (commit {r['commit']})" for per in noise.values() for r in per.values()})
-        update_section("noisy-labels", "\n".join([
-            "## Noisy labels: Fashion-MNIST, same network and budget for every loss (configs/noisy_fmnist.yaml)",
-            "", "Commands: " + "; ".join(f"`{c}`" for c in cmds)
-            + f"; machine: {_machines(r for per in noise.values() for r in per.values())}.",
-            "Clean-test accuracy %: last epoch; at the epoch with the best noisy-validation accuracy; max over epochs "
-            "(papers' convention, for comparison only). Symmetric noise redraws the stated share of labels over all "
-            "10 classes, so the expected label error is rate × 9/10; the column gives the share actually wrong.", "",
-            md_table(["noise", "loss", "actual label error %", "test last", "test at best val", "test max", "min"],
-                     rows), "", *_curves(noise)]))
-    sel = store.get("selective", {})
-    if sel:
-        rows, cov = [], []
-        for run, r in sel.items():
-            for score in ("softmax_response", "abstain"):
-                if score in (r.get("selective") or {}):
-                    t = r["selective"][score]
-                    cov = cov or [f"{100 * x['target_coverage']:g}" for x in t["table"]]
-                    rows.append([run, score] + [f"{100 * x['selective_risk']:.2f}" for x in t["table"]]
-                                + [f"{1000 * t['aurc']:.2f}"])
-        update_section("selective", "\n".join([
-            "## Selective classification: clean Fashion-MNIST, CE vs SAT-selective", "",
-            "Commands: " + "; ".join(sorted({f"`{r['command']}` (commit {r['commit']})" for r in sel.values()}))
-            + f"; machine: {_machines(sel.values())}. "
-            "Thresholds per coverage chosen on the validation split; selective risk % on the test set at coverage "
-            f"{'/'.join(cov)} %; AURC ×10⁻³.",
-            "", md_table(["run", "score", *cov, "AURC"], rows)]))
+def noise_section(noise: dict) -> str | None:
+    if not noise:
+        return None
+    rows = []
+    for setting, per in noise.items():
+        for loss, r in per.items():
+            rows.append([setting, loss, _pct(r.get("actual_label_error")), _pct(r.get("test_acc_last")),
+                         _pct(r.get("test_acc_at_best_val")), _pct(r.get("test_acc_max")),
+                         f"{r.get('wall_seconds', 0) / 60:.1f}"])
+    return "\n".join([
+        "## Noisy labels: Fashion-MNIST, same network and budget for every loss (configs/noisy_fmnist.yaml)",
+        "",
+        "Clean-test accuracy %: last epoch; at the epoch with the best noisy-validation accuracy; max over epochs "
+        "(papers' convention, for comparison only). Symmetric noise redraws the stated share of labels over all "
+        "10 classes, so the expected label error is rate × 9/10; the column gives the share actually wrong.", "",
+        md_table(["noise", "loss", "actual label error %", "test last", "test at best val", "test max", "min"],
+                 rows), "", *_curves(noise)])
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def selective_section(sel: dict) -> str | None:
+    if not sel:
+        return None
+    rows, cov = [], []
+    for run, r in sel.items():
+        for score in ("softmax_response", "abstain"):
+            if score in (r.get("selective") or {}):
+                t = r["selective"][score]
+                cov = cov or [f"{100 * x['target_coverage']:g}" for x in t["table"]]
+                rows.append([run, score] + [f"{100 * x['selective_risk']:.2f}" for x in t["table"]]
+                            + [f"{1000 * t['aurc']:.2f}"])
+    return "\n".join([
+        "## Selective classification: clean Fashion-MNIST, CE vs SAT-selective", "",
+        "Thresholds per coverage chosen on the validation split; selective risk % on the test set at coverage "
+        f"{'/'.join(cov)} %; AURC ×10⁻³.",
+        "", md_table(["run", "score", *cov, "AURC"], rows)])
+
+
+def summary(store: dict) -> list[dict]:
+    out = []
+    for setting in ("sym0.4", "sym0.8"):
+        per = store.get("noise", {}).get(setting, {})
+        if "sat" in per and "ce" in per:
+            sat, ce = per["sat"]["test_acc_at_best_val"], per["ce"]["test_acc_at_best_val"]
+            out.append(harness.summary_row(f"SAT vs CE, {setting} label noise (1 run)",
+                                           f"{100 * sat:.2f} %", f"CE {100 * ce:.2f} %",
+                                           f"{100 * (sat - ce):+.2f} points", per["sat"], "noisy-labels"))
+    return out
+
+
+def add_arguments(ap) -> None:
     ap.add_argument("what", nargs="?", choices=["noise", "selective"])
     ap.add_argument("--settings", default="sym0.2,sym0.4,sym0.6,sym0.8,asym0.4")
     ap.add_argument("--losses", default="ce,label_smoothing,gce,sat")
     ap.add_argument("--set", nargs="*", default=[])
     ap.add_argument("--tag", default="", help="a variant's label (e.g. E_s=3): stored beside the default rows")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))
-    ap.add_argument("--report-only", action="store_true",
-                    help=f"rewrite both sections from {RESULTS.relative_to(ROOT)} without running anything")
-    args = ap.parse_args()
-    if args.report_only:
-        return write_sections(_load())
+
+
+def run(args, store: dict, results: Path) -> dict:
+    global RESULTS
+    RESULTS = results
     if args.what is None:
-        ap.error("say what to run (noise or selective), or --report-only")
+        raise SystemExit("say what to run (noise or selective), or --report-only")
     out = Path(args.out)
     store = _load()
-    stamp = {"command": command(), "commit": git_rev(), "machine": machine()}
     key_sfx, dir_sfx = (f" ({args.tag})", f"-{args.tag}") if args.tag else ("", "")
     if args.what == "noise":
         for setting in args.settings.split(","):
             for loss in args.losses.split(","):
                 r = _run(f"noise-{setting}-{loss}{dir_sfx}", [*_setting(setting), f"finetune.loss={loss}", *args.set],
                          out)
-                store = _record(["noise", setting, loss + key_sfx], {**r, **stamp})
+                store = _record(["noise", setting, loss + key_sfx], {**r, **harness.stamp(configs=[CONFIG])})
                 print(setting, loss, _pct(r.get("test_acc_last")), _pct(r.get("test_acc_at_best_val")), flush=True)
     else:
         for loss in ("ce", "sat_selective"):
             r = _run(f"selective-{loss}{dir_sfx}", ["finetune.noise=none", f"finetune.loss={loss}", *args.set], out)
-            store = _record(["selective", loss + key_sfx], {**r, **stamp})
-    write_sections(store)
+            store = _record(["selective", loss + key_sfx], {**r, **harness.stamp(configs=[CONFIG])})
+    return store
 
+
+BENCH = harness.Benchmark("noisy_labels", sections, run=run, add_arguments=add_arguments, summary=summary,
+                          doc=__doc__)
 
 if __name__ == "__main__":
-    main()
+    harness.main(BENCH)

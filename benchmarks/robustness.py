@@ -1,6 +1,6 @@
 """Robustness benchmark (issue: robustness) on Fashion-MNIST:
 
-    python benchmarks/robustness.py [--n 1000] [--eps 0.1,0.05,0.0314] [--models a,b,c,d,e,e:knn] [--epochs 2]
+    python -m benchmarks.robustness [--n 1000] [--eps 0.1,0.05,0.0314] [--models a,b,c,d,e,e:knn] [--epochs 2]
         [--ft-epochs 10] [--adv-steps 10] [--set model.widths=[32,64,128] ...] [--reuse]
 
 Trains (or, with --reuse, reuses from runs/bench/robust-*) five models and attacks each with PGD-20 and AutoAttack
@@ -15,23 +15,20 @@ CPU is slow for robust models (targeted APGD, FAB-T and Square run on every imag
 """
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import ROOT, md_table
 from selfsup.robustness.attacks import AttackSuite, build_classifier, corruption_report, robustness_report
 from selfsup.finetune.finetune_workflow import finetune
-from selfsup.workflows import pretrain  # noqa: E402
+from selfsup.workflows import pretrain
 
 OUT = ROOT / "runs" / "bench"
-RESULTS = ROOT / "benchmarks" / "results" / "robustness.json"
+CONFIGS = [ROOT / "configs" / "demo.yaml", ROOT / "configs" / "finetune_fmnist.yaml"]
 
 
 def _train(args) -> dict[str, Path]:
@@ -90,7 +87,22 @@ def _warnings(messages: list[str]) -> str:
     return "; ".join(v[0] + (f" (×{len(v)})" if len(v) > 1 else "") for v in kinds.values())
 
 
-def write_section(store: dict) -> None:
+def pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.2f}"
+
+
+def masking_verdict(label: str, over: list[float]) -> str:
+    """Whether a model's PGD-20 − AutoAttack gaps stay within the protocol's bound, and what an excess means."""
+    if not over:
+        return "within"
+    out = f"over {MASKING_POINTS:g} at ε = " + ", ".join(f"{e:g}" for e in over)
+    if label in DEFENDED:
+        out += (" (suspected gradient masking: there PGD-20 overstates the robust accuracy and AutoAttack's number "
+                "is the one to read)")
+    return out
+
+
+def sections(store: dict) -> dict:
     rows, crow = [], []
     for label, _, _ in MODELS:
         rep = store.get("models", {}).get(label)
@@ -100,42 +112,40 @@ def write_section(store: dict) -> None:
             pgd, aa = per.get("pgd", {}).get("accuracy"), per.get("autoattack", {}).get("accuracy")
             gap = None if pgd is None or aa is None else pgd - aa
             warn = _warnings([w for v in per.values() if isinstance(v, dict) for w in v.get("library_warnings", [])])
-            pct = (lambda v: "—" if v is None else f"{100 * v:.2f}")
             clean = per.get("clean", rep["clean"])  # older records: the model's clean accuracy
             rows.append([label, e, pct(clean), pct(pgd), pct(aa), pct(per["worst_case"]["accuracy"]),
                          ("—" if gap is None else f"{100 * gap:.2f}" + (
                              f" (> {MASKING_POINTS:g}: suspect gradient masking)"
                              if round(100 * gap, 2) > MASKING_POINTS else "")),
-                         f"{per.get('minutes', 0):.1f}", per.get("surrogate", "—"), warn or "—",
-                         per.get("machine", "—")])
+                         f"{per.get('minutes', 0):.1f}", per.get("surrogate", "—"),
+                         harness.short_command(warn, 60) if warn else "—",
+                         harness.short_host(per) if per.get("machine") else "—"])
         cr = rep.get("corruptions")
         if cr:
             crow.append([label, f"{100 * cr['clean']:.2f}", f"{100 * cr['mean_corruption_accuracy']:.2f}"]
                         + [f"{100 * sum(v.values()) / len(v):.1f}" for v in cr["corruptions"].values()])
     train = "; ".join(f"{k}: {v} s" for k, v in store.get("train_seconds", {}).items())
     body = ["## Robustness: Fashion-MNIST, L∞ attacks on the same test images for every model", "",
-            f"Commands: {'; '.join(f'`{c}`' for c in store.get('commands', []))}; machine (where a row names no "
-            f"other): {store.get('machine', machine())}.",
             f"Training (wall seconds): {train}. {store.get('n', '?')} test images (the same for every model); "
             "PGD-20 (torchattacks, α = 2.5ε/20, random start), AutoAttack standard (pyautoattack: APGD-CE, APGD-T, "
             "FAB-T, Square; its checks' warnings in the last column); kNN models are attacked by BPDA — the forward "
             "pass is the real kNN, the backward pass a soft-kNN surrogate's gradient, so every attack (AutoAttack's "
             "gradient-free Square included) scores the real kNN; worst case = per image over the attacks run.", "",
             md_table(["model", "ε", "clean %", "PGD-20 %", "AutoAttack %", "worst %", "PGD − AA (points)",
-                      "attack min", "kNN attack surrogate", "AutoAttack checks", "machine"], rows)]
-    body += ["", *summary(store)]
+                      "attack min", "kNN attack surrogate", "AutoAttack checks", "host"], rows)]
+    body += ["", *sentences(store)]
     if crow:
         names = list(next(r for r in store["models"].values() if "corruptions" in r)["corruptions"]["corruptions"])
         body += ["", "Corruptions (mean accuracy % over 5 severities):", "",
                  md_table(["model", "clean %", "mean corruption %", *names], crow)]
-    update_section("robustness", "\n".join(body))
+    return {"robustness": "\n".join(body)}
 
 
-def summary(store: dict) -> list[str]:
+def sentences(store: dict) -> list[str]:
     """Sentences computed from the stored numbers: the gradient-masking check, the AutoAttack ranking per ε and the
     range of attack times."""
     models = store.get("models", {})
-    f = (lambda v: f"{100 * v:.2f}")
+    f = pct
     gaps: dict[str, list[tuple[float, float]]] = {}
     by_eps: dict[float, list[tuple[float, str]]] = {}
     minutes = []
@@ -156,11 +166,7 @@ def summary(store: dict) -> list[str]:
         for label, g in gaps.items():
             over = [e for e, v in g if round(v, 2) > MASKING_POINTS]
             parts.append(f"{label}: {' / '.join(f'{v:.2f}' for _, v in g)} points at ε = "
-                         f"{' / '.join(f'{e:g}' for e, _ in g)} — "
-                         + ("within" if not over else f"over {MASKING_POINTS:g} at ε = "
-                            + ", ".join(f"{e:g}" for e in over)
-                            + (" (suspected gradient masking: there PGD-20 overstates the robust accuracy and "
-                               "AutoAttack's number is the one to read)" if label in DEFENDED else "")))
+                         f"{' / '.join(f'{e:g}' for e, _ in g)} — " + masking_verdict(label, over))
         out.append(f"Gradient-masking check (PGD-20 − AutoAttack; the protocol requires at most {MASKING_POINTS:g} "
                    f"points for the defended models {', '.join(sorted({d.split(' ')[0] for d in DEFENDED}))}): "
                    + "; ".join(parts) + ".")
@@ -175,9 +181,21 @@ def summary(store: dict) -> list[str]:
     return out
 
 
-def main():
-    global RESULTS
-    ap = argparse.ArgumentParser()
+def merge(store: dict, parts: list[dict]) -> dict:
+    """Fold part files' records in: each model's ε records are added (replacing the same ε)."""
+    store.setdefault("models", {})
+    for o in parts:
+        store["commands"] = sorted(set(store.get("commands", [])) | set(o.get("commands", [])))
+        for label, rec in o.get("models", {}).items():
+            mine = store["models"].setdefault(label, {"eps": {}})
+            mine["eps"].update(rec.get("eps", {}))  # each ε record carries its own clean accuracy and machine
+            mine.update({k: v for k, v in rec.items() if k not in ("eps", "clean", "n")})
+            for k in ("clean", "n"):
+                mine.setdefault(k, rec.get(k))
+    return store
+
+
+def add_arguments(ap) -> None:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--eps", default=f"0.1,0.05,{8 / 255:.4f}")
     ap.add_argument("--attacks", default="pgd,autoattack")
@@ -192,36 +210,15 @@ def main():
     ap.add_argument("--reuse", action="store_true")
     ap.add_argument("--threads", type=int, default=0,
                     help="CPU threads for the attacks (0: torch's default; training uses train.threads)")
-    ap.add_argument("--results", default=str(RESULTS), help="where this invocation keeps its records")
-    ap.add_argument("--merge", nargs="*", default=None,
-                    help="only merge these result files' records into --results and rewrite the section")
-    ap.add_argument("--report-only", action="store_true",
-                    help="rewrite the section from --results without training or attacking (= --merge with no files)")
-    args = ap.parse_args()
-    if args.report_only:
-        args.merge = args.merge or []
-    is_main = Path(args.results).resolve() == RESULTS.resolve()  # a part file (--results elsewhere) leaves the
-    RESULTS = Path(args.results)  # BENCHMARKS.md section alone until --merge joins it in
-    if args.merge is not None:
-        store = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"models": {}}
-        for other in map(Path, args.merge):
-            o = json.loads(other.read_text())
-            store["commands"] = sorted(set(store.get("commands", [])) | set(o.get("commands", [])))
-            for label, rec in o.get("models", {}).items():
-                mine = store["models"].setdefault(label, {"eps": {}})
-                mine["eps"].update(rec.get("eps", {}))  # each ε record carries its own clean accuracy and machine
-                mine.update({k: v for k, v in rec.items() if k not in ("eps", "clean", "n")})
-                for k in ("clean", "n"):
-                    mine.setdefault(k, rec.get(k))
-        RESULTS.write_text(json.dumps(store, indent=1))
-        write_section(store)
-        return
+
+
+def run(args, store: dict, results: Path) -> dict:
     eps = [float(e) for e in args.eps.split(",")]
-    store = json.loads(RESULTS.read_text()) if (args.reuse and RESULTS.exists()) else {}
+    store = store if args.reuse else {}
     store.setdefault("models", {})
-    store.setdefault("machine", machine())
-    rev = git_rev()  # the code this invocation runs (HEAD may move while a long attack runs)
-    store["commands"] = sorted(set(store.get("commands", [])) | {f"{command()} (commit {rev})"})
+    store.setdefault("machine", harness.machine())
+    rev = harness.git_rev()  # the code this invocation runs (HEAD may move while a long attack runs)
+    store["commands"] = sorted(set(store.get("commands", [])) | {f"{harness.command()} (commit {rev})"})
     store["n"] = args.n
     runs = _train(args)
     store["train_seconds"] = {**store.get("train_seconds", {}),
@@ -238,21 +235,19 @@ def main():
             rep = robustness_report(model, x[idx], y[idx], AttackSuite([e], args.attacks.split(",")))
             rec["clean"], rec["n"] = rep["clean"], rep["n"]
             rec["eps"][f"{e:g}"] = {**rep["eps"][f"{e:g}"], "minutes": (time.perf_counter() - t0) / 60,
-                                    "commit": rev, "clean": rep["clean"], "machine": machine()}
+                                    "clean": rep["clean"], **harness.stamp(configs=CONFIGS)}
             if hasattr(model, "surrogate"):
                 rec["eps"][f"{e:g}"]["surrogate"] = model.surrogate
             print(label, e, {k: v for k, v in rec["eps"][f"{e:g}"].items()}, flush=True)
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            RESULTS.write_text(json.dumps(store, indent=1))
-            if is_main:
-                write_section(store)
+            harness.save(results, store)
         if label in CORRUPTION_MODELS and not args.no_corruptions:
             imgs = (x[idx] * 255).round().to(torch.uint8)
             rec["corruptions"] = corruption_report(model, imgs, y[idx])
-            RESULTS.write_text(json.dumps(store, indent=1))
-            if is_main:
-                write_section(store)
+            harness.save(results, store)
+    return store
 
+
+BENCH = harness.Benchmark("robustness", sections, run=run, add_arguments=add_arguments, merge=merge, doc=__doc__)
 
 if __name__ == "__main__":
-    main()
+    harness.main(BENCH)

@@ -1,9 +1,9 @@
 """The streaming study (issue: streaming pre-training) on Fashion-MNIST: every configured sequence × strategy, same
 method and steps per chunk, evaluated after every chunk.
 
-    python benchmarks/streaming.py [--kinds instance,random_class] [--set key=value ...]
-    python benchmarks/streaming.py --report-only     # rewrite the sections from the stored results, run nothing
-    python benchmarks/streaming.py --budgets 1,4,16 --seeds 3 --kinds domain,distant_class,far_domain
+    python -m benchmarks.streaming [--kinds instance,random_class] [--set key=value ...]
+    python -m benchmarks.streaming --report-only     # rewrite the sections from the stored results, run nothing
+    python -m benchmarks.streaming --budgets 1,4,16 --seeds 3 --kinds domain,distant_class,far_domain
                                                      # the budget sweep (section "streaming-sweep")
 
 Runs ``selfsup sequence`` (configs/stream_fmnist.yaml), keeps the per-kind results in
@@ -19,29 +19,27 @@ once sequential's encoder has moved that far (its lowest CKA to the previous chu
 ``--results`` / ``--markdown`` write elsewhere (smoke runs).
 
 ``--merge A.json B.json ...`` joins sweep records run in parts (seeds or strategies on separate cores or machines,
-each with its own ``--results``) into ``--results``, seed by seed (:func:`selfsup.streams.stream_workflow.merge_studies`:
-a run present in two parts must give the same numbers), keeps every part's command, commit, minutes and machine,
-and rewrites the section.
+each with its own ``--results``) into ``--results``, seed by seed
+(:func:`selfsup.streams.stream_workflow.merge_studies`: a run present in two parts must give the same numbers),
+keeps every part's command, commit, minutes and machine, and rewrites the section.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import benchmarks.common as common  # noqa: E402
-from benchmarks.common import ROOT, command, git_rev, machine, update_section  # noqa: E402
-from selfsup.config import load_config  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import ROOT
+from selfsup.config import load_config
 from selfsup.streams.continual_metrics import mean_std
 from selfsup.streams.stream_report import GAP_NAMES, seeds_table, sequence_table
 from selfsup.streams.stream_workflow import sequence
-from selfsup.errors import SelfsupError  # noqa: E402
+from selfsup.errors import SelfsupError
 from selfsup.streams.stream_workflow import aggregate_study, merge_studies
 
-RESULTS = ROOT / "benchmarks" / "results" / "streaming.json"
+RESULTS = harness.RESULTS_DIR / "streaming.json"
+CONFIG = ROOT / "configs" / "stream_fmnist.yaml"
 
 
 def cost_lines(per_kind: dict, n_chunks: int) -> list[str]:
@@ -81,12 +79,11 @@ def _rel(path: str) -> str:
     return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
 
 
-def write_section(stored: dict, config: str) -> None:
+def streaming_section(stored: dict, config: str = str(CONFIG)) -> str | None:
     """The "streaming" section from the stored records; the settings described are those of the first record's
     config file and overrides (records without a "config" entry ran the default config)."""
-    stored = {k: v for k, v in stored.items() if k != "sweep"}  # the budget sweep has its own section
     if not stored:
-        return
+        return None
     recs = list(stored.values())
     src = recs[0].get("config") or _rel(config)
     cfg = load_config(ROOT / src, recs[0].get("overrides", []))
@@ -110,11 +107,10 @@ def write_section(stored: dict, config: str) -> None:
     if differ:
         body[-1:-1] = [f"Settings above: the overrides of {next(iter(stored))}; {', '.join(differ)} ran with "
                        "other overrides (their commands below)."]
-    for kind, rec in stored.items():
-        body.append(f"- {kind}: `{rec['command']}` (commit {rec['commit']}), {rec['wall_minutes_of_command']} min "
-                    f"for the command; {rec['machine']}")
+    body.append("Minutes of each command: " + ", ".join(f"{kind} {rec['wall_minutes_of_command']}"
+                                                           for kind, rec in stored.items()) + ".")
     body += ["", sequence_table(results), "", "Cost:", *cost_lines(results, n)]
-    update_section("streaming", "\n".join(body))
+    return "\n".join(body)
 
 
 SWEEP_KEY = "all_tasks_linear"  # the gap the sweep's conclusions are about: linear probe on every task
@@ -131,6 +127,36 @@ def time_ratio(rec: dict, strat: str) -> tuple[float, float, int] | None:
     st = mean_std(r[strat]["train_seconds"] / r["sequential"]["train_seconds"] for r in per
                   if r.get(strat, {}).get("train_seconds") and r.get("sequential", {}).get("train_seconds"))
     return (st["mean"], st["std"], st["n"]) if st["n"] else None
+
+
+def gap_text(g: dict) -> str:
+    """One budget's joint − sequential gap: its size where beyond 2 std, else that it is not."""
+    if g["n"] < 2:
+        return "1 seed, not judged"
+    size = f"{100 * g['gap']:+.2f} ± {100 * g['std']:.2f}" if g["real"] else "no gap beyond 2 std"
+    return f"{size} ({g['n']} seeds)"
+
+
+def time_text(c: dict, ratio: tuple[float, float, int] | None) -> str:
+    """A strategy's training time over sequential's, and the gap it closes per unit of that extra time."""
+    if not ratio:
+        return ""
+    m, sd, n = ratio
+    out = f", ×{m:.2f} ± {sd:.2f} sequential's training time"
+    if n < 2:
+        return out + " (1 seed)"
+    if m - 1 > 2 * sd:
+        return out + f", {100 * c['share'] / (m - 1):.0f} % per extra sequential training time"
+    return out + ", not more than sequential's beyond 2 std"
+
+
+def noise_text(c: dict, g: dict) -> str:
+    """Whether a strategy's gain over sequential is beyond its noise, and over how many seeds."""
+    if c["n"] < 2:
+        return f"; 1 of {g['n']} seeds, its gain over sequential not judged"
+    out = "" if c["mean"] > 2 * c["std"] else (f"; its gain over sequential, {100 * c['mean']:+.2f} ± "
+                                              f"{100 * c['std']:.2f} points, is within 2 std")
+    return out + (f"; {c['n']} of {g['n']} seeds" if c["n"] < g["n"] else "")
 
 
 def sweep_conclusions(sweep: dict, threshold: float) -> list[str]:
@@ -153,45 +179,26 @@ def sweep_conclusions(sweep: dict, threshold: float) -> list[str]:
         else:
             out.append(f"- {kind}: at none of the budgets run ({budgets}) does sequential fall behind joint beyond "
                        f"noise ({GAP_NAMES[SWEEP_KEY]}; gap ≤ 2 std, or a single seed).")
-        by_budget = []
-        for r in recs:
-            g = r["study"]["gaps"].get(kind, {}).get(SWEEP_KEY)
-            if g is None:
-                continue
-            by_budget.append(f"×{r['budget']} " + ("1 seed, not judged" if g["n"] < 2 else
-                                                   (f"{100 * g['gap']:+.2f} ± {100 * g['std']:.2f}" if g["real"]
-                                                    else "no gap beyond 2 std") + f" ({g['n']} seeds)"))
+        by_budget = [f"×{r['budget']} " + gap_text(r["study"]["gaps"][kind][SWEEP_KEY]) for r in recs
+                     if r["study"]["gaps"].get(kind, {}).get(SWEEP_KEY) is not None]
         if by_budget:
             out.append(f"  Joint − sequential by budget ({GAP_NAMES[SWEEP_KEY]}, points): {'; '.join(by_budget)}.")
         drift = [(r["budget"], _num(r, "sequential", "cka_min")) for r in recs]
         drift_txt = ", ".join(f"×{b} {c:.3f}" for b, c in drift if c is not None)
         low = [b for b, c in drift if c is not None and c < threshold]
         if drift_txt:
+            below = f"below {threshold} from ×{low[0]} on." if low else f"never below {threshold}."
             out.append(f"  Sequential's lowest CKA to the previous chunk's encoder (mean over seeds): {drift_txt}; "
-                       + (f"below {threshold} from ×{low[0]} on." if low else f"never below {threshold}."))
+                       + below)
         for r in behind:
             g = r["study"]["gaps"][kind][SWEEP_KEY]
             seq_b = _num(r, "sequential", "retained_bytes") or 0.0
             parts = []
             for strat, c in g["closed"].items():
                 extra_mb = ((_num(r, strat, "retained_bytes") or 0.0) - seq_b) / 1e6
-                ratio = time_ratio(r, strat)
                 per_mb = f", {100 * c['share'] / extra_mb:.0f} % per MB" if extra_mb > 0 else ""
-                time_txt = ""
-                if ratio:
-                    m, sd, n = ratio
-                    time_txt = f", ×{m:.2f} ± {sd:.2f} sequential's training time" + (
-                        f", {100 * c['share'] / (m - 1):.0f} % per extra sequential training time"
-                        if n >= 2 and m - 1 > 2 * sd else ", not more than sequential's beyond 2 std" if n >= 2
-                        else " (1 seed)")
-                if c["n"] < 2:
-                    noise = f"; 1 of {g['n']} seeds, its gain over sequential not judged"
-                else:
-                    noise = "" if c["mean"] > 2 * c["std"] else (f"; its gain over sequential, {100 * c['mean']:+.2f}"
-                                                                 f" ± {100 * c['std']:.2f} points, is within 2 std")
-                    if c["n"] < g["n"]:
-                        noise += f"; {c['n']} of {g['n']} seeds"
-                parts.append(f"{strat} {100 * c['share']:.0f} % (+{extra_mb:.2f} MB{time_txt}{per_mb}{noise})")
+                parts.append(f"{strat} {100 * c['share']:.0f} % (+{extra_mb:.2f} MB"
+                             f"{time_text(c, time_ratio(r, strat))}{per_mb}{noise_text(c, g)})")
             if parts:
                 out.append(f"  At ×{r['budget']} the strategies close: " + "; ".join(parts) + ".")
     return out
@@ -199,21 +206,16 @@ def sweep_conclusions(sweep: dict, threshold: float) -> list[str]:
 
 def _runs(rec: dict) -> list[dict]:
     """The commands a sweep record comes from: its ``runs`` (merged records) or its single command."""
-    return rec.get("runs") or [{"command": rec["command"], "commit": rec["commit"],
-                                "wall_minutes": rec["wall_minutes_of_command"], "machine": rec["machine"]}]
+    keep = ("command", "commit", "machine", "host", "dependencies")
+    return rec.get("runs") or [{**{k: rec[k] for k in keep if k in rec},
+                                "wall_minutes": rec["wall_minutes_of_command"]}]
 
 
-def provenance(rec: dict) -> str:
-    """The section's line naming where a (sequence, budget) record comes from."""
-    head = f"- {rec['kind']} ×{rec['budget']} ({rec['chunk_steps']} steps per chunk)"
-    if "runs" not in rec:
-        return (f"{head}: `{rec['command']}` (commit {rec['commit']}), {rec['wall_minutes_of_command']} min for the "
-                f"command; {rec['machine']}")
-    machines = {r["machine"] for r in rec["runs"]}
-    parts = "; ".join(f"`{r['command']}` (commit {r['commit']}, {r['wall_minutes']} min"
-                      + ("" if len(machines) == 1 else f"; {r['machine']}") + ")" for r in rec["runs"])
-    return (f"{head}, {len(rec['runs'])} commands merged seed by seed with `{rec['merged_by']}`: {parts}"
-            + (f"; {machines.pop()}" if len(machines) == 1 else ""))
+def sweep_line(rec: dict) -> str:
+    """The section's line naming a (sequence, budget) record's commands and minutes."""
+    runs = _runs(rec)
+    return (f"- {rec['kind']} ×{rec['budget']} ({rec['chunk_steps']} steps per chunk): {len(runs)} command"
+            f"{'s' if len(runs) > 1 else ''}, {sum(r['wall_minutes'] for r in runs):.1f} min in all")
 
 
 def _setting(rec: dict) -> tuple:
@@ -247,16 +249,16 @@ def merge_records(stored: dict, parts: list[dict]) -> list[str]:
                               "study": {"seeds": study["seeds"], "per_seed": study["per_seed"],
                                         "aggregate": {kind: study["aggregate"][kind]},
                                         "gaps": {kind: study["gaps"][kind]}},
-                              "runs": _runs(old) + _runs(rec), "merged_by": command()}
+                              "runs": _runs(old) + _runs(rec), "merged_by": harness.command()}
             if key not in changed:
                 changed.append(key)
     return changed
 
 
-def write_sweep_section(sweep: dict, threshold: float = 0.8) -> None:
+def sweep_section(sweep: dict, threshold: float = 0.8) -> str | None:
     """The "streaming-sweep" section from the stored sweep records (``{"<kind>@x<budget>": record}``)."""
     if not sweep:
-        return
+        return None
     recs = sorted(sweep.values(), key=lambda r: (r["budget"], r["kind"]))
     first = recs[0]
     cfg = load_config(ROOT / first["config"], first.get("overrides", []))
@@ -279,7 +281,7 @@ def write_sweep_section(sweep: dict, threshold: float = 0.8) -> None:
             f"strategy's time over sequential's is the mean ± std of the per-seed ratios, and the gap closed per "
             f"extra training time is printed only where that ratio exceeds 1 by more than 2 std.", ""]
     for r in recs:
-        body.append(provenance(r))
+        body.append(sweep_line(r))
     for b in sorted({r["budget"] for r in recs}):
         at = [r for r in recs if r["budget"] == b]
         study = {"seeds": at[0]["study"]["seeds"],
@@ -288,10 +290,34 @@ def write_sweep_section(sweep: dict, threshold: float = 0.8) -> None:
         body += ["", f"### Budget ×{b} ({at[0]['chunk_steps']} steps per chunk)", "", seeds_table(study)]
     body += ["", "### What the sweep shows (computed from the records above)", "",
              *sweep_conclusions(sweep, threshold)]
-    update_section("streaming-sweep", "\n".join(body))
+    return "\n".join(body)
 
 
-def run_sweep(args, stored: dict, results_path: Path) -> None:
+def sections(stored: dict) -> dict:
+    five = {k: v for k, v in stored.items() if k != "sweep"}  # the budget sweep has its own section
+    sweep = stored.get("sweep", {})
+    return {"streaming": (streaming_section(five), five), "streaming-sweep": (sweep_section(sweep), sweep)}
+
+
+def summary(stored: dict) -> list[dict]:
+    out = []
+    for r in sorted(stored.get("sweep", {}).values(), key=lambda r: (r["kind"], r["budget"])):
+        g = r["study"]["gaps"].get(r["kind"], {}).get(SWEEP_KEY)
+        if g is None or r["budget"] != 1:
+            continue
+        agg = r["study"]["aggregate"][r["kind"]]
+        j, q = (agg.get(s, {}).get("numbers", {}).get("all_tasks_linear", {}).get("mean") for s in ("joint",
+                                                                                                   "sequential"))
+        if j is None or q is None:
+            continue
+        out.append(harness.summary_row(
+            f"stream {r['kind']} ×1: sequential vs joint ({g['n']} seeds)",
+            f"{100 * q:.2f} %", f"joint {100 * j:.2f} %", f"{-100 * g['gap']:+.2f} ± {100 * g['std']:.2f} points",
+            _runs(r)[0], "streaming-sweep"))
+    return out
+
+
+def run_sweep(args, stored: dict, results_path: Path) -> dict:
     kinds, strategies = args.kinds.split(","), args.strategies.split(",")
     budgets = [int(b) for b in args.budgets.split(",")]
     base_ov = [f"sequence.strategies={json.dumps(strategies)}", f"output_dir={args.out}", *args.set]
@@ -316,59 +342,41 @@ def run_sweep(args, stored: dict, results_path: Path) -> None:
                 "study": {"seeds": study["seeds"], "per_seed": {s: {kind: r[kind]} for s, r in
                                                                 study["per_seed"].items()},
                           "aggregate": {kind: study["aggregate"][kind]}, "gaps": {kind: study["gaps"][kind]}},
-                "command": command(), "commit": git_rev(), "machine": machine(),
+                **harness.stamp(configs=[args.config], seeds=study["seeds"]),
                 "wall_minutes_of_command": round(wall / 60, 1), "overrides": args.set, "config": _rel(args.config)}
-        results_path.parent.mkdir(parents=True, exist_ok=True)
-        results_path.write_text(json.dumps(stored, indent=1))  # after every budget: a later one may be cut short
-        write_sweep_section(sweep, args.stop_cka or 0.8)
+        harness.save(results_path, stored)  # after every budget: a later one may be cut short
         if args.stop_cka:
             moved = [k for k in active if (c := _num(sweep[f"{k}@x{b}"], "sequential", "cka_min")) is not None
                      and c < args.stop_cka]
             active = [k for k in active if k not in moved]
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default=str(ROOT / "configs" / "stream_fmnist.yaml"))
+def merge(stored: dict, parts: list[dict]) -> dict:
+    changed = merge_records(stored, parts)
+    print(f"merged {', '.join(changed) or 'nothing'}")
+    return stored
+
+
+def add_arguments(ap) -> None:
+    ap.add_argument("--config", default=str(CONFIG))
     ap.add_argument("--kinds", default=None, help="sequences (default: instance,random_class,distant_class,domain; "
                     "with --budgets: domain,distant_class,far_domain)")
     ap.add_argument("--strategies", default="joint,sequential,replay,regularize,distill")
     ap.add_argument("--set", nargs="*", default=[])
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))
-    ap.add_argument("--report-only", action="store_true",
-                    help=f"rewrite the sections from {RESULTS.relative_to(ROOT)} without running anything")
     ap.add_argument("--budgets", default=None, help="the budget sweep: multipliers of stream.chunk_steps, e.g. "
                     "1,4,16 (default kinds then: domain,distant_class,far_domain)")
     ap.add_argument("--seeds", type=int, default=1, help="seeds per study (selfsup sequence --seeds)")
     ap.add_argument("--stop-cka", type=float, default=None, help="sweep: no larger budget for a sequence once "
                     "sequential's lowest CKA to the previous chunk (mean over seeds) is below this, e.g. 0.8")
-    ap.add_argument("--results", default=str(RESULTS), help="results JSON (default: %(default)s)")
-    ap.add_argument("--markdown", default=str(common.BENCH_MD), help="the file whose sections are rewritten")
-    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                    help="join the sweep records of these results files (parts run apart) into --results, seed by "
-                    "seed, and rewrite the section; runs nothing")
-    args = ap.parse_args()
-    results_path = Path(args.results)
-    common.BENCH_MD = Path(args.markdown)
-    if args.merge:
-        stored = json.loads(results_path.read_text()) if results_path.exists() else {}
-        missing = [p for p in args.merge if not Path(p).is_file()]
-        if missing:
-            raise SystemExit(f"--merge: no such file: {', '.join(missing)}")
-        changed = merge_records(stored, [json.loads(Path(p).read_text()) for p in args.merge])
-        results_path.parent.mkdir(parents=True, exist_ok=True)
-        results_path.write_text(json.dumps(stored, indent=1))
-        print(f"merged {', '.join(changed) or 'nothing'} into {results_path}")
-        return write_sweep_section(stored["sweep"], args.stop_cka or 0.8)
-    if args.report_only:
-        stored = json.loads(results_path.read_text())
-        write_section(stored, args.config)
-        return write_sweep_section(stored.get("sweep", {}), args.stop_cka or 0.8)
+
+
+def run(args, stored: dict, results_path: Path) -> dict:
     if args.budgets:
         if args.kinds is None:
             args.kinds = "domain,distant_class,far_domain"
-        stored = json.loads(results_path.read_text()) if results_path.exists() else {}
-        return run_sweep(args, stored, results_path)
+        run_sweep(args, stored, results_path)
+        return stored
     if args.seeds != 1:
         raise SystemExit("--seeds N: with --budgets (the sweep's section reports mean ± std; use --budgets 1 for "
                          "today's budget)")
@@ -380,15 +388,15 @@ def main():
     t0 = time.perf_counter()
     res = sequence(args.config, ov)
     wall = time.perf_counter() - t0
-    stored = json.loads(results_path.read_text()) if results_path.exists() else {}
     for kind in kinds:
-        stored[kind] = {"results": res[kind], "command": command(), "commit": git_rev(), "machine": machine(),
+        stored[kind] = {"results": res[kind], **harness.stamp(configs=[args.config]),
                         "wall_minutes_of_command": round(wall / 60, 1), "overrides": args.set,
                         "config": _rel(args.config)}
-    results_path.parent.mkdir(parents=True, exist_ok=True)
-    results_path.write_text(json.dumps(stored, indent=1))
-    write_section(stored, args.config)
+    return stored
 
+
+BENCH = harness.Benchmark("streaming", sections, run=run, add_arguments=add_arguments, merge=merge, summary=summary,
+                          doc=__doc__)
 
 if __name__ == "__main__":
-    main()
+    harness.main(BENCH)

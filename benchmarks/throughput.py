@@ -1,8 +1,8 @@
 """Training throughput of the real training loop: SimCLR, the 6-conv reference CNN (32-64-128 channels), batch 256,
 28x28 Fashion-MNIST, two views per image, augmentation on the batch tensor included.
 
-    python benchmarks/throughput.py [--steps 60] [--repeats 2]
-    python benchmarks/throughput.py --report-only      # rewrite the section from benchmarks/results/throughput.json
+    python -m benchmarks.throughput [--steps 60] [--repeats 2]
+    python -m benchmarks.throughput --report-only     # rewrite the section from benchmarks/results/throughput.json
 
 Prints a table, keeps the numbers in benchmarks/results/throughput.json and writes the "throughput" section of
 BENCHMARKS.md from them. img/s counts source images (each gives two views). GFLOP/s = 3 × forward FLOPs × 2 views ×
@@ -11,24 +11,20 @@ training run; the peak is the highest of them).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
-from selfsup.augment import build_recipe  # noqa: E402
-from selfsup.models import SmallCNN  # noqa: E402
-from selfsup.workflows import pretrain  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import md_table
+from selfsup.augment import build_recipe
+from selfsup.models import SmallCNN
+from selfsup.workflows import pretrain
 
-RESULTS = ROOT / "benchmarks" / "results" / "throughput.json"
 PEER = ("Peer figures quoted from ../shared/reference/measured.md, not measured in this run (its first block: a "
         "2-core AMD EPYC with AVX2, no AVX-512): lightly 1.6 pipeline 210 img/s; hand-written loop 190–230 img/s.")
 
@@ -84,7 +80,18 @@ def augmentation_share(steps: int = 10) -> float:
     return (time.perf_counter() - t) / steps
 
 
-def write_section(rec: dict) -> None:
+def spread(rec: dict, runs: list[float], matmul: list[float], load: list[float]) -> str:
+    """The sentence on how much the runs and the machine's matmul ceiling varied within the invocation."""
+    out = (f"Spread within this invocation: the {len(runs)} training runs gave {min(runs):.0f}–{max(runs):.0f} img/s "
+           f"({max(runs) / min(runs):.2f}× between slowest and fastest) and the matmul measured before them "
+           f"{min(matmul):.0f}–{max(matmul):.0f} GFLOP/s ({max(matmul) / min(matmul):.2f}×)")
+    if not load:
+        return out + "."
+    return (out + f"; the 1-min load average (all processes on the {rec.get('cpus', '?')} CPUs, this one included) "
+            f"was {min(load):.1f}–{max(load):.1f} before them.")
+
+
+def sections(rec: dict) -> dict:
     """The "throughput" section from one invocation's record (benchmarks/results/throughput.json)."""
     matmul = [g for v in rec["variants"] for g in v["matmul_gflops"]]
     peak = max(matmul)
@@ -100,43 +107,41 @@ def write_section(rec: dict) -> None:
     body = "\n".join([
         "## Throughput: SimCLR, 6-conv reference CNN (32-64-128), batch 256, 28×28, two views",
         "",
-        f"Command: `{rec['command']}` (commit {rec['commit']}); machine: {rec['machine']}.",
         f"The real training loop (data order, batched augmentation, forward, backward, SGD step; monitoring and "
         f"checkpoints excluded), {rec['steps']} steps per run, first steps included. Forward cost "
         f"{rec['forward_flops'] / 1e6:.1f} MFLOP/image; GFLOP/s = 3 × forward × 2 views × img/s; peak = "
         f"{peak:.0f} GFLOP/s, the highest fp32 matmul (2048×2048) throughput measured in this invocation (before "
-        f"each training run: {len(matmul)} measurements, {min(matmul):.0f}–{peak:.0f} GFLOP/s).",
+        f"each training run: {len(matmul)} measurements, {min(matmul):.0f}–{peak:.0f} GFLOP/s). The variants ran "
+        "one after the other, not interleaved.",
         "",
         md_table(["variant", "img/s (best)", "img/s (each run)", "GFLOP/s (best)", f"of {peak:.0f} GFLOP/s",
-                  "matmul GFLOP/s before each run"] + (["1-min load average before each run"] if load else []),
-                 rows),
+                  "matmul GFLOP/s before each run"] + (["1-min load before each run"] if load else []), rows),
         "",
-        f"Spread within this invocation: the {len(all_runs)} training runs gave {min(all_runs):.0f}–"
-        f"{max(all_runs):.0f} img/s ({max(all_runs) / min(all_runs):.2f}× between slowest and fastest) and the matmul "
-        f"measured before them {min(matmul):.0f}–{peak:.0f} GFLOP/s ({peak / min(matmul):.2f}×)"
-        + (f"; the 1-min load average (all processes on the {rec.get('cpus', '?')} CPUs, this one included) was "
-           f"{min(load):.1f}–{max(load):.1f} before them." if load else "."),
+        spread(rec, all_runs, matmul, load),
         "",
         f"Augmentation alone (two views of 256 images): {1000 * rec['augmentation_seconds']:.0f} ms per batch. "
         + PEER,
     ])
-    update_section("throughput", body)
+    return {"throughput": body}
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def summary(rec: dict) -> list[dict]:
+    v = {x["name"]: max(x["img_s"]) for x in rec["variants"]}
+    (a, fa), (b, fb) = list(v.items())[:2]
+    return [harness.summary_row(f"CPU img/s, {a.split()[0]} vs {b} (best of {len(rec['variants'][0]['img_s'])})",
+                                f"{fa:.0f} img/s", f"{b} {fb:.0f} img/s", f"{fa / fb:.2f}×", rec, "throughput")]
+
+
+def add_arguments(ap) -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=2, help="runs per variant; the table shows the best and all")
-    ap.add_argument("--report-only", action="store_true",
-                    help=f"rewrite the section from {RESULTS.relative_to(ROOT)} without measuring")
-    args = ap.parse_args()
-    if args.report_only:
-        return write_section(json.loads(RESULTS.read_text()))
+
+
+def run(args, store: dict, results: Path) -> dict:
     flops = conv_flops(SmallCNN(1, (32, 64, 128)))
     variants = {"channels_last (default)": [], "NCHW": ["train.channels_last=false"]}
     tmp = Path(tempfile.mkdtemp())
-    rec = {"command": command(), "commit": git_rev(), "machine": machine(), "steps": args.steps,
-           "forward_flops": flops, "cpus": os.cpu_count(), "variants": []}
+    rec = {"steps": args.steps, "forward_flops": flops, "cpus": os.cpu_count(), "variants": []}
     try:
         for k, (name, ov) in enumerate(variants.items()):
             peak_now, runs, load = [], [], []
@@ -153,10 +158,11 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
     rec["augmentation_seconds"] = augmentation_share()
     print(f"augmentation: {1000 * rec['augmentation_seconds']:.0f} ms per batch of 256 (two views)")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(rec, indent=1))
-    write_section(rec)
+    return {**harness.stamp(), **rec}
 
+
+BENCH = harness.Benchmark("throughput", sections, run=run, add_arguments=add_arguments, summary=summary,
+                          doc=__doc__)
 
 if __name__ == "__main__":
-    main()
+    harness.main(BENCH)

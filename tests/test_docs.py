@@ -4,6 +4,7 @@ quote their numbers from BENCHMARKS.md, and every YAML example is a valid config
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shlex
 from pathlib import Path
@@ -245,3 +246,119 @@ def test_every_yaml_example_is_a_valid_config():
     assert blocks
     for b in blocks:
         load_config(yaml.safe_load(b))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# numbers quoted from the benchmark records
+
+RESULTS = ROOT / "benchmarks" / "results"
+NUMBER_PAGES = [ROOT / "README.md", *PAGES]
+BENCH_MARK = re.compile(r"(-?\d+(?:\.\d+)?)\s*(?:%|min|×|img/s|s|points)?\s*<!-- bench: ([\w.-]+\.json):(\S+?) -->")
+ILLUSTRATIVE = "illustrative output of one run"
+
+
+def _lookup(store, path: str) -> float:
+    """``a.b.3.c*100`` (or ``/60``) in a results store: keys, list indices, one scale."""
+    scale = 1.0
+    m = re.match(r"(.*?)([*/])([\d.]+)$", path)
+    if m:
+        path, scale = m.group(1), float(m.group(3)) if m.group(2) == "*" else 1 / float(m.group(3))
+    node = store
+    for k in path.split("."):
+        node = node[int(k)] if isinstance(node, list) else node[k]
+    return float(node) * scale
+
+
+def _leaves(node) -> list[float]:
+    if isinstance(node, dict):  # numeric keys too (ε = "0.0314")
+        return [x for k, v in node.items() for x in _leaves(k) + _leaves(v)]
+    if isinstance(node, list):
+        return [x for v in node for x in _leaves(v)]
+    if isinstance(node, (int, float)) and not isinstance(node, bool):
+        return [float(node)]
+    if isinstance(node, str):  # table cells stored as text ("89.73", "75.70 ± 1.33")
+        return [float(x) for x in re.findall(r"-?\d+\.\d+", node)]
+    return []
+
+
+def _recorded_numbers() -> set[str]:
+    """Every number of benchmarks/results/*.json as a page could print it: 1–3 decimals, raw, as a percentage or
+    ×10⁻³ (AURC)."""
+    out = set()
+    for p in RESULTS.glob("*.json"):
+        for v in _leaves(json.loads(p.read_text())):
+            for x in (v, 100 * v, -v, -100 * v, 1000 * v):
+                out |= {f"{x:.1f}", f"{x:.2f}", f"{x:.3f}", f"{x:.4f}"}
+    return out
+
+
+def test_numbers_marked_with_their_record_match_it():
+    """A number followed by ``<!-- bench: FILE.json:path -->`` equals that record's value at its printed precision;
+    change the record (or the number) and this fails."""
+    checked = 0
+    for page in NUMBER_PAGES:
+        for number, file, path in BENCH_MARK.findall(page.read_text()):
+            value = _lookup(json.loads((RESULTS / file).read_text()), path)
+            decimals = len(number.partition(".")[2])
+            assert f"{value:.{decimals}f}" == number, f"{page.name}: {number} but {file}:{path} gives {value}"
+            checked += 1
+    assert checked >= 6
+
+
+def _cited_paragraphs(text: str) -> list[str]:
+    """Paragraphs (with the tables that follow them) that quote BENCHMARKS.md, outside code."""
+    prose = re.sub(r"`[^`\n]+`", "", _split_fences(text)[1])
+    prose = re.sub(r"<!--.*?-->", "", prose)
+    out, cur = [], []
+    for block in re.split(r"\n\s*\n", prose):
+        if "BENCHMARKS.md" in block:
+            cur = [block]
+            out.append(cur)
+        elif cur and block.lstrip().startswith("|"):
+            cur.append(block)
+        else:
+            cur = []
+    return ["\n\n".join(c) for c in out]
+
+
+@pytest.mark.parametrize("page", NUMBER_PAGES, ids=lambda p: p.name)
+def test_numbers_quoted_from_benchmarks_are_in_the_records(page):
+    """Every decimal number in a paragraph that cites BENCHMARKS.md (and in the tables under it) is a value of
+    benchmarks/results/*.json at its printed precision, unless the paragraph says it is illustrative output."""
+    recorded = _recorded_numbers()
+    missing = []
+    for para in _cited_paragraphs(page.read_text()):
+        if ILLUSTRATIVE in para:
+            continue
+        for n in re.findall(r"(?<![\w.])[-+−]?\d+\.\d+(?![\w.])", para):
+            if n.replace("−", "-").lstrip("+") not in recorded:
+                missing.append(n)
+    assert missing == [], f"{page.name}: numbers not in benchmarks/results/*.json: {sorted(set(missing))}"
+
+
+def _bench_section(title: str) -> str | None:
+    """The text of the BENCHMARKS.md section whose heading starts with ``title`` (up to its end marker)."""
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    m = re.search(r"^#{2,3} " + re.escape(title) + r".*?(?=^<!-- /)", text, flags=re.M | re.S)
+    return m.group(0) if m else None
+
+
+@pytest.mark.parametrize("page", NUMBER_PAGES, ids=lambda p: p.name)
+def test_numbers_cited_with_a_section_are_in_that_section(page):
+    """A paragraph citing BENCHMARKS.md, section "X" quotes its decimals from that section (generated from the
+    records), not from another table that happens to hold the same digits."""
+    checked, missing = 0, []
+    for para in _cited_paragraphs(page.read_text()):
+        if ILLUSTRATIVE in para:
+            continue
+        flat = para.replace("\n", " ")
+        titles = re.findall(r"BENCHMARKS\.md\]?(?:\([^)]*\))?,? (?:section )?\"([^\"]+)\"", flat)
+        titles += re.findall(r"section \"([^\"]+)\"", flat)
+        sections = [s for s in (_bench_section(t) for t in titles) if s]
+        if not sections:
+            continue
+        for n in re.findall(r"(?<![\w.])[-+−]?\d+\.\d+(?![\w.])", para):
+            checked += 1
+            if not any(re.search(r"(?<![\d.])" + re.escape(n.lstrip("+−-")) + r"(?![\d])", s) for s in sections):
+                missing.append(n)
+    assert missing == [], f"{page.name}: numbers not in the cited section: {sorted(set(missing))}"

@@ -1,8 +1,8 @@
 """selfsup against lightly 1.6, side by side in one invocation on this CPU (the peer runs in its own environment,
 benchmarks/peers/env.py).
 
-    python benchmarks/peers/run.py [--steps 30] [--folder-steps 8] [--repeats 2] [--accuracy]
-    python benchmarks/peers/run.py --report-only      # rewrite the section from benchmarks/results/peers.json
+    python -m benchmarks.peers [--steps 30] [--folder-steps 8] [--repeats 2] [--accuracy]
+    python -m benchmarks.peers --report-only      # rewrite the section from benchmarks/results/peers.json
 
 Throughput, runs interleaved (selfsup, lightly, selfsup, lightly, …), every step counted (first ones included):
   * 28×28 Fashion-MNIST in RAM: SimCLR, the 6-conv reference CNN (32-64-128, 2×2 pool), batch 256. selfsup: its
@@ -31,20 +31,20 @@ import numpy as np
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks.common import ROOT, command, git_rev, machine, md_table, update_section  # noqa: E402
-from benchmarks.memory import make_folder  # noqa: E402
-from benchmarks.peers.env import ensure  # noqa: E402
-from benchmarks.throughput import conv_flops, matmul_gflops  # noqa: E402
-from selfsup.config import load_config  # noqa: E402
-from selfsup.data import fashion_mnist, train_val_split  # noqa: E402
-from selfsup.evaluate.suite import evaluate_run  # noqa: E402
-from selfsup.models import SmallCNN  # noqa: E402
-from selfsup.models.io import save_backbone  # noqa: E402
-from selfsup.train.setup import cpu_has_bf16  # noqa: E402
-from selfsup.workflows import pretrain  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import ROOT, md_table
+from benchmarks.memory import make_folder
+from benchmarks.peers.env import ensure
+from benchmarks.throughput import conv_flops, matmul_gflops
+from selfsup.config import load_config
+from selfsup.data import fashion_mnist, train_val_split
+from selfsup.evaluate.suite import evaluate_run
+from selfsup.models import SmallCNN
+from selfsup.models.io import save_backbone
+from selfsup.train.setup import cpu_has_bf16
+from selfsup.workflows import pretrain
 
-RESULTS = ROOT / "benchmarks" / "results" / "peers.json"
+RESULTS = harness.RESULTS_DIR / "peers.json"
 PEER = Path(__file__).resolve().parent / "lightly_simclr.py"
 CNN = {"widths": [32, 64, 128], "pool": 2, "stem": "cifar"}  # the stride-1 first conv of lightly's copy
 PEER_RECIPE = {"widths": [24, 48, 96], "pool": 2, "min_scale": 0.6, "lr": 0.12}  # measured.md's lightly recipe
@@ -177,15 +177,20 @@ def save(rec: dict) -> None:
     RESULTS.write_text(json.dumps(rec, indent=1))
 
 
-def write_section(rec: dict) -> None:
-    steps_note = ("" if "loop_seconds" not in next(iter(rec.get("ram28", {}).get("selfsup", [{}])), {}) else
-                  " (selfsup's kNN monitor, which runs at the start and end of its loop and has no counterpart in "
-                  "lightly's, is outside the timed steps)")
+def steps_note(rec: dict) -> str:
+    """What selfsup's timer leaves out, where the record has its loop time."""
+    if "loop_seconds" not in next(iter(rec.get("ram28", {}).get("selfsup", [{}])), {}):
+        return ""
+    return (" (selfsup's kNN monitor, which runs at its last step and has no counterpart in lightly's loop, is "
+            "outside selfsup's timed steps; lightly's timer spans its whole loop)")
+
+
+def sections(rec: dict) -> dict:
     lines = ["## Side by side with lightly (benchmarks/peers)", "",
-             f"Command: `{rec['command']}` (commit {rec['commit']}); machine: {rec['machine']}. Peer: lightly "
+             "Peer: lightly "
              f"{rec.get('lightly_version', '?')} on torch {rec.get('peer_torch', '?')} in its own environment "
              f"(benchmarks/peers/env.py). Runs interleaved, selfsup first; img/s = images / wall time of the "
-             f"training steps, every step counted, data waits included{steps_note}. Same CNN "
+             f"training steps, every step counted, data waits included{steps_note(rec)}. Same CNN "
              f"({rec.get('params', '?')} parameters on grey input, checked on both sides), same batch, same data.", ""]
     rows, amp_rows = [], []
     for name, label in (("ram28", "28×28 in RAM, batch 256"), ("folder96", "96×96 RGB JPEG folder, batch 128")):
@@ -236,20 +241,46 @@ def write_section(rec: dict) -> None:
     acc = rec.get("accuracy")
     if acc and "lightly" in acc:
         if "accuracy_command" in rec:
-            lines += ["", f"Time to accuracy, measured by `{rec['accuracy_command']}` (commit "
-                          f"{rec['accuracy_commit']}; machine: {rec['accuracy_machine']}):"]
+            lines += ["", f"Time to accuracy, measured by `{harness.short_command(rec['accuracy_command'])}` "
+                          f"(commit {rec['accuracy_commit']}; host: "
+                          f"{harness.short_host({'machine': rec['accuracy_machine']})}):"]
         lines += ["", f"Time to accuracy at the same pre-training wall time, {acc['seconds']:.0f} s (the demo's "
                       f"pre-training in this invocation; selfsup {acc['selfsup_steps']} steps, lightly "
                       f"{acc['lightly_steps']} steps at {acc['lightly_img_s']:.0f} img/s), both scored by selfsup's "
                       f"evaluation suite on the same splits:", "",
                   md_table(["pipeline", "kNN test %", "linear test %"], acc_rows(acc))]
-    update_section("peers", "\n".join(lines))
+    return {"peers": "\n".join(lines)}
+
+
+def summary(rec: dict) -> list[dict]:
+    out = []
+    if "ram28" in rec:
+        ss = [r["img_s"] for r in rec["ram28"]["selfsup"]]
+        pl = [r["img_s"] for r in rec["ram28"]["lightly"]]
+        out.append(harness.summary_row("CPU img/s vs lightly, 28 px fp32 (unequal timers)", f"{max(ss):.0f} img/s",
+                                       f"lightly {max(pl):.0f} img/s", f"{max(ss) / max(pl):.2f}× (best runs)",
+                                       rec, "peers"))
+    acc = rec.get("accuracy")
+    if acc and "lightly" in acc:
+        s, p = acc["selfsup"], acc["lightly"]
+        where = {"commit": rec.get("accuracy_commit", rec["commit"]),
+                 "machine": rec.get("accuracy_machine", rec.get("machine"))}
+        out.append(harness.summary_row(f"linear at equal time ({acc['seconds']:.0f} s) vs lightly's recipe (1 seed)",
+                                       f"{100 * s['linear_test']:.2f} %",
+                                       f"lightly {100 * p['linear_test']:.2f} %",
+                                       f"{100 * (s['linear_test'] - p['linear_test']):+.2f} points", where, "peers"))
+    return out
+
+
+BENCH = harness.Benchmark("peers", sections, summary=summary, doc=__doc__)
 
 
 def acc_rows(acc: dict) -> list[list[str]]:
     """The time-to-accuracy table: selfsup's demo, lightly's recipe (its own readout, and, when the demo sets
     model.readout_pool, the demo's readout on lightly's weights), and the differences."""
-    pct = lambda v: f"{100 * v:.2f}" if v is not None else "—"  # noqa: E731
+    def pct(v) -> str:
+        return f"{100 * v:.2f}" if v is not None else "—"
+
     s = acc["selfsup"]
     rows = [["selfsup demo (configs/demo.yaml)", pct(s["knn_test"]), pct(s["linear_test"])]]
     peers = [("lightly", "lightly, measured.md's recipe (its 2×2 readout)")]
@@ -278,9 +309,10 @@ def main():
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args()
     if a.report_only:
-        return write_section(json.loads(RESULTS.read_text()))
+        harness.write(BENCH, json.loads(RESULTS.read_text()))
+        return harness.write_summary()
     py = ensure()
-    rec = {"command": command(), "commit": git_rev(), "machine": machine(), "cpus": os.cpu_count()}
+    rec = {**harness.stamp(), "cpus": os.cpu_count()}
     if a.accuracy_only:  # the throughput rows (and their command) stay those of the results file
         rec = {**json.loads(RESULTS.read_text()), "accuracy_command": rec["command"],
                "accuracy_commit": rec["commit"], "accuracy_machine": rec["machine"]}
@@ -295,7 +327,10 @@ def main():
     if a.accuracy or a.accuracy_only:
         accuracy(a, py, tmp, rec)
     shutil.rmtree(tmp, ignore_errors=True)  # kept when a phase failed, to look at
-    write_section(rec)
+    rec["dependencies"] = harness.dependencies(["configs/demo.yaml"])  # the modules the runs above loaded
+    save(rec)
+    harness.write(BENCH, rec)
+    harness.write_summary()
 
 
 if __name__ == "__main__":
