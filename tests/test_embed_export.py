@@ -78,7 +78,7 @@ def test_parquet_rows_and_features_equal_in_memory_embedding(run, folders, tmp_p
     assert f.metadata.num_row_groups == 3  # 7 images, batches of 3: streamed, one row group per batch
     assert [f.metadata.row_group(i).num_rows for i in range(3)] == [3, 3, 1]
     t = f.read()
-    assert t.column_names == ["id", "label", "class", "embedding"]
+    assert t.column_names == ["id", "label", "class", "split", "embedding"]
     assert t.schema.field("embedding").type.list_size == 8 * 2 * 2
     assert t["id"].to_pylist() == [f"boot/b{i}.png" for i in range(4)] + [f"coat/c{i}.png" for i in range(3)]
     assert t["label"].to_pylist() == [0, 0, 0, 0, 1, 1, 1]
@@ -94,7 +94,7 @@ def test_npy_and_ids_csv_of_a_flat_folder(run, folders, tmp_path):
     np.testing.assert_allclose(np.load(out), _reference(run, flat), rtol=1e-5, atol=1e-6)
     rows = list(csv.DictReader(ids_csv_path(out).open()))
     assert ids_csv_path(out).name == "e.ids.csv"
-    assert rows == [{"id": f"img{i}.png", "label": "", "class": ""} for i in range(5)]
+    assert rows == [{"id": f"img{i}.png", "label": "", "class": "", "split": ""} for i in range(5)]
 
 
 def test_parquet_labels_are_null_for_a_flat_folder(run, folders, tmp_path):
@@ -115,6 +115,7 @@ def test_config_split_gives_index_ids_labels_and_class_names(run, tmp_path):
     assert t["id"].to_pylist() == [str(i) for i in range(len(test))]
     assert t["label"].to_pylist() == test.labels.tolist()
     assert t["class"].to_pylist() == [str(v) for v in test.labels.tolist()]  # digits' class names are "0".."9"
+    assert t["split"].to_pylist() == ["test"] * len(test)  # a data set's split: the split asked for
     emb = np.array(t["embedding"].to_pylist(), dtype=np.float32)
     ref = embed_images(load_backbone(run), test.images, FeatureExtraction(size=SIZE), progress=False).numpy()
     np.testing.assert_allclose(emb, ref, rtol=1e-5, atol=1e-6)
