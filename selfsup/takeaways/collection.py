@@ -65,7 +65,8 @@ def open_collection(run_dir: str | Path, source: str | Path | None = None, confi
     info = backbone_info(run_dir)
     if source is not None:
         if skip_bad:  # unreadable files leave the table (a lazy set would have to stand another image in for them)
-            return image_folder(source, size=info.get("image_size"), channels=info["in_channels"], skip_bad=True)
+            return image_folder(source, size=info.get("image_size"), channels=info["in_channels"], skip_bad=True,
+                                background=run_data(run_dir).background)
         if not Path(source).is_dir():
             raise DataError(f"image folder {source} does not exist")
         data = run_data(run_dir).model_copy(update={"size": info.get("image_size"), "channels": info["in_channels"],
