@@ -141,3 +141,44 @@ def test_training_folder_source_reads_val_as_test_with_the_same_class_indices(tm
     assert [train.classes[int(y)] for y in train.labels] == ["a", "a", "b", "b", "c"]
     assert [test.classes[int(y)] for y in test.labels] == ["b", "c", "c"]
     assert test.files == ["b/0.png", "c/0.png", "c/1.png"]
+
+
+# ------------------------------------------------------------------------------------------ counts a user can see
+@pytest.fixture(scope="module")
+def messy_folder(tmp_path_factory):
+    """train/ + test/ with an unreadable PNG and a file that is not an image in each split."""
+    root = tmp_path_factory.mktemp("messy")
+    _write(root, {"train": {"a": 12, "b": 12}, "test": {"a": 4, "b": 4}}, np.random.default_rng(2))
+    (root / "train" / "a" / "broken.png").write_bytes(b"not a png")
+    (root / "train" / "notes.txt").write_text("not an image")
+    (root / "test" / "b" / "broken.png").write_bytes(b"not a png either")
+    (root / "test" / "a" / "logo.svg").write_text("<svg/>")
+    return root
+
+
+@pytest.mark.filterwarnings("ignore:skipping")
+@pytest.mark.parametrize("in_memory", ["always", "never"])
+def test_skipped_and_ignored_files_are_counted_in_metrics_eval_and_report(messy_folder, tmp_path, in_memory):
+    """In RAM and lazily: metrics.jsonl, eval.json and the report's warnings say how many files were left out."""
+    import json
+
+    from helpers import tiny_cfg
+    from selfsup import pretrain
+    from selfsup.report.html import report_warnings
+    cfg = tiny_cfg(messy_folder, tmp_path, "messy", max_steps=3, batch_size=8)
+    cfg["data"] = {"source": "folder", "root": str(messy_folder), "skip_bad_images": True, "in_memory": in_memory,
+                   "size": SIZE}
+    run = pretrain(cfg, progress=False).run_dir
+    want = {"train": {"skipped": 1, "ignored": 1}, "test": {"skipped": 1, "ignored": 1}}
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    counted = [r["data_counts"] for r in rows if "data_counts" in r]
+    assert len(counted) == 1
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["data_counts"] == want
+    if in_memory == "always":  # in RAM the counts are known when the folder is read, before training
+        assert counted[0] == want
+    else:  # lazily: the unreadable files decoding met (the test split's only in the evaluation)
+        assert counted[0]["train"] == want["train"] and counted[0]["test"]["ignored"] == 1
+    ws = report_warnings(run)
+    assert "train data: 1 unreadable file(s) skipped, 1 file(s) that are not images ignored" in ws
+    assert "test data: 1 unreadable file(s) skipped, 1 file(s) that are not images ignored" in ws
