@@ -1,6 +1,7 @@
 """The Python API: ``pretrain(config)``, ``load(run_dir)`` → backbone ``nn.Module``, ``embed(model, images)``, and
-what the commands after training do: ``embed_to_file``, ``export_backbone``, ``find_neighbours`` /
-``near_duplicates``, ``select_to_label``, ``compare_runs``, ``write_html_report``."""
+what the commands after training do: ``embed_to_file``, ``export_backbone`` (and ``preprocess``: an image as the
+exported model's input), ``find_neighbours`` / ``near_duplicates``, ``select_to_label``, ``compare_runs``,
+``write_html_report``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from .config import load_config
-from .takeaways.export import export_backbone
+from .takeaways.export import export_backbone, preprocess
 from .takeaways.collection import CollectionSpec
 from .takeaways.embed import embed_to_file
 from .takeaways.neighbours import NeighbourQuery, find_neighbours, near_duplicates, nearest
@@ -43,6 +44,6 @@ def embed(model: nn.Module | str | Path, images, batch_size: int = 1024, device:
 
 
 __all__ = ["pretrain", "finetune", "stream", "sequence", "load", "embed", "load_config", "save_backbone",
-           "embed_to_file", "export_backbone", "find_neighbours", "nearest", "near_duplicates", "select_to_label",
-           "select_from_collection", "compare_runs", "write_html_report", "fewshot_eval", "low_label_probes",
-           "CollectionSpec", "NeighbourQuery", "Selection", "StreamIntake"]
+           "embed_to_file", "export_backbone", "preprocess", "find_neighbours", "nearest", "near_duplicates",
+           "select_to_label", "select_from_collection", "compare_runs", "write_html_report", "fewshot_eval",
+           "low_label_probes", "CollectionSpec", "NeighbourQuery", "Selection", "StreamIntake"]

@@ -78,7 +78,7 @@ def test_parquet_rows_and_features_equal_in_memory_embedding(run, folders, tmp_p
     assert f.metadata.num_row_groups == 3  # 7 images, batches of 3: streamed, one row group per batch
     assert [f.metadata.row_group(i).num_rows for i in range(3)] == [3, 3, 1]
     t = f.read()
-    assert t.column_names == ["id", "label", "class", "embedding"]
+    assert t.column_names == ["id", "label", "class", "split", "embedding"]
     assert t.schema.field("embedding").type.list_size == 8 * 2 * 2
     assert t["id"].to_pylist() == [f"boot/b{i}.png" for i in range(4)] + [f"coat/c{i}.png" for i in range(3)]
     assert t["label"].to_pylist() == [0, 0, 0, 0, 1, 1, 1]
@@ -94,7 +94,7 @@ def test_npy_and_ids_csv_of_a_flat_folder(run, folders, tmp_path):
     np.testing.assert_allclose(np.load(out), _reference(run, flat), rtol=1e-5, atol=1e-6)
     rows = list(csv.DictReader(ids_csv_path(out).open()))
     assert ids_csv_path(out).name == "e.ids.csv"
-    assert rows == [{"id": f"img{i}.png", "label": "", "class": ""} for i in range(5)]
+    assert rows == [{"id": f"img{i}.png", "label": "", "class": "", "split": ""} for i in range(5)]
 
 
 def test_parquet_labels_are_null_for_a_flat_folder(run, folders, tmp_path):
@@ -115,6 +115,7 @@ def test_config_split_gives_index_ids_labels_and_class_names(run, tmp_path):
     assert t["id"].to_pylist() == [str(i) for i in range(len(test))]
     assert t["label"].to_pylist() == test.labels.tolist()
     assert t["class"].to_pylist() == [str(v) for v in test.labels.tolist()]  # digits' class names are "0".."9"
+    assert t["split"].to_pylist() == ["test"] * len(test)  # a data set's split: the split asked for
     emb = np.array(t["embedding"].to_pylist(), dtype=np.float32)
     ref = embed_images(load_backbone(run), test.images, FeatureExtraction(size=SIZE), progress=False).numpy()
     np.testing.assert_allclose(emb, ref, rtol=1e-5, atol=1e-6)
@@ -249,3 +250,61 @@ def test_a_folder_over_the_runs_memory_budget_embeds_lazily_in_workers(run, fold
     want = embed_images(load_backbone(run), eager.images, FeatureExtraction(size=SIZE), progress=False).numpy()
     out = embed_to_file(lazy_run, tmp_path / "e.npy", CollectionSpec(classed), batch_size=2, progress=False)
     np.testing.assert_allclose(np.load(out), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def rgb_run(tmp_path_factory):
+    """A 3-channel run (SIZE×SIZE) whose data.background is grey: the contract must carry it."""
+    torch.manual_seed(1)
+    run = tmp_path_factory.mktemp("rgbrun")
+    save_backbone(run, build_backbone("cnn", 3, widths=(4, 8), pool=2), ModelConfig(widths=[4, 8], pool=2), 3,
+                  image_size=SIZE)
+    (run / "config.yaml").write_text("name: t\ndata: {background: '#808080'}\n")
+    return run
+
+
+def _rgba_icon(path):
+    """A non-square RGBA PNG whose transparent pixels hide a colour other than the background."""
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (30, 47, 4), dtype=np.uint8)
+    a[..., 3] = 0
+    a[8:22, 12:35, 3] = 255
+    a[a[..., 3] == 0, :3] = (0, 200, 30)  # hidden under transparency
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a, "RGBA").save(path)
+    return path
+
+
+def test_export_json_names_the_whole_input_contract(rgb_run):
+    export_backbone(rgb_run)
+    rec = json.loads((rgb_run / "export" / "export.json").read_text())
+    inp = rec["input"]
+    assert inp["colour_mode"] == "RGB" and inp["resize"]["filter"] == "bilinear" and inp["range"] == [0.0, 1.0]
+    assert inp["crop"].startswith("central square") and inp["normalisation"] == "inside the model"
+    assert inp["dtype"] == "float32" and inp["resize"]["size"] == [SIZE, SIZE] and rec["image_size"] == SIZE
+    assert inp["transparency"]["composited_onto"] == rec["background"] == "#808080"
+
+
+def test_preprocess_then_onnx_matches_selfsup_embed_on_an_rgba_image(rgb_run, tmp_path):
+    """A non-square RGBA PNG through selfsup.preprocess and the ONNX file gives selfsup embed's features."""
+    import selfsup
+    torch.set_num_threads(1)
+    icon = _rgba_icon(tmp_path / "icons" / "icon.png")
+    onnx_path = export_backbone(rgb_run)
+    out = tmp_path / "e.parquet"
+    r = CliRunner().invoke(app, ["embed", str(rgb_run), "--source", str(icon.parent), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    want = np.array(pq.read_table(out)["embedding"].to_pylist(), dtype=np.float32)
+    x = selfsup.preprocess(icon, rgb_run)
+    assert x.dtype == np.float32 and x.shape == (1, 3, SIZE, SIZE) and 0 <= x.min() and x.max() <= 1
+    got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    # the same array from a PIL image, from export.json (path or dict); the caller's image is left as it was
+    with Image.open(icon) as im:
+        np.testing.assert_array_equal(selfsup.preprocess(im, rgb_run), x)
+        assert im.mode == "RGBA" and im.size == (47, 30)
+    record = rgb_run / "export" / "export.json"
+    np.testing.assert_array_equal(selfsup.preprocess(icon, record), x)
+    np.testing.assert_array_equal(selfsup.preprocess([icon, icon], json.loads(record.read_text()))[1], x[0])
+    # the hidden colour does not leak: the transparent corner is the run's grey background
+    np.testing.assert_allclose(x[0, :, 0, 0], 128 / 255, atol=1e-6)

@@ -15,7 +15,8 @@ from .output import fail
 
 def embed(run_dir: Path = typer.Argument(..., help="a trained run directory (holds backbone.json)"),
           out: Path = typer.Option(..., "--out", "-o", help="FILE.parquet or FILE.npy (+ FILE.ids.csv)"),
-          source: Optional[Path] = typer.Option(None, "--source", help="a folder of images (sub-folders = classes)"),
+          source: Optional[Path] = typer.Option(None, "--source", help="a folder of images (sub-folders = classes; "
+                                                                   "train/ + test/ or val/: classes under each)"),
           config: Optional[Path] = typer.Option(None, "--config", "-c",
                                                 help="embed the data set this config names (default: the run's)"),
           split: str = typer.Option("train", "--split", help="train | test (with --config or the run's data)"),
@@ -24,8 +25,8 @@ def embed(run_dir: Path = typer.Argument(..., help="a trained run directory (hol
                                                     "available here, else cpu)"),
           batch_size: int = typer.Option(512, "--batch-size", help="images per batch on the device"),
           skip_bad: bool = typer.Option(False, "--skip-bad", help="skip unreadable images with a warning")):
-    """Features of every image of a collection, written to FILE.parquet (id, label, class, embedding) or FILE.npy
-    (+ FILE.ids.csv), batch by batch, atomically."""
+    """Features of every image of a collection, written to FILE.parquet (id, label, class, split, embedding) or
+    FILE.npy (+ FILE.ids.csv), batch by batch, atomically."""
     try:
         path = embed_to_file(run_dir, out, CollectionSpec(source, config, split, skip_bad), device=device,
                              batch_size=batch_size)

@@ -101,7 +101,21 @@ def _in_ram(data: DataConfig, split: str, size: int | None, channels: int | None
 def load_datasets(data: DataConfig) -> tuple[ImageDataset, ImageDataset | None]:
     train = _load(data, "train", data.size, data.channels)
     if data.subset:
+        whole = train
         train = train.subset(np.arange(min(data.subset, len(train))))
+        train.skipped, train.ignored = whole.skipped, whole.ignored  # what reading the folder left out
     # the test split takes the training set's shape
     test = _load(data, "test", train.images.shape[-1], train.channels) if has_test_split(data) else None
     return train, test
+
+
+def data_counts(ds: ImageDataset) -> dict[str, int]:
+    """Files a set left out: ``skipped`` (unreadable, under ``data.skip_bad_images``; for a lazy set, also the
+    distinct unreadable files its decoding in this process met so far) and ``ignored`` (not images by extension)."""
+    unreadable = getattr(ds.images, "unreadable", ())
+    return {"skipped": int(ds.skipped) + len(unreadable), "ignored": int(ds.ignored)}
+
+
+def dataset_counts(train: ImageDataset, test: ImageDataset | None) -> dict[str, dict[str, int]]:
+    """:func:`data_counts` of the training set and (when there is one) the test set, by split."""
+    return {"train": data_counts(train), **({"test": data_counts(test)} if test is not None else {})}

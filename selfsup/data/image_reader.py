@@ -27,6 +27,7 @@ one line on the ``selfsup`` logger naming the file.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -131,8 +132,13 @@ def _fit(im: Image.Image, size: int) -> Image.Image:
     return im.resize((size, size), Image.BILINEAR)
 
 
+def _opened(source):
+    """``source`` opened with Pillow; a PIL image already open is read from a copy (the caller's stays as it is)."""
+    return contextlib.nullcontext(source.copy()) if isinstance(source, Image.Image) else Image.open(source)
+
+
 def _decode(source, size: int | None, channels: int | None, background: tuple[int, int, int]):
-    with Image.open(source) as im:  # the first frame of an animated image
+    with _opened(source) as im:  # the first frame of an animated image
         _draft(im, size, channels)
         im.load()
         ImageOps.exif_transpose(im, in_place=True)
@@ -149,9 +155,9 @@ def _one_line(e: BaseException) -> str:
 
 def read_image(source, size: int | None = None, channels: int | None = None, background: Colour = WHITE,
                name: str | None = None) -> tuple[np.ndarray, int, int]:
-    """Decode one image file (a path or a file object) as described in the module's docstring: converted to
-    ``channels`` (1 or 3; default from the image's mode), its central square resized to ``size`` × ``size``
-    (default: its own width), transparency over ``background``. Returns (C×H×W uint8 array, channels, size).
+    """Decode one image file (a path, a file object or an open PIL image) as described in the module's docstring:
+    converted to ``channels`` (1 or 3; default from the image's mode), its central square resized to ``size`` ×
+    ``size`` (default: its own width), transparency over ``background``. Returns (C×H×W uint8 array, channels, size).
 
     Tolerance of the reduced-size JPEG decoding against decoding at full size and resizing: a mean absolute
     difference under 3/255 per pixel on smooth, photo-like content (tests/test_image_reader.py checks it); fine

@@ -94,6 +94,7 @@ class LazyImages(_Rows):
         self.items, self.size, self.channels, self.skip_bad, self.name = items, size, channels, skip_bad, name
         self.background = background
         self.shape = torch.Size((len(items), channels, size, size))
+        self.unreadable: set[str] = set()  # the files skip_bad replaced so far (decoded in this process)
 
     def _decode(self, i: int) -> np.ndarray:
         item = self.items[i]
@@ -112,6 +113,7 @@ class LazyImages(_Rows):
                     if not self.skip_bad:
                         raise
                     warnings.warn(f"skipping {e}")
+                    self.unreadable.add(self.items[j].describe())
                     bad += 1
             else:
                 raise DataError(f"{self.name}: no readable image left")
@@ -120,9 +122,11 @@ class LazyImages(_Rows):
         return torch.from_numpy(np.stack(rows)), bad
 
     def subset(self, idx) -> "LazyImages":
-        """The rows ``idx``, still lazy."""
-        return LazyImages([self.items[int(i)] for i in torch.as_tensor(idx).flatten().tolist()], self.size,
-                          self.channels, self.skip_bad, self.name, self.background)
+        """The rows ``idx``, still lazy (their unreadable files counted with this set's)."""
+        sub = LazyImages([self.items[int(i)] for i in torch.as_tensor(idx).flatten().tolist()], self.size,
+                         self.channels, self.skip_bad, self.name, self.background)
+        sub.unreadable = self.unreadable
+        return sub
 
     def __repr__(self) -> str:
         return f"LazyImages({self.name}: {len(self)} × {self.channels}×{self.size}×{self.size})"

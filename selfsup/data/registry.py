@@ -17,7 +17,8 @@ from ..config import Config, DataConfig, register_check
 from ..errors import ConfigError, DataError
 from .image_reader import Colour
 from .lazy import open_lazy_folder, open_lazy_shards
-from .sources import ImageDataset, cifar, digits, fashion_mnist, image_folder, npz, shard_paths, webdataset_shard
+from .sources import (ImageDataset, cifar, digits, fashion_mnist, image_folder, npz, shard_paths, split_layout,
+                      webdataset_shard)
 
 # load(split, root, **decode) -> the split in RAM; decode: size, channels, skip_bad, background (the sources that
 # decode files)
@@ -44,8 +45,11 @@ class Source:
 
 # ------------------------------------------------------------------------------------------------ image folders
 def _split_folder(root, split: str) -> Path:
-    """``root/split`` when it is a folder (train/ and test/ layout), else ``root`` itself."""
+    """``root/split`` when it is a folder (train/ and test/ layout; ``val/`` stands for a missing ``test/``), else
+    ``root`` itself."""
     p = Path(root)
+    if split == "test" and not (p / split).is_dir() and split_layout(p):
+        return p / "val"
     return p / split if (p / split).is_dir() else p
 
 
@@ -59,7 +63,7 @@ def _lazy_folder(root: Path, split: str, size: int | None, channels: int | None,
 
 
 def _folder_has_test(root: Path | None) -> bool:
-    return root is not None and (root / "test").is_dir()
+    return root is not None and ((root / "test").is_dir() or split_layout(root))
 
 
 # ---------------------------------------------------------------------------------------------------------- NPZ

@@ -157,21 +157,65 @@ def _report_ignored(root: Path, ignored: list[str]) -> None:
                 "are" if len(ignored) > 1 else "is", shown)
 
 
+SPLIT_NAMES = ("train", "test", "val")
+"""Sub-folder names that make a folder a train/ + test/ (or val/) layout rather than one class per sub-folder."""
+
+
+def split_layout(root: str | Path) -> bool:
+    """Whether ``root`` is laid out as splits: every sub-folder is one of :data:`SPLIT_NAMES`, ``train/`` and
+    ``test/`` or ``val/`` among them (each split's own sub-folders are then the classes)."""
+    root = Path(root)
+    if not root.is_dir():
+        return False
+    names = {p.name for p in root.iterdir() if p.is_dir()}
+    return "train" in names and bool(names & {"test", "val"}) and names <= set(SPLIT_NAMES)
+
+
+def file_splits(root: str | Path, files: list[str] | None) -> list[str] | None:
+    """The split of each of ``files`` (paths relative to ``root``) when ``root`` is a split layout, else None."""
+    if files is None or not split_layout(root):
+        return None
+    return [f.split("/", 1)[0] for f in files]
+
+
+def _candidates(root: Path, subdirs: list[Path], index: dict[str, int]) -> list[tuple[Path, int]]:
+    """Files under ``root``: those of each class sub-folder with its class index, loose ones with −1 (loose images
+    only without sub-folders; other loose files to be counted as ignored)."""
+    out = [(f, index[d.name]) for d in subdirs for f in sorted(d.rglob("*")) if f.is_file()]
+    loose = sorted(f for f in root.iterdir() if f.is_file())
+    return out + [(f, -1) for f in loose if not subdirs or f.suffix.lower() not in IMAGE_SUFFIXES]
+
+
+def _split_classes(splits: list[Path]) -> list[str]:
+    """The classes of a split layout: the sorted sub-folder names over all its splits."""
+    return sorted({d.name for s in splits for d in s.iterdir() if d.is_dir()})
+
+
 def list_folder(root: Path) -> FolderListing:
     """The image files under ``root`` with their class index (sub-folder; −1 without sub-folders), the classes
-    (sorted sub-folder names) and the files that are not images by extension (named in one log line)."""
+    (sorted sub-folder names) and the files that are not images by extension (named in one log line). A split
+    layout (:func:`split_layout`: ``train/`` and ``test/`` or ``val/``) lists every split's files, the class being
+    the sub-folder under the split; the classes of a split layout, or of one split of it, are the sorted names
+    over all its splits, so a class missing from one split keeps its index."""
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir())
-    candidates = [(f, ci) for ci, d in enumerate(subdirs) for f in sorted(d.rglob("*")) if f.is_file()]
-    loose = sorted(f for f in root.iterdir() if f.is_file())
-    candidates += [(f, -1) for f in loose if not subdirs or f.suffix.lower() not in IMAGE_SUFFIXES]
+    if split_layout(root):
+        classes = _split_classes(subdirs)
+        index = {c: i for i, c in enumerate(classes)}
+        candidates = [c for s in subdirs for c in _candidates(s, sorted(p for p in s.iterdir() if p.is_dir()), index)]
+        candidates += [(f, -1) for f in sorted(root.iterdir()) if f.is_file()]  # beside the splits: ignored
+    else:
+        one_split = root.name in SPLIT_NAMES and split_layout(root.parent)
+        classes = _split_classes(sorted(p for p in root.parent.iterdir() if p.is_dir())) if one_split and subdirs \
+            else [d.name for d in subdirs]
+        candidates = _candidates(root, subdirs, {c: i for i, c in enumerate(classes)})
     files = [(f, ci) for f, ci in candidates if f.suffix.lower() in IMAGE_SUFFIXES]
     ignored = [f.relative_to(root).as_posix() for f, _ in candidates if f.suffix.lower() not in IMAGE_SUFFIXES]
     _report_ignored(root, ignored)
     if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {root}")
-    return FolderListing(files, [d.name for d in subdirs], ignored)
+    return FolderListing(files, classes, ignored)
 
 
 def image_folder(path: str | Path, size: int | None = None, channels: int | None = None,

@@ -141,6 +141,10 @@ def run_warnings(results: dict) -> list[str]:
     c = results.get("collapse") or {}
     if not ws and c.get("collapsed"):
         ws.append(f"COLLAPSE ALARM ({c['verdict']}): {c['message']}")
+    for split, n in (results.get("data_counts") or {}).items():  # files the data left out (evaluation adds them)
+        if n and (n.get("skipped") or n.get("ignored")):
+            ws.append(f"{split} data: {n.get('skipped', 0)} unreadable file(s) skipped, {n.get('ignored', 0)} "
+                      f"file(s) that are not images ignored")
     return ws
 
 

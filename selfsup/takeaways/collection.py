@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import DataConfig, load_config
 from ..data import image_batches, load_datasets, open_chunk
-from ..data.sources import ImageDataset, image_folder
+from ..data.sources import ImageDataset, file_splits, image_folder
 from ..errors import ConfigError, DataError
 from ..evaluate.features import inference_copy
 from ..models import backbone_info, load_backbone
@@ -65,7 +65,8 @@ def open_collection(run_dir: str | Path, source: str | Path | None = None, confi
     info = backbone_info(run_dir)
     if source is not None:
         if skip_bad:  # unreadable files leave the table (a lazy set would have to stand another image in for them)
-            return image_folder(source, size=info.get("image_size"), channels=info["in_channels"], skip_bad=True)
+            return image_folder(source, size=info.get("image_size"), channels=info["in_channels"], skip_bad=True,
+                                background=run_data(run_dir).background)
         if not Path(source).is_dir():
             raise DataError(f"image folder {source} does not exist")
         data = run_data(run_dir).model_copy(update={"size": info.get("image_size"), "channels": info["in_channels"],
@@ -86,6 +87,23 @@ def open_collection(run_dir: str | Path, source: str | Path | None = None, confi
 def item_ids(ds: ImageDataset) -> list[str]:
     """What names each image in a table: its file (image folders) or its index in the data set."""
     return list(ds.files) if ds.files is not None else [str(i) for i in range(len(ds))]
+
+
+def item_splits(ds: ImageDataset, source: str | Path | None = None, split: str = "train") -> list[str | None]:
+    """Each image's split: for a folder ``source`` laid out as ``train/`` + ``test/`` (or ``val/``), the split
+    folder it is in (None for any other folder); for a data set's split (no ``source``), ``split``."""
+    if source is None:
+        return [split] * len(ds)
+    return file_splits(source, ds.files) or [None] * len(ds)
+
+
+def row_labels(ds: ImageDataset) -> tuple[list[int | None], list[str | None]]:
+    """Each image's label and class name; None where unknown (no labels, a negative label, no class names)."""
+    if ds.labels is None:
+        return [None] * len(ds), [None] * len(ds)
+    labels = [int(v) if v >= 0 else None for v in ds.labels.tolist()]
+    names = [ds.classes[v] if v is not None and v < len(ds.classes) else None for v in labels]
+    return labels, names
 
 
 @torch.inference_mode()
@@ -128,6 +146,7 @@ class EmbeddedCollection:
     backbone: nn.Module
     image_size: int | None
     device: torch.device
+    splits: list[str | None]  # each image's split (:func:`item_splits`)
 
 
 def embed_run_collection(run_dir: str | Path, source: str | Path | None = None,
@@ -143,4 +162,4 @@ def embed_run_collection(run_dir: str | Path, source: str | Path | None = None,
     backbone = load_backbone(run_dir, device)
     feats = embed_images(backbone, ds.images, FeatureExtraction(batch_size, device, size,
                                                                 workers=run_data(run_dir).workers), progress)
-    return EmbeddedCollection(ds, feats, backbone, size, device)
+    return EmbeddedCollection(ds, feats, backbone, size, device, item_splits(ds, source))

@@ -1,7 +1,8 @@
 """Features of every image of a collection, streamed to disk batch by batch: a Parquet file (one row group per batch;
-columns ``id``, ``label``, ``class``, ``embedding``) or a ``.npy`` array (filled through a memory map) with a
-``FILE.ids.csv`` beside it (id,label,class). Both are written to a temporary file and renamed into place when
-complete, so an interrupted run never leaves a half file under the final name."""
+columns ``id``, ``label``, ``class``, ``split``, ``embedding``) or a ``.npy`` array (filled through a memory map)
+with a ``FILE.ids.csv`` beside it (id,label,class,split). A folder laid out as ``train/`` + ``test/`` (or ``val/``)
+gives class = the sub-folder under the split and the split in its own column. Both are written to a temporary file
+and renamed into place when complete, so an interrupted run never leaves a half file under the final name."""
 from __future__ import annotations
 
 import csv
@@ -16,10 +17,10 @@ import torch
 from numpy.lib.format import open_memmap
 
 from ..atomic import atomic_file
-from ..data.sources import ImageDataset
 from ..errors import ConfigError, DataError
 from ..models import backbone_info, load_backbone
-from .collection import CollectionSpec, FeatureExtraction, item_ids, iter_features, open_collection, run_data
+from .collection import (CollectionSpec, FeatureExtraction, item_ids, item_splits, iter_features, open_collection,
+                         row_labels, run_data)
 from .device import resolve_device
 
 SUFFIXES = (".parquet", ".npy")
@@ -31,22 +32,15 @@ def ids_csv_path(npy: str | Path) -> Path:
     return npy.with_name(npy.stem + ".ids.csv")
 
 
-def row_labels(ds: ImageDataset) -> tuple[list[int | None], list[str | None]]:
-    """Each image's label and class name; None where unknown (no labels, a negative label, no class names)."""
-    if ds.labels is None:
-        return [None] * len(ds), [None] * len(ds)
-    labels = [int(v) if v >= 0 else None for v in ds.labels.tolist()]
-    names = [ds.classes[v] if v is not None and v < len(ds.classes) else None for v in labels]
-    return labels, names
-
-
 def parquet_schema(dim: int, metadata: dict) -> pa.Schema:
-    return pa.schema([("id", pa.string()), ("label", pa.int64()), ("class", pa.string()),
+    return pa.schema([("id", pa.string()), ("label", pa.int64()), ("class", pa.string()), ("split", pa.string()),
                       ("embedding", pa.list_(pa.float32(), dim))],
                      metadata={"selfsup": json.dumps(metadata)})
 
 
-def _write_parquet(tmp: Path, batches, ids, labels, names, metadata: dict) -> None:
+def _write_parquet(tmp: Path, batches, columns: dict[str, list], metadata: dict) -> None:
+    """The ``columns`` (id, label, class, split: one value per image) and each batch's features, a row group a
+    batch."""
     writer = None
     try:
         for start, feats in batches:
@@ -55,8 +49,8 @@ def _write_parquet(tmp: Path, batches, ids, labels, names, metadata: dict) -> No
             if writer is None:
                 writer = pq.ParquetWriter(tmp, parquet_schema(feats.shape[1], metadata))
             table = pa.Table.from_arrays(
-                [pa.array(ids[start:stop], pa.string()), pa.array(labels[start:stop], pa.int64()),
-                 pa.array(names[start:stop], pa.string()), pa.FixedSizeListArray.from_arrays(flat, feats.shape[1])],
+                [*(pa.array(columns[f.name][start:stop], f.type) for f in list(writer.schema)[:-1]),
+                 pa.FixedSizeListArray.from_arrays(flat, feats.shape[1])],
                 schema=writer.schema)
             writer.write_table(table, row_group_size=len(feats))  # one row group per batch
     finally:
@@ -76,11 +70,11 @@ def _write_npy(tmp: Path, batches, n: int) -> None:
         del array  # closes the memory map before the file is renamed (or removed)
 
 
-def _ids_csv(ids, labels, names) -> str:
+def _ids_csv(columns: dict[str, list]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["id", "label", "class"])
-    w.writerows(("" if v is None else v for v in row) for row in zip(ids, labels, names))
+    w.writerow(list(columns))
+    w.writerows(("" if v is None else v for v in row) for row in zip(*columns.values()))
     return buf.getvalue()
 
 
@@ -89,8 +83,9 @@ def embed_to_file(run_dir: str | Path, out: str | Path, collection: CollectionSp
     """Features of every image of a ``collection`` (the folder ``source``, else the ``split`` of the data set
     ``config`` names, else of the run's own data; see :func:`~selfsup.takeaways.collection.open_collection`),
     extracted batch by batch on ``device`` (default: the run's ``train.device`` when available here, else the CPU)
-    and streamed to ``out``: ``.parquet`` (columns id, label, class, embedding as a fixed-size list of float32; one
-    row group per batch) or ``.npy`` (float32 N×D) plus ``FILE.ids.csv``. Returns ``out``."""
+    and streamed to ``out``: ``.parquet`` (columns id, label, class, split, embedding as a fixed-size list of
+    float32; one row group per batch; split: the split folder of a train/ + test/ layout, the ``split`` of a data
+    set, else null) or ``.npy`` (float32 N×D) plus ``FILE.ids.csv``. Returns ``out``."""
     out = Path(out)
     if out.suffix.lower() not in SUFFIXES:
         raise ConfigError(f"--out {out}: the file name must end in .parquet or .npy")
@@ -101,8 +96,8 @@ def embed_to_file(run_dir: str | Path, out: str | Path, collection: CollectionSp
     source, split = collection.source, collection.split
     ds = open_collection(run_dir, source=source, config=collection.config, split=split, skip_bad=collection.skip_bad)
     backbone = load_backbone(run_dir)
-    ids = item_ids(ds)
     labels, names = row_labels(ds)
+    columns = {"id": item_ids(ds), "label": labels, "class": names, "split": item_splits(ds, source, split)}
     if out.parent.exists() and not out.parent.is_dir():
         raise DataError(f"cannot write {out}: {out.parent} is not a folder")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -112,11 +107,11 @@ def embed_to_file(run_dir: str | Path, out: str | Path, collection: CollectionSp
         metadata = {"run": str(run_dir), "collection": ds.name, "split": None if source is not None else split,
                     "image_size": info.get("image_size"), "classes": list(ds.classes)}
         with atomic_file(out) as tmp:
-            _write_parquet(tmp, batches, ids, labels, names, metadata)
+            _write_parquet(tmp, batches, columns, metadata)
     else:
         with atomic_file(out) as tmp, atomic_file(ids_csv_path(out)) as tmp_csv:
             _write_npy(tmp, batches, len(ds))
-            tmp_csv.write_text(_ids_csv(ids, labels, names))
+            tmp_csv.write_text(_ids_csv(columns))
     return out
 
 

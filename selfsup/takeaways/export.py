@@ -9,7 +9,14 @@ exporter cannot export ``AdaptiveAvgPool2d`` to an output size that does not div
 7×7 maps to 2×2), while the dynamo exporter handles it and gives a symbolic batch axis. Every export is checked
 before it is written: the file's output on a random batch of another size than the traced one must match PyTorch's
 within 1e-4, or nothing is written. ``RUN/export/export.json`` records the input contract and the measured
-difference."""
+difference.
+
+The input contract, as selfsup reads images for training and ``selfsup embed`` (one reader,
+:func:`~selfsup.data.image_reader.read_image`): EXIF orientation applied, transparency composited onto the run's
+``data.background``, colour mode ``L`` (1 channel) or ``RGB`` (3), the central square cropped and resized once to
+image_size × image_size with a bilinear filter, uint8 pixels divided by 255 to float32 in [0, 1]; the mean / std
+normalisation is inside the model. :func:`preprocess` does exactly that, so ``session.run(None, {"images":
+selfsup.preprocess(image, run_dir)})`` gives ``selfsup embed``'s features."""
 from __future__ import annotations
 
 import contextlib
@@ -27,10 +34,12 @@ from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNot
 from torch import nn
 
 from ..atomic import atomic_write_bytes
+from ..data.image_reader import read_image
 from ..errors import CheckpointError, ConfigError
 from ..evaluate.features import inference_copy
 from ..models import backbone_info, load_backbone
 from ..rundir import RunDir, read_export_record, write_export_record
+from .collection import run_data
 from .device import resolve_device
 
 FORMATS = {"onnx": "backbone.onnx", "torchscript": "backbone.pt"}
@@ -152,10 +161,57 @@ def _record(run_dir: Path, info: dict, size: int, format: str, out: Path, diff: 
                        "exporter": "torch.onnx.export(dynamo=True)" if format == "onnx" else "torch.jit.trace",
                        "traced_on": device, "checked_batch_size": CHECK_BATCH, "max_abs_diff": diff,
                        "tolerance": TOLERANCE, "torch": torch.__version__}
-    record = {"input": {"name": "images", "dtype": "float32", "layout": "NCHW",
-                        "shape": ["batch", info["in_channels"], size, size], "range": [0.0, 1.0],
-                        "note": "pixels in [0, 1] (uint8 / 255); normalisation is inside the model"},
+    background = run_data(run_dir).background
+    record = {"input": input_contract(info["in_channels"], size, background),
               "output": {"name": "features", "dtype": "float32", "shape": ["batch", info["feat_dim"]]},
-              "channels": info["in_channels"], "image_size": size, "feat_dim": info["feat_dim"],
-              "backbone": info["backbone"], "exports": exports}
+              "channels": info["in_channels"], "image_size": size, "background": _json_colour(background),
+              "feat_dim": info["feat_dim"], "backbone": info["backbone"], "exports": exports}
     write_export_record(run, record)
+
+
+def _json_colour(colour) -> str | list[int]:
+    return colour if isinstance(colour, str) else [int(v) for v in colour]
+
+
+def input_contract(channels: int, size: int, background) -> dict:
+    """What the exported model's input ``images`` is, step by step from an image file (``export.json``'s
+    ``input``)."""
+    return {"name": "images", "dtype": "float32", "layout": "NCHW", "shape": ["batch", channels, size, size],
+            "colour_mode": "L" if channels == 1 else "RGB", "exif_orientation": "applied",
+            "transparency": {"composited_onto": _json_colour(background)},
+            "crop": "central square (the longer side cropped evenly on both ends)",
+            "resize": {"filter": "bilinear", "size": [size, size], "library": "Pillow", "steps": 1},
+            "range": [0.0, 1.0], "scale": "uint8 pixels / 255", "normalisation": "inside the model",
+            "preprocess": "selfsup.preprocess(image, run_dir or export.json) gives this array",
+            "note": "pixels in [0, 1] (uint8 / 255); normalisation is inside the model"}
+
+
+def _contract_of(run_or_info) -> tuple[int, int, object]:
+    """(image size, channels, background) from a run directory, an ``export.json`` path or its dict (or a
+    ``backbone.json`` dict: ``in_channels``, ``image_size``)."""
+    if isinstance(run_or_info, (str, Path)):
+        path = Path(run_or_info)
+        if path.is_dir():
+            info = backbone_info(path)
+            return info.get("image_size"), info["in_channels"], run_data(path).background
+        try:
+            run_or_info = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path} is neither a run directory nor a readable export.json: {e}") from None
+    if not isinstance(run_or_info, dict):
+        raise ConfigError("preprocess needs a run directory, an export.json path or its dict")
+    size, channels = run_or_info.get("image_size"), run_or_info.get("channels", run_or_info.get("in_channels"))
+    if not size or not channels:
+        raise ConfigError("the run info names no image_size / channels (export.json or backbone.json keys)")
+    return size, channels, run_or_info.get("background", "white")
+
+
+def preprocess(image, run_or_info) -> np.ndarray:
+    """The exported model's input for ``image`` (a path, a file object or a PIL image; or a list of them): read as
+    selfsup reads images for training and ``selfsup embed`` (:func:`~selfsup.data.image_reader.read_image` with
+    the run's image size, channels and ``data.background``), as float32 N×C×H×W in [0, 1]. ``run_or_info``: the
+    run directory, its ``export/export.json`` (path or dict) or its ``backbone.json`` dict."""
+    size, channels, background = _contract_of(run_or_info)
+    images = list(image) if isinstance(image, (list, tuple)) else [image]
+    arrays = [read_image(im, size, channels, background)[0] for im in images]
+    return np.stack(arrays).astype(np.float32) / np.float32(255)

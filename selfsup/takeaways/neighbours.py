@@ -11,7 +11,7 @@ import torch
 from ..data.image_reader import read_image
 from ..errors import ConfigError, DataError
 from ..evaluate.search import near_duplicates, nearest
-from .collection import FeatureExtraction, embed_images, embed_run_collection, item_ids
+from .collection import FeatureExtraction, embed_images, embed_run_collection, item_ids, row_labels
 
 
 @dataclass
@@ -28,6 +28,13 @@ class NeighbourSearch:
     idx: torch.Tensor
     duplicates: list[tuple[int, int, float]]
     threshold: float
+    classes: list[str | None] | None = None  # each collection row's class (a train/ + test/ folder: under the split)
+    splits: list[str | None] | None = None  # each collection row's split (train/ + test/ or val/ folders)
+
+    def row_facts(self, i: int) -> list[str]:
+        """Class and split of collection row ``i`` ("" where unknown; also for ``i`` = -1, outside the collection)."""
+        facts = [(self.classes or [])[i:i + 1] if i >= 0 else [], (self.splits or [])[i:i + 1] if i >= 0 else []]
+        return ["" if not f or f[0] is None else f[0] for f in facts]
 
 
 @dataclass(frozen=True)
@@ -102,4 +109,5 @@ def find_neighbours(run_dir: str | Path, source: str | Path | None = None, query
             q_feats[inside] = feats[[q_index[i] for i in inside]]
     sims, idx = nearest(feats, q_feats, k, exclude_self=q_index)
     dups = near_duplicates(feats, threshold)
-    return NeighbourSearch(ids, ds.images, q_ids, q_images, list(q_index), sims, idx, dups, threshold)
+    return NeighbourSearch(ids, ds.images, q_ids, q_images, list(q_index), sims, idx, dups, threshold,
+                           row_labels(ds)[1], emb.splits)

@@ -1,6 +1,7 @@
 """The files of a neighbour search: ``neighbours.png`` (one row per query: the query, then its nearest images with
-their similarity and file name), ``neighbours.csv`` (query, rank, id, similarity) and ``duplicates.csv`` (id_a, id_b,
-similarity, most similar first), each written atomically."""
+their similarity and file name), ``neighbours.csv`` (query, query_class, query_split, rank, id, class, split,
+similarity) and ``duplicates.csv`` (id_a, class_a, split_a, id_b, class_b, split_b, similarity, most similar first),
+each written atomically; class and split are empty where unknown (split: a folder laid out as train/ + test/)."""
 from __future__ import annotations
 
 import csv
@@ -72,11 +73,12 @@ def write_neighbours(r: NeighbourSearch, out_dir: str | Path) -> dict[str, Path]
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in ("neighbours.png", "neighbours.csv", "duplicates.csv")}
     atomic_write_text(paths["neighbours.csv"], _csv_text(
-        ["query", "rank", "id", "similarity"],
-        ([r.query_ids[q], rank, r.ids[i], f"{s:.6f}"]
+        ["query", "query_class", "query_split", "rank", "id", "class", "split", "similarity"],
+        ([r.query_ids[q], *r.row_facts(r.query_index[q]), rank, r.ids[i], *r.row_facts(i), f"{s:.6f}"]
          for q in range(len(r.query_ids))
          for rank, (i, s) in enumerate(zip(r.idx[q].tolist(), r.sims[q].tolist()), start=1))))
     atomic_write_text(paths["duplicates.csv"], _csv_text(
-        ["id_a", "id_b", "similarity"], ([r.ids[i], r.ids[j], f"{s:.6f}"] for i, j, s in r.duplicates)))
+        ["id_a", "class_a", "split_a", "id_b", "class_b", "split_b", "similarity"],
+        ([r.ids[i], *r.row_facts(i), r.ids[j], *r.row_facts(j), f"{s:.6f}"] for i, j, s in r.duplicates)))
     plot_neighbour_grid(paths["neighbours.png"], r)
     return paths

@@ -145,7 +145,8 @@ def select_from_collection(run_dir: str | Path, source: str | Path | None = None
                            progress: bool = True) -> list[dict]:
     """Embed the collection (the folder ``source``, else the run's training data) with the run's encoder and choose
     the ``selection.n`` images to label first; one dict per pick (rank, id, and label/class when the collection has
-    labels), also written to the CSV ``out`` when given."""
+    labels, split when the folder is laid out as train/ + test/ or val/), also written to the CSV ``out`` when
+    given."""
     n, strategy, seed = selection.n, selection.strategy, selection.seed
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r} (choose {', '.join(STRATEGIES)})")
@@ -154,6 +155,7 @@ def select_from_collection(run_dir: str | Path, source: str | Path | None = None
     emb = embed_run_collection(run_dir, source, device, batch_size, progress)
     ds, feats = emb.dataset, emb.features
     ids = item_ids(ds)
+    with_split = source is not None and any(s is not None for s in emb.splits)
     rows = []
     for rank, i in enumerate(select_to_label(feats, n, strategy, seed), start=1):
         row = {"rank": rank, "id": ids[i]}
@@ -161,6 +163,8 @@ def select_from_collection(run_dir: str | Path, source: str | Path | None = None
             y = int(ds.labels[i])
             row["label"] = y
             row["class"] = ds.classes[y] if 0 <= y < len(ds.classes) else str(y)
+        if with_split:
+            row["split"] = emb.splits[i]
         rows.append(row)
     if out is not None:
         buf = io.StringIO()

@@ -8,6 +8,7 @@ import torch
 
 from ..config import load_config
 from ..data import load_datasets, train_val_split
+from ..data.build import dataset_counts
 from ..evaluate.suite import evaluate_run
 from ..report.html import write_html_report
 from ..report.results import EvaluatedTestSet, write_report
@@ -22,6 +23,7 @@ def evaluate_and_report(run_dir: str | Path, progress: bool = True, datasets=Non
     ev = evaluate_run(run_dir, progress=progress, datasets=datasets, device=device)
     if ev.classes and "classes" not in ev.results:  # names for the per-class table when the report is re-rendered
         ev.results["classes"] = list(ev.classes)
+    ev.results["data_counts"] = dataset_counts(*datasets)  # files left out when the data was read (and decoded)
     write_eval(RunDir(run_dir), ev.results)
     e = cfg.eval
     test = EvaluatedTestSet(ev.test_features, ev.test_labels, ev.classes)

@@ -6,6 +6,7 @@ import torch
 from .. import distributed as D
 from ..config import load_config
 from ..data import batch_composer, load_datasets, train_val_split
+from ..data.build import dataset_counts
 from ..errors import TrainingError
 from ..evaluate.monitor import KnnMonitor
 from ..methods import build_method
@@ -13,7 +14,7 @@ from ..models import save_backbone
 from ..robustness.adversarial_training import adversarial_ssl
 from ..rundir import RunDir, TrainSummary, write_train_summary
 from ..train.loop import Callback, FitPlan, RunResult, fit
-from ..train.run_policy import make_run_dir, write_config
+from ..train.run_policy import MetricsLog, make_run_dir, write_config
 from ..train.setup import setup_device
 from ..train.tensorboard import TensorBoardLog
 from .evaluation import evaluate_and_report
@@ -52,7 +53,8 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
     finally:  # flushed on a crash too
         for t in tb:
             t.close()
-    if D.is_main():
+    if D.is_main():  # files the data left out (unreadable, not images), one row at the run's last step
+        MetricsLog(run.metrics).append({"step": result.steps, "data_counts": dataset_counts(train_ds, test_ds)})
         save_backbone(run_dir, method.backbone, cfg.model, train_ds.channels, train_ds.images.shape[-1])
         write_train_summary(run, TrainSummary(
             steps=result.steps, train_seconds=result.train_seconds, step_seconds=result.step_seconds,
