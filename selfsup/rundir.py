@@ -10,6 +10,7 @@ the error for their command.
 A run directory::
 
     config.yaml  metrics.jsonl  checkpoints/  backbone.safetensors  backbone.json  train_summary.json  eval.json
+    time_budget.json (train.time_budget)
     report.md  report.html  *.png  tensorboard/  export/  finetune.json  robustness_<clf>.json  corruptions_<clf>.json
     a stream run: manifest.json  stream.json  chunks/  state/
     a study: sequence.json  sequence.md  <kind>/<strategy>/ (a stream run each)  seed<S>/ (a study each)
