@@ -183,3 +183,13 @@ def test_stream_chunks_get_their_own_calibration_recorded_and_kept_on_resume(tmp
     assert all(c["budget"]["calibrated"] and c["budget"]["time_budget"] == "30s" for c in man["chunks"])
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert sorted((r["chunk"], r["step"]) for r in rows if "loss" in r) == [(1, 3), (2, 5)]
+
+
+def test_the_report_says_what_the_budget_bought():
+    from selfsup.report.results import budget_sentence
+    b = {"time_budget": "10m", "budget_seconds": 600.0, "steps": 1234, "epochs": 2.93, "calibrated": True,
+         "seconds_per_step": 0.4512, "calibration_seconds": 9.0, "used_seconds": 596.4}
+    assert budget_sentence(b) == ("the budget 10m bought 1234 steps (2.93 epochs) at 0.451 s per step measured; "
+                                  "596 s used (calibration + training)")
+    recorded = {"time_budget": "10m", "budget_seconds": 600.0, "steps": 1234, "epochs": 2.93, "calibrated": False}
+    assert "not calibrated in this run" in budget_sentence(recorded)
