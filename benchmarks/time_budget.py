@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, command, cpu, git_rev, machine, md_table  # noqa: E402
 from selfsup.duration_schema import duration_seconds  # noqa: E402
+from selfsup.errors import TrainingError  # noqa: E402
 from selfsup.workflows.pretrain import pretrain  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "time_budget.json"
@@ -41,7 +42,10 @@ def run_arm(recipe: str, budget: str, out: Path, extra: list[str]) -> dict:
     if recipe == "demo":
         overrides.append("train.epochs=2.0")  # the demo's fixed length, which the budget replaces
     t0 = time.perf_counter()
-    result = pretrain(RECIPES[recipe], overrides, progress=False)
+    try:
+        result = pretrain(RECIPES[recipe], overrides, progress=False)
+    except TrainingError as e:  # a budget too short for the recipe on this host: recorded, not fatal
+        return {"recipe": recipe, "budget": budget, "budget_seconds": duration_seconds(budget), "error": str(e)}
     wall = time.perf_counter() - t0
     run = result.run_dir
     summary = json.loads((run / "train_summary.json").read_text())
@@ -50,18 +54,24 @@ def run_arm(recipe: str, budget: str, out: Path, extra: list[str]) -> dict:
     return {"recipe": recipe, "budget": budget, "budget_seconds": b["budget_seconds"], "steps": b["steps"],
             "epochs": b["epochs"], "seconds_per_step": b["seconds_per_step"],
             "calibration_seconds": b["calibration_seconds"], "train_seconds": summary["train_seconds"],
+            "monitor_seconds": b["monitor_seconds"], "checkpoint_seconds": b["checkpoint_seconds"],
+            "predicted_seconds": b["predicted_seconds"],
             "used_seconds": b["used_seconds"], "error_pct": 100 * (b["used_seconds"] / b["budget_seconds"] - 1),
             "knn_test": ev["knn_test"], "linear_test": ev.get("linear_test"), "wall_seconds": wall}
 
 
 def table(rows: list[dict]) -> str:
-    return md_table(
+    failed = [r for r in rows if "error" in r]
+    rows = [r for r in rows if "error" not in r]
+    if not rows:
+        return "\n".join(f"{r['budget']} {r['recipe']}: {r['error']}" for r in failed)
+    return "\n".join([f"{r['budget']} {r['recipe']}: {r['error']}" for r in failed] + [md_table(
         ["budget", "recipe", "steps (epochs)", "s/step measured", "calibration s", "used s (calib. + loop)",
          "vs budget", "kNN test", "linear test"],
         [[r["budget"], r["recipe"], f"{r['steps']} ({r['epochs']:.2f})", f"{r['seconds_per_step']:.3f}",
           f"{r['calibration_seconds']:.1f}", f"{r['used_seconds']:.1f}", f"{r['error_pct']:+.1f} %",
           f"{100 * r['knn_test']:.2f} %",
-          "–" if r["linear_test"] is None else f"{100 * r['linear_test']:.2f} %"] for r in rows])
+          "–" if r["linear_test"] is None else f"{100 * r['linear_test']:.2f} %"] for r in rows])])
 
 
 def main() -> None:
