@@ -11,6 +11,7 @@ from typing import Annotated, Any, Callable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
+from .duration_schema import Duration
 from .errors import ConfigError
 from .finetune.finetune_schema import FinetuneConfig
 from .streams.stream_schema import SequenceConfig, StreamConfig
@@ -156,6 +157,12 @@ class TrainConfig(Strict):
     epochs: float = Field(5, gt=0, description="training length in passes over the training images "
                                                "(fractions allowed; max_steps overrides it)")
     max_steps: int | None = Field(None, gt=0, description="training length in optimiser steps (overrides epochs)")
+    time_budget: Duration | None = Field(
+        None, description="training length as wall-clock time (90s, 10m, 1h30m): a short calibration on a copy "
+        "of the run times the training step, and the steps are chosen so that calibration + training (steps, kNN "
+        "monitor, checkpoints; not data loading, backbone saving or evaluation) end within the budget; config.yaml "
+        "records the steps as max_steps, and a config with max_steps set is not calibrated again (a re-run or "
+        "--resume trains the recorded steps)")
     batch_size: int = Field(256, gt=1, description="images per step in all; under --devices N split across the "
                                                    "N processes (must divide evenly)")
     optimizer: Literal["sgd", "lars", "adamw"] = Field("sgd", description="sgd (with momentum), lars (SGD with "

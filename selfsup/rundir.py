@@ -10,6 +10,7 @@ the error for their command.
 A run directory::
 
     config.yaml  metrics.jsonl  checkpoints/  backbone.safetensors  backbone.json  train_summary.json  eval.json
+    time_budget.json (train.time_budget)
     report.md  report.html  *.png  tensorboard/  export/  finetune.json  robustness_<clf>.json  corruptions_<clf>.json
     a stream run: manifest.json  stream.json  chunks/  state/
     a study: sequence.json  sequence.md  <kind>/<strategy>/ (a stream run each)  seed<S>/ (a study each)
@@ -35,6 +36,7 @@ class RunDir:
     BACKBONE_TENSORS = "backbone.safetensors"
     BACKBONE_INFO = "backbone.json"
     TRAIN_SUMMARY = "train_summary.json"
+    TIME_BUDGET = "time_budget.json"  # train.time_budget: what the calibration measured and the steps it chose
     EVAL = "eval.json"
     FINETUNE = "finetune.json"
     MANIFEST = "manifest.json"
@@ -101,6 +103,10 @@ class RunDir:
     @property
     def train_summary(self) -> Path:
         return self.path / self.TRAIN_SUMMARY
+
+    @property
+    def time_budget(self) -> Path:
+        return self.path / self.TIME_BUDGET
 
     @property
     def eval(self) -> Path:
@@ -187,8 +193,28 @@ class RunDir:
 
 
 # ------------------------------------------------------------------------------------------------------ records
+class BudgetRecord(TypedDict, total=False):
+    """``time_budget.json`` (and a stream chunk's ``budget``): what a time budget bought — ``steps`` (``epochs``)
+    chosen from ``seconds_per_step`` measured by a calibration of ``calibration_steps`` steps taking
+    ``calibration_seconds``; ``calibrated``: false when the steps were read from the config (no calibration)."""
+    time_budget: str
+    budget_seconds: float
+    steps: int
+    epochs: float
+    calibrated: bool
+    seconds_per_step: float
+    step_sd: float
+    checkpoint_seconds: float
+    monitor_seconds: float
+    calibration_steps: int
+    calibration_seconds: float
+    margin: float
+    predicted_seconds: float
+    used_seconds: float
+
+
 class TrainSummary(TypedDict):
-    """``train_summary.json``: what pre-training took."""
+    """``train_summary.json``: what pre-training took (``budget``: with ``train.time_budget``)."""
     steps: int
     train_seconds: float
     step_seconds: float
@@ -196,6 +222,7 @@ class TrainSummary(TypedDict):
     devices: int
     device: str
     threads: int
+    budget: NotRequired[BudgetRecord]
 
 
 class EvalRecord(TypedDict, total=False):
@@ -242,6 +269,7 @@ class ChunkRecord(TypedDict, total=False):
     devices: int
     eval: dict[str, Any]
     state: str
+    budget: BudgetRecord
 
 
 class Manifest(TypedDict):
@@ -291,6 +319,14 @@ def read_train_summary(run: RunDir) -> TrainSummary:
 
 def write_train_summary(run: RunDir, record: TrainSummary) -> None:
     _write(run.train_summary, record)
+
+
+def read_budget(run: RunDir) -> BudgetRecord:
+    return _read(run.time_budget)
+
+
+def write_budget(run: RunDir, record: BudgetRecord) -> None:
+    _write(run.time_budget, record)
 
 
 def read_backbone_record(run: RunDir) -> BackboneRecord:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "selfsup"
-LAYERS = [("errors", "atomic", "distributed", "progress"), ("config",), ("rundir",), ("data",), ("augment",),
-          ("models",), ("methods",), ("train",), ("evaluate",), ("report",),
+LAYERS = [("errors", "atomic", "distributed", "progress"), ("config", "duration_schema"), ("rundir",), ("data",),
+          ("augment",), ("models",), ("methods",), ("train",), ("evaluate",), ("report",),
           ("workflows", "streams", "finetune", "robustness", "takeaways"), ("cli", "api", "__init__")]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

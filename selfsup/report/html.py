@@ -31,7 +31,7 @@ from ..atomic import atomic_write_text
 from .figures import subplots
 from .html_parts import escape, figure, figure_png, file_figure, grid, join_parts, pct, section, table
 from ..rundir import RunDir, read_metrics
-from .results import results_table, run_warnings
+from .results import budget_sentence, results_table, run_warnings
 from .sections import HeaderFacts, RunContents, Section, by_rank, register_section, registered_sections
 
 MAX_TABLE_CLASSES = 30  # a larger confusion matrix is drawn as a heat map instead of a table
@@ -161,6 +161,8 @@ def _header(run: RunContents, applying: list[Section]) -> str:
                   ("img/s", f"{tr.get('images_per_second', 0):.0f}"),
                   ("devices", f"{tr.get('devices', 1)} × {tr.get('device', 'cpu')}"
                               + (f", {tr['threads']} threads" if tr.get("threads") else ""))]
+        if tr.get("budget"):
+            facts.append(("time budget", budget_sentence(tr["budget"])))
     if r.get("eval_seconds") is not None:
         facts.append(("evaluation time", f"{r['eval_seconds']:.0f} s"))
     facts.append(("report written", time.strftime("%Y-%m-%d %H:%M")))

@@ -148,6 +148,16 @@ def run_warnings(results: dict) -> list[str]:
     return ws
 
 
+def budget_sentence(budget: dict) -> str:
+    """What a ``train.time_budget`` bought, from train_summary.json's ``budget``: "the budget 10m bought 1234 steps
+    (2.3 epochs) at 0.45 s per step measured; 598 s used"."""
+    measured = f" at {budget['seconds_per_step']:.3g} s per step measured" if "seconds_per_step" in budget else \
+        " (recorded in config.yaml; not calibrated in this run)"
+    used = f"; {budget['used_seconds']:.0f} s used (calibration + training)" if "used_seconds" in budget else ""
+    return (f"the budget {budget['time_budget']} bought {budget['steps']} steps ({budget['epochs']:g} epochs)"
+            f"{measured}{used}")
+
+
 def print_results(results: dict) -> None:
     t = Table(title=f"selfsup results — {results['method']} on {results['data']}")
     t.add_column("metric")
@@ -180,6 +190,8 @@ def write_report(run_dir: Path, results: dict, test: EvaluatedTestSet, embedding
     if tr:
         lines += [f"pre-training: {tr['steps']} steps in {tr['train_seconds']:.0f} s "
                   f"({tr['images_per_second']:.0f} img/s, {tr['devices']} process(es), {tr['threads']} threads)", ""]
+        if tr.get("budget"):
+            lines += [f"time budget: {budget_sentence(tr['budget'])}", ""]
     if "ssl" in results:
         s = results["ssl"]
         knn_t = f", T={s['knn_temperature']:g}" if "knn_temperature" in s else ""

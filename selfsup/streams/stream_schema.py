@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..duration_schema import Duration
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -19,6 +21,10 @@ class StreamConfig(Strict):
         "previous encoder)")
     chunk_epochs: float = Field(1.0, gt=0, description="epochs over each chunk (steps = epochs x chunk / batch)")
     chunk_steps: int | None = Field(None, gt=0, description="fixed steps per chunk (overrides chunk_epochs)")
+    time_budget: Duration | None = Field(
+        None, description="wall-clock training time per chunk (90s, 10m; overrides chunk_epochs): each chunk's "
+        "steps come from a calibration of its own and are recorded in the manifest's chunk entry (a resumed chunk "
+        "keeps them)")
     buffer_size: int = Field(3000, gt=0, description="replay: images kept on disk")
     replay_fraction: float = Field(0.5, gt=0, lt=1, description="replay: share of each batch drawn from the buffer")
     regularizer: Literal["mas", "ewc"] = Field("mas", description="regularize: weight importance from "
@@ -35,6 +41,12 @@ class StreamConfig(Strict):
     eval_train_samples: int = Field(10000, gt=0, description="labelled training images for the probes after a chunk")
     eval_test_samples: int = Field(10000, gt=0, description="test images scored by the probes after a chunk")
     watch_interval: float = Field(5.0, gt=0, description="--watch: seconds between looks at the folder")
+
+    @model_validator(mode="after")
+    def _one_length(self):
+        if self.time_budget is not None and self.chunk_steps is not None:
+            raise ValueError("set stream.time_budget or stream.chunk_steps, not both")
+        return self
 
 
 class SequenceConfig(Strict):

@@ -47,6 +47,7 @@ from ..train.loop import Callback, FitPlan, fit
 from ..train.run_policy import write_config
 from ..train.setup import setup_device
 from ..train.tensorboard import TensorBoardLog
+from ..train.time_budget import CalibrationPlan, choose_steps
 from .chunks import Chunk, chunk_dir_name, find_chunk
 from ..rundir import ChunkRecord, Manifest, RunDir, read_manifest, write_manifest
 from .strategies import Strategy, build_strategy
@@ -247,15 +248,16 @@ class StreamTrainer:
         train_data, steps = self._training_set(data)
         last_of_known = self.final_only and index == n_available - 1
         skip = strategy.retrain_from_scratch and self.final_only and not last_of_known
+        budget = None
         if not skip:
-            self._fit_chunk(chunk, data, train_data, steps)
+            steps, budget = self._fit_chunk(chunk, data, train_data, steps)
         strategy.end_chunk(self.method, data, index, recipe_from_config(self.cfg.augment, type(self.method).recipe),
                            self.device, self.cfg)
         entry: ChunkRecord = {
             "name": chunk.name, "signature": chunk.signature, "images": len(data), "channels": data.channels,
             "shape": list(self.shape), "steps": 0 if skip else steps,
             "train_seconds": round(time.perf_counter() - t0, 2), "retained_bytes": strategy.retained_bytes(),
-            "trained": not skip, "devices": D.world_size()}
+            "trained": not skip, "devices": D.world_size(), **({"budget": budget} if budget else {})}
         if self.evaluate is not None and not skip and (not self.final_only or last_of_known) and D.is_main():
             entry["eval"] = self._evaluate_chunk(chunk, index, n_available)
         self._commit_chunk(chunk, entry)
@@ -268,18 +270,23 @@ class StreamTrainer:
         steps = sum(_steps_for(self.cfg, len(d)) for d in self.seen_data)
         return ImageDataset(concat_images([d.images for d in self.seen_data]), None, [], "seen so far"), steps
 
-    def _fit_chunk(self, chunk: Chunk, data: ImageDataset, train_data: ImageDataset, steps: int) -> None:
-        """Train on ``train_data`` for ``steps`` steps, checkpointing under the chunk's own folder (resumed when
-        the chunk was interrupted)."""
+    def _fit_chunk(self, chunk: Chunk, data: ImageDataset, train_data: ImageDataset,
+                   steps: int) -> tuple[int, dict | None]:
+        """Train on ``train_data`` for ``steps`` steps (``stream.time_budget``: the steps its calibration chose),
+        checkpointing under the chunk's own folder (resumed when the chunk was interrupted); the steps and what the
+        budget bought (None: no budget)."""
         cfg, done, strategy = self.cfg, self.manifest["chunks"], self.strategy
         index = len(done)
         if strategy.retrain_from_scratch:
             self.method = self._new_method(data.channels, data.images.shape[-1])
-        ckpt_root = self._chunk_checkpoints(chunk, index)
         strategy.begin_chunk(self.method, index, cfg.seed)
         offset = 0 if strategy.retrain_from_scratch else sum(c["images"] for c in done)
         if hasattr(self.method, "reserve"):  # per-sample state (method: sat) grows with the stream
             self.method.reserve(offset + len(train_data))
+        budget = self._chunk_budget(chunk, train_data, CalibrationPlan(cfg.seed + 1000 * (index + 1), strategy,
+                                                                       index_offset=offset))
+        steps = budget["steps"] if budget else steps
+        ckpt_root = self._chunk_checkpoints(chunk, index, budget)
         # log.tensorboard: this chunk's rows of metrics.jsonl, on one step axis after the earlier chunks' steps
         tb = [TensorBoardLog(self.run_paths.tensorboard, self.run_paths.metrics, {"chunk": index + 1},
                              sum(c["steps"] for c in done))] if cfg.log.tensorboard and D.is_main() else []
@@ -292,14 +299,27 @@ class StreamTrainer:
         finally:
             for t in tb:
                 t.close()
+        return steps, budget
 
-    def _chunk_checkpoints(self, chunk: Chunk, index: int) -> Path:
-        """The folder of the chunk's step checkpoints, with the ``chunk.json`` that names it (rank 0 writes)."""
+    def _chunk_budget(self, chunk: Chunk, train_data: ImageDataset, plan: CalibrationPlan) -> dict | None:
+        """``stream.time_budget``: the steps of the chunk's own calibration, or those recorded in the ``chunk.json``
+        of the chunk being resumed (never calibrated twice); None without a budget."""
+        if self.cfg.stream.time_budget is None:
+            return None
+        ip = self.in_progress
+        if ip is not None and (ip["name"], ip["signature"]) == (chunk.name, chunk.signature) and "budget" in ip:
+            return ip["budget"]
+        return choose_steps(self.method, train_data, self.cfg, self.device, plan)
+
+    def _chunk_checkpoints(self, chunk: Chunk, index: int, budget: dict | None = None) -> Path:
+        """The folder of the chunk's step checkpoints, with the ``chunk.json`` that names it (and records what its
+        time budget bought) (rank 0 writes)."""
         ckpt_root = self.run_paths.chunks / chunk_dir_name(chunk)
         if D.is_main():
             ckpt_root.mkdir(parents=True, exist_ok=True)
             atomic_write_text(ckpt_root / RunDir.CHUNK_RECORD, json.dumps(
-                {"name": chunk.name, "signature": chunk.signature, "index": index}))
+                {"name": chunk.name, "signature": chunk.signature, "index": index,
+                 **({"budget": budget} if budget else {})}))
         D.barrier()
         return ckpt_root
 

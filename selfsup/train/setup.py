@@ -49,10 +49,13 @@ def use_amp(amp: bool | str, device: torch.device, cpuinfo: str | None = None) -
 
 def plan_steps(n_images: int, t: "TrainConfig", total_steps: int | None = None) -> tuple[int, int]:
     """(steps per epoch, total steps) for ``n_images`` at ``train.batch_size``: ``total_steps`` if given, else
-    ``train.max_steps``, else ``train.epochs`` epochs."""
+    ``train.max_steps`` (which a ``train.time_budget`` is resolved to first), else ``train.epochs`` epochs."""
     steps_per_epoch = n_images // t.batch_size
     if steps_per_epoch == 0:
         raise TrainingError(f"train.batch_size {t.batch_size} is larger than the data set ({n_images} images)")
+    if total_steps is None and t.max_steps is None and t.time_budget is not None:
+        raise TrainingError(f"train.time_budget {t.time_budget} has not been turned into steps: resolve it first "
+                            f"(selfsup.train.time_budget.resolve_budget sets train.max_steps)")
     total = total_steps or t.max_steps or max(1, int(round(t.epochs * steps_per_epoch)))
     return steps_per_epoch, total
 

@@ -17,6 +17,7 @@ from ..train.loop import Callback, FitPlan, RunResult, fit
 from ..train.run_policy import MetricsLog, make_run_dir, write_config
 from ..train.setup import setup_device
 from ..train.tensorboard import TensorBoardLog
+from ..train.time_budget import CalibrationPlan, recorded_steps, resolve_budget, spent
 from .evaluation import evaluate_and_report
 
 
@@ -29,6 +30,7 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
     device = setup_device(cfg)
     run_dir = make_run_dir(cfg, resume)
     run = RunDir(run_dir)
+    cfg = recorded_steps(cfg, run, resume)  # train.time_budget: a resume trains the steps recorded, uncalibrated
     train_ds, test_ds = load_datasets(cfg.data)  # bad data fails here, before anything is written
     batches = batch_composer(cfg.data, train_ds, cfg.train.batch_size, cfg.seed)  # labels pre-training sees
     if D.is_main():
@@ -42,12 +44,15 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
                             f"{cfg.method['name']} updates state in its forward (queue / targets): use "
                             f"train.adversarial=mi, or another method")
     monitor = [KnnMonitor(train_ds, val_idx, cfg, device)] if train_ds.labels is not None else []
+    strategy = adversarial_ssl(cfg, device)
+    cfg, budget = resolve_budget(cfg, run, method, train_ds, device, CalibrationPlan(  # train.time_budget → steps
+        cfg.seed, strategy, batches, monitor=monitor[0] if monitor else None))
     # last: it mirrors the metrics rows the loop and the callbacks before it wrote at each step
     tb = [TensorBoardLog(run.tensorboard, run.metrics)] if cfg.log.tensorboard and D.is_main() \
         else []
     try:
         result = fit(method, train_ds, cfg, device, FitPlan(
-            run.checkpoints, run.metrics, resume=resume, strategy=adversarial_ssl(cfg, device),
+            run.checkpoints, run.metrics, resume=resume, strategy=strategy,
             callbacks=[*monitor, *(callbacks or []), *tb], progress=progress,
             batches=batches))
     finally:  # flushed on a crash too
@@ -59,7 +64,7 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
         write_train_summary(run, TrainSummary(
             steps=result.steps, train_seconds=result.train_seconds, step_seconds=result.step_seconds,
             images_per_second=result.images_per_second, devices=D.world_size(), device=str(device),
-            threads=torch.get_num_threads()))
+            threads=torch.get_num_threads(), **spent(budget, result, resume)))
         if evaluate:
             evaluate_and_report(run_dir, progress=progress, datasets=(train_ds, test_ds), device=device)
     if D.world_size() > 1:
