@@ -36,13 +36,14 @@ from ..errors import TrainingError
 from ..methods import SSLMethod
 from ..progress import StepProgress
 from .checkpoint import load_latest_checkpoint
+from .collection_defaults import log_every
 from .optim import build_optimizer
 from .random_state import RandomState, generators_of
 from .run_policy import MetricsLog
 from .setup import schedule_of
 from .signals import Interrupted, StopSignals
 from .step import MethodInputs, StepRunner, autocast
-from .step_log import Callback, StepEvent, StepLog
+from .step_log import Callback, RowPolicy, StepEvent, StepLog
 from .strategy import Strategy
 from .training_state import TrainingState, trainable
 
@@ -118,7 +119,7 @@ def fit(method: SSLMethod, train_ds: ImageDataset, cfg: "Config", device: torch.
     prog = StepProgress(schedule.total_steps, start_step, enabled=plan.progress and D.is_main(), label=plan.label)
     method.train()
     log = StepLog(metrics, prog, schedule, plan.callbacks, method, t.batch_size,
-                  train_ds.lazy and cfg.data.skip_bad_images)
+                  RowPolicy(log_every(cfg), train_ds.lazy and cfg.data.skip_bad_images))
     steps_per_epoch, total_steps = schedule.steps_per_epoch, schedule.total_steps
     feed = step_batches(train_ds, BatchPlan(batches, seed, steps_per_epoch, start_step, total_steps, rank, world,
                                             cfg.data.workers, cfg.data.prefetch))
