@@ -155,7 +155,8 @@ class AugmentConfig(Strict):
 
 class TrainConfig(Strict):
     epochs: float = Field(5, gt=0, description="training length in passes over the training images "
-                                               "(fractions allowed; max_steps overrides it)")
+                                               "(fractions allowed; max_steps overrides it); a folder source, when "
+                                               "it is not set: raised to give at least 50 steps")
     max_steps: int | None = Field(None, gt=0, description="training length in optimiser steps (overrides epochs)")
     time_budget: Duration | None = Field(
         None, description="training length as wall-clock time (90s, 10m, 1h30m): a short calibration on a copy "
@@ -164,7 +165,8 @@ class TrainConfig(Strict):
         "records the steps as max_steps, and a config with max_steps set is not calibrated again (a re-run or "
         "--resume trains the recorded steps)")
     batch_size: int = Field(256, gt=1, description="images per step in all; under --devices N split across the "
-                                                   "N processes (must divide evenly)")
+                                                   "N processes (must divide evenly); a folder source, when it is "
+                                                   "not set: at most a quarter of the training images")
     optimizer: Literal["sgd", "lars", "adamw"] = Field("sgd", description="sgd (with momentum), lars (SGD with "
                                                        "a per-layer trust ratio) or adamw")
     lr: float = Field(0.06, gt=0, description="learning rate at batch 256 (scaled linearly with batch size)")
@@ -229,6 +231,9 @@ class EvalConfig(Strict):
 class LogConfig(Strict):
     tensorboard: bool = Field(False, description="also write loss, lr, img/s and kNN to <run>/tensorboard/ "
                                                  "(view with: tensorboard --logdir runs)")
+    every_steps: int | None = Field(None, gt=0, description="a metrics.jsonl row (loss, lr, img/s) every N steps "
+                                    "and at the last; null: 10, and for a folder source max(1, total steps // 50) "
+                                    "up to 10 so the curves have at least 50 points (recorded in config.yaml)")
 
 
 class Config(Strict):
@@ -296,7 +301,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def load_config(source: str | Path | dict | Config | None = None, overrides: list[str] | None = None) -> Config:
     """Build a validated :class:`Config` from a YAML path, a dict or a Config, plus ``key=value`` overrides."""
     if isinstance(source, Config):
-        raw = source.model_dump()
+        raw = source.model_dump(exclude_unset=True)  # keeps what was set (a folder adapts the rest)
     elif isinstance(source, dict):
         raw = dict(source)
     elif source is None:

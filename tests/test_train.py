@@ -221,3 +221,65 @@ def test_bad_data_fails_before_writing_the_run_directory(tmp_path):
     with pytest.raises(DataError, match="no-such-data"):
         pretrain(cfg, progress=False)
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+def _photo_folder(root, n):
+    """``n`` 48-px RGB PNGs in two class folders (a bright band whose width is the class)."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        d = root / ("a" if i % 2 else "b")
+        d.mkdir(parents=True, exist_ok=True)
+        x = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
+        x[:, : (20 if i % 2 else 30)] = 200
+        Image.fromarray(x).save(d / f"{i}.png")
+    return root
+
+
+def test_readme_cpu_example_trains_a_20_image_folder_with_adapted_defaults(tmp_path):
+    import re
+    import shlex
+    from pathlib import Path
+
+    from .helpers import run
+    repo = Path(__file__).resolve().parent.parent
+    line = next(ln for ln in (repo / "README.md").read_text().splitlines() if "# the small CNN on a CPU" in ln)
+    args = shlex.split(re.sub(r"\s+#.*$", "", line).replace("$HOME/photos", str(_photo_folder(tmp_path / "p", 20))))
+    assert args[:2] == ["selfsup", "pretrain"]
+    (tmp_path / "configs").symlink_to(repo / "configs")
+    r = run(*args[1:], cwd=tmp_path, timeout=600)  # the command unchanged (runs/ under the working directory)
+    assert r.returncode == 0, r.stderr
+    run_dir = tmp_path / "runs" / "photos-cpu"
+    cfg = load_config(run_dir / "config.yaml")
+    assert (cfg.train.batch_size, cfg.train.epochs, cfg.log.every_steps) == (5, 13.0, 1)  # recorded for a resume
+    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len([r for r in rows if "loss" in r]) >= 50
+
+
+def test_folder_defaults_keep_what_is_set_and_refuse_only_what_cannot_run(tmp_path):
+    from selfsup.train.collection_defaults import adapt_to_collection
+    base = {"data": {"source": "folder", "root": "x"}}
+    cfg = adapt_to_collection(load_config(base), 700)
+    assert (cfg.train.batch_size, cfg.train.epochs, cfg.log.every_steps) == (175, 13.0, 1)
+    assert adapt_to_collection(load_config(base), 20, world=2).train.batch_size == 4  # divisible by the processes
+    long = adapt_to_collection(load_config(base, ["train.max_steps=5000"]), 700)
+    assert long.log.every_steps == 10  # never less often than every 10 steps
+    kept = adapt_to_collection(load_config(base, ["train.batch_size=64", "train.epochs=2", "log.every_steps=3"]), 20)
+    assert (kept.train.batch_size, kept.train.epochs, kept.log.every_steps) == (64, 2, 3)
+    with pytest.raises(DataError, match="at least 2"):
+        adapt_to_collection(load_config(base), 1)
+    fm = load_config({"data": {"source": "fashion_mnist"}})
+    assert adapt_to_collection(fm, 60000) is fm  # other sources: as configured, rows every 10 steps
+
+
+def test_decoding_a_folder_shows_progress_on_a_terminal(tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from selfsup.data import sources
+    buf = io.StringIO()
+    monkeypatch.setattr(sources, "progress_console", lambda: Console(file=buf, force_terminal=True, width=120))
+    ds = sources.image_folder(_photo_folder(tmp_path / "p", 6))
+    assert len(ds) == 6
+    assert "decoding p" in buf.getvalue() and "6/6" in buf.getvalue() and "listing p" in buf.getvalue()

@@ -10,7 +10,9 @@ from ..config import load_config
 from ..distributed import is_main, launched_by_torchrun, shutdown
 from ..errors import SelfsupError
 from ..streams.stream_workflow import StreamIntake, sequence as run_sequence, stream as run_stream
+from ..train.signals import Interrupted
 from .output import fail, show, table
+from .stopping import stopped
 from .torchrun_relaunch import relaunch_under_torchrun
 from ..rundir import RunDir
 
@@ -28,7 +30,8 @@ def stream(config: Path = typer.Option(..., "--config", "-c", help="YAML config 
                                                     help="train at most this many new chunks in this call, then stop"),
            devices: int = typer.Option(1, "--devices", min=1, help="DDP processes (gloo on CPU, nccl on GPU)")):
     """Pre-train on the chunks of a folder in name order, checkpointing and evaluating after each; the same command
-    resumes after a crash (manifest.json records what was consumed)."""
+    resumes after a crash (manifest.json records what was consumed). Ctrl-C (or SIGTERM) checkpoints the chunk in
+    progress after its current step and exits 130 (143)."""
     try:
         load_config(config, overrides or [])  # a bad config fails here, once, before any process starts
         if devices > 1 and not launched_by_torchrun():
@@ -37,8 +40,8 @@ def stream(config: Path = typer.Option(..., "--config", "-c", help="YAML config 
         shutdown()
         if is_main():
             _print_stream(r.run_dir, r.summary)
-    except KeyboardInterrupt:
-        typer.echo(f"stopped; run the same command to continue ({RunDir.MANIFEST} records the consumed chunks)")
+    except (Interrupted, KeyboardInterrupt) as e:  # the chunk in progress resumes from its step checkpoint
+        stopped(e, f"run the same command to continue ({RunDir.MANIFEST} records the consumed chunks)")
     except SelfsupError as e:
         fail(str(e))
 

@@ -23,4 +23,9 @@ def relaunch_under_torchrun(devices: int) -> None:
         cleaned.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
            "-m", "selfsup.cli", *cleaned]
-    raise typer.Exit(subprocess.call(cmd))
+    proc = subprocess.Popen(cmd)
+    while True:
+        try:  # Ctrl-C reaches the workers too: wait for them to save their checkpoint and exit
+            raise typer.Exit(proc.wait())
+        except KeyboardInterrupt:
+            continue

@@ -16,7 +16,9 @@ from ..report.results import print_results
 from ..takeaways.device import resolve_device
 from ..workflows import evaluate_and_report, pretrain as run_pretrain
 from ..workflows.fashion_mnist_install import ensure_fashion_mnist
+from ..train.signals import Interrupted
 from .output import fail, show
+from .stopping import resume_command, stopped
 from .torchrun_relaunch import relaunch_under_torchrun
 from ..rundir import RunDir, read_eval
 
@@ -29,7 +31,9 @@ def pretrain(config: Path = typer.Option(..., "--config", "-c", help="YAML confi
              resume: bool = typer.Option(False, "--resume", help="continue the run from its last checkpoint"),
              devices: int = typer.Option(1, "--devices", min=1, help="DDP processes (gloo on CPU, nccl on GPU)"),
              no_eval: bool = typer.Option(False, "--no-eval", help="skip the evaluation after training")):
-    """Pre-train an encoder without labels, then evaluate it and write the report."""
+    """Pre-train an encoder without labels, then evaluate it and write the report. Ctrl-C (or SIGTERM) saves a
+    checkpoint after the step in progress and exits 130 (143) naming the command that resumes."""
+    cfg = None
     try:
         cfg = load_config(config, overrides or [])
         if devices > 1 and not launched_by_torchrun():
@@ -38,6 +42,8 @@ def pretrain(config: Path = typer.Option(..., "--config", "-c", help="YAML confi
         shutdown()  # on success only: after a rank's error a collective teardown would wait for it forever
         if is_main() and not no_eval:
             _print_eval(result.run_dir)
+    except (Interrupted, KeyboardInterrupt) as e:
+        stopped(e, resume_command(None if cfg is None else RunDir.of(cfg).checkpoints))
     except SelfsupError as e:
         fail(str(e))
 

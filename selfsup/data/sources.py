@@ -26,7 +26,10 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from rich.console import Console
+
 from ..errors import DataError
+from ..progress import TaskProgress
 from .image_reader import IMAGE_SUFFIXES, WHITE, Colour, read_image
 
 FMNIST_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
@@ -191,6 +194,17 @@ def _split_classes(splits: list[Path]) -> list[str]:
     return sorted({d.name for s in splits for d in s.iterdir() if d.is_dir()})
 
 
+def progress_console() -> Console:
+    """Where folder progress is drawn: stderr (no bar when it is not a terminal)."""
+    return Console(stderr=True)
+
+
+def folder_progress(label: str, total: int, unit: str) -> TaskProgress:
+    """A bar while a folder is listed or decoded (``total`` ``unit``), drawn only on a terminal."""
+    console = progress_console()
+    return TaskProgress(label, total, enabled=console.is_terminal and total > 0, unit=unit, console=console)
+
+
 def list_folder(root: Path) -> FolderListing:
     """The image files under ``root`` with their class index (sub-folder; −1 without sub-folders), the classes
     (sorted sub-folder names) and the files that are not images by extension (named in one log line). A split
@@ -200,16 +214,19 @@ def list_folder(root: Path) -> FolderListing:
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir())
-    if split_layout(root):
-        classes = _split_classes(subdirs)
-        index = {c: i for i, c in enumerate(classes)}
-        candidates = [c for s in subdirs for c in _candidates(s, sorted(p for p in s.iterdir() if p.is_dir()), index)]
-        candidates += [(f, -1) for f in sorted(root.iterdir()) if f.is_file()]  # beside the splits: ignored
-    else:
-        one_split = root.name in SPLIT_NAMES and split_layout(root.parent)
-        classes = _split_classes(sorted(p for p in root.parent.iterdir() if p.is_dir())) if one_split and subdirs \
-            else [d.name for d in subdirs]
-        candidates = _candidates(root, subdirs, {c: i for i, c in enumerate(classes)})
+    with folder_progress(f"listing {root.name}", len(subdirs), "folders") as bar:
+        if split_layout(root):
+            classes = _split_classes(subdirs)
+            index = {c: i for i, c in enumerate(classes)}
+            candidates = [c for s in subdirs for c in _candidates(s, sorted(p for p in s.iterdir() if p.is_dir()),
+                                                                  index)]
+            candidates += [(f, -1) for f in sorted(root.iterdir()) if f.is_file()]  # beside the splits: ignored
+        else:
+            one_split = root.name in SPLIT_NAMES and split_layout(root.parent)
+            classes = _split_classes(sorted(p for p in root.parent.iterdir() if p.is_dir())) \
+                if one_split and subdirs else [d.name for d in subdirs]
+            candidates = _candidates(root, subdirs, {c: i for i, c in enumerate(classes)})
+        bar.advance(len(subdirs))
     files = [(f, ci) for f, ci in candidates if f.suffix.lower() in IMAGE_SUFFIXES]
     ignored = [f.relative_to(root).as_posix() for f, _ in candidates if f.suffix.lower() not in IMAGE_SUFFIXES]
     _report_ignored(root, ignored)
@@ -228,17 +245,19 @@ def image_folder(path: str | Path, size: int | None = None, channels: int | None
     root = Path(path)
     files, classes, ignored = list_folder(root)
     arrays, labels, names = [], [], []
-    for f, ci in files:
-        try:
-            a, channels, size = read_image(f, size, channels, background)
-        except DataError as e:
-            if not skip_bad:
-                raise
-            warnings.warn(f"skipping unreadable image: {e}")
-            continue
-        arrays.append(a)
-        labels.append(ci)
-        names.append(f.relative_to(root).as_posix())
+    with folder_progress(f"decoding {root.name}", len(files), "images") as bar:
+        for f, ci in files:
+            bar.advance()
+            try:
+                a, channels, size = read_image(f, size, channels, background)
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                warnings.warn(f"skipping unreadable image: {e}")
+                continue
+            arrays.append(a)
+            labels.append(ci)
+            names.append(f.relative_to(root).as_posix())
     if not arrays:
         raise DataError(f"no readable images in {root}")
     x = torch.from_numpy(np.stack(arrays))

@@ -20,6 +20,7 @@ Its parts: :mod:`.setup` (the schedule), :mod:`.training_state` (what a checkpoi
 """
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +36,14 @@ from ..errors import TrainingError
 from ..methods import SSLMethod
 from ..progress import StepProgress
 from .checkpoint import load_latest_checkpoint
+from .collection_defaults import log_every
 from .optim import build_optimizer
 from .random_state import RandomState, generators_of
 from .run_policy import MetricsLog
 from .setup import schedule_of
+from .signals import Interrupted, StopSignals
 from .step import MethodInputs, StepRunner, autocast
-from .step_log import Callback, StepEvent, StepLog
+from .step_log import Callback, RowPolicy, StepEvent, StepLog
 from .strategy import Strategy
 from .training_state import TrainingState, trainable
 
@@ -116,7 +119,7 @@ def fit(method: SSLMethod, train_ds: ImageDataset, cfg: "Config", device: torch.
     prog = StepProgress(schedule.total_steps, start_step, enabled=plan.progress and D.is_main(), label=plan.label)
     method.train()
     log = StepLog(metrics, prog, schedule, plan.callbacks, method, t.batch_size,
-                  train_ds.lazy and cfg.data.skip_bad_images)
+                  RowPolicy(log_every(cfg), train_ds.lazy and cfg.data.skip_bad_images))
     steps_per_epoch, total_steps = schedule.steps_per_epoch, schedule.total_steps
     feed = step_batches(train_ds, BatchPlan(batches, seed, steps_per_epoch, start_step, total_steps, rank, world,
                                             cfg.data.workers, cfg.data.prefetch))
@@ -168,20 +171,24 @@ def _wrapped(method: SSLMethod, device: torch.device, world: int, compile_model:
 
 def _run_steps(runner: StepRunner, feed, log: StepLog, start_step: int, meta: dict) -> int:
     """Steps ``start_step`` … the last, reported to ``log`` and checkpointed every ``train.checkpoint_every_steps``
-    and at the end (``meta``: what every checkpoint records besides its step and epoch); the last step taken."""
+    and at the end (``meta``: what every checkpoint records besides its step and epoch); the last step taken. A first
+    SIGINT / SIGTERM ends the loop after the step in progress, checkpointed (:class:`~.signals.Interrupted`); a
+    second one, or a KeyboardInterrupt without handlers, at once."""
     t, schedule, state = runner.t, runner.schedule, runner.state
-    step = start_step
+    step, stop = start_step, StopSignals()
     try:
-        with log.progress:
+        with log.progress, stop:
             while step < schedule.total_steps:
                 step_started = time.perf_counter()
                 fed = next(feed)  # this rank's share of the step's batch
                 out = runner(step, fed.images, fed.idx)
                 step += 1
                 log.after_step(step, out, fed.bad, step_started)
-                if step % t.checkpoint_every_steps == 0 or step == schedule.total_steps:
+                signum = stop.agreed(runner.device)
+                if step % t.checkpoint_every_steps == 0 or step == schedule.total_steps or signum:
                     state.save(step, {"epoch": schedule.epoch(step), **meta}, t.keep_checkpoints)
+                if signum:  # on the last step too: the run then ends on its resumption (backbone, evaluation)
+                    raise Interrupted(signum, step, state.last_checkpoint())
     except KeyboardInterrupt:
-        raise TrainingError(f"interrupted at step {step}; resume with --resume (last checkpoint: "
-                            f"{state.last_checkpoint()})") from None
+        raise Interrupted(stop.signum or signal.SIGINT, step, state.last_checkpoint()) from None
     return step

@@ -28,7 +28,8 @@ def make_run_dir(cfg: "Config", resume: bool) -> Path:
         raise TrainingError(f"run directory {run_dir} already holds a run: pass --resume to continue it, or choose "
                             f"another name (name=...)")
     if resume and latest_checkpoint(RunDir(run_dir).checkpoints) is None:
-        raise TrainingError(f"--resume: no checkpoint found in {RunDir(run_dir).checkpoints}")
+        raise TrainingError(f"--resume: no checkpoint found in {RunDir(run_dir).checkpoints} (the run stopped before "
+                            f"its first checkpoint, or never started): run the same command without --resume")
     return run_dir
 
 

@@ -1,5 +1,6 @@
-"""What the training loop reports after each step: the progress bar, a ``metrics.jsonl`` row every 10 steps and at
-the last, and the callbacks — each gets a :class:`StepEvent`; a dict it returns is logged as a row of its own (e.g.
+"""What the training loop reports after each step: the progress bar, a ``metrics.jsonl`` row every
+``log.every_steps`` steps (:func:`~.collection_defaults.log_every`: 10 unless set or fitted to a folder) and at the
+last, and the callbacks — each gets a :class:`StepEvent`; a dict it returns is logged as a row of its own (e.g.
 kNN accuracy on a validation split). It also keeps the run's throughput: images seen and seconds inside steps."""
 from __future__ import annotations
 
@@ -28,16 +29,24 @@ class StepEvent:
 Callback = Callable[[StepEvent], "dict | None"]
 
 
+@dataclass(frozen=True)
+class RowPolicy:
+    """Which steps get a metrics row (every ``every`` steps and the last) and whether rows count the unreadable
+    files a lazy set replaced so far (``count_bad_images``)."""
+    every: int = 10
+    count_bad_images: bool = False
+
+
 class StepLog:
-    """Reports the steps of one run of ``method`` to ``metrics`` (``count_bad_images``: rows say how many unreadable
-    files a lazy set replaced so far), ``progress`` and ``callbacks``. ``step_seconds``: seconds inside training
+    """Reports the steps of one run of ``method`` to ``metrics`` (rows as ``rows`` says), ``progress`` and
+    ``callbacks``. ``step_seconds``: seconds inside training
     steps (data, augmentation, forward, backward, optimiser; no callbacks, no checkpoints); ``seen``: source images
     stepped over, ``batch_size`` a step."""
 
     def __init__(self, metrics: MetricsLog, progress: StepProgress, schedule: Schedule, callbacks: list[Callback],
-                 method: nn.Module, batch_size: int, count_bad_images: bool):
+                 method: nn.Module, batch_size: int, rows: RowPolicy):
         self.metrics, self.progress, self.schedule, self.callbacks = metrics, progress, schedule, callbacks
-        self.method, self.batch_size, self.count_bad_images = method, batch_size, count_bad_images
+        self.method, self.batch_size, self.rows = method, batch_size, rows
         self.started = time.perf_counter()
         self.seen = 0
         self.step_seconds = 0.0
@@ -50,7 +59,7 @@ class StepLog:
         self.step_seconds += time.perf_counter() - step_started
         loss = float(out.loss.detach())
         self.progress.update(step, loss)
-        if step % 10 == 0 or step == self.schedule.total_steps:
+        if step % self.rows.every == 0 or step == self.schedule.total_steps:
             self.metrics.append(self._row(step, out, loss))
         self._call_back(StepEvent(step, self.schedule.total_steps, self.schedule.steps_per_epoch, loss, self.method))
 
@@ -59,7 +68,7 @@ class StepLog:
                "img_per_s": self.seen / self.step_seconds, "time_s": self.seconds()}
         if out.penalty is not None:
             row["penalty"] = float(out.penalty.detach())
-        if self.count_bad_images:
+        if self.rows.count_bad_images:
             row["bad_images"] = self.bad_images
         return row
 

@@ -13,6 +13,7 @@ from ..methods import build_method
 from ..models import save_backbone
 from ..robustness.adversarial_training import adversarial_ssl
 from ..rundir import RunDir, TrainSummary, write_train_summary
+from ..train.collection_defaults import adapt_to_collection
 from ..train.loop import Callback, FitPlan, RunResult, fit
 from ..train.run_policy import MetricsLog, make_run_dir, write_config
 from ..train.setup import setup_device
@@ -32,6 +33,7 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
     run = RunDir(run_dir)
     cfg = recorded_steps(cfg, run, resume)  # train.time_budget: a resume trains the steps recorded, uncalibrated
     train_ds, test_ds = load_datasets(cfg.data)  # bad data fails here, before anything is written
+    cfg = adapt_to_collection(cfg, len(train_ds), D.world_size())  # a folder's unset keys; recorded in config.yaml
     batches = batch_composer(cfg.data, train_ds, cfg.train.batch_size, cfg.seed)  # labels pre-training sees
     if D.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
