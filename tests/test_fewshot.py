@@ -116,7 +116,7 @@ def test_fewshot_accuracy_is_one_on_separable_and_chance_on_random_features():
     sep = fewshot_eval(LF(x, y), LF(t, ty), EpisodeSpec(ways=5, shots=(1, 5), queries=15, episodes=100), seed=0)
     assert set(sep) == {"5way_1shot", "5way_5shot"}
     for r in sep.values():
-        assert r == {"mean": 1.0, "ci95": 0.0, "episodes": 100}
+        assert r == {"mean": 1.0, "ci95": 0.0, "episodes": 100, "queries": 15}
     g = torch.Generator().manual_seed(5)
     rnd = fewshot_eval(LF(torch.randn(500, 16, generator=g), y), LF(torch.randn(300, 16, generator=g), ty),
                        EpisodeSpec(ways=5, shots=(1, 5), queries=15, episodes=400), seed=0)
