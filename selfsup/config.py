@@ -199,8 +199,8 @@ class TrainConfig(Strict):
 
 
 class EvalConfig(Strict):
-    knn_k: int = Field(20, gt=0, description="k of the kNN monitor, of stream evaluations and of selfsup attack's "
-                                             "kNN (the evaluation suite chooses k from knn_k_grid)")
+    knn_k: int = Field(20, gt=0, description="k of stream evaluations and of selfsup attack's kNN (the evaluation "
+                                             "suite and the kNN monitor choose k from knn_k_grid)")
     knn_temperature: float = Field(0.1, gt=0, description="T of the kNN votes, weighted by exp(cosine / T)")
     knn_k_grid: list[int] = Field(default_factory=lambda: [5, 10, 20, 50],
                                   description="values of k tried on the validation split")

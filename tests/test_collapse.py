@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.evaluate.diagnostics import collapse_check, collapse_std, collapse_warnings, rankme
+from selfsup.evaluate.diagnostics import (COLLAPSE_MIN_SAMPLES, collapse_check, collapse_std, collapse_warnings,
+                                          rankme)
 from selfsup.models import SmallCNN
-from selfsup.report.results import EvaluatedTestSet, print_results, write_report
+from selfsup.report.results import EvaluatedTestSet, print_results, results_table, write_report
 
 
 def old_rule_flags(z: torch.Tensor) -> bool:
@@ -173,3 +174,19 @@ def test_constant_encoder_through_selfsup_eval(tmp_path, one_thread, caplog):
     assert "WARNING" in r.output and "COLLAPSE ALARM" in r.output  # under the printed table
     md = (run_dir / "report.md").read_text()
     assert md.index("COLLAPSE ALARM") < md.index("| metric |")
+
+
+def test_too_few_scored_images_are_not_judged_and_the_table_says_so(tmp_path):
+    """2 validation images printed "collapse alarm ok" before; now the alarm and the diagnostics' rows say they
+    were not judged, while a constant encoder is still caught from 2 images."""
+    few = _results(collapse_check(torch.randn(2, 64)))
+    assert few["collapse"]["verdict"] == "too_few_samples" and not few["collapse"]["collapsed"]
+    assert few["collapse"]["message"].startswith("not judged: only 2 images")
+    rows = {r[0]: r[1] for r in results_table(few)}
+    assert rows["collapse alarm (centred spread / eff. rank)"].startswith("not judged: only 2 images")
+    assert "not judged: only 2 images" in rows["RankMe"]
+    assert collapse_check(torch.randn(COLLAPSE_MIN_SAMPLES, 64))["verdict"] == "ok"
+    assert collapse_check(torch.randn(COLLAPSE_MIN_SAMPLES - 1, 64))["verdict"] == "too_few_samples"
+    assert collapse_check(torch.ones(2, 64))["verdict"] == "complete"
+    healthy = {r[0]: r[1] for r in results_table(_results(collapse_check(torch.randn(100, 64))))}
+    assert "not judged" not in healthy["RankMe"] + healthy["collapse alarm (centred spread / eff. rank)"]

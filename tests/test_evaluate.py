@@ -8,6 +8,8 @@ from selfsup.evaluate.probes import LabelledFeatures as LF, ProbeGrid, knn_predi
 from selfsup.config import load_config
 from selfsup.data import ImageDataset, load_datasets
 from selfsup.evaluate.suite import evaluate_run
+from selfsup.report.results import results_table
+from selfsup.rundir import RunDir, read_metrics
 from selfsup.workflows import pretrain
 
 from .helpers import tiny_cfg
@@ -146,3 +148,23 @@ def test_cka_invariances():
     q = torch.linalg.qr(torch.randn(6, 6))[0]
     assert linear_cka(x, 3 * x @ q) == pytest.approx(1.0, abs=1e-9)
     assert linear_cka(x, torch.randn(100, 6)) < 0.5
+
+
+def test_knn_monitor_last_point_is_the_evaluations_validation_knn_and_the_majority_row(npz_data, tmp_path):
+    """With a bank and queries as large as the splits (monitor_samples ≥ the training images; ≤ 1000 validation
+    images), the monitor's value at the last step is the suite's validation kNN: the same readout, the same k and T
+    chosen from the same grids. The suite also reports the majority class's test accuracy, in the table."""
+    cfg = tiny_cfg(npz_data, tmp_path, "mon", max_steps=6, monitor_samples=10000)
+    cfg["eval"].update(knn_k_grid=[1, 3, 9], knn_temperature_grid=[0.5, 0.02], baselines=False, label_fractions=[],
+                       fewshot_episodes=0, linear=False)
+    r = pretrain(cfg, progress=False, evaluate=False)
+    rows = [row for row in read_metrics(RunDir(r.run_dir)) if "knn_val" in row]
+    res = evaluate_run(r.run_dir, progress=False).results
+    assert rows[-1]["step"] == 6
+    assert (rows[-1]["knn_val"], rows[-1]["knn_k"], rows[-1]["knn_temperature"]) == (
+        res["ssl"]["knn_val"], res["ssl"]["knn_k"], res["ssl"]["knn_temperature"])
+    train, test = load_datasets(load_config(cfg).data)
+    major = int(torch.bincount(train.labels).argmax())
+    assert res["majority_class"] == {"class": major, "test_acc": float((test.labels == major).float().mean())}
+    assert ("majority class (chance, test)", "–", f"{100 * res['majority_class']['test_acc']:.2f} %") in \
+        results_table(res)

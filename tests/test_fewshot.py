@@ -116,7 +116,7 @@ def test_fewshot_accuracy_is_one_on_separable_and_chance_on_random_features():
     sep = fewshot_eval(LF(x, y), LF(t, ty), EpisodeSpec(ways=5, shots=(1, 5), queries=15, episodes=100), seed=0)
     assert set(sep) == {"5way_1shot", "5way_5shot"}
     for r in sep.values():
-        assert r == {"mean": 1.0, "ci95": 0.0, "episodes": 100}
+        assert r == {"mean": 1.0, "ci95": 0.0, "episodes": 100, "queries": 15}
     g = torch.Generator().manual_seed(5)
     rnd = fewshot_eval(LF(torch.randn(500, 16, generator=g), y), LF(torch.randn(300, 16, generator=g), ty),
                        EpisodeSpec(ways=5, shots=(1, 5), queries=15, episodes=400), seed=0)
@@ -207,3 +207,20 @@ def test_eval_json_has_low_label_fewshot_per_class_and_confusion(tmp_path, monke
     print_results(res["trained"])
     printed = capsys.readouterr().out
     assert "linear (10 % labels)" in printed and rows["linear (10 % labels)"][0] in printed
+
+
+def test_fewer_than_five_classes_and_a_small_test_split_still_give_min_5_classes_way_episodes():
+    """4 classes with 6 test images each (fewer than the 15 queries asked): 4-way episodes with 6 queries per class
+    (before: no result at all); 9 classes of which only 3 have 15 test images: still 5-way."""
+    g = torch.Generator().manual_seed(0)
+    ys, yq = torch.arange(40) % 4, torch.arange(24) % 4
+    fs, fq = torch.randn(40, 8, generator=g), torch.randn(24, 8, generator=g)
+    out = fewshot_eval(LF(fs, ys), LF(fq, yq), EpisodeSpec(ways=5, shots=(1, 5), queries=15, episodes=10), seed=0)
+    assert set(out) == {"4way_1shot", "4way_5shot"} and all(v["queries"] == 6 for v in out.values())
+    sup, qry = sample_episodes(ys, yq, 5, 1, 15, 10, 0)
+    assert sup.shape == (10, 4, 1) and qry.shape == (10, 4, 6)
+    yq9 = torch.cat([torch.arange(3).repeat(15), torch.arange(3, 9).repeat(4)])
+    sup, qry = sample_episodes(torch.arange(90) % 9, yq9, 5, 1, 15, 10, 0)
+    assert qry.shape == (10, 5, 4)  # five ways, the queries the fifth-best class has
+    full = sample_episodes(torch.arange(90) % 9, torch.arange(180) % 9, 5, 1, 15, 10, 0)
+    assert full[1].shape == (10, 5, 15)  # enough test images: the asked queries

@@ -269,7 +269,7 @@ def test_stream_evaluation_and_knn_monitor_score_the_readout_features(tmp_path):
     from selfsup.streams.continual_metrics import evaluate_chunk
     from selfsup.evaluate.monitor import KnnMonitor
     from selfsup.evaluate.features import extract_features
-    from selfsup.evaluate.probes import knn_accuracy
+    from selfsup.evaluate.probes import select_knn
     from selfsup.models import backbone_from_config, readout_backbone
     from selfsup.streams.stream_workflow import StreamEvaluator
 
@@ -295,4 +295,5 @@ def test_stream_evaluation_and_knn_monitor_score_the_readout_features(tmp_path):
     event = SimpleNamespace(step=1, total_steps=1, steps_per_epoch=1, method=SimpleNamespace(backbone=backbone))
     e = cfg.eval
     fb, fq = (extract_features(view, x, e.batch_size, "cpu", False) for x in (mon.bank_x, mon.q_x))
-    assert mon(event)["knn_val"] == knn_accuracy(fb, mon.bank_y, fq, mon.q_y, e.knn_k, e.knn_temperature)
+    k, t, scores = select_knn(fb, mon.bank_y, fq, mon.q_y, e.knn_k_grid, [e.knn_temperature])
+    assert mon(event) == {"knn_val": scores[(k, t)], "knn_k": k, "knn_temperature": t}  # the evaluation's protocol

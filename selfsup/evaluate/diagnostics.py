@@ -39,6 +39,9 @@ def collapse_std(z: torch.Tensor) -> float:
 COLLAPSE_VAR_RATIO = 1e-4  # complete collapse: between-sample RMS spread below 1 % of the RMS feature norm
 COLLAPSE_RANK_MIN = 4.0  # dimensional collapse: fewer effective dimensions than this "handful" ...
 COLLAPSE_RANK_FRACTION = 0.01  # ... or than 1 % of min(N − 1, D), whichever is larger (at most a quarter of it)
+# Fewer scored images cannot show the "handful" of effective dimensions under the m/4 cap (m = N − 1 ≥ 16): below
+# it only complete collapse and NaN/Inf features are judged, the verdict is otherwise "too_few_samples".
+COLLAPSE_MIN_SAMPLES = int(4 * COLLAPSE_RANK_MIN) + 1
 
 log = logging.getLogger("selfsup")
 
@@ -64,15 +67,15 @@ def collapse_check(z: torch.Tensor) -> dict:
       Healthy encoders score in the hundreds (uncentred RankMe 124–337 for the 4-epoch runs in BENCHMARKS.md).
 
     ``verdict`` is ``"ok"``, ``"complete"``, ``"dimensional"``, ``"non_finite"`` (NaN/Inf features) or
-    ``"too_few_samples"`` (N < 2, no verdict); ``collapsed`` is True for the alarms and ``message`` then holds a
-    sentence for the log and the report."""
+    ``"too_few_samples"`` (N < ``COLLAPSE_MIN_SAMPLES``: not judged, ``message`` says so; complete collapse and
+    NaN/Inf are still judged from N ≥ 2); ``collapsed`` is True for the alarms and ``message`` then holds a sentence
+    for the log and the report."""
     z = z.detach().double().cpu().reshape(len(z), -1)
     n, d = z.shape
     out: dict = {"n": n, "dim": d, "var_ratio": None, "effective_rank": None, "var_ratio_threshold": COLLAPSE_VAR_RATIO,
                  "rank_threshold": None, "verdict": "ok", "collapsed": False, "message": None}
     if n < 2:
-        out["verdict"] = "too_few_samples"
-        return out
+        return _too_few(out, n)
     if not bool(torch.isfinite(z).all()):
         bad = int((~torch.isfinite(z)).any(1).sum())
         out.update(verdict="non_finite", collapsed=True,
@@ -91,11 +94,19 @@ def collapse_check(z: torch.Tensor) -> dict:
             f"complete collapse of the representation: all {n} embeddings are nearly the same point (between-sample "
             f"variance {var_ratio:.1e} of the features' second moment; alarm below {COLLAPSE_VAR_RATIO:.0e}). "
             f"The encoder is broken; its kNN / linear-probe numbers do not measure a learned representation."))
+    elif n < COLLAPSE_MIN_SAMPLES:
+        _too_few(out, n)
     elif erank < rank_thr:
         out.update(verdict="dimensional", collapsed=True, message=(
             f"dimensional collapse of the representation: the centred embeddings span about {erank:.1f} effective "
             f"dimensions of {m} possible (alarm below {rank_thr:.1f}). The encoder has collapsed onto a few "
             f"directions; its kNN / linear-probe numbers are suspect."))
+    return out
+
+
+def _too_few(out: dict, n: int) -> dict:
+    out.update(verdict="too_few_samples", message=f"not judged: only {n} image{'s' * (n != 1)} scored (the "
+               f"collapse alarm needs at least {COLLAPSE_MIN_SAMPLES})")
     return out
 
 

@@ -110,14 +110,18 @@ def nearest_prototype(queries: torch.Tensor, protos: torch.Tensor) -> torch.Tens
 
 
 def sample_episodes(y_support, y_query, ways: int, shots: int, queries: int, episodes: int, seed: int):
-    """Seeded episodes: support indices (E, ways, shots) into ``y_support`` and query indices (E, ways, queries)
-    into ``y_query``, the classes of an episode drawn among those with enough images in both. Fewer eligible classes
-    than ``ways`` lower the ways to their number; fewer than two give None."""
+    """Seeded episodes: support indices (E, ways, shots) into ``y_support`` and query indices (E, ways, Q) into
+    ``y_query``, the classes of an episode drawn among those with at least ``shots`` supports and Q queries. The
+    episodes keep N = min(``ways``, classes with ``shots`` supports and a query) ways: where fewer than N classes have
+    ``queries`` query images (a small test split), Q is lowered to the most that N classes have; otherwise
+    Q = ``queries``. Fewer than two such classes give None."""
     ys, yq = np.asarray(y_support), np.asarray(y_query)
-    eligible = [c for c in np.intersect1d(ys, yq) if (ys == c).sum() >= shots and (yq == c).sum() >= queries]
-    ways = min(ways, len(eligible))
+    have = {c: int((yq == c).sum()) for c in np.intersect1d(ys, yq) if (ys == c).sum() >= shots}
+    ways = min(ways, len(have))
     if ways < 2:
         return None
+    queries = min(queries, sorted(have.values(), reverse=True)[ways - 1])
+    eligible = [c for c, n in have.items() if n >= queries]
     by_s = {c: np.flatnonzero(ys == c) for c in eligible}
     by_q = {c: np.flatnonzero(yq == c) for c in eligible}
     rng = np.random.default_rng((seed, _EPISODE_STREAM, ways, shots, queries))
@@ -153,7 +157,8 @@ def mean_ci95(accs) -> tuple[float, float]:
 
 def fewshot_eval(support: LabelledFeatures, query: LabelledFeatures, spec: EpisodeSpec = EpisodeSpec(),
                  seed: int = 0) -> dict:
-    """N-way K-shot accuracy for every K of ``spec.shots``: ``{"5way_1shot": {"mean", "ci95", "episodes"}, ...}``
+    """N-way K-shot accuracy for every K of ``spec.shots``: ``{"5way_1shot": {"mean", "ci95", "episodes",
+    "queries"}, ...}``, N = min(``spec.ways``, classes) (:func:`sample_episodes`)
     (supports from ``support``, the training split; queries from ``query``, the test split)."""
     out = {}
     for k in spec.shots:
@@ -161,7 +166,8 @@ def fewshot_eval(support: LabelledFeatures, query: LabelledFeatures, spec: Episo
         if ep is None:
             continue
         mean, ci = mean_ci95(episode_accuracies(support.features, query.features, *ep).numpy())
-        out[f"{ep[0].shape[1]}way_{k}shot"] = {"mean": mean, "ci95": ci, "episodes": spec.episodes}
+        out[f"{ep[0].shape[1]}way_{k}shot"] = {"mean": mean, "ci95": ci, "episodes": spec.episodes,
+                                               "queries": int(ep[1].shape[2])}
     return out
 
 

@@ -1,8 +1,14 @@
 """kNN accuracy on the validation split during training, as a callback of the training loop (main process only).
 
-It scores the features of the saved backbone (``model.readout_pool`` when set). The bank is a fixed subset of the
-rest of train, the queries a fixed subset of the validation split; it runs every ``train.monitor_every_epochs``
-epochs and at the last step."""
+It scores what the evaluation scores, with the evaluation's protocol: the features of the saved backbone
+(``readout_backbone``: ``model.readout_pool`` when set), cosine kNN with votes weighted exp(s/T), and k and T chosen
+from ``eval.knn_k_grid`` × ``eval.knn_temperature_grid`` (``eval.knn_temperature`` when unset) as the best
+validation accuracy (:func:`selfsup.evaluate.probes.select_knn`, the function the suite's ``knn_val`` comes from).
+Only the images differ: the bank is a fixed seeded subset of the fitting part of train (``train.monitor_samples``
+images), the queries a fixed seeded subset of the validation split (at least 1000 or ``monitor_samples / 5``). With
+subsets as large as the splits, its value at the last step is the final evaluation's validation kNN (``knn_val``).
+It runs every ``train.monitor_every_epochs`` epochs and at the last step; a row holds ``knn_val`` and the ``knn_k`` and
+``knn_temperature`` chosen."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -13,7 +19,7 @@ from .. import distributed as D
 from ..data import ImageDataset
 from ..models import readout_backbone
 from .features import extract_features
-from .probes import knn_accuracy
+from .probes import select_knn
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -40,4 +46,6 @@ class KnnMonitor:
         backbone = readout_backbone(event.method.backbone, self.cfg.model, self.bank_x.shape[1], self.bank_x.shape[-1])
         fb = extract_features(backbone, self.bank_x, e.batch_size, self.device, cl)
         fq = extract_features(backbone, self.q_x, e.batch_size, self.device, cl)
-        return {"knn_val": knn_accuracy(fb, self.bank_y, fq, self.q_y, e.knn_k, e.knn_temperature)}
+        k, t, scores = select_knn(fb, self.bank_y, fq, self.q_y, e.knn_k_grid,
+                                  e.knn_temperature_grid or [e.knn_temperature])
+        return {"knn_val": scores[(k, t)], "knn_k": k, "knn_temperature": t}

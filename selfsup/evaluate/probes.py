@@ -47,26 +47,35 @@ class ProbeGrid:
 
 
 @torch.inference_mode()
-def knn_votes(train_f: torch.Tensor, train_y: torch.Tensor, query_f: torch.Tensor, ks, temperature: float = 0.1,
-              num_classes: int | None = None, chunk: int = 2048) -> dict[int, torch.Tensor]:
-    """Weighted kNN predictions (on the CPU) for every k in ``ks`` from one top-k search (cosine on l2-normalised
-    features, votes weighted by exp(s/T)), computed on the device of ``train_f``, ``chunk`` queries at a time."""
+def knn_grid_votes(train_f: torch.Tensor, train_y: torch.Tensor, query_f: torch.Tensor, ks, temperatures,
+                   num_classes: int | None = None, chunk: int = 2048) -> dict[tuple[int, float], torch.Tensor]:
+    """Weighted kNN predictions (on the CPU) for every (k, T) of ``ks`` × ``temperatures`` from ONE similarity and
+    top-k pass for the largest k (cosine on l2-normalised features, votes weighted by exp(s/T)), computed on the
+    device of ``train_f``, ``chunk`` queries at a time. Every pair's predictions are those of a pass of its own."""
     num_classes = num_classes or int(train_y.max()) + 1
     bank = F.normalize(train_f.float(), dim=1)
     bank_y = train_y.to(bank.device)
     kmax = min(max(ks), len(bank))
-    preds: dict[int, list] = {k: [] for k in ks}
+    preds: dict[tuple[int, float], list] = {(k, t): [] for t in temperatures for k in ks}
     for i in range(0, len(query_f), chunk):
         q = F.normalize(query_f[i:i + chunk].to(bank.device).float(), dim=1)
         sim, idx = (q @ bank.T).topk(kmax, dim=1)
-        w = ((sim - 1) / temperature).exp()  # exp(s/T) scaled by exp(-1/T): the same votes, no overflow at small T
         labels = bank_y[idx]
-        for k in ks:
-            kk = min(k, kmax)
-            votes = torch.zeros(len(q), num_classes, device=bank.device)
-            votes.scatter_add_(1, labels[:, :kk], w[:, :kk])
-            preds[k].append(votes.argmax(1).cpu())
-    return {k: torch.cat(v) for k, v in preds.items()}
+        for t in temperatures:
+            w = ((sim - 1) / t).exp()  # exp(s/T) scaled by exp(-1/T): the same votes, no overflow at small T
+            for k in ks:
+                kk = min(k, kmax)
+                votes = torch.zeros(len(q), num_classes, device=bank.device)
+                votes.scatter_add_(1, labels[:, :kk], w[:, :kk])
+                preds[(k, t)].append(votes.argmax(1).cpu())
+    return {kt: torch.cat(v) for kt, v in preds.items()}
+
+
+def knn_votes(train_f: torch.Tensor, train_y: torch.Tensor, query_f: torch.Tensor, ks, temperature: float = 0.1,
+              num_classes: int | None = None, chunk: int = 2048) -> dict[int, torch.Tensor]:
+    """Weighted kNN predictions for every k in ``ks`` at one temperature (:func:`knn_grid_votes`)."""
+    preds = knn_grid_votes(train_f, train_y, query_f, ks, [temperature], num_classes, chunk)
+    return {k: preds[(k, temperature)] for k in ks}
 
 
 def knn_predict(train_f, train_y, query_f, k: int = 20, temperature: float = 0.1, num_classes=None) -> torch.Tensor:
@@ -87,11 +96,9 @@ def select_knn_k(train_f, train_y, val_f, val_y, grid, temperature) -> tuple[int
 
 def select_knn(train_f, train_y, val_f, val_y, ks, temperatures) -> tuple[int, float, dict[tuple[int, float], float]]:
     """The (k, T) of ``ks`` × ``temperatures`` with the best validation accuracy (ties → smaller k, then the
-    temperature listed first), and every pair's accuracy."""
-    scores = {}
-    for t in temperatures:
-        for k, acc in select_knn_k(train_f, train_y, val_f, val_y, ks, t)[1].items():
-            scores[(k, t)] = acc
+    temperature listed first), and every pair's accuracy; the whole grid from one top-k pass."""
+    preds = knn_grid_votes(train_f, train_y, val_f, list(ks), list(temperatures))
+    scores = {kt: float((p == val_y.cpu()).float().mean()) for kt, p in preds.items()}
     order = {t: i for i, t in enumerate(temperatures)}
     k, t = max(scores, key=lambda kt: (scores[kt], -kt[0], -order[kt[1]]))
     return k, t, scores

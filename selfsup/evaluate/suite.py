@@ -131,6 +131,7 @@ def evaluate_run(run_dir: str | Path, progress: bool = True, datasets=None, devi
         fs = _suite_features(backbone, (train_ds, test_ds), cfg, device, results)
         sp.advance()
         if fs.labelled:
+            results["majority_class"] = majority_class(fs.train.labels, fs.test.labels)
             results["ssl"] = _probe_all(fs.train, fs.parts, fs.test, e, probe_device(fs.train.features, device))
         sp.advance()
         if fs.labelled:
@@ -153,6 +154,13 @@ def evaluate_run(run_dir: str | Path, progress: bool = True, datasets=None, devi
                       test_ds.classes if test_ds is not None else train_ds.classes)
 
 
+def majority_class(train_labels: torch.Tensor, test_labels: torch.Tensor) -> dict:
+    """The chance row: the most frequent class of the training labels (ties → the smaller class index) predicted for
+    every test image, and its test accuracy."""
+    c = int(torch.bincount(torch.as_tensor(train_labels).long()).argmax())
+    return {"class": c, "test_acc": float((torch.as_tensor(test_labels) == c).float().mean())}
+
+
 def _raw_baselines_stage(results: dict, train_ds, test_ds, parts, cfg) -> None:
     """``results["raw_pixels"]``, or a warning where the data set is read lazily."""
     if train_ds.lazy or test_ds.lazy:  # raw pixels would be the whole decoded set in RAM
@@ -173,6 +181,11 @@ def _diagnostics(results: dict, backbone, fs: SuiteFeatures, cfg, device) -> Non
     results["collapse_std_healthy"] = 1 / float(np.sqrt(f_test.shape[1]))
     results["collapse"] = diag.collapse_check(f_test[:n])  # the alarm (not collapse_std: fooled by ReLU features)
     results.setdefault("warnings", []).extend(diag.collapse_warnings(results["collapse"]))  # + logged
+    results["diagnostics_images"] = n
+    if n < diag.COLLAPSE_MIN_SAMPLES:
+        results["warnings"].append(f"diagnostics not judged: only {n} image{'s' * (n != 1)} scored (RankMe, "
+                                   f"alignment / uniformity and the collapse alarm need at least "
+                                   f"{diag.COLLAPSE_MIN_SAMPLES})")
     recipe = recipe_from_config(cfg.augment, METHODS[cfg.method["name"]].recipe)
     g = torch.Generator().manual_seed(cfg.seed + 12345)
     sample = fs.sample
@@ -184,22 +197,36 @@ def _diagnostics(results: dict, backbone, fs: SuiteFeatures, cfg, device) -> Non
     results["uniformity"] = diag.uniformity(f_test[:2000])
 
 
-_BASELINE_PROTOCOL = 2  # raise when the baselines' code changes what they compute: older cache entries are ignored
+_BASELINE_PROTOCOL = 3  # raise when the baselines' code changes what they compute: older cache entries are ignored
+# 3: few-shot episodes keep N = min(ways, classes) by lowering the queries per class on a small test split
+
+
+def baseline_fingerprint(train_ds, test_ds, parts, e, seed: int, val_fraction: float) -> str:
+    """The raw-pixel baselines' cache key: a SHA-1 of the data's content (images and labels of both splits, with
+    their shapes and dtypes), the fitting / validation indices ``parts``, every eval key the baselines read, the
+    seed, the validation fraction and ``_BASELINE_PROTOCOL``; a change to any of them gives another key."""
+    h = hashlib.sha1()
+    for t in (train_ds.images, train_ds.labels, test_ds.images, test_ds.labels, *map(torch.as_tensor, parts)):
+        t = t.contiguous()
+        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.numpy().tobytes())
+    h.update(json.dumps([_BASELINE_PROTOCOL, e.knn_k_grid, e.knn_temperature, e.knn_temperature_grid, e.linear,
+                         e.linear_l2_grid, e.linear_max_iter, seed, val_fraction, e.label_fractions,
+                         e.fewshot_episodes, e.fewshot_ways, e.fewshot_shots, e.fewshot_queries]).encode())
+    return h.hexdigest()
+
+
+def baseline_cache() -> Path:
+    """Where the raw-pixel baselines are cached: $XDG_CACHE_HOME (default ~/.cache)/selfsup/baselines."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "selfsup" / "baselines"
 
 
 def _raw_baselines(train_ds, test_ds, tr, va, e, seed, val_fraction) -> dict:
     """Raw-pixel kNN, linear probe, low-label probes and few-shot episodes through the same code as the encoder.
-    They depend only on the data and the protocol, so the result is cached under ~/.cache/selfsup keyed by a hash of
-    both (every eval key they read, and the protocol's version)."""
-    h = hashlib.sha1()
-    for t in (train_ds.images, train_ds.labels, test_ds.images, test_ds.labels, torch.as_tensor(tr),
-              torch.as_tensor(va)):
-        h.update(t.contiguous().numpy().tobytes())
-    h.update(json.dumps([_BASELINE_PROTOCOL, e.knn_k_grid, e.knn_temperature, e.knn_temperature_grid, e.linear,
-                         e.linear_l2_grid, e.linear_max_iter, seed, val_fraction, e.label_fractions,
-                         e.fewshot_episodes, e.fewshot_ways, e.fewshot_shots, e.fewshot_queries]).encode())
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "selfsup" / "baselines"
-    path = cache / f"{h.hexdigest()}.json"
+    They depend only on the data and the protocol, so the result is cached under ~/.cache/selfsup keyed by
+    :func:`baseline_fingerprint`."""
+    cache = baseline_cache()
+    path = cache / f"{baseline_fingerprint(train_ds, test_ds, (tr, va), e, seed, val_fraction)}.json"
     if path.exists():
         try:
             return dict(json.loads(path.read_text()), cached=True)

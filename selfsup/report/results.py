@@ -46,9 +46,19 @@ def plot_training(run_dir: Path) -> list[str]:
         made.append(_line_plot(run_dir, RunDir.LOSS_PLOT, loss, "training loss", "SSL loss"))
     knn = [(r["epoch"], r["knn_val"]) for r in rows if "knn_val" in r]
     if knn:
-        made.append(_line_plot(run_dir, RunDir.KNN_PLOT, knn, "kNN accuracy (validation split)",
-                               "kNN accuracy during training", marker="o"))
+        made.append(_line_plot(run_dir, RunDir.KNN_PLOT, knn, "kNN accuracy (validation subset)",
+                               monitor_title(rows), marker="o"))
     return made
+
+
+def monitor_title(rows: list[dict]) -> str:
+    """What the kNN monitor measured, for its plot: the evaluation's kNN (saved readout, k and T chosen on the
+    validation subset) on seeded subsets; older runs (a fixed k and T, no ``knn_k`` in their rows) say so."""
+    last = next((r for r in reversed(rows) if "knn_val" in r), {})
+    if "knn_k" not in last:
+        return "kNN accuracy during training (fixed k and T)"
+    return (f"kNN monitor: the evaluation's protocol on seeded subsets\n(saved readout, k and T chosen on the "
+            f"validation subset; last: k={last['knn_k']}, T={last['knn_temperature']:g})")
 
 
 def plot_embedding(run_dir: Path, feats, labels, classes, kind: str, points: int, seed: int) -> str | None:
@@ -91,12 +101,16 @@ def results_table(results: dict) -> list[tuple[str, str, str]]:
     ssl, raw = results.get("ssl", {}), results.get("raw_pixels", {})
     rows = [("kNN (test)", _pct(ssl.get("knn_test")), _pct(raw.get("knn_test"))),
             ("linear probe (test)", _pct(ssl.get("linear_test")), _pct(raw.get("linear_test")))]
+    maj = results.get("majority_class")
+    if maj:  # the chance floor every probe is read against (no features: in the baselines' column)
+        rows.append(("majority class (chance, test)", "–", _pct(maj["test_acc"])))
     rows += _low_label_rows(ssl, raw)
     td = results.get("transfer_digits")
     if td:
         rows.append(("transfer: digits linear (test)", _pct(td.get("linear_test")), "–"))
-    rows += [("RankMe", f"{results['rankme']:.1f}", "–"),
-             ("alignment / uniformity", f"{results['alignment']:.3f} / {results['uniformity']:.3f}", "–"),
+    few = _too_few_note(results.get("collapse") or {})
+    rows += [("RankMe", f"{results['rankme']:.1f}{few}", "–"),
+             ("alignment / uniformity", f"{results['alignment']:.3f} / {results['uniformity']:.3f}{few}", "–"),
              ("l2-normalised std (≈ {:.3f} if zero-mean isotropic)".format(results["collapse_std_healthy"]),
               f"{results['collapse_std']:.4f}", "–")]
     c = results.get("collapse")
@@ -128,9 +142,16 @@ def _mean_ci(r: dict | None) -> str:
     return "–" if not r else f"{100 * r['mean']:.2f} ± {100 * r['ci95']:.2f} %"
 
 
+def _too_few_note(c: dict) -> str:
+    """" (not judged: only N images)" where the collapse check scored too few images to judge anything."""
+    return f" (not judged: only {c['n']} images)" if c.get("verdict") == "too_few_samples" else ""
+
+
 def _collapse_cell(c: dict) -> str:
     stats = ("" if c.get("var_ratio") is None else
              f"{c['var_ratio']:.2g} / {c['effective_rank']:.1f} of {min(c['n'] - 1, c['dim'])}")
+    if c.get("verdict") == "too_few_samples":
+        return f"not judged: only {c['n']} images" + (f" ({stats})" if stats else "")
     head = f"COLLAPSED ({c['verdict']})" if c.get("collapsed") else c.get("verdict", "ok")
     return f"{head}: {stats}" if stats else head
 
@@ -205,9 +226,15 @@ def write_report(run_dir: Path, results: dict, test: EvaluatedTestSet, embedding
             lines += [f"Low-label probes: the same probe on a seeded class-balanced subset of the training labels "
                       f"({sizes} labels), L2 chosen on a validation part of that subset; no other label used.", ""]
         if s.get("fewshot"):
-            eps = next(iter(s["fewshot"].values()))["episodes"]
-            lines += [f"Few-shot: {eps} seeded episodes, supports from train, queries from test, nearest prototype "
-                      "(mean of l2-normalised supports, cosine); mean ± 95 % CI (1.96·s/√episodes).", ""]
+            first = next(iter(s["fewshot"].values()))
+            q = f", {first['queries']} per class" if "queries" in first else ""
+            lines += [f"Few-shot: {first['episodes']} seeded episodes, N = min(eval.fewshot_ways, classes) ways, "
+                      f"supports from train, queries from test{q}, nearest prototype (mean of l2-normalised "
+                      "supports, cosine); mean ± 95 % CI (1.96·s/√episodes).", ""]
+        if results.get("majority_class"):
+            c, names = results["majority_class"]["class"], results.get("classes") or []
+            lines += [f"Majority class: the most frequent training class ({names[c] if c < len(names) else c}) "
+                      "predicted for every test image, the chance floor of every probe.", ""]
     lines += [f"![{p}]({p})" for p in plots]
     RunDir(run_dir).report_md.write_text("\n".join(lines) + "\n")
     return plots
