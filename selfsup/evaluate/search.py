@@ -31,8 +31,9 @@ EPYC: exact top-10 of every row of 50 000 256-d rows took 61 s, the IVF search 9
 @dataclass(frozen=True)
 class Approximate:
     """When and how a search goes approximate. Exact while queries × rows ≤ ``exact_up_to``²; beyond, a faiss IVF
-    index of ``nlist`` cells (default 4·√rows, at least 39 training rows per cell), trained by k-means on at most
-    64 rows per cell drawn with ``seed``, scanning the ``nprobe`` nearest cells per query (default nlist / 16)."""
+    index of ``nlist`` cells (default 4·√rows, at least 40 training rows per cell), trained by 10 k-means iterations
+    on 40 rows per cell drawn with ``seed``, each query scanning the ``nprobe`` cells nearest to it (default
+    max(16, nlist / 64): 62 of 4 000 cells at a million rows)."""
     exact_up_to: int = EXACT_UP_TO
     nlist: int | None = None
     nprobe: int | None = None
@@ -82,16 +83,15 @@ def _exact_top_k(bank: torch.Tensor, queries: torch.Tensor, kk: int, excl: torch
 def ivf_index(rows: np.ndarray, approx: Approximate = Approximate()) -> faiss.IndexIVFFlat:
     """A faiss inner-product IVF index over ``rows`` (float32, C-contiguous), trained and filled."""
     n, d = rows.shape
-    nlist = approx.nlist or max(1, min(int(4 * n ** 0.5), n // 39))
+    nlist = approx.nlist or max(1, min(int(4 * n ** 0.5), n // 40))
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = approx.seed
+    index.cp.seed, index.cp.niter = approx.seed, 10
     train = rows
-    if n > 64 * nlist:
-        pick = np.random.default_rng(approx.seed).choice(n, 64 * nlist, replace=False)
-        train = rows[np.sort(pick)]
+    if n > 40 * nlist:
+        train = rows[np.sort(np.random.default_rng(approx.seed).choice(n, 40 * nlist, replace=False))]
     index.train(train)
     index.add(rows)
-    index.nprobe = min(nlist, approx.nprobe or max(1, nlist // 16))
+    index.nprobe = min(nlist, approx.nprobe or max(16, nlist // 64))
     return index
 
 
