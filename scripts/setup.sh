@@ -15,8 +15,11 @@ if [ ! -x .venv/bin/python ]; then
   $PY -m venv .venv
 fi
 echo "== installing torch==2.13.0 and selfsup into .venv"
-.venv/bin/python -m pip install -q --no-compile --disable-pip-version-check torch==2.13.0
-.venv/bin/python -m pip install -q --no-compile --disable-pip-version-check -e ".[test]"
+.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
 # torchattacks (FGSM, PGD, Square) declares torchvision as a dependency, which would replace the pinned torch;
 # it does not import it, so it is installed without dependencies (scipy comes with scikit-learn)
-.venv/bin/python -m pip install -q --no-compile --no-deps --disable-pip-version-check torchattacks==3.5.1
+.venv/bin/python -m pip install -q --no-deps --disable-pip-version-check torchattacks==3.5.1
+# byte-compiled at install (pip compiles what it installs; the editable project is compiled here): a start that must
+# compile torch, scikit-learn and selfsup from source costs seconds (every start, where PYTHONDONTWRITEBYTECODE is set)
+.venv/bin/python -m compileall -q selfsup

@@ -26,9 +26,6 @@ from .finetune.finetune_workflow import finetune
 from .workflows import pretrain
 from .streams.stream_workflow import sequence
 from .streams.stream_workflow import StreamIntake, stream
-from .streams import stream_report  # noqa: F401  registers its report sections (stream, sequence study)
-from .finetune import finetune_report  # noqa: F401  registers its report section
-from .robustness import robustness_report  # noqa: F401  registers its report section
 
 
 def embed(model: nn.Module | str | Path, images, batch_size: int = 1024, device: str | torch.device = "cpu",

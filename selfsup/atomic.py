@@ -9,10 +9,12 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import torch
-from safetensors.torch import save_file
+from .deferred import load
+
+if TYPE_CHECKING:
+    import torch
 
 
 def fsync_path(path: Path) -> None:
@@ -51,6 +53,7 @@ def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta
     """``tensors`` as a safetensors file (moved to the CPU, made contiguous), written atomically."""
     path = Path(path)
     tmp = _tmp_name(path)
+    save_file = load("safetensors.torch").save_file  # imports torch: only where tensors are saved (rundir stays light)
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     fsync_path(tmp)
     os.replace(tmp, path)

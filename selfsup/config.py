@@ -11,6 +11,7 @@ from typing import Annotated, Any, Callable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
+from .deferred import CONFIG_CHECKS, load_all
 from .duration_schema import Duration
 from .errors import ConfigError
 from .finetune.finetune_schema import FinetuneConfig
@@ -259,8 +260,8 @@ class Config(Strict):
 
 
 # Checks that need a registry above this schema (the method zoo, the data sources) register themselves here:
-# ``check(cfg)`` raises ConfigError naming the key. load_config runs every one, so no layer below the registries
-# imports them.
+# ``check(cfg)`` raises ConfigError naming the key. load_config imports them (selfsup.deferred.CONFIG_CHECKS) and runs
+# every one, so no layer below the registries imports them.
 CHECKS: list[Callable[[Config], None]] = []
 
 
@@ -321,6 +322,7 @@ def load_config(source: str | Path | dict | Config | None = None, overrides: lis
         cfg = Config(**raw)
     except ValidationError as e:
         raise ConfigError("config error: " + format_error(e)) from None
+    load_all(CONFIG_CHECKS)  # the checks' modules register them on import (selfsup.deferred)
     for check in CHECKS:
         check(cfg)
     return cfg

@@ -7,14 +7,14 @@ from typing import List, Optional
 
 import typer
 
-from ..takeaways.neighbours import NeighbourQuery, find_neighbours
-from ..takeaways.select import STRATEGIES, Selection, select_from_collection
+from ..deferred import load
 from ..errors import SelfsupError
-from ..takeaways.neighbours_report import GRID_ROWS, write_neighbours
 from .output import fail, show, table
 
 SHOWN_PAIRS = 10
 """Near-duplicate pairs printed in the summary (duplicates.csv has them all)."""
+STRATEGIES = ("kcenter", "kcenter_dense", "typical", "random")
+"""selfsup.takeaways.select.STRATEGIES, named here for --help (which must not import it; tests/test_startup.py)."""
 
 
 def neighbours(run_dir: Path = typer.Argument(..., help="a run directory with a trained backbone"),
@@ -31,14 +31,15 @@ def neighbours(run_dir: Path = typer.Argument(..., help="a run directory with a 
                seed: int = typer.Option(0, "--seed", help="seed of --sample's draw")):
     """Nearest images in a collection (neighbours.png, neighbours.csv) and near-duplicate pairs (duplicates.csv)."""
     try:
-        r = find_neighbours(run_dir, source, NeighbourQuery(query or None, sample, seed, k), threshold, device,
-                            progress=sys.stderr.isatty())
-        paths = write_neighbours(r, out if out is not None else run_dir / "neighbours")
+        search, shown = load("selfsup.takeaways.neighbours"), load("selfsup.takeaways.neighbours_report")
+        r = search.find_neighbours(run_dir, source, search.NeighbourQuery(query or None, sample, seed, k), threshold,
+                                   device, progress=sys.stderr.isatty())
+        paths = shown.write_neighbours(r, out if out is not None else run_dir / "neighbours")
     except SelfsupError as e:
         fail(str(e))
     t = table(f"{len(r.ids)} images, {len(r.query_ids)} quer{'y' if len(r.query_ids) == 1 else 'ies'}, "
               f"k = {r.idx.shape[1]}", "query", "nearest", "similarity")
-    for q, qid in enumerate(r.query_ids[:GRID_ROWS]):
+    for q, qid in enumerate(r.query_ids[:shown.GRID_ROWS]):
         t.add_row(qid, r.ids[int(r.idx[q, 0])], f"{float(r.sims[q, 0]):.4f}")
     show(t)
     typer.echo(f"{len(r.duplicates)} near-duplicate pair(s) with cosine similarity ≥ {threshold:g}"
@@ -63,8 +64,9 @@ def select(run_dir: Path = typer.Argument(..., help="a run directory with a trai
     """Which K images to label first: k-centre greedy coverage, typicality per cluster, or random."""
     try:
         path = out if out is not None else run_dir / f"select-{strategy}-{n}.csv"
-        rows = select_from_collection(run_dir, source, Selection(n, strategy, seed), device, out=path,
-                                      progress=sys.stderr.isatty())
+        choose = load("selfsup.takeaways.select")
+        rows = choose.select_from_collection(run_dir, source, choose.Selection(n, strategy, seed), device, out=path,
+                                             progress=sys.stderr.isatty())
     except SelfsupError as e:
         fail(str(e))
     if "class" in rows[0]:

@@ -6,11 +6,12 @@ from typing import Optional
 
 import typer
 
-from ..takeaways.export import FORMATS, export_backbone
-from ..takeaways.collection import CollectionSpec
-from ..takeaways.embed import embed_to_file, embeddings_shape, ids_csv_path
+from ..deferred import load
 from ..errors import SelfsupError
 from .output import fail
+
+FORMATS = ("onnx", "torchscript")
+"""selfsup.takeaways.export.FORMATS, named here for --help (which must not import it; tests/test_startup.py)."""
 
 
 def embed(run_dir: Path = typer.Argument(..., help="a trained run directory (holds backbone.json)"),
@@ -28,12 +29,13 @@ def embed(run_dir: Path = typer.Argument(..., help="a trained run directory (hol
     """Features of every image of a collection, written to FILE.parquet (id, label, class, split, embedding) or
     FILE.npy (+ FILE.ids.csv), batch by batch, atomically."""
     try:
-        path = embed_to_file(run_dir, out, CollectionSpec(source, config, split, skip_bad), device=device,
-                             batch_size=batch_size)
-        rows, dim = embeddings_shape(path)
+        embedding, collection = load("selfsup.takeaways.embed"), load("selfsup.takeaways.collection")
+        path = embedding.embed_to_file(run_dir, out, collection.CollectionSpec(source, config, split, skip_bad),
+                                       device=device, batch_size=batch_size)
+        rows, dim = embedding.embeddings_shape(path)
     except SelfsupError as e:
         fail(str(e))
-    extra = f" (ids: {ids_csv_path(path)})" if path.suffix.lower() == ".npy" else ""
+    extra = f" (ids: {embedding.ids_csv_path(path)})" if path.suffix.lower() == ".npy" else ""
     typer.echo(f"wrote {rows} embeddings of dimension {dim} to {path}{extra}")
 
 
@@ -47,7 +49,8 @@ def export(run_dir: Path = typer.Argument(..., help="a trained run directory (ho
     """The backbone (eval mode, normalisation inside) as ONNX or TorchScript: input float32 N×C×H×W pixels in
     [0, 1], output N×D features, free batch axis; checked against PyTorch before it is written."""
     try:
-        path = export_backbone(run_dir, format=format, out=out, device=device, image_size=image_size)
+        path = load("selfsup.takeaways.export").export_backbone(run_dir, format=format, out=out, device=device,
+                                                                image_size=image_size)
     except SelfsupError as e:
         fail(str(e))
     typer.echo(f"wrote {path} (input float32 N×C×H×W in [0, 1]; contract and check in "

@@ -6,9 +6,8 @@ from typing import List, Optional
 
 import typer
 
+from ..deferred import load
 from ..errors import SelfsupError
-from ..finetune.finetune_workflow import finetune as run_finetune
-from ..takeaways.device import resolve_device
 from .output import fail, show, table
 
 
@@ -25,8 +24,8 @@ def finetune(config: Path = typer.Option(..., "--config", "-c", help="YAML confi
     extra += [f"finetune.init={init}"] if init else []
     try:
         if device is not None:
-            extra.append(f"train.device={resolve_device(device)}")
-        res = run_finetune(config, [*(overrides or []), *extra], resume=resume)
+            extra.append(f"train.device={load('selfsup.takeaways.device').resolve_device(device)}")
+        res = load("selfsup.finetune.finetune_workflow").finetune(config, [*(overrides or []), *extra], resume=resume)
         _print_finetune(res)
     except SelfsupError as e:
         fail(str(e))

@@ -7,11 +7,8 @@ from typing import Optional
 
 import typer
 
+from ..deferred import load
 from ..errors import SelfsupError
-from ..robustness.attacks import ATTACKS, AttackSuite
-from ..robustness.corruptions import CORRUPTIONS
-from ..robustness.robustness_workflow import attack_run, corrupt_run
-from ..takeaways.device import resolve_device
 from .output import fail, show, table
 
 
@@ -32,18 +29,19 @@ def attack(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn)
     """Clean and robust accuracy of a classifier on the run's encoder under L-inf attacks (worst case per image),
     attacked on the device."""
     try:
-        names = _csv(attacks)
-        bad = [a for a in names if a not in ATTACKS]
+        names, known = _csv(attacks), load("selfsup.robustness.attacks")
+        bad = [a for a in names if a not in known.ATTACKS]
         if bad:
-            raise SelfsupError(f"unknown attack {bad[0]!r} ({', '.join(ATTACKS)})")
+            raise SelfsupError(f"unknown attack {bad[0]!r} ({', '.join(known.ATTACKS)})")
         try:
             radii = _csv(eps, float)
         except ValueError:
             raise SelfsupError(f"--eps {eps!r}: expected numbers like 0.05,0.1") from None
         if not radii or any(not 0 < e <= 1 for e in radii):
             raise SelfsupError("--eps: every radius must be in (0, 1]")
-        rep = attack_run(run_dir, classifier, AttackSuite(radii, names, seed, steps), n,
-                         resolve_device(device, run_dir))
+        rep = load("selfsup.robustness.robustness_workflow").attack_run(
+            run_dir, classifier, known.AttackSuite(radii, names, seed, steps), n,
+            load("selfsup.takeaways.device").resolve_device(device, run_dir))
         _print_robustness(rep)
     except SelfsupError as e:
         fail(str(e))
@@ -74,11 +72,13 @@ def corrupt(run_dir: Path = typer.Argument(..., help="a pretrain run (linear/knn
                                                                 "train.device if available here, else cpu)")):
     """Accuracy under common corruptions (Fashion-MNIST-C, built locally in the style of MNIST-C, 5 severities)."""
     try:
-        names = _csv(corruptions) if corruptions else list(CORRUPTIONS)
-        bad = [c for c in names if c not in CORRUPTIONS]
+        known = load("selfsup.robustness.corruptions").CORRUPTIONS
+        names = _csv(corruptions) if corruptions else list(known)
+        bad = [c for c in names if c not in known]
         if bad:
-            raise SelfsupError(f"unknown corruption {bad[0]!r} (choose {', '.join(CORRUPTIONS)})")
-        rep = corrupt_run(run_dir, classifier, names, n, seed, resolve_device(device, run_dir), save)
+            raise SelfsupError(f"unknown corruption {bad[0]!r} (choose {', '.join(known)})")
+        rep = load("selfsup.robustness.robustness_workflow").corrupt_run(
+            run_dir, classifier, names, n, seed, load("selfsup.takeaways.device").resolve_device(device, run_dir), save)
         _print_corruptions(rep)
     except SelfsupError as e:
         fail(str(e))

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import typer
 
-from ..distributed import is_main, launched_by_torchrun
-from ..train.checkpoint import latest_checkpoint
-from ..train.signals import Interrupted
+from ..deferred import load
+from ..errors import Interrupted
 
 
 def resume_command(checkpoints: Path | None) -> str:
@@ -19,9 +18,9 @@ def resume_command(checkpoints: Path | None) -> str:
     checkpoint exists (under torchrun, whose command lost its ``--devices``: the advice to add ``--resume``), else
     the same command without it (nothing was saved to resume from)."""
     args = [a for a in sys.argv[1:] if a != "--resume"]
-    if checkpoints is None or latest_checkpoint(checkpoints) is None:
+    if checkpoints is None or load("selfsup.train.checkpoint").latest_checkpoint(checkpoints) is None:
         return "nothing to resume: run the same command without --resume to start again"
-    if launched_by_torchrun():
+    if load("selfsup.distributed").launched_by_torchrun():
         return "to continue, run the same command with --resume"
     return "to continue: " + shlex.join(["selfsup", *args, "--resume"])
 
@@ -33,6 +32,6 @@ def stopped(e: BaseException, advice: str) -> None:
         code, what = e.exit_code, str(e)
     else:
         code, what = 128 + signal.SIGINT, "interrupted"
-    if is_main():
+    if load("selfsup.distributed").is_main():
         typer.secho(f"{what}; {advice}", fg="yellow", err=True)
     raise typer.Exit(code)

@@ -7,10 +7,9 @@ from typing import List, Optional
 import typer
 
 from ..config import load_config
-from ..distributed import is_main, launched_by_torchrun, shutdown
+from ..deferred import load
 from ..errors import SelfsupError
-from ..streams.stream_workflow import StreamIntake, sequence as run_sequence, stream as run_stream
-from ..train.signals import Interrupted
+from ..errors import Interrupted
 from .output import fail, show, table
 from .stopping import stopped
 from .torchrun_relaunch import relaunch_under_torchrun
@@ -34,11 +33,12 @@ def stream(config: Path = typer.Option(..., "--config", "-c", help="YAML config 
     progress after its current step and exits 130 (143)."""
     try:
         load_config(config, overrides or [])  # a bad config fails here, once, before any process starts
-        if devices > 1 and not launched_by_torchrun():
+        dist, workflow = load("selfsup.distributed"), load("selfsup.streams.stream_workflow")
+        if devices > 1 and not dist.launched_by_torchrun():
             relaunch_under_torchrun(devices)
-        r = run_stream(config, overrides or [], source, StreamIntake(watch, idle_timeout, max_chunks))
-        shutdown()
-        if is_main():
+        r = workflow.stream(config, overrides or [], source, workflow.StreamIntake(watch, idle_timeout, max_chunks))
+        dist.shutdown()
+        if dist.is_main():
             _print_stream(r.run_dir, r.summary)
     except (Interrupted, KeyboardInterrupt) as e:  # the chunk in progress resumes from its step checkpoint
         stopped(e, f"run the same command to continue ({RunDir.MANIFEST} records the consumed chunks)")
@@ -69,6 +69,6 @@ def sequence(config: Path = typer.Option(..., "--config", "-c", help="YAML confi
     """The streaming study in one command: build the instance / random-class / distant-class / domain / far-domain
     incremental sequences from a labelled data set and run every strategy on each; prints the table, writes plots."""
     try:
-        run_sequence(config, overrides or [], seeds=seeds)
+        load("selfsup.streams.stream_workflow").sequence(config, overrides or [], seeds=seeds)
     except SelfsupError as e:
         fail(str(e))

@@ -9,14 +9,9 @@ import typer
 from rich.table import Table
 
 from ..config import load_config
-from ..distributed import is_main, launched_by_torchrun, shutdown
+from ..deferred import load
 from ..errors import SelfsupError
-from ..methods import DESCRIPTIONS, METHODS
-from ..report.results import print_results
-from ..takeaways.device import resolve_device
-from ..workflows import evaluate_and_report, pretrain as run_pretrain
-from ..workflows.fashion_mnist_install import ensure_fashion_mnist
-from ..train.signals import Interrupted
+from ..errors import Interrupted
 from .output import fail, show
 from .stopping import resume_command, stopped
 from .torchrun_relaunch import relaunch_under_torchrun
@@ -36,11 +31,12 @@ def pretrain(config: Path = typer.Option(..., "--config", "-c", help="YAML confi
     cfg = None
     try:
         cfg = load_config(config, overrides or [])
-        if devices > 1 and not launched_by_torchrun():
+        dist = load("selfsup.distributed")
+        if devices > 1 and not dist.launched_by_torchrun():
             relaunch_under_torchrun(devices)
-        result = run_pretrain(cfg, resume=resume, evaluate=not no_eval)
-        shutdown()  # on success only: after a rank's error a collective teardown would wait for it forever
-        if is_main() and not no_eval:
+        result = load("selfsup.workflows").pretrain(cfg, resume=resume, evaluate=not no_eval)
+        dist.shutdown()  # on success only: after a rank's error a collective teardown would wait for it forever
+        if dist.is_main() and not no_eval:
             _print_eval(result.run_dir)
     except (Interrupted, KeyboardInterrupt) as e:
         stopped(e, resume_command(None if cfg is None else RunDir.of(cfg).checkpoints))
@@ -49,7 +45,7 @@ def pretrain(config: Path = typer.Option(..., "--config", "-c", help="YAML confi
 
 
 def _print_eval(run_dir: Path) -> None:
-    print_results(read_eval(RunDir(run_dir)))
+    load("selfsup.report.results").print_results(read_eval(RunDir(run_dir)))
     typer.echo(f"run directory: {run_dir}  ({RunDir.REPORT_MD}, plots, {RunDir.METRICS}, {RunDir.EVAL}, "
                f"{RunDir.CHECKPOINTS}/)")
 
@@ -62,7 +58,8 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run directory written b
     try:
         if not RunDir(run_dir).config.exists():
             raise SelfsupError(f"{run_dir} is not a selfsup run directory (no {RunDir.CONFIG})")
-        evaluate_and_report(run_dir, device=resolve_device(device, run_dir))
+        load("selfsup.workflows").evaluate_and_report(
+            run_dir, device=load("selfsup.takeaways.device").resolve_device(device, run_dir))
         _print_eval(run_dir)
     except SelfsupError as e:
         fail(str(e))
@@ -75,19 +72,20 @@ def methods():
     t.add_column("views")
     t.add_column("what")
     t.add_column("parameters (defaults)")
-    for name, cls in METHODS.items():
+    zoo = load("selfsup.methods")  # imports torch: the method classes hold the defaults
+    for name, cls in zoo.METHODS.items():
         params = ", ".join(f"{k}={v}" for k, v in cls.Params().model_dump().items())
-        t.add_row(name, cls.recipe, DESCRIPTIONS.get(name, ""), params)
+        t.add_row(name, cls.recipe, zoo.DESCRIPTIONS.get(name, ""), params)
     show(t)
 
 
 def demo(overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides of configs/demo.yaml")):
     """Pre-train on Fashion-MNIST without labels (5-8 min on 2 CPU cores), evaluate, print the results table."""
     try:
-        ensure_fashion_mnist(log=typer.echo)
+        load("selfsup.workflows.fashion_mnist_install").ensure_fashion_mnist(log=typer.echo)
         name = "demo-" + time.strftime("%Y%m%d-%H%M%S")
         cfg = load_config(CONFIG_DIR / "demo.yaml", [f"name={name}", *(overrides or [])])
-        result = run_pretrain(cfg)
+        result = load("selfsup.workflows").pretrain(cfg)
         _print_eval(result.run_dir)
     except SelfsupError as e:
         fail(str(e))

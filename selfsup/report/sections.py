@@ -3,13 +3,16 @@ section is (:class:`Section`: an id, a title, a place on the page, ``applies(run
 ``warnings(run)`` and ``header(run)``), and :func:`register_section`.
 
 A capability's report module (``streams/stream_report.py``, ``finetune/finetune_report.py``,
-``robustness/robustness_report.py``) defines its sections and registers them when it is imported; ``selfsup/api.py``
-imports every one of those modules, so any use of selfsup has them registered. :mod:`selfsup.report.html` renders the
-page from the registry and knows no capability itself."""
+``robustness/robustness_report.py``) defines its sections and registers them when it is imported;
+:func:`registered_sections` imports every one of those modules first (``selfsup.deferred.REPORT_SECTIONS``), so any
+use of selfsup has them. :mod:`selfsup.report.html` renders the page from the registry and knows no capability
+itself."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..deferred import REPORT_SECTIONS, load_all
 
 
 @dataclass
@@ -93,7 +96,9 @@ def unregister_section(section_id: str) -> None:
 
 
 def registered_sections() -> list[Section]:
-    """Every registered section in page order."""
+    """Every registered section in page order (the capability packages' sections loaded first: see
+    selfsup.deferred)."""
+    load_all(REPORT_SECTIONS)
     return sorted(_SECTIONS.values(), key=lambda s: s.order)
 
 

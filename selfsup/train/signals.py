@@ -14,25 +14,13 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from pathlib import Path
 
 import torch
 
 from .. import distributed as D
-from ..errors import TrainingError
+from ..errors import Interrupted  # noqa: F401  (raised here; defined with the other errors)
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class Interrupted(TrainingError):
-    """Training stopped on a signal: ``step`` steps done, ``checkpoint`` the one to resume from (None: none was
-    written), ``exit_code`` 128 + the signal's number."""
-
-    def __init__(self, signum: int, step: int, checkpoint: Path | None):
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        self.exit_code = 128 + int(signum)
-        saved = f"checkpoint {checkpoint} saved" if checkpoint is not None else "no checkpoint was written yet"
-        super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}; {saved}")
 
 
 class StopSignals:
