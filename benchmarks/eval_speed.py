@@ -21,12 +21,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import ROOT, command, git_rev, machine, md_table  # noqa: E402
+from benchmarks.harness import ROOT, command, git_rev, machine, md_table
 
 RESULTS = ROOT / "benchmarks" / "results" / "eval_speed.json"
 OLD = "e172930"  # the code the issue measured (before its evaluation work)
-EVAL = ("import json, sys; sys.path.insert(0, sys.argv[1]); from selfsup.evaluate.suite import evaluate_run; "
+# run with PYTHONPATH and cwd = the tree whose code is measured
+EVAL = ("import json, sys; from selfsup.evaluate.suite import evaluate_run; "
         "print('@@' + json.dumps(evaluate_run(sys.argv[2], progress=False).results))")
 
 

@@ -29,9 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import command, git_rev, machine  # noqa: E402
-from selfsup.evaluate.search import EXACT, Approximate, near_duplicates, nearest  # noqa: E402
+from benchmarks.harness import command, git_rev, machine
+from selfsup.evaluate.search import EXACT, Approximate, near_duplicates, nearest
 
 PHASES = ("knn-exact", "knn-approx", "pairs-exact", "pairs-approx")
 APPROX = Approximate(exact_up_to=0)  # always the IVF index (its nlist/nprobe defaults)

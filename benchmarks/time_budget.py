@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import ROOT, command, cpu, git_rev, machine, md_table  # noqa: E402
-from selfsup.duration_schema import duration_seconds  # noqa: E402
-from selfsup.errors import TrainingError  # noqa: E402
-from selfsup.workflows.pretrain import pretrain  # noqa: E402
+from benchmarks.harness import ROOT, command, cpu, git_rev, machine, md_table
+from selfsup.duration_schema import duration_seconds
+from selfsup.errors import TrainingError
+from selfsup.workflows.pretrain import pretrain
 
 RESULTS = ROOT / "benchmarks" / "results" / "time_budget.json"
 RECIPES = {"default": None, "demo": str(ROOT / "configs" / "demo.yaml")}
