@@ -8,9 +8,10 @@ from .deferred import load as _load_module
 __version__ = "0.1.0"
 
 __all__ = ["pretrain", "finetune", "stream", "sequence", "load", "embed", "load_config", "save_backbone",
-           "embed_to_file", "export_backbone", "find_neighbours", "nearest", "near_duplicates", "select_to_label",
-           "select_from_collection", "compare_runs", "write_html_report", "fewshot_eval", "low_label_probes",
-           "CollectionSpec", "NeighbourQuery", "Selection", "StreamIntake", "Config", "__version__"]
+           "embed_to_file", "export_backbone", "preprocess", "find_neighbours", "nearest", "near_duplicates",
+           "select_to_label", "select_from_collection", "compare_runs", "write_html_report", "fewshot_eval",
+           "low_label_probes", "CollectionSpec", "NeighbourQuery", "Selection", "StreamIntake", "Config",
+           "__version__"]
 """selfsup.api's names (tests/test_startup.py checks they are the same), Config and __version__."""
 
 def __getattr__(name: str):

@@ -112,9 +112,10 @@ def test_a_changed_dependency_marks_its_rows_stale_and_old_records_unknown(tmp_p
 
 def test_a_child_process_reports_the_project_modules_it_loaded(tmp_path):
     out = tmp_path / "deps.json"
-    cmd = harness.traced([sys.executable, "-m", "selfsup.errors"], out)
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    assert "selfsup/errors.py" in json.loads(out.read_text())
+    cmd = harness.traced([sys.executable, "-m", "selfsup.cli", "methods"], out)
+    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
+    loaded = json.loads(out.read_text())
+    assert "selfsup/methods/simclr.py" in loaded and "selfsup/cli/training_commands.py" in loaded
 
 
 def test_long_tables_split_and_prose_wraps():

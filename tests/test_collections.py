@@ -2,6 +2,7 @@
 under the split, with the split in a column of its own, for every command that reads a folder (embed, neighbours,
 select, and the folder source that training and evaluation read) — in RAM and lazily."""
 import csv
+import json
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -10,15 +11,19 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from selfsup import pretrain
 from selfsup.cli import app
 from selfsup.config import DataConfig, ModelConfig
 from selfsup.data import load_datasets
 from selfsup.data.sources import image_folder, list_folder, split_layout
 from selfsup.models import build_backbone, save_backbone
+from selfsup.report.html import report_warnings
 from selfsup.takeaways.collection import CollectionSpec, open_collection
 from selfsup.takeaways.embed import embed_to_file, ids_csv_path
 from selfsup.takeaways.neighbours import NeighbourQuery, find_neighbours
 from selfsup.takeaways.select import Selection, select_from_collection
+
+from .helpers import tiny_cfg
 
 SIZE = 16
 LAYOUT = {"train": {"a": 3, "b": 2}, "test": {"a": 1, "b": 2}}
@@ -160,11 +165,6 @@ def messy_folder(tmp_path_factory):
 @pytest.mark.parametrize("in_memory", ["always", "never"])
 def test_skipped_and_ignored_files_are_counted_in_metrics_eval_and_report(messy_folder, tmp_path, in_memory):
     """In RAM and lazily: metrics.jsonl, eval.json and the report's warnings say how many files were left out."""
-    import json
-
-    from helpers import tiny_cfg
-    from selfsup import pretrain
-    from selfsup.report.html import report_warnings
     cfg = tiny_cfg(messy_folder, tmp_path, "messy", max_steps=3, batch_size=8)
     cfg["data"] = {"source": "folder", "root": str(messy_folder), "skip_bad_images": True, "in_memory": in_memory,
                    "size": SIZE}

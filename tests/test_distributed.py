@@ -27,7 +27,7 @@ EXTRA = {"moco": {"queue_size": 32}, "nnclr": {"queue_size": 12, "pred_hidden": 
 VIT = {"backbone": "vit", "vit_dim": 8, "vit_depth": 1, "vit_heads": 2}  # 12x12 images: 9 patches of 4x4
 MODEL = {"mae": VIT, "ibot": VIT, "ijepa": VIT}
 LABELS = torch.tensor([0, 1, 0, 2, 1, 1, 0, 2])
-LABELS_OF = {"suncet": torch.tensor([0, 1, -1, 2, 1, -1, 0, 2])}  # -1: unlabelled; one labelled class-2 per rank
+LABELS_OF = {"suncet": torch.tensor([0, 1, -1, 2, 2, -1, 0, 1])}  # -1: unlabelled; one labelled class-2 per rank
 GLOBAL_BATCH = 8
 
 
@@ -64,7 +64,7 @@ def _worker(rank, world, init_file, methods, out_dir):
         m = convert_sync_batchnorm(m, torch.device("cpu"))
         ddp = torch.nn.parallel.DistributedDataParallel(m, static_graph=True)  # as the trainer
         n = GLOBAL_BATCH // world
-        sl = slice(rank * n, (rank + 1) * n)
+        sl = slice(rank * n, (rank + 1) * n)  # the trainer's split (selfsup.data.loader): rank r's block
         loss = _step(ddp, m, x1[sl], x2[sl], LABELS_OF.get(method, LABELS)[sl])
         loss.backward()
         losses = [torch.zeros(1, dtype=torch.float64) for _ in range(world)]

@@ -276,7 +276,8 @@ def _ddp_worker(rank, world, init_file, out):
         m, (x1, x2) = _setup(**params)
         m = convert_sync_batchnorm(m, torch.device("cpu"))
         ddp = torch.nn.parallel.DistributedDataParallel(m, static_graph=True)
-        sl = slice(rank, None, world)  # the trainer deals rank r the images r, r + W, … of the batch
+        n = len(x1) // world
+        sl = slice(rank * n, (rank + 1) * n)  # the trainer deals rank r the r-th block of the batch
         with torch.no_grad():
             ddp([x2[sl], x1[sl]])  # a warm-up forward draws masks as the measured one
         loss = ddp([x1[sl], x2[sl]])

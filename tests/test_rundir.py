@@ -79,6 +79,8 @@ def test_old_run_evaluates_to_its_recorded_numbers(old_run, tmp_path, monkeypatc
     results = evaluate_run(old_run.path, progress=False).results
     recorded = read_eval(old_run)
     assert results["train"] == read_train_summary(old_run)
+    for episode in results["ssl"].get("fewshot", {}).values():  # a key later code adds beside the same numbers
+        episode.pop("queries", None)
     assert results["ssl"] == recorded["ssl"]
     assert results["rankme"] == pytest.approx(recorded["rankme"], rel=1e-9)  # an SVD: last bits vary with threads
 

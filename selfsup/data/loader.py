@@ -2,8 +2,10 @@
 mid-epoch) and their uint8 pixels, for this process's share of the global batch.
 
 The order of epoch e is a permutation drawn from the seed and e (:func:`epoch_order`); the batch composer
-(:class:`~selfsup.data.batches.BatchComposer`) turns it into step indices. Under DDP, rank r of W takes positions
-r, r + W, … of the global batch, so the W processes together see exactly the batch one process would. In-RAM sets are
+(:class:`~selfsup.data.batches.BatchComposer`) turns it into step indices. Under DDP, rank r of W takes the r-th of W
+equal blocks of the global batch (positions r·n … r·n + n − 1), so the W processes together see exactly the batch one
+process would, in the order :func:`selfsup.distributed.gather` concatenates their rows: a loss over the gathered
+batch, or anything drawn for the global batch and cut by rank (MAE's masks), sees what one process sees. In-RAM sets are
 indexed directly; a lazy set (:class:`~selfsup.data.lazy.LazyImages`) is decoded batch by batch — in
 ``workers`` DataLoader processes, ``prefetch`` batches each ahead, when workers > 0 — so each rank and worker
 decodes only its own images and memory is bounded by the batch and the prefetch.
@@ -64,7 +66,9 @@ class _StepIndices:
         epoch = step // self.spe
         if epoch != self._epoch:
             self._epoch, self._perm = epoch, epoch_order(self.n, self.seed, epoch)
-        return self.composer.indices(self._perm, step % self.spe, step)[self.rank::self.world]
+        idx = self.composer.indices(self._perm, step % self.spe, step)
+        n = len(idx) // self.world
+        return idx[self.rank * n:(self.rank + 1) * n]
 
     def __iter__(self) -> Iterator[list[int]]:
         for step in range(self.start, self.total):

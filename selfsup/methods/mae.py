@@ -99,11 +99,10 @@ class MAE(SSLMethod):
 
     def masks(self, views: int, n: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:func:`random_masking` of ``views`` x ``n`` images of L patches, from uniform noise drawn for the global
-        batch (all ranks); this rank keeps the rows of its images, r, r + W, r + 2W, … of every view (the
-        trainer's split of the global batch, :mod:`selfsup.data.loader`), so each image gets the mask it would get
-        in one process."""
+        batch (all ranks); this rank keeps the rows of its images, its block of every view (the trainer's split of
+        the global batch, :mod:`selfsup.data.loader`), so each image gets the mask it would get in one process."""
         noise = torch.rand(views, world_size() * n, length, generator=self.gen)
-        noise = noise[:, rank()::world_size()].reshape(views * n, length).to(device)
+        noise = noise[:, rank() * n:(rank() + 1) * n].reshape(views * n, length).to(device)
         return random_masking(noise, min(max(round(self.params.mask_ratio * length), 1), length - 1))
 
     def decode(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

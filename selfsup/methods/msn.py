@@ -15,7 +15,7 @@ PMSNLoss, pmsn_loss.py:78-80, computes the other direction, KL(π ‖ p̄)). τ 
 
 Multi-crop (``augment.local_crops``): the local crops are further anchors (the paper's focal views, unmasked as in
 the authors' code, src/deit.py:221-228), each scored against the target of its image. Masks draw from the method's
-seeded generator (checkpointed; every rank draws the noise of the global batch and keeps rows r, r + W, …, the
+seeded generator (checkpointed; every rank draws the noise of the global batch and keeps its block of rows, the
 images the trainer deals it, selfsup/data/loader.py, so two processes mask as one). The prototypes' gradient is
 DDP's mean over ranks (the authors' code sums it, src/msn_train.py:367)."""
 from __future__ import annotations
@@ -127,7 +127,7 @@ class MSN(SSLMethod):
         grid, tokens = bb.grid(x), bb.embed(x)
         n, length, d = tokens.shape
         num_masked = min(round(self.params.mask_ratio * length), length - 1)
-        noise = torch.rand(world_size() * n, length, generator=self.gen)[rank()::world_size()]  # as the batch
+        noise = torch.rand(world_size() * n, length, generator=self.gen)[rank() * n:(rank() + 1) * n]  # as the batch
         if num_masked == 0:
             return bb.pool(bb.encode(tokens), *grid)
         ids_keep = random_masking(noise.to(x.device), num_masked)[0]
