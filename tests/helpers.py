@@ -1,9 +1,13 @@
-"""Helpers shared by the test modules (configs, synthetic data, running the CLI); fixtures are in conftest.py."""
+"""Helpers shared by the test modules (configs, synthetic data, running the CLI, ending DDP workers); fixtures are in
+conftest.py."""
+import gc
 import math
+import os
 import subprocess
 import sys
 
 import numpy as np
+import torch.distributed as dist
 from safetensors.torch import load_file
 
 
@@ -86,3 +90,16 @@ def _sinkhorn_by_hand(scores, eps, iterations):
         q = [[q[i][j] / cols[j] / k for j in range(k)] for i in range(b)]
         q = [[x / sum(row) / b for x in row] for row in q]
     return np.array(q) * b
+
+
+def leave_worker() -> None:
+    """End a spawned DDP test worker. In order: gloo work objects that still hold tensors go before the process
+    group, and the process group before the interpreter (pytorch/pytorch#179291: gloo threads outliving the
+    interpreter abort the process with "terminate called without an active exception"); then leave without
+    finalization."""
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

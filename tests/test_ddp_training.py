@@ -1,9 +1,6 @@
 """Training under DDP on CPU (2 gloo processes) ends with the same weights — BatchNorm's γ/β and running statistics
 included — as one process with the same global batch. (The earlier code replaced BatchNorm layers with new
 parameters after the optimiser was built, so γ/β never trained under ``--devices 2``.)"""
-import gc
-import os
-import sys
 
 import pytest
 import torch
@@ -18,6 +15,8 @@ from selfsup.data import ImageDataset, LazyImages
 from selfsup.data.lazy import folder_items
 from selfsup.methods import build_method
 from selfsup.train.loop import FitPlan, fit
+
+from .helpers import leave_worker
 
 STEPS = 4
 # 12x12 images: 9 patches
@@ -67,12 +66,7 @@ def _worker(rank, world, init_file, out, method):
     state = _train(out / f"rank{rank}", method)
     if rank == 0:
         save_file(state, str(out / "ddp.safetensors"))
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()  # before the interpreter goes (pytorch/pytorch#179291), then leave at once
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave_worker()
 
 
 @pytest.mark.slow

@@ -3,9 +3,6 @@ same global batch: the gathers in every loss that needs the whole batch (NT-Xent
 NNCLR's support queue, W-MSE's whitening, TiCo's covariance, SupCon's and SuNCEt's labels, DCLW's softmax) are
 autograd-correct (no 1/world_size error) and BatchNorm statistics are global. A warm-up forward first fills queues and
 running state."""
-import gc
-import os
-import sys
 
 import pytest
 import torch
@@ -15,6 +12,8 @@ import torch.multiprocessing as mp
 from selfsup.config import load_config
 from selfsup.distributed import convert_sync_batchnorm
 from selfsup.methods import build_method
+
+from .helpers import leave_worker
 
 METHODS = ["simclr", "barlow_twins", "vicreg", "moco", "byol", "simsiam", "moco_v3", "nnclr", "dcl", "dclw", "wmse",
            "tico", "supcon", "swav", "dino", "suncet", "mae", "ibot", "ijepa"]
@@ -72,15 +71,7 @@ def _worker(rank, world, init_file, methods, out_dir):
         if rank == 0:
             torch.save({"loss": torch.cat(losses), "grads": _grads(m)}, f"{out_dir}/{method}.pt")
         del ddp, loss, m
-    # Tear down in order: gloo work objects that still hold tensors must go before the process group, and the
-    # process group before the interpreter (pytorch/pytorch#179291: gloo threads outliving the interpreter abort
-    # the process with "terminate called without an active exception"); then leave without finalization.
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave_worker()
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,7 @@
 property (orthogonal centroids of agreeing views beat collapsed ones; disagreeing views shrink the centroids), the
 momentum encoder (stop-gradient, EMA, centroids of both networks), multi-view input, and two DDP processes against
 one."""
-import gc
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -18,6 +15,8 @@ from selfsup.distributed import convert_sync_batchnorm
 from selfsup.methods import build_method
 from selfsup.methods.base import cosine_momentum
 from selfsup.methods.mmcr import mmcr_loss
+
+from .helpers import leave_worker
 
 
 def _randn(seed, *shape):
@@ -171,12 +170,7 @@ def _ddp_worker(rank, world, init_file, out):
             grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
             torch.save({"loss": torch.cat(losses), "grads": grads}, f"{out}/{name}.pt")
         del ddp, loss, m
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave_worker()
 
 
 @pytest.mark.slow

@@ -2,10 +2,7 @@
 power-law KL, the defining properties (the anchor sees only its kept patches, the target the whole image; the
 regulariser drives the mean prediction to the prior; sharpening), the stop-gradient and the EMA schedule, the ViT
 readout of a masked token set, the config check, and two DDP processes against one."""
-import gc
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -19,6 +16,8 @@ from selfsup.errors import ConfigError
 from selfsup.methods import build_method
 from selfsup.methods.msn import MeanEntropyPrior, log_prior, momentum_at, msn_loss
 from selfsup.models.vit import ViT, ViTSpec
+
+from .helpers import leave_worker
 
 TINY = {"backbone": "vit", "vit_dim": 8, "vit_depth": 1, "vit_heads": 2}
 
@@ -288,12 +287,7 @@ def _ddp_worker(rank, world, init_file, out):
             grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
             torch.save({"loss": torch.cat(losses), "grads": grads}, f"{out}/{name}.pt")
         del ddp, loss, m
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave_worker()
 
 
 CASES = {"msn": {}, "pmsn": {"prior": "power_law"}}

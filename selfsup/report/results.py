@@ -14,6 +14,7 @@ import torch
 
 from .figures import get_cmap, subplots
 from ..rundir import RunDir, read_metrics
+from .html_parts import pct
 
 
 @dataclass(frozen=True)
@@ -93,21 +94,17 @@ def plot_embedding(run_dir: Path, feats, labels, classes, kind: str, points: int
     return RunDir.EMBEDDING_PLOT
 
 
-def _pct(v) -> str:
-    return "–" if v is None else f"{100 * v:.2f} %"
-
-
 def results_table(results: dict) -> list[tuple[str, str, str]]:
     ssl, raw = results.get("ssl", {}), results.get("raw_pixels", {})
-    rows = [("kNN (test)", _pct(ssl.get("knn_test")), _pct(raw.get("knn_test"))),
-            ("linear probe (test)", _pct(ssl.get("linear_test")), _pct(raw.get("linear_test")))]
+    rows = [("kNN (test)", pct(ssl.get("knn_test")), pct(raw.get("knn_test"))),
+            ("linear probe (test)", pct(ssl.get("linear_test")), pct(raw.get("linear_test")))]
     maj = results.get("majority_class")
     if maj:  # the chance floor every probe is read against (no features: in the baselines' column)
-        rows.append(("majority class (chance, test)", "–", _pct(maj["test_acc"])))
+        rows.append(("majority class (chance, test)", "–", pct(maj["test_acc"])))
     rows += _low_label_rows(ssl, raw)
     td = results.get("transfer_digits")
     if td:
-        rows.append(("transfer: digits linear (test)", _pct(td.get("linear_test")), "–"))
+        rows.append(("transfer: digits linear (test)", pct(td.get("linear_test")), "–"))
     few = _too_few_note(results.get("collapse") or {})
     rows += [("RankMe", f"{results['rankme']:.1f}{few}", "–"),
              ("alignment / uniformity", f"{results['alignment']:.3f} / {results['uniformity']:.3f}{few}", "–"),
@@ -124,8 +121,8 @@ def _low_label_rows(ssl: dict, raw: dict) -> list[tuple[str, str, str]]:
     rows = []
     low, raw_low = ssl.get("low_label") or {}, raw.get("low_label") or {}
     for frac in sorted(low, key=float):
-        rows.append((f"linear ({100 * float(frac):g} % labels)", _pct(low[frac].get("linear_test")),
-                     _pct((raw_low.get(frac) or {}).get("linear_test"))))
+        rows.append((f"linear ({100 * float(frac):g} % labels)", pct(low[frac].get("linear_test")),
+                     pct((raw_low.get(frac) or {}).get("linear_test"))))
     few, raw_few = ssl.get("fewshot") or {}, raw.get("fewshot") or {}
     for key in sorted(few, key=_episode_order):
         ways, shots = _episode_order(key)
