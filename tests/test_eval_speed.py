@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from selfsup.config import load_config
 from selfsup.data import ImageDataset
 from selfsup.evaluate import suite
+from selfsup.evaluate import probes, search
 from selfsup.evaluate.probes import knn_grid_votes, select_knn
 
 
@@ -32,6 +33,30 @@ def test_knn_grid_from_one_pass_equals_a_search_per_k_and_temperature():
     k, t, scores = select_knn(bank, bank_y, q, q_y, ks, ts)
     assert scores == {kt: float((p == q_y).float().mean()) for kt, p in got.items()}
     assert scores[(k, t)] == max(scores.values())
+
+
+def test_knn_beyond_the_exact_size_searches_a_faiss_index_and_agrees_with_exact(monkeypatch):
+    """A bank past the exact search's size (here forced small) is searched by the faiss IVF index of
+    selfsup.evaluate.search, the neighbour search of a million-image kNN; on clustered features its votes agree with
+    the exact ones."""
+    g = torch.Generator().manual_seed(1)
+    bank_y, q_y = torch.randint(0, 5, (4000,), generator=g), torch.randint(0, 5, (400,), generator=g)
+    centres = 3 * torch.randn(5, 32, generator=g)
+    bank = centres[bank_y] + torch.randn(4000, 32, generator=g)
+    q = centres[q_y] + torch.randn(400, 32, generator=g)
+    exact = knn_grid_votes(bank, bank_y, q, [10], [0.1])[(10, 0.1)]
+    calls = []
+
+    def forced_ivf(b, queries, k, exclude_self=None, approx=search.Approximate(), blocks=(1024, 65536)):
+        calls.append(len(b))
+        return search.top_k(b, queries, k, exclude_self, search.Approximate(exact_up_to=100), blocks)
+
+    monkeypatch.setattr(probes, "top_k", forced_ivf)
+    monkeypatch.setattr(search, "_exact_top_k", None)  # the exact path would fail: the index must answer
+    approx = knn_grid_votes(bank, bank_y, q, [10], [0.1])[(10, 0.1)]
+    assert calls == [4000]
+    assert (approx == exact).float().mean() >= 0.98
+    assert (approx == q_y).float().mean() >= 0.9
 
 
 def _datasets(seed=0):

@@ -20,8 +20,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
 
+from .search import top_k
+
 if TYPE_CHECKING:
     from ..config import EvalConfig
+
+
+KNN_BANK_BLOCK = 2 ** 17
+"""Bank rows per block of the exact kNN search (a 60 000-image bank is one block: one matmul and top-k per chunk)."""
 
 
 class LabelledFeatures(NamedTuple):
@@ -49,23 +55,24 @@ class ProbeGrid:
 @torch.inference_mode()
 def knn_grid_votes(train_f: torch.Tensor, train_y: torch.Tensor, query_f: torch.Tensor, ks, temperatures,
                    num_classes: int | None = None, chunk: int = 2048) -> dict[tuple[int, float], torch.Tensor]:
-    """Weighted kNN predictions (on the CPU) for every (k, T) of ``ks`` × ``temperatures`` from ONE similarity and
-    top-k pass for the largest k (cosine on l2-normalised features, votes weighted by exp(s/T)), computed on the
-    device of ``train_f``, ``chunk`` queries at a time. Every pair's predictions are those of a pass of its own."""
+    """Weighted kNN predictions (on the CPU) for every (k, T) of ``ks`` × ``temperatures`` from ONE neighbour search
+    for the largest k (cosine on l2-normalised features, votes weighted by exp(s/T)): :func:`.search.top_k`, exact on
+    the device of ``train_f`` ``chunk`` queries at a time, a faiss IVF index beyond its exact size (a million-image
+    bank). Every pair's predictions are those of a search of its own."""
     num_classes = num_classes or int(train_y.max()) + 1
     bank = F.normalize(train_f.float(), dim=1)
     bank_y = train_y.to(bank.device)
     kmax = min(max(ks), len(bank))
+    queries = F.normalize(query_f.to(bank.device).float(), dim=1)
+    sims, idxs = top_k(bank, queries, kmax, blocks=(chunk, KNN_BANK_BLOCK))
     preds: dict[tuple[int, float], list] = {(k, t): [] for t in temperatures for k in ks}
-    for i in range(0, len(query_f), chunk):
-        q = F.normalize(query_f[i:i + chunk].to(bank.device).float(), dim=1)
-        sim, idx = (q @ bank.T).topk(kmax, dim=1)
-        labels = bank_y[idx]
+    for i in range(0, len(queries), chunk):
+        sim, labels = sims[i:i + chunk], bank_y[idxs[i:i + chunk]]
         for t in temperatures:
             w = ((sim - 1) / t).exp()  # exp(s/T) scaled by exp(-1/T): the same votes, no overflow at small T
             for k in ks:
                 kk = min(k, kmax)
-                votes = torch.zeros(len(q), num_classes, device=bank.device)
+                votes = torch.zeros(len(sim), num_classes, device=bank.device)
                 votes.scatter_add_(1, labels[:, :kk], w[:, :kk])
                 preds[(k, t)].append(votes.argmax(1).cpu())
     return {kt: torch.cat(v) for kt, v in preds.items()}
