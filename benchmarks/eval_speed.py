@@ -21,13 +21,55 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+
 from benchmarks.harness import ROOT, command, git_rev, machine, md_table
+from selfsup.config import Config
 
 RESULTS = ROOT / "benchmarks" / "results" / "eval_speed.json"
 OLD = "e172930"  # the code the issue measured (before its evaluation work)
 # run with PYTHONPATH and cwd = the tree whose code is measured
 EVAL = ("import json, sys; from selfsup.evaluate.suite import evaluate_run; "
         "print('@@' + json.dumps(evaluate_run(sys.argv[2], progress=False).results))")
+
+
+# the old code's schema may not know keys added since (at their defaults in ``run``): a copy of the run whose
+# config.yaml leaves out what the old schema calls extra, and only keys whose value is the new code's default
+STRIP = """
+import shutil, sys, yaml
+from pathlib import Path
+from pydantic import ValidationError
+from selfsup.config import Config
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+raw = yaml.safe_load((src / "config.yaml").read_text())
+defaults = yaml.safe_load(sys.argv[3])
+while True:
+    try:
+        Config.model_validate(raw)
+        break
+    except ValidationError as e:
+        extra = [err["loc"] for err in e.errors() if err["type"] == "extra_forbidden"]
+        if not extra:
+            raise
+        for loc in extra:
+            d, dd = raw, defaults
+            for k in loc[:-1]:
+                d, dd = d[k], dd[k]
+            if d[loc[-1]] != dd[loc[-1]]:
+                raise SystemExit(f"{'.'.join(map(str, loc))} = {d[loc[-1]]!r} is not its default: the old code "
+                                 "cannot evaluate this run")
+            del d[loc[-1]]
+shutil.copytree(src, dst, symlinks=True)
+(dst / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+"""
+
+
+def run_for_old(tree: Path, run: Path, where: Path) -> Path:
+    """A copy of ``run`` whose config the old code in ``tree`` accepts (:data:`STRIP`)."""
+    defaults = yaml.safe_dump(Config().model_dump(mode="json"))
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    subprocess.run([sys.executable, "-c", STRIP, str(run), str(where), defaults], env=env, check=True, cwd=tree)
+    return where
 
 
 def evaluate_in(tree: Path, run: Path, cache: Path) -> dict:
@@ -73,7 +115,7 @@ def main() -> None:
         subprocess.run(["git", "worktree", "add", "--detach", str(old_tree), args.old], cwd=ROOT, check=True,
                        capture_output=True)
         try:
-            res = {"old": evaluate_in(old_tree, run, tmp / "cache-old"),
+            res = {"old": evaluate_in(old_tree, run_for_old(old_tree, run, tmp / "run-old"), tmp / "cache-old"),
                    "new": evaluate_in(ROOT, run, tmp / "cache-new"),
                    "new, baselines cached": evaluate_in(ROOT, run, tmp / "cache-new")}
         finally:
