@@ -14,7 +14,7 @@ import torch
 
 from .figures import get_cmap, subplots
 from ..rundir import RunDir, read_metrics
-from .html_parts import pct
+from ..number_format import pct
 
 
 @dataclass(frozen=True)
