@@ -8,7 +8,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from selfsup.cli import app
-from selfsup.takeaways.compare import COLUMN_KEYS, COLUMNS, compare_runs, format_rows, write_comparison
+from selfsup.takeaways.compare import column_keys, columns, compare_runs, format_rows, write_comparison
 
 
 def _pretrain_run(root, name, method, knn, linear, low1=None, rankme=12.5, steps=40, with_summary_in_eval=True):
@@ -55,8 +55,8 @@ def test_rows_are_the_runs_numbers(tmp_path):
     assert rs["img_per_s"] == 20 * 32 / 10.0
     assert rs["curve"] == [(0, 0.40), (1, 0.60), (2, 0.70)]
     table = format_rows([ra, rs])
-    assert table[0][COLUMN_KEYS.index("linear")] == "85.20" and table[0][COLUMN_KEYS.index("linear_10pct")] == "–"
-    assert table[0][COLUMN_KEYS.index("rankme")] == "12.5" and table[0][COLUMN_KEYS.index("train_s")] == "20"
+    assert table[0][column_keys().index("linear")] == "85.20" and table[0][column_keys().index("linear_10pct")] == "–"
+    assert table[0][column_keys().index("rankme")] == "12.5" and table[0][column_keys().index("train_s")] == "20"
 
 
 def test_written_files_hold_the_table_and_the_plot(tmp_path):
@@ -78,7 +78,7 @@ def test_cli_prints_every_run_and_rejects_unevaluated_runs(tmp_path):
     for v in ("81.23", "85.67", "70.01", "75.02", "alpha", "beta"):
         assert v in res.output
     assert "5-way" not in res.output  # neither run has few-shot numbers: no empty column
-    headers = {c.key: c.header for c in COLUMNS}  # the table's row names come from the one column spec
+    headers = {c.key: c.header for c in columns()}  # the table's row names come from the one column spec
     for key in ("knn", "linear", "train_s", "img_per_s", "rankme"):
         assert headers[key] in res.output
     (tmp_path / "raw").mkdir()

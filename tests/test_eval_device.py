@@ -5,7 +5,7 @@ import torch
 
 from selfsup.config import load_config
 from selfsup.evaluate.probes import LabelledFeatures
-from selfsup.evaluate.suite import _probe_all
+from selfsup.evaluate.probes import probe_all
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -17,7 +17,7 @@ def test_knn_and_linear_probe_agree_between_cpu_and_cuda():
     e = load_config({}).eval
     tr, va = torch.arange(0, 2000), torch.arange(2000, 2500)
     args = (LabelledFeatures(f[:2500], y[:2500]), (tr, va), LabelledFeatures(f[2500:], y[2500:]), e)
-    cpu, gpu = _probe_all(*args, device="cpu"), _probe_all(*args, device="cuda")
+    cpu, gpu = probe_all(*args, device="cpu"), probe_all(*args, device="cuda")
     assert torch.cuda.max_memory_allocated() > 0  # the probes ran on the GPU
     assert gpu["knn_k"] == cpu["knn_k"] and abs(gpu["knn_test"] - cpu["knn_test"]) < 0.005
     assert gpu["linear_l2"] == cpu["linear_l2"] and abs(gpu["linear_test"] - cpu["linear_test"]) < 0.005

@@ -7,8 +7,7 @@ import torch.nn.functional as F
 
 from selfsup.config import load_config
 from selfsup.data import ImageDataset
-from selfsup.evaluate import suite
-from selfsup.evaluate import probes, search
+from selfsup.evaluate import baselines, probes, search
 from selfsup.evaluate.probes import knn_grid_votes, select_knn
 
 
@@ -75,8 +74,8 @@ def _eval(**keys):
 def test_baseline_fingerprint_covers_the_data_content_and_the_protocol(monkeypatch):
     train, test = _datasets()
     parts = (np.arange(0, 80), np.arange(80, 90))
-    key = suite.baseline_fingerprint(train, test, parts, _eval(), 0, 0.1)
-    assert key == suite.baseline_fingerprint(*_datasets(), parts, _eval(), 0, 0.1)  # same content, other tensors
+    key = baselines.baseline_fingerprint(train, test, parts, _eval(), 0, 0.1)
+    assert key == baselines.baseline_fingerprint(*_datasets(), parts, _eval(), 0, 0.1)  # same content, other tensors
     pixel = train.images.clone()
     pixel[7, 0, 3, 3] ^= 1
     label = test.labels.clone()
@@ -92,9 +91,9 @@ def test_baseline_fingerprint_covers_the_data_content_and_the_protocol(monkeypat
         "the seed": (train, test, parts, _eval(), 1, 0.1),
     }
     for name, args in changed.items():
-        assert suite.baseline_fingerprint(*args) != key, name
-    monkeypatch.setattr(suite, "_BASELINE_PROTOCOL", suite._BASELINE_PROTOCOL + 1)  # the baselines' code changed
-    assert suite.baseline_fingerprint(train, test, parts, _eval(), 0, 0.1) != key
+        assert baselines.baseline_fingerprint(*args) != key, name
+    monkeypatch.setattr(baselines, "_BASELINE_PROTOCOL", baselines._BASELINE_PROTOCOL + 1)  # their code changed
+    assert baselines.baseline_fingerprint(train, test, parts, _eval(), 0, 0.1) != key
 
 
 def test_raw_baselines_are_computed_once_per_data_and_protocol(tmp_path, monkeypatch):
@@ -102,16 +101,16 @@ def test_raw_baselines_are_computed_once_per_data_and_protocol(tmp_path, monkeyp
     train, test = _datasets()
     tr, va = np.arange(0, 80), np.arange(80, 90)
     calls = []
-    real = suite._probe_all
-    monkeypatch.setattr(suite, "_probe_all", lambda *a, **k: calls.append(1) or real(*a, **k))
-    first = suite._raw_baselines(train, test, tr, va, _eval(), 0, 0.1)
-    again = suite._raw_baselines(train, test, tr, va, _eval(), 0, 0.1)
+    real = baselines.probe_all
+    monkeypatch.setattr(baselines, "probe_all", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = baselines.raw_baselines(train, test, tr, va, _eval(), 0, 0.1)
+    again = baselines.raw_baselines(train, test, tr, va, _eval(), 0, 0.1)
     assert len(calls) == 1 and "cached" not in first and again.pop("cached") is True
     assert again == first  # the numbers of the first computation, read back
-    assert len(list(suite.baseline_cache().glob("*.json"))) == 1
+    assert len(list(baselines.baseline_cache().glob("*.json"))) == 1
     pixel = train.images.clone()
     pixel[0, 0, 0, 0] ^= 1
-    other = suite._raw_baselines(ImageDataset(pixel, train.labels, train.classes), test, tr, va, _eval(), 0, 0.1)
+    other = baselines.raw_baselines(ImageDataset(pixel, train.labels, train.classes), test, tr, va, _eval(), 0, 0.1)
     assert "cached" not in other and len(calls) == 2  # the data changed: computed again
-    suite._raw_baselines(train, test, tr, va, _eval(linear_l2_grid=[1e-2]), 0, 0.1)
+    baselines.raw_baselines(train, test, tr, va, _eval(linear_l2_grid=[1e-2]), 0, 0.1)
     assert len(calls) == 3  # the protocol changed: computed again

@@ -13,9 +13,9 @@ from safetensors.torch import save_file
 from selfsup.config import load_config
 from selfsup.data import load_datasets
 from selfsup.evaluate.fewshot import (EpisodeSpec, episode_accuracies, fewshot_eval, label_subset, low_label_probe,
-                                      mean_ci95, nearest_prototype, per_class_and_confusion, prototypes,
+                                      mean_ci95, nearest_prototype, prototypes,
                                       sample_episodes)
-from selfsup.evaluate.probes import LabelledFeatures as LF, ProbeGrid, raw_pixel_features
+from selfsup.evaluate.probes import LabelledFeatures as LF, ProbeGrid, per_class_and_confusion, raw_pixel_features
 from selfsup.evaluate.suite import evaluate_run
 from selfsup.models import load_backbone
 from selfsup.report.results import print_results, results_table

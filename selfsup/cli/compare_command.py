@@ -24,13 +24,14 @@ def compare(runs: List[Path] = typer.Argument(..., help="run directories (pretra
     except SelfsupError as e:
         fail(str(e))
     cells = comparison.format_rows(rows)
-    shown = [i for i, _ in enumerate(comparison.COLUMNS) if any(r[i] != "–" for r in cells)]  # no all-empty columns
+    columns = comparison.columns()
+    shown = [i for i, _ in enumerate(columns) if any(r[i] != "–" for r in cells)]  # no all-empty columns
     # one row per measure, one column per run: reads in a terminal for the few runs one compares at a time
     t = Table(title=f"{len(rows)} runs (accuracy % on the test set; 1 % / 10 % labels: linear probe)")
     t.add_column("")
     for r in cells:
         t.add_column(r[0], min_width=max(len(r[i]) for i in shown))
     for i in shown[1:]:
-        t.add_row(comparison.COLUMNS[i].header, *[r[i] for r in cells])
+        t.add_row(columns[i].header, *[r[i] for r in cells])
     show(t)
     typer.echo(f"written: {files['csv']}, {files['json']}, {files['png']}")

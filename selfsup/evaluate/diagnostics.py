@@ -1,10 +1,18 @@
-"""Label-free diagnostics of an embedding: RankMe, alignment/uniformity, collapse alarm, linear CKA."""
+"""Label-free diagnostics of an embedding: RankMe, alignment/uniformity, collapse alarm, linear CKA; and the suite's
+"diagnostics" evaluation (:data:`DIAGNOSTICS`)."""
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..augment import recipe_from_config
+from ..methods import METHODS
+from ..number_format import one_decimal
+from .features import extract_features
+from .suite_entry import Column, SuiteContext, SuiteEvaluation
 
 
 def rankme(z: torch.Tensor, eps: float = 1e-7) -> float:
@@ -138,3 +146,63 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     y = y.double() - y.double().mean(0)
     num = (y.T @ x).norm().pow(2)
     return float(num / ((x.T @ x).norm() * (y.T @ y).norm()))
+
+
+def _run_diagnostics(ctx: SuiteContext) -> None:
+    """RankMe, the collapse statistics and alarm (its warnings also logged), alignment of two augmented views of
+    the features' ``sample`` and uniformity, into ``ctx.results``."""
+    results, fs, cfg = ctx.results, ctx.features, ctx.cfg
+    e, cl, f_test = cfg.eval, cfg.train.channels_last, fs.test.features
+    n = min(len(f_test), 10000)
+    results["rankme"] = rankme(f_test[:n])
+    results["collapse_std"] = collapse_std(f_test[:n])
+    results["collapse_std_healthy"] = 1 / float(np.sqrt(f_test.shape[1]))
+    results["collapse"] = collapse_check(f_test[:n])  # the alarm (not collapse_std: fooled by ReLU features)
+    results.setdefault("warnings", []).extend(collapse_warnings(results["collapse"]))  # + logged
+    results["diagnostics_images"] = n
+    if n < COLLAPSE_MIN_SAMPLES:
+        results["warnings"].append(f"diagnostics not judged: only {n} image{'s' * (n != 1)} scored (RankMe, "
+                                   f"alignment / uniformity and the collapse alarm need at least "
+                                   f"{COLLAPSE_MIN_SAMPLES})")
+    recipe = recipe_from_config(cfg.augment, METHODS[cfg.method["name"]].recipe)
+    g = torch.Generator().manual_seed(cfg.seed + 12345)
+    sample = fs.sample
+    views = recipe(sample.float() / 255, g)  # the global views first (multi-crop: local crops follow)
+    v1, v2 = views[:2] if len(views) >= 2 else (views[0], recipe(sample.float() / 255, g)[0])  # mae: 1 view
+    z1 = extract_features(ctx.backbone, v1, e.batch_size, ctx.device, cl)
+    z2 = extract_features(ctx.backbone, v2, e.batch_size, ctx.device, cl)
+    results["alignment"] = alignment(z1, z2)
+    results["uniformity"] = uniformity(f_test[:2000])
+
+
+def _diagnostic_rows(results: dict) -> list[tuple[str, str, str]]:
+    """RankMe, alignment / uniformity, the l2-normalised std and the collapse alarm (a KeyError where eval.json
+    lacks them)."""
+    few = _too_few_note(results.get("collapse") or {})
+    rows = [("RankMe", f"{results['rankme']:.1f}{few}", "–"),
+            ("alignment / uniformity", f"{results['alignment']:.3f} / {results['uniformity']:.3f}{few}", "–"),
+            ("l2-normalised std (≈ {:.3f} if zero-mean isotropic)".format(results["collapse_std_healthy"]),
+             f"{results['collapse_std']:.4f}", "–")]
+    c = results.get("collapse")
+    if c:
+        rows.append(("collapse alarm (centred spread / eff. rank)", _collapse_cell(c), "–"))
+    return rows
+
+
+def _too_few_note(c: dict) -> str:
+    """" (not judged: only N images)" where the collapse check scored too few images to judge anything."""
+    return f" (not judged: only {c['n']} images)" if c.get("verdict") == "too_few_samples" else ""
+
+
+def _collapse_cell(c: dict) -> str:
+    stats = ("" if c.get("var_ratio") is None else
+             f"{c['var_ratio']:.2g} / {c['effective_rank']:.1f} of {min(c['n'] - 1, c['dim'])}")
+    if c.get("verdict") == "too_few_samples":
+        return f"not judged: only {c['n']} images" + (f" ({stats})" if stats else "")
+    head = f"COLLAPSED ({c['verdict']})" if c.get("collapsed") else c.get("verdict", "ok")
+    return f"{head}: {stats}" if stats else head
+
+
+DIAGNOSTICS = SuiteEvaluation("diagnostics", "diagnostics", _run_diagnostics, _diagnostic_rows,
+                              (Column("rankme", "RankMe", one_decimal, lambda ev: ev.get("rankme")),))
+"""The suite's label-free diagnostics of the test features."""

@@ -1,5 +1,5 @@
-"""Low-label linear probes, N-way K-shot prototype episodes, and the per-class accuracy and confusion matrix of a
-probe's test predictions — all on frozen features.
+"""Low-label linear probes and N-way K-shot prototype episodes on frozen features, and the suite's "low-label +
+few-shot" evaluation (:data:`LOW_LABEL_FEWSHOT`).
 
 Protocols (stated so they can be checked):
 - low-label probe: a class-balanced subset of the labelled training set — ``round(fraction · N / classes)`` images
@@ -23,7 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..number_format import mean_ci, pct, points
 from .probes import LabelledFeatures, ProbeGrid, linear_probe
+from .suite_entry import Column, SuiteContext, SuiteEvaluation
 
 if TYPE_CHECKING:
     from ..config import EvalConfig
@@ -171,11 +173,70 @@ def fewshot_eval(support: LabelledFeatures, query: LabelledFeatures, spec: Episo
     return out
 
 
-def per_class_and_confusion(y_true, y_pred, num_classes: int) -> tuple[list[float | None], list[list[int]]]:
-    """Accuracy of every class (None for a class absent from ``y_true``) and the confusion matrix of counts,
-    rows = true class, columns = predicted class."""
-    t, p = torch.as_tensor(y_true).long(), torch.as_tensor(y_pred).long()
-    cm = torch.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-    rows = cm.sum(1)
-    acc = [float(cm[c, c] / rows[c]) if rows[c] else None for c in range(num_classes)]
-    return acc, cm.tolist()
+def low_label_fewshot(train: LabelledFeatures, test: LabelledFeatures, e, seed: int, val_fraction: float) -> dict:
+    """Low-label linear probes (``eval.label_fractions``) and N-way K-shot episodes (``eval.fewshot_*``); the
+    label subsets and episodes depend only on the labels and the seed, so every encoder (and the raw pixels) is
+    scored on the same ones."""
+    out = {}
+    if e.linear and e.label_fractions:
+        out["low_label"] = low_label_probes(train, test, e.label_fractions, seed, val_fraction, ProbeGrid.from_eval(e))
+    if e.fewshot_episodes:
+        out["fewshot"] = fewshot_eval(train, test, EpisodeSpec.from_eval(e), seed)
+    return out
+
+
+def _run_low_label_fewshot(ctx: SuiteContext) -> None:
+    """``results["ssl"]["low_label"]`` and ``results["ssl"]["fewshot"]`` where the data has labels."""
+    fs = ctx.features
+    if fs.labelled:
+        ctx.results["ssl"].update(low_label_fewshot(fs.train, fs.test, ctx.cfg.eval, ctx.cfg.seed,
+                                                    ctx.cfg.data.val_fraction))
+
+
+def _low_label_rows(results: dict) -> list[tuple[str, str, str]]:
+    """"linear (1 % labels)", ... and "5-way 1-shot", ... rows, the raw-pixel cell beside each."""
+    ssl, raw = results.get("ssl", {}), results.get("raw_pixels", {})
+    rows = []
+    low, raw_low = ssl.get("low_label") or {}, raw.get("low_label") or {}
+    for frac in sorted(low, key=float):
+        rows.append((f"linear ({100 * float(frac):g} % labels)", pct(low[frac].get("linear_test")),
+                     pct((raw_low.get(frac) or {}).get("linear_test"))))
+    few, raw_few = ssl.get("fewshot") or {}, raw.get("fewshot") or {}
+    for key in sorted(few, key=_episode_order):
+        ways, shots = _episode_order(key)
+        rows.append((f"{ways}-way {shots}-shot", mean_ci(few[key]), mean_ci(raw_few.get(key))))
+    return rows
+
+
+def _episode_order(key: str) -> tuple[int, int]:
+    ways, shots = key.split("way_")
+    return int(ways), int(shots.removesuffix("shot"))
+
+
+def _low_label_notes(results: dict) -> list[str]:
+    s, out = results.get("ssl") or {}, []
+    if s.get("low_label"):
+        sizes = ", ".join(f"{100 * float(k):g} %: {v['n_labels']}" for k, v in s["low_label"].items())
+        out.append(f"Low-label probes: the same probe on a seeded class-balanced subset of the training labels "
+                   f"({sizes} labels), L2 chosen on a validation part of that subset; no other label used.")
+    if s.get("fewshot"):
+        first = next(iter(s["fewshot"].values()))
+        q = f", {first['queries']} per class" if "queries" in first else ""
+        out.append(f"Few-shot: {first['episodes']} seeded episodes, N = min(eval.fewshot_ways, classes) ways, "
+                   f"supports from train, queries from test{q}, nearest prototype (mean of l2-normalised "
+                   "supports, cosine); mean ± 95 % CI (1.96·s/√episodes).")
+    return out
+
+
+def _low_label_test(fraction: str):
+    return lambda ev: ((ev.get("ssl", {}).get("low_label", {})).get(fraction) or {}).get("linear_test")
+
+
+LOW_LABEL_FEWSHOT = SuiteEvaluation(
+    "low_label_fewshot", "low-label + few-shot", _run_low_label_fewshot, _low_label_rows,
+    (Column("linear_1pct", "linear, 1 % labels", points, _low_label_test("0.01")),
+     Column("linear_10pct", "linear, 10 % labels", points, _low_label_test("0.1")),
+     Column("fewshot_5w5s", "5-way 5-shot %", points,
+            lambda ev: (ev.get("ssl", {}).get("fewshot", {}).get("5way_5shot") or {}).get("mean"))),
+    _low_label_notes)
+"""The suite's low-label probes and few-shot episodes (encoder and raw-pixel cells side by side)."""

@@ -1,4 +1,5 @@
-"""Frozen-feature evaluation: weighted kNN, linear probe (the features: :mod:`.features`).
+"""Frozen-feature evaluation: weighted kNN, linear probe (the features: :mod:`.features`), and the suite's
+"kNN + linear probe" evaluation (:data:`PROBES`: the probes, per-class accuracy, confusion matrix, majority class).
 
 Protocols (stated so they can be checked):
 - features come from the backbone in eval mode (BatchNorm running statistics), no augmentation;
@@ -20,7 +21,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
 
+from ..number_format import pct, points
 from .search import top_k
+from .suite_entry import Column, SuiteContext, SuiteEvaluation
 
 if TYPE_CHECKING:
     from ..config import EvalConfig
@@ -190,3 +193,86 @@ def sklearn_raw_baselines(train_x: np.ndarray, train_y: np.ndarray, test_x: np.n
     knn = KNeighborsClassifier(n_neighbors=5, n_jobs=-1).fit(train_x, train_y)
     lr = LogisticRegression(max_iter=200).fit(train_x, train_y)
     return {"sklearn_knn5": float(knn.score(test_x, test_y)), "sklearn_logreg": float(lr.score(test_x, test_y))}
+
+
+PROBE_ON_DEVICE_BYTES = 256 * 2 ** 20  # feature matrices above this are probed on the evaluation device
+
+
+def probe_device(f_train: torch.Tensor, device) -> str | torch.device:
+    """Where the kNN and the linear probe run: the evaluation device for a large feature matrix, else the CPU (on
+    an H200, 54 000 × 512 features probed on the GPU took longer than on the host's CPU cores: L-BFGS's line
+    search waits on the device at every step)."""
+    return device if f_train.numel() * f_train.element_size() > PROBE_ON_DEVICE_BYTES else "cpu"
+
+
+def probe_all(train: LabelledFeatures, parts, test: LabelledFeatures, e, device="cpu") -> dict:
+    """kNN (k chosen on the validation part) and the linear probe, computed on ``device``; ``parts``: the indices
+    (fitting, validation) into ``train``."""
+    f_train, y_train, f_test, y_test = (t.to(device) for t in (*train, *test))
+    tr, va = (torch.as_tensor(p).to(device) for p in parts)
+    temps = e.knn_temperature_grid or [e.knn_temperature]
+    k, t, scores = select_knn(f_train[tr], y_train[tr], f_train[va], y_train[va], e.knn_k_grid, temps)
+    out = {"knn_k": k, "knn_temperature": t, "knn_val": scores[(k, t)],
+           "knn_test": knn_accuracy(f_train, y_train, f_test, y_test, k, t)}
+    if e.linear:
+        lp = linear_probe(LabelledFeatures(f_train[tr], y_train[tr]), LabelledFeatures(f_train[va], y_train[va]),
+                          LabelledFeatures(f_test, y_test), ProbeGrid.from_eval(e))
+        out.update(linear_test=lp["test_acc"], linear_val=lp["val_acc"], linear_l2=lp["l2"])
+        num_classes = int(max(y_train.max(), y_test.max())) + 1
+        out["per_class"], out["confusion"] = per_class_and_confusion(y_test.cpu(), lp["test_pred"], num_classes)
+    return out
+
+
+def per_class_and_confusion(y_true, y_pred, num_classes: int) -> tuple[list[float | None], list[list[int]]]:
+    """Accuracy of every class (None for a class absent from ``y_true``) and the confusion matrix of counts,
+    rows = true class, columns = predicted class."""
+    t, p = torch.as_tensor(y_true).long(), torch.as_tensor(y_pred).long()
+    cm = torch.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    rows = cm.sum(1)
+    acc = [float(cm[c, c] / rows[c]) if rows[c] else None for c in range(num_classes)]
+    return acc, cm.tolist()
+
+
+def majority_class(train_labels: torch.Tensor, test_labels: torch.Tensor) -> dict:
+    """The chance row: the most frequent class of the training labels (ties → the smaller class index) predicted for
+    every test image, and its test accuracy."""
+    c = int(torch.bincount(torch.as_tensor(train_labels).long()).argmax())
+    return {"class": c, "test_acc": float((torch.as_tensor(test_labels) == c).float().mean())}
+
+
+def _run_probes(ctx: SuiteContext) -> None:
+    """``results["majority_class"]`` and ``results["ssl"]`` (kNN, linear probe, per-class accuracy, confusion
+    matrix) where the data has labels."""
+    fs = ctx.features
+    if fs.labelled:
+        ctx.results["majority_class"] = majority_class(fs.train.labels, fs.test.labels)
+        ctx.results["ssl"] = probe_all(fs.train, fs.parts, fs.test, ctx.cfg.eval,
+                                       probe_device(fs.train.features, ctx.device))
+
+
+def _probe_rows(results: dict) -> list[tuple[str, str, str]]:
+    ssl, raw = results.get("ssl", {}), results.get("raw_pixels", {})
+    rows = [("kNN (test)", pct(ssl.get("knn_test")), pct(raw.get("knn_test"))),
+            ("linear probe (test)", pct(ssl.get("linear_test")), pct(raw.get("linear_test")))]
+    maj = results.get("majority_class")
+    if maj:  # the chance floor every probe is read against (no features: in the baselines' column)
+        rows.append(("majority class (chance, test)", "–", pct(maj["test_acc"])))
+    return rows
+
+
+def _probe_notes(results: dict) -> list[str]:
+    s = results.get("ssl")
+    if not s:
+        return []
+    knn_t = f", T={s['knn_temperature']:g}" if "knn_temperature" in s else ""
+    return [f"kNN: cosine, weighted exp(s/T), k={s['knn_k']}{knn_t} chosen on the validation split; linear probe: "
+            f"standardised features, L-BFGS logistic regression, L2={s.get('linear_l2')} chosen on the validation "
+            f"split, refit on all of train; test set used once."]
+
+
+PROBES = SuiteEvaluation(
+    "probes", "knn + linear probe", _run_probes, _probe_rows,
+    (Column("knn", "kNN %", points, lambda ev: ev.get("ssl", {}).get("knn_test")),
+     Column("linear", "linear %", points, lambda ev: ev.get("ssl", {}).get("linear_test"))),
+    _probe_notes)
+"""The suite's kNN + linear probe evaluation (and the majority-class chance row)."""

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..report.figures import subplots
-from ..report.html_parts import file_figure, grid, join_parts, pct, table
+from ..number_format import pct
+from ..report.html_parts import file_figure, grid, join_parts, table
 from ..report.sections import HeaderFacts, RunContents, Section, register_section
 from ..rundir import RunDir
 

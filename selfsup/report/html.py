@@ -29,7 +29,8 @@ import yaml
 
 from ..atomic import atomic_write_text
 from .figures import subplots
-from .html_parts import escape, figure, figure_png, file_figure, grid, join_parts, pct, section, table
+from ..number_format import pct
+from .html_parts import escape, figure, figure_png, file_figure, grid, join_parts, section, table
 from ..rundir import RunDir, read_metrics
 from .results import budget_sentence, results_table, run_warnings
 from .sections import HeaderFacts, RunContents, Section, by_rank, register_section, registered_sections

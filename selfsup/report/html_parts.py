@@ -1,5 +1,5 @@
 """Small HTML pieces the report's sections are made of (see :mod:`selfsup.report.sections`): escaped text,
-percentages, tables, embedded PNG figures and titled sections."""
+tables, embedded PNG figures and titled sections."""
 from __future__ import annotations
 
 import base64
@@ -12,11 +12,6 @@ from pathlib import Path
 def escape(x) -> str:
     """``x`` as text safe inside HTML."""
     return html.escape(str(x))
-
-
-def pct(v, digits: int = 2) -> str:
-    """A share as a percentage ("–" for None)."""
-    return "–" if v is None else f"{100 * v:.{digits}f} %"
 
 
 def png_data_uri(data: bytes) -> str:

@@ -13,8 +13,8 @@ from sklearn.manifold import TSNE
 import torch
 
 from .figures import get_cmap, subplots
+from ..evaluate.evaluation_registry import evaluation_notes, evaluation_rows
 from ..rundir import RunDir, read_metrics
-from .html_parts import pct
 
 
 @dataclass(frozen=True)
@@ -95,62 +95,9 @@ def plot_embedding(run_dir: Path, feats, labels, classes, kind: str, points: int
 
 
 def results_table(results: dict) -> list[tuple[str, str, str]]:
-    ssl, raw = results.get("ssl", {}), results.get("raw_pixels", {})
-    rows = [("kNN (test)", pct(ssl.get("knn_test")), pct(raw.get("knn_test"))),
-            ("linear probe (test)", pct(ssl.get("linear_test")), pct(raw.get("linear_test")))]
-    maj = results.get("majority_class")
-    if maj:  # the chance floor every probe is read against (no features: in the baselines' column)
-        rows.append(("majority class (chance, test)", "–", pct(maj["test_acc"])))
-    rows += _low_label_rows(ssl, raw)
-    td = results.get("transfer_digits")
-    if td:
-        rows.append(("transfer: digits linear (test)", pct(td.get("linear_test")), "–"))
-    few = _too_few_note(results.get("collapse") or {})
-    rows += [("RankMe", f"{results['rankme']:.1f}{few}", "–"),
-             ("alignment / uniformity", f"{results['alignment']:.3f} / {results['uniformity']:.3f}{few}", "–"),
-             ("l2-normalised std (≈ {:.3f} if zero-mean isotropic)".format(results["collapse_std_healthy"]),
-              f"{results['collapse_std']:.4f}", "–")]
-    c = results.get("collapse")
-    if c:
-        rows.append(("collapse alarm (centred spread / eff. rank)", _collapse_cell(c), "–"))
-    return rows
-
-
-def _low_label_rows(ssl: dict, raw: dict) -> list[tuple[str, str, str]]:
-    """"linear (1 % labels)", ... and "5-way 1-shot", ... rows, the raw-pixel cell beside each."""
-    rows = []
-    low, raw_low = ssl.get("low_label") or {}, raw.get("low_label") or {}
-    for frac in sorted(low, key=float):
-        rows.append((f"linear ({100 * float(frac):g} % labels)", pct(low[frac].get("linear_test")),
-                     pct((raw_low.get(frac) or {}).get("linear_test"))))
-    few, raw_few = ssl.get("fewshot") or {}, raw.get("fewshot") or {}
-    for key in sorted(few, key=_episode_order):
-        ways, shots = _episode_order(key)
-        rows.append((f"{ways}-way {shots}-shot", _mean_ci(few[key]), _mean_ci(raw_few.get(key))))
-    return rows
-
-
-def _episode_order(key: str) -> tuple[int, int]:
-    ways, shots = key.split("way_")
-    return int(ways), int(shots.removesuffix("shot"))
-
-
-def _mean_ci(r: dict | None) -> str:
-    return "–" if not r else f"{100 * r['mean']:.2f} ± {100 * r['ci95']:.2f} %"
-
-
-def _too_few_note(c: dict) -> str:
-    """" (not judged: only N images)" where the collapse check scored too few images to judge anything."""
-    return f" (not judged: only {c['n']} images)" if c.get("verdict") == "too_few_samples" else ""
-
-
-def _collapse_cell(c: dict) -> str:
-    stats = ("" if c.get("var_ratio") is None else
-             f"{c['var_ratio']:.2g} / {c['effective_rank']:.1f} of {min(c['n'] - 1, c['dim'])}")
-    if c.get("verdict") == "too_few_samples":
-        return f"not judged: only {c['n']} images" + (f" ({stats})" if stats else "")
-    head = f"COLLAPSED ({c['verdict']})" if c.get("collapsed") else c.get("verdict", "ok")
-    return f"{head}: {stats}" if stats else head
+    """(metric, SSL encoder, raw pixels) rows of an eval.json dict: every evaluation's rows, in the registry's order
+    (:data:`selfsup.evaluate.evaluation_registry.EVALUATIONS`)."""
+    return evaluation_rows(results)
 
 
 def run_warnings(results: dict) -> list[str]:
@@ -210,28 +157,12 @@ def write_report(run_dir: Path, results: dict, test: EvaluatedTestSet, embedding
                   f"({tr['images_per_second']:.0f} img/s, {tr['devices']} process(es), {tr['threads']} threads)", ""]
         if tr.get("budget"):
             lines += [f"time budget: {budget_sentence(tr['budget'])}", ""]
-    if "ssl" in results:
-        s = results["ssl"]
-        knn_t = f", T={s['knn_temperature']:g}" if "knn_temperature" in s else ""
+    if "ssl" in results:  # the table and its notes where the data had labels
         lines += ["| metric | SSL encoder | raw pixels |", "|---|---|---|"]
         lines += [f"| {a} | {b} | {c} |" for a, b, c in results_table(results)]
-        lines += ["", f"kNN: cosine, weighted exp(s/T), k={s['knn_k']}{knn_t} chosen on the validation split; "
-                  f"linear probe: standardised features, L-BFGS logistic regression, L2={s.get('linear_l2')} chosen "
-                  f"on the validation split, refit on all of train; test set used once.", ""]
-        if s.get("low_label"):
-            sizes = ", ".join(f"{100 * float(k):g} %: {v['n_labels']}" for k, v in s["low_label"].items())
-            lines += [f"Low-label probes: the same probe on a seeded class-balanced subset of the training labels "
-                      f"({sizes} labels), L2 chosen on a validation part of that subset; no other label used.", ""]
-        if s.get("fewshot"):
-            first = next(iter(s["fewshot"].values()))
-            q = f", {first['queries']} per class" if "queries" in first else ""
-            lines += [f"Few-shot: {first['episodes']} seeded episodes, N = min(eval.fewshot_ways, classes) ways, "
-                      f"supports from train, queries from test{q}, nearest prototype (mean of l2-normalised "
-                      "supports, cosine); mean ± 95 % CI (1.96·s/√episodes).", ""]
-        if results.get("majority_class"):
-            c, names = results["majority_class"]["class"], results.get("classes") or []
-            lines += [f"Majority class: the most frequent training class ({names[c] if c < len(names) else c}) "
-                      "predicted for every test image, the chance floor of every probe.", ""]
+        lines += [""]
+        for note in evaluation_notes(results):
+            lines += [note, ""]
     lines += [f"![{p}]({p})" for p in plots]
     RunDir(run_dir).report_md.write_text("\n".join(lines) + "\n")
     return plots

@@ -4,7 +4,8 @@ and accuracy under common corruptions per severity (``corruptions_<classifier>.j
 warnings (such as suspected gradient masking) go to the page's warnings box."""
 from __future__ import annotations
 
-from ..report.html_parts import escape, join_parts, pct, table
+from ..number_format import pct
+from ..report.html_parts import escape, join_parts, table
 from ..report.sections import RunContents, Section, register_section
 
 

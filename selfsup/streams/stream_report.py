@@ -9,7 +9,8 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from ..report.figures import subplots
-from ..report.html_parts import escape, file_figure, grid, join_parts, pct, table
+from ..number_format import pct
+from ..report.html_parts import escape, file_figure, grid, join_parts, table
 from ..report.sections import HeaderFacts, RunContents, Section, register_section
 from ..rundir import RunDir
 

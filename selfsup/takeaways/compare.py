@@ -1,5 +1,5 @@
-"""Runs side by side: one row per run (method, data, steps, time, img/s, kNN, linear, low-label probes, few-shot,
-RankMe) read from what each run directory already holds, and one figure.
+"""Runs side by side: one row per run (method, data, steps, time, img/s, then every evaluation's columns: kNN, linear,
+low-label probes, few-shot, RankMe) read from what each run directory already holds, and one figure.
 
 A pre-training run is read from ``config.yaml``, ``train_summary.json`` and ``eval.json``; a stream run from
 ``stream.json`` (its accuracy after each chunk becomes a curve in the figure)."""
@@ -8,50 +8,32 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 import yaml
 
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import DataError
+from ..evaluate.evaluation_registry import evaluation_columns
+from ..evaluate.suite_entry import Column
+from ..number_format import whole
 from ..report.figures import subplots
 from ..rundir import RunDir, read_eval, read_stream_record, read_train_summary
 
-def _text(v) -> str:
-    return str(v)
+RUN_COLUMNS = (Column("run", "run"), Column("kind", "kind"), Column("method", "method"), Column("data", "data"),
+               Column("steps", "steps"), Column("train_s", "time s", whole), Column("img_per_s", "img/s", whole))
+"""The comparison's own columns (what a run is, how long it trained); the evaluations' columns follow them."""
 
 
-def _points(v) -> str:
-    return f"{100 * v:.2f}"
+def columns() -> tuple[Column, ...]:
+    """The comparison's columns, in order: :data:`RUN_COLUMNS`, then every evaluation's columns in the order of
+    :data:`selfsup.evaluate.evaluation_registry.EVALUATIONS` (kNN, linear, low-label probes, few-shot, RankMe); the
+    one list the rows, the CSV and ``selfsup compare``'s table are made of."""
+    return RUN_COLUMNS + evaluation_columns()
 
 
-def _whole(v) -> str:
-    return f"{v:.0f}"
-
-
-def _one_decimal(v) -> str:
-    return f"{v:.1f}"
-
-
-@dataclass(frozen=True)
-class Column:
-    """One column of the comparison: the row's key (also the CSV header), the header the terminal table shows, and
-    how a present value is written there (a missing one is "–")."""
-    key: str
-    header: str
-    format: Callable[[Any], str] = _text
-
-
-COLUMNS = (Column("run", "run"), Column("kind", "kind"), Column("method", "method"), Column("data", "data"),
-           Column("steps", "steps"), Column("train_s", "time s", _whole), Column("img_per_s", "img/s", _whole),
-           Column("knn", "kNN %", _points), Column("linear", "linear %", _points),
-           Column("linear_1pct", "linear, 1 % labels", _points), Column("linear_10pct", "linear, 10 % labels", _points),
-           Column("fewshot_5w5s", "5-way 5-shot %", _points), Column("rankme", "RankMe", _one_decimal))
-"""The comparison's columns, in order: the one list the rows, the CSV and ``selfsup compare``'s table are made of."""
-
-COLUMN_KEYS = [c.key for c in COLUMNS]
+def column_keys() -> list[str]:
+    return [c.key for c in columns()]
 
 
 def _read_json(path: Path, read, run: RunDir) -> dict:
@@ -70,7 +52,7 @@ def _config(run_dir: Path) -> dict:
 
 
 def run_row(run_dir: str | Path) -> dict:
-    """One run's row: the COLUMN_KEYS (None where the run has no such number) and, for stream runs, ``curve``:
+    """One run's row: the :func:`column_keys` (None where the run has no such number) and, for stream runs, ``curve``:
     (chunks trained, linear accuracy) after each chunk, chunk 0 being the initial encoder."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -78,7 +60,7 @@ def run_row(run_dir: str | Path) -> dict:
     if not RunDir(run_dir).config.exists():
         raise DataError(f"{run_dir} is not a selfsup run directory (no {RunDir.CONFIG})")
     cfg = _config(run_dir)
-    row = dict.fromkeys(COLUMN_KEYS)
+    row = dict.fromkeys(column_keys())
     row.update(run=run_dir.name, method=(cfg.get("method") or {}).get("name"),
                data=(cfg.get("data") or {}).get("source"))
     batch = (cfg.get("train") or {}).get("batch_size")
@@ -91,13 +73,9 @@ def run_row(run_dir: str | Path) -> dict:
     ev = _read_json(run.eval, read_eval, run)
     tr = ev.get("train") or (_read_json(run.train_summary, read_train_summary, run)
                              if run.train_summary.exists() else {})
-    ssl = ev.get("ssl", {})
-    low = ssl.get("low_label", {})
     row.update(kind="pretrain", steps=tr.get("steps"), train_s=tr.get("train_seconds"),
-               img_per_s=tr.get("images_per_second"), knn=ssl.get("knn_test"), linear=ssl.get("linear_test"),
-               linear_1pct=(low.get("0.01") or {}).get("linear_test"),
-               linear_10pct=(low.get("0.1") or {}).get("linear_test"),
-               fewshot_5w5s=(ssl.get("fewshot", {}).get("5way_5shot") or {}).get("mean"), rankme=ev.get("rankme"))
+               img_per_s=tr.get("images_per_second"))
+    row.update({c.key: c.get(ev) for c in evaluation_columns()})
     return row
 
 
@@ -124,9 +102,10 @@ def compare_runs(run_dirs) -> list[dict]:
 
 
 def format_rows(rows: list[dict]) -> list[list[str]]:
-    """The table as strings, one per column of :data:`COLUMNS`: accuracies in %, '–' where a run has no such
+    """The table as strings, one per column of :func:`columns`: accuracies in %, '–' where a run has no such
     number."""
-    return [["–" if r[c.key] is None else c.format(r[c.key]) for c in COLUMNS] for r in rows]
+    cols = columns()
+    return [["–" if r[c.key] is None else c.format(r[c.key]) for c in cols] for r in rows]
 
 
 def plot_comparison(rows: list[dict], path: Path) -> Path:
@@ -175,8 +154,9 @@ def write_comparison(rows: list[dict], out_dir: str | Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(COLUMN_KEYS)
-    w.writerows([["" if r[k] is None else r[k] for k in COLUMN_KEYS] for r in rows])
+    keys = column_keys()
+    w.writerow(keys)
+    w.writerows([["" if r[k] is None else r[k] for k in keys] for r in rows])
     atomic_write_text(out_dir / "compare.csv", buf.getvalue())
     atomic_write_text(out_dir / "compare.json", json.dumps(rows, indent=1))
     return {"csv": out_dir / "compare.csv", "json": out_dir / "compare.json",
