@@ -5,7 +5,8 @@ lower one, as an import statement would.
 
 It is used where starting fast matters: ``selfsup --help`` and ``selfsup methods`` must not import torch, scikit-learn
 or matplotlib, so the command modules of :mod:`selfsup.cli` import only typer and rich at the top and ``load`` the
-workflow a command runs in its body; ``import selfsup`` loads the Python API on first use of one of its names
+workflow a command runs in its body (``selfsup methods`` reads :mod:`selfsup.method_catalogue`, generated from the
+method classes, instead of importing them); ``import selfsup`` loads the Python API on first use of one of its names
 (PEP 562 ``__getattr__`` in ``selfsup/__init__.py``, the same idea for attributes).
 
 Two registries live below the modules that fill them: the config checks (:func:`selfsup.config.register_check`,

@@ -7,17 +7,17 @@ other module uses importlib or ``__import__``; the two registries filled from ab
 ``REPORT_SECTIONS``) are listed in deferred.py and passed to ``load_all`` by name.
 
 Layers, lowest first: helpers (errors, atomic, distributed, progress, number_format) → config (and each capability's
-``*_schema`` module) → rundir → data → augment → models → methods → train → evaluate → report → workflows and the
-capability packages (streams, finetune, robustness, takeaways) → api / cli. A module may import its own layer or
-lower ones."""
+``*_schema`` module, and ``method_catalogue``, the method zoo's generated facts read without torch) → rundir → data
+→ augment → models → methods → train → evaluate → report → workflows and the capability packages (streams,
+finetune, robustness, takeaways) → api / cli. A module may import its own layer or lower ones."""
 import ast
 from pathlib import Path
 
 import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "selfsup"
-LAYERS = [("errors", "atomic", "distributed", "progress", "deferred", "number_format"), ("config", "duration_schema"),
-          ("rundir",), ("data",),
+LAYERS = [("errors", "atomic", "distributed", "progress", "deferred", "number_format"),
+          ("config", "duration_schema", "method_catalogue"), ("rundir",), ("data",),
           ("augment",), ("models",), ("methods",), ("train",), ("evaluate",), ("report",),
           ("workflows", "streams", "finetune", "robustness", "takeaways"), ("cli", "api", "__init__")]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

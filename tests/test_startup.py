@@ -1,9 +1,9 @@
-"""Starting fast: ``selfsup --help`` and ``import selfsup.config`` import neither torch nor scikit-learn nor
-matplotlib (the command modules defer them through selfsup.deferred, ``import selfsup`` loads the API on first use),
-and what used to come with every import still comes where it is needed: the config checks of the method zoo and the
-data sources in ``load_config``, the capability packages' report sections in the report. Each check runs in a fresh
-interpreter, where nothing else has imported them. (No timing here: the measured start times are in the issue's
-closing note, with the CPU.)"""
+"""Starting fast: ``selfsup --help``, ``selfsup methods`` and ``import selfsup.config`` import neither torch nor
+scikit-learn nor matplotlib (the command modules defer them through selfsup.deferred, ``selfsup methods`` reads the
+generated method catalogue, ``import selfsup`` loads the API on first use), and what used to come with every import
+still comes where it is needed: the config checks of the method zoo and the data sources in ``load_config``, the
+capability packages' report sections in the report. Each check runs in a fresh interpreter, where nothing else has
+imported them. (No timing here: the measured start times are in the issue's closing note, with the CPU.)"""
 import json
 import subprocess
 import sys
@@ -30,6 +30,20 @@ def test_the_cli_and_its_help_import_nothing_heavy():
                  "r = CliRunner().invoke(app, ['pretrain', '--help'])\nout['pretrain'] = r.output")
     assert out["code"] == 0 and "neighbours" in out["text"] and "--config" in out["pretrain"]
     assert out["heavy"] == []
+
+
+def test_the_methods_command_imports_nothing_heavy_and_lists_every_method():
+    """``selfsup methods`` reads the generated catalogue (selfsup/method_catalogue.json), not the method classes."""
+    from selfsup.methods import METHODS
+
+    out = _fresh("from typer.testing import CliRunner\nfrom selfsup.cli import app\n"
+                 "r = CliRunner().invoke(app, ['methods'])\n"
+                 "out['code'], out['text'] = r.exit_code, r.output\n"
+                 "out['zoo'] = sorted(m for m in sys.modules if m.startswith('selfsup.methods'))")
+    assert out["code"] == 0, out["text"]
+    assert out["heavy"] == [] and out["zoo"] == []
+    rows = [[c.strip() for c in ln.split("│")[1:3]] for ln in out["text"].splitlines() if ln.startswith("│")]
+    assert [(name, views) for name, views in rows if name] == [(n, c.recipe) for n, c in METHODS.items()]
 
 
 def test_import_selfsup_config_imports_no_torch_and_the_api_loads_on_first_use():

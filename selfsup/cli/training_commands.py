@@ -12,6 +12,7 @@ from ..config import load_config
 from ..deferred import load
 from ..errors import SelfsupError
 from ..errors import Interrupted
+from ..method_catalogue import read_catalogue
 from .output import fail, show
 from .stopping import resume_command, stopped
 from .torchrun_relaunch import relaunch_under_torchrun
@@ -72,10 +73,12 @@ def methods():
     t.add_column("views")
     t.add_column("what")
     t.add_column("parameters (defaults)")
-    zoo = load("selfsup.methods")  # imports torch: the method classes hold the defaults
-    for name, cls in zoo.METHODS.items():
-        params = ", ".join(f"{k}={v}" for k, v in cls.Params().model_dump().items())
-        t.add_row(name, cls.recipe, zoo.DESCRIPTIONS.get(name, ""), params)
+    try:
+        entries = read_catalogue()  # generated from selfsup.methods, read without importing torch
+    except SelfsupError as e:
+        fail(str(e))
+    for m in entries:
+        t.add_row(m.name, m.recipe, m.description, ", ".join(f"{k}={v}" for k, v in m.params.items()))
     show(t)
 
 
