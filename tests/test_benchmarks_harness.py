@@ -134,10 +134,18 @@ def test_benchmarks_have_no_sys_path_edits_and_run_as_modules():
         assert (ROOT / "benchmarks" / f"{name}.py").exists() or (ROOT / "benchmarks" / name / "__main__.py").exists()
 
 
+NOT_YET_MEASURED = {"folder_decoding"}  # written, its first full run still to come
+
+
 @pytest.mark.parametrize("bench", harness.load_benchmarks(), ids=lambda b: b.name)
 def test_every_stored_results_file_still_renders(bench):
-    """The committed results JSON (records of every age) stay readable by today's sections and summary."""
+    """The committed results JSON (records of every age) stay readable by today's sections and summary; a benchmark
+    not measured yet (NOT_YET_MEASURED, no results file) writes no section and no summary row rather than failing."""
     store = harness.load(bench.results)
+    if not store and bench.name in NOT_YET_MEASURED:
+        assert not any(bench.sections(store).values())
+        assert not (bench.summary and bench.summary(store))
+        return
     assert store, f"{bench.results} is missing"
     assert any(body for body in bench.sections(store).values())
     if bench.summary:
