@@ -1,9 +1,9 @@
 """The evaluation suite's time, stage by stage, for the code before issue 36 (``--old``, a git ref checked out in a
 temporary worktree) and this tree, on one run in one invocation, with every number side by side.
 
-    python benchmarks/eval_speed.py --run runs/demo-...          # a pre-trained run (e.g. the demo's)
-    python benchmarks/eval_speed.py --pretrain                   # pre-train configs/demo.yaml first (--no-eval)
-    python benchmarks/eval_speed.py --run R --old e172930 --repeat 2
+    python -m benchmarks.eval_speed --run runs/demo-...          # a pre-trained run (e.g. the demo's)
+    python -m benchmarks.eval_speed --pretrain                   # pre-train configs/demo.yaml first (--no-eval)
+    python -m benchmarks.eval_speed --run R --old 5de262f
 
 Each evaluation runs in its own process (``evaluate_run``, no progress bar) with an empty raw-pixel cache, so both
 pay for the baselines; a last run of this tree reuses the cache it filled (what every later evaluation of runs on the
@@ -27,7 +27,7 @@ from benchmarks.harness import ROOT, command, git_rev, machine, md_table
 from selfsup.config import Config
 
 RESULTS = ROOT / "benchmarks" / "results" / "eval_speed.json"
-OLD = "e172930"  # the code the issue measured (before its evaluation work)
+OLD = "5de262f"  # the code when issue 36 was filed (the last commit before its work)
 # run with PYTHONPATH and cwd = the tree whose code is measured
 EVAL = ("import json, sys; from selfsup.evaluate.suite import evaluate_run; "
         "print('@@' + json.dumps(evaluate_run(sys.argv[2], progress=False).results))")
