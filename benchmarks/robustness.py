@@ -6,7 +6,7 @@
 Trains (or, with --reuse, reuses from runs/bench/robust-*) five models and attacks each with PGD-20 and AutoAttack
 (standard) on the same --n test images: (a) a supervised CNN, (b) the SSL encoder + linear probe, (c) the same
 encoder + kNN (BPDA: the real kNN's outputs, a soft-kNN surrogate's gradient), (d) supervised PGD adversarial
-training, (e) a self-supervised adversarially trained encoder (train.adversarial=instance) + linear and + kNN.
+training, (e) a self-supervised adversarially trained encoder (robustness.pretrain.mode=instance) + linear and + kNN.
 Then the corruption table (15 corruptions × 5 severities) for (a), (b), (e). Writes the "robustness" section of
 BENCHMARKS.md and benchmarks/results/robustness.json (results accumulate across invocations with --reuse, one
 record per model and ε; side-by-side invocations write --results PART.json files joined by --merge). AutoAttack on
@@ -37,14 +37,15 @@ def _train(args) -> dict[str, Path]:
     ssl_ov = [*common, f"train.epochs={args.epochs}", "eval.embedding_plot=pca"]
     ft = ROOT / "configs" / "finetune_fmnist.yaml"
     ft_ov = [*common, "finetune.noise=none", f"train.epochs={args.ft_epochs}"]
-    adv = [f"finetune.adv_eps={args.train_eps}", f"finetune.adv_steps={args.adv_steps}"]
+    adv = [f"robustness.finetune.eps={args.train_eps}", f"robustness.finetune.steps={args.adv_steps}"]
     plan = {
         "a_supervised": lambda n: finetune(ft, [*ft_ov, f"name={n}", "finetune.loss=ce"], progress=False),
         "b_ssl": lambda n: pretrain(ROOT / "configs" / "demo.yaml", [*ssl_ov, f"name={n}"], progress=False),
-        "d_pgd_at": lambda n: finetune(ft, [*ft_ov, f"name={n}", "finetune.adversarial=pgd", *adv], progress=False),
+        "d_pgd_at": lambda n: finetune(ft, [*ft_ov, f"name={n}", "robustness.finetune.mode=pgd", *adv], progress=False),
         "e_ssl_at": lambda n: pretrain(ROOT / "configs" / "demo.yaml",
-                                       [*ssl_ov, f"name={n}", "train.adversarial=instance",
-                                        f"train.adv_eps={args.train_eps}", f"train.adv_steps={args.adv_steps}"],
+                                       [*ssl_ov, f"name={n}", "robustness.pretrain.mode=instance",
+                                        f"robustness.pretrain.eps={args.train_eps}",
+                                        f"robustness.pretrain.steps={args.adv_steps}"],
                                        progress=False),
     }
     needed = {key for _, key, _ in _selected(args.models)}

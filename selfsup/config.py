@@ -1,10 +1,12 @@
 """Run configuration: YAML validated by pydantic before any work starts.
 
 An unknown key, a wrong type or an impossible value is reported as one line naming the key, e.g.
-``config error: train.batch_size: Input should be greater than 0``.
+``config error: train.batch_size: Input should be greater than 0``. A key that moved to another section (e.g.
+``train.adversarial``, now ``robustness.pretrain.mode``) is still read, with a warning (:func:`move_keys`).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
@@ -15,7 +17,10 @@ from .deferred import CONFIG_CHECKS, load_all
 from .duration_schema import Duration
 from .errors import ConfigError
 from .finetune.finetune_schema import FinetuneConfig
+from .robustness.robustness_schema import MOVED_KEYS, RobustnessConfig
 from .streams.stream_schema import SequenceConfig, StreamConfig
+
+log = logging.getLogger("selfsup")
 
 
 class Strict(BaseModel):
@@ -191,12 +196,6 @@ class TrainConfig(Strict):
     monitor_every_epochs: float = Field(1.0, gt=0, description="kNN accuracy on the validation split")
     monitor_samples: int = Field(10000, gt=0, description="kNN monitor: labelled training images in its bank "
                                                           "(queries: max(1000, N/5) validation images)")
-    adversarial: Literal["none", "instance", "mi"] = Field(
-        "none", description="self-supervised adversarial training: PGD on the SSL loss, or clean/adversarial agreement")
-    adv_eps: float = Field(0.1, gt=0, le=1, description="train.adversarial: L-inf radius for images in [0, 1]")
-    adv_steps: int = Field(5, gt=0, description="train.adversarial: PGD steps (step size 2.5 x adv_eps / steps)")
-    adv_weight: float = Field(1.0, ge=0, description="train.adversarial: weight of the adversarial term added to "
-                                                     "the clean loss")
 
 
 class EvalConfig(Strict):
@@ -237,6 +236,47 @@ class LogConfig(Strict):
                                     "up to 10 so the curves have at least 50 points (recorded in config.yaml)")
 
 
+def _section(node: dict, path: list[str], create: bool) -> dict | None:
+    """The mapping at ``path`` under ``node``, each level copied into its parent first (the caller's dicts stay as
+    they were). ``create``: a missing level is created and a section given as a model is read as the keys it sets;
+    otherwise None. None where a level is not a mapping."""
+    for key in path:
+        child = node.get(key)
+        if create and child is None:
+            child = {}
+        elif create and isinstance(child, BaseModel):
+            child = child.model_dump(exclude_unset=True)
+        if not isinstance(child, dict):
+            return None
+        child = dict(child)
+        node[key] = child
+        node = child
+    return node
+
+
+def move_keys(raw: dict, moved: dict[str, str]) -> dict:
+    """``raw`` with every key of ``moved`` that it sets (``"train.adversarial"``) moved to its new place
+    (``"robustness.pretrain.mode"``), one warning line on the ``selfsup`` logger per key moved. A config that sets
+    an old key and its new key to different values is refused (ConfigError)."""
+    out = dict(raw)
+    for old, new in moved.items():
+        *old_path, old_key = old.split(".")
+        *new_path, new_key = new.split(".")
+        src = _section(out, old_path, create=False)
+        if src is None or old_key not in src:
+            continue
+        dst = _section(out, new_path, create=True)
+        if dst is None:  # the new place is not a mapping: leave the old key for validation to report
+            continue
+        value = src.pop(old_key)
+        if new_key in dst and dst[new_key] != value:
+            raise ConfigError(f"config error: {old} (the old name of {new}) is {value!r} but {new} is "
+                              f"{dst[new_key]!r}: set only {new}")
+        dst[new_key] = value
+        log.warning("config: %s is now %s: read as %s=%s", old, new, new, value)
+    return out
+
+
 class Config(Strict):
     name: str = Field("run", description="run name: the run directory is output_dir/name")
     seed: int = Field(0, description="seed of data order, augmentation, initialisation and splits")
@@ -251,7 +291,13 @@ class Config(Strict):
     stream: StreamConfig = Field(default_factory=StreamConfig, description="streamed pre-training")
     sequence: SequenceConfig = Field(default_factory=SequenceConfig, description="the streaming study")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="classifier training")
+    robustness: RobustnessConfig = Field(default_factory=RobustnessConfig, description="adversarial training")
     log: LogConfig = Field(default_factory=LogConfig, description="extra logging")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _move_old_keys(cls, data: Any) -> Any:
+        return move_keys(data, MOVED_KEYS) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _default_method(self):

@@ -11,23 +11,28 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 
-def tiny_cfg(root, out, name, method="simclr", **train):
+def tiny_cfg(root, out, name, method="simclr", *, adversary=None, **train):
+    """A tiny pre-training config; ``adversary``: its ``robustness.pretrain`` section (e.g. ``{"mode": "mi"}``)."""
     t = {"max_steps": 12, "batch_size": 32, "checkpoint_every_steps": 4, "monitor_every_epochs": 100,
          "warmup_epochs": 0.1}
     t.update(train)
-    return {"name": name, "output_dir": str(out), "data": {"source": "npz", "root": str(root)},
+    robustness = {"robustness": {"pretrain": adversary}} if adversary else {}
+    return {**robustness, "name": name, "output_dir": str(out), "data": {"source": "npz", "root": str(root)},
             "model": {"widths": [4, 8], "pool": 1},
             "method": {"name": method, "proj_hidden": 16, "proj_dim": 8},
             "train": t,
             "eval": {"linear_max_iter": 20, "embedding_plot": "none", "transfer": False, "knn_k_grid": [5]}}
 
 
-def ft_cfg(root, out, name, loss, train=None, **f):
+def ft_cfg(root, out, name, loss, train=None, adversary=None, **f):
+    """A tiny fine-tuning config; ``adversary``: its ``robustness.finetune`` section (e.g. ``{"mode": "pgd"}``)."""
     fin = {"loss": loss, "noise": "symmetric", "noise_rate": 0.3, "sat_start_epoch": 1, "eval_samples": 64}
     fin.update(f)
+    robustness = {"robustness": {"finetune": adversary}} if adversary else {}
     # npz_data's classes are "blob left" / "blob right": no flips (they swap the classes) and a 2 x 2 pooled map
     # (global pooling hides the side), else the classifier cannot beat the majority class (0.5625 on test)
-    return {"name": name, "output_dir": str(out), "data": {"source": "npz", "root": str(root), "val_fraction": 0.2},
+    return {**robustness, "name": name, "output_dir": str(out),
+            "data": {"source": "npz", "root": str(root), "val_fraction": 0.2},
             "model": {"widths": [4, 8], "pool": 2}, "augment": {"flip_p": 0.0},
             "train": {"epochs": 3, "batch_size": 16, "checkpoint_every_steps": 4, "warmup_epochs": 0.1,
                       "monitor_every_epochs": 1.0, "lr": 0.1, **(train or {})},

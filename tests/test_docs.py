@@ -107,7 +107,7 @@ def test_reference_rows_match_the_models_by_hand():
     assert rows["model.widths"][:3] == ["list of int", "`[32, 64, 128]`", "at least 1 item(s); each > 0"]
     assert rows["sequence.kinds"][2] == ("at least 1 item(s); each one of `instance`, `random_class`, "
                                          "`distant_class`, `domain`, `far_domain`")
-    assert rows["finetune.trades_beta"][3] == r"trades: beta, weight of KL(f(x) \|\| f(x_adv))"
+    assert rows["robustness.finetune.trades_beta"][3] == r"trades: beta, weight of KL(f(x) \|\| f(x_adv))"
     assert rows["method.moco.queue_size"][:2] == ["int", "`4096`"]
     assert rows["method.sat.alpha"][:3] == ["float", "`0.9`", "≥ 0; < 1"]
     assert rows["method.vicreg.sim_coeff"][:2] == ["float", "`25`"]

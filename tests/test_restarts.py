@@ -141,7 +141,7 @@ def test_joint_keeps_its_retained_bytes_across_a_restart(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ adversarial
 def test_self_supervised_adversarial_training_resumes_exactly(npz_data, tmp_path):  # noqa: F811
-    kw = dict(max_steps=6, checkpoint_every_steps=2, adversarial="instance", adv_steps=2)
+    kw = dict(max_steps=6, checkpoint_every_steps=2, adversary={"mode": "instance", "steps": 2})
     full = pretrain(tiny_cfg(npz_data, tmp_path, "full", **kw), progress=False, evaluate=False)
     cfg = tiny_cfg(npz_data, tmp_path, "crash", **kw)
     with pytest.raises(Crash):
@@ -152,7 +152,7 @@ def test_self_supervised_adversarial_training_resumes_exactly(npz_data, tmp_path
 
 @pytest.mark.parametrize("kind", ["pgd", "trades"])
 def test_supervised_adversarial_training_resumes_exactly(npz_data, tmp_path, kind):  # noqa: F811
-    f = dict(noise="none", adversarial=kind, adv_steps=2)
+    f = dict(noise="none", adversary={"mode": kind, "steps": 2})
     full = finetune(ft_cfg(npz_data, tmp_path, "full", "ce", **f), progress=False)
     cfg = ft_cfg(npz_data, tmp_path, "crash", "ce", **f)
     with pytest.raises(Crash):
@@ -167,7 +167,7 @@ def test_supervised_adversarial_training_resumes_exactly(npz_data, tmp_path, kin
 def test_adversarial_generators_live_on_the_configured_device(npz_data, tmp_path):  # noqa: F811
     """The generator of every random start is created on the device the config names (the images' device): on
     CUDA a CPU generator fails inside torch.rand(..., device=cuda). Same code path as training."""
-    cfg = load_config(tiny_cfg(npz_data, tmp_path, "dev", adversarial="instance", device="cpu"))
+    cfg = load_config(tiny_cfg(npz_data, tmp_path, "dev", adversary={"mode": "instance"}, device="cpu"))
     device = torch.device(cfg.train.device)
     ssl = adversarial_ssl(cfg, device)
     assert isinstance(ssl, AdversarialSSL) and ssl.gen.device.type == device.type
@@ -178,10 +178,10 @@ def test_adversarial_generators_live_on_the_configured_device(npz_data, tmp_path
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_adversarial_pretraining_and_finetuning_on_cuda(npz_data, tmp_path):  # noqa: F811
-    r = pretrain(tiny_cfg(npz_data, tmp_path, "gpu", max_steps=3, adversarial="instance", adv_steps=2, device="cuda"),
-                 progress=False, evaluate=False)
+    r = pretrain(tiny_cfg(npz_data, tmp_path, "gpu", max_steps=3, adversary={"mode": "instance", "steps": 2},
+                          device="cuda"), progress=False, evaluate=False)
     assert r.steps == 3
-    cfg = ft_cfg(npz_data, tmp_path, "gpu-ft", "ce", noise="none", adversarial="trades", adv_steps=2)
+    cfg = ft_cfg(npz_data, tmp_path, "gpu-ft", "ce", noise="none", adversary={"mode": "trades", "steps": 2})
     cfg["train"]["device"] = "cuda"
     assert "test_acc_last" in finetune(cfg, progress=False)
 

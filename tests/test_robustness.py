@@ -235,13 +235,13 @@ def test_self_supervised_adversarial_training_runs_and_rejects_impure_methods(np
     pen = AdversarialSSL("instance", eps=0.2, steps=3, device=views[0].device, weight=1.0).penalty(m, views)
     assert float(pen.detach()) > clean  # the attack raised the SSL loss of the pair
     for kind in ("instance", "mi"):
-        r = pretrain(tiny_cfg(npz_data, tmp_path, f"adv-{kind}", max_steps=4, adversarial=kind, adv_steps=2),
+        r = pretrain(tiny_cfg(npz_data, tmp_path, f"adv-{kind}", max_steps=4, adversary={"mode": kind, "steps": 2}),
                      progress=False, evaluate=False)
         rows = [json.loads(ln) for ln in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
         assert any("penalty" in row and row["penalty"] > 0 for row in rows)
     with pytest.raises(TrainingError, match="updates state"):
-        pretrain(tiny_cfg(npz_data, tmp_path, "adv-moco", method="moco", max_steps=2, adversarial="instance"),
-                 progress=False, evaluate=False)
+        pretrain(tiny_cfg(npz_data, tmp_path, "adv-moco", method="moco", max_steps=2,
+                          adversary={"mode": "instance"}), progress=False, evaluate=False)
 
 
 def test_finetune_with_pgd_and_trades(npz_data, tmp_path):  # noqa: F811
@@ -251,7 +251,7 @@ def test_finetune_with_pgd_and_trades(npz_data, tmp_path):  # noqa: F811
 
     for kind in ("pgd", "trades"):
         res = finetune(ft_cfg(npz_data, tmp_path, f"at-{kind}", "ce", {"batch_size": 32, "lr": 0.2}, noise="none",
-                              adversarial=kind, adv_steps=2), progress=False)
+                              adversary={"mode": kind, "steps": 2}), progress=False)
         assert res["test_acc_last"] >= 0.95, (kind, res["epochs"])  # still learns the task on attacked images
     run_dir = next(d for d in tmp_path.iterdir() if d.name.startswith("at-pgd"))  # attack the fine-tuned network
     out = run("attack", str(run_dir), "--classifier", "finetuned", "--attack", "fgsm", "--eps", "0.1", "--n", "16")

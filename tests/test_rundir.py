@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import selfsup
 from selfsup.config import load_config
@@ -23,7 +24,9 @@ from selfsup.rundir import (RunDir, read_backbone_record, read_eval, read_export
                             read_train_summary, write_backbone_record, write_eval, write_export_record,
                             write_finetune_record, write_manifest, write_report_record, write_stream_record,
                             write_study_record, write_train_summary)
+from selfsup.robustness.robustness_schema import RobustnessConfig
 from selfsup.takeaways.compare import run_row
+from selfsup.train.run_policy import write_config
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -52,6 +55,23 @@ def test_old_run_directory_reads_through_rundir(old_run):
     info = read_backbone_record(old_run)
     assert info == backbone_info(old_run.path)
     assert (info["backbone"], info["in_channels"], info["image_size"]) == ("cnn", 1, 28)
+
+
+def test_old_run_config_with_moved_keys_resumes_unchanged(old_run):
+    """run_v1's config.yaml holds adversarial training under its old keys (train.adversarial, finetune.adv_eps, ...):
+    they load into the robustness section, and --resume's config comparison sees the same config written with the
+    new keys as unchanged (a changed value is still refused)."""
+    raw = yaml.safe_load(old_run.config.read_text())
+    assert raw["train"]["adversarial"] == "none" and raw["finetune"]["trades_beta"] == 6.0 and "robustness" not in raw
+    assert load_config(old_run.config).robustness == RobustnessConfig()
+    for sec in ("train", "finetune"):
+        for key in ("adversarial", "adv_eps", "adv_steps", "adv_weight", "trades_beta"):
+            raw[sec].pop(key, None)
+    raw["robustness"] = RobustnessConfig().model_dump()
+    with pytest.raises(TrainingError, match=r"robustness\.pretrain\.mode: 'none' -> 'mi'"):
+        write_config(old_run.path, load_config(raw | {"robustness": {"pretrain": {"mode": "mi"}}}), continuing=True)
+    write_config(old_run.path, load_config(raw), continuing=True)
+    assert yaml.safe_load(old_run.config.read_text())["robustness"] == raw["robustness"]
 
 
 def test_old_run_backbone_loads(old_run):

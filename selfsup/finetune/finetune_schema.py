@@ -37,8 +37,3 @@ class FinetuneConfig(Strict):
     coverages: list[float] = Field(default_factory=lambda: [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7],
                                    description="sat_selective: coverages of the selective-risk table "
                                                "(thresholds chosen on the validation split)")
-    adversarial: Literal["none", "pgd", "trades"] = Field("none", description="adversarial training: pgd (train "
-                                                          "on PGD examples) or trades (CE + beta x KL)")
-    adv_eps: float = Field(0.1, gt=0, le=1, description="L-inf radius for images in [0, 1]")
-    adv_steps: int = Field(10, gt=0, description="PGD steps per training batch")
-    trades_beta: float = Field(6.0, ge=0, description="trades: beta, weight of KL(f(x) || f(x_adv))")

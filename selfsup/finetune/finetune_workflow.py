@@ -13,7 +13,7 @@ from .selective import aurc, risk_coverage, selective_table
 from ..models import backbone_from_config, load_backbone
 from .finetune_report import plot_curves, plot_risk_coverage
 from ..report.html import write_html_report
-from ..robustness.adversarial_training import SupervisedAdversary
+from ..robustness.adversarial_training import supervised_adversary
 from ..models.classifier import Classifier
 from ..rundir import RunDir, read_metrics, write_finetune_record
 from .classifier_training import EpochMonitor, noisy_labels
@@ -49,8 +49,7 @@ def finetune(config, overrides: list[str] | None = None, resume: bool = False, p
         backbone = backbone_from_config(cfg.model, train.channels, train.images.shape[-1])
     objective = build_objective(f.loss, fit_ds.labels, num_classes, f)
     steps_per_epoch, total_steps = plan_steps(len(fit_ds), cfg.train)
-    adversary = (SupervisedAdversary(f.adversarial, f.adv_eps, f.adv_steps, f.trades_beta, cfg.seed, device)
-                 if f.adversarial != "none" else None)
+    adversary = supervised_adversary(cfg, device)
     model = Classifier(backbone, num_classes, objective, total_steps / steps_per_epoch, f.freeze_backbone,
                        adversary).to(device)
     t0 = time.perf_counter()

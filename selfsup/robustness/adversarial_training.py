@@ -5,9 +5,10 @@ size α on an arbitrary loss of the input, projected back onto the ε-ball aroun
 cross-checked against torchattacks' PGD on the same model in tests/test_robustness.py (evaluation always uses the
 libraries).
 
-- Supervised (``finetune.adversarial``): ``pgd`` — train on PGD adversarial examples of the classifier's CE;
-  ``trades`` — CE(f(x), y) + β·KL(f(x) ‖ f(x_adv)) with x_adv maximising that KL (Zhang et al. 2019).
-- Self-supervised (``train.adversarial``, :class:`AdversarialSSL`): ``instance`` — instance-wise PGD on the method's
+- Supervised (``robustness.finetune``, :class:`SupervisedAdversary`): ``pgd`` — train on PGD adversarial examples
+  of the classifier's CE; ``trades`` — CE(f(x), y) + β·KL(f(x) ‖ f(x_adv)) with x_adv maximising that KL (Zhang
+  et al. 2019).
+- Self-supervised (``robustness.pretrain``, :class:`AdversarialSSL`): ``instance`` — instance-wise PGD on the method's
   own SSL loss (the first view is perturbed to maximise the loss against the second; RoCL/ACL style), the encoder
   trained on the clean and the adversarial pair; ``mi`` — the perturbation minimises the agreement between the
   clean and adversarial representations of the same image, and training maximises it (InfoNCE between clean and
@@ -60,7 +61,7 @@ def pgd(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: f
 
 
 class SupervisedAdversary:
-    """Supervised adversarial training settings (``finetune.adversarial``) and the generator of its random starts,
+    """Supervised adversarial training settings (``robustness.finetune``) and the generator of its random starts,
     which lives on the training device and is checkpointed with the run."""
 
     def __init__(self, kind: str, eps: float, steps: int, beta: float, seed: int, device: torch.device):
@@ -135,12 +136,19 @@ class AdversarialSSL(Strategy):
 
 
 def adversarial_ssl(cfg, device: torch.device) -> AdversarialSSL | None:
-    """The ``train.adversarial`` plug-in of a config (None when off), its generator on ``device``."""
-    t = cfg.train
-    if t.adversarial == "none":
+    """The ``robustness.pretrain`` plug-in of a config (None when off), its generator on ``device``."""
+    p = cfg.robustness.pretrain
+    if p.mode == "none":
         return None
-    return AdversarialSSL(t.adversarial, t.adv_eps, t.adv_steps, device, t.adv_weight,
-                          seed=cfg.seed * 1009 + D.rank())
+    return AdversarialSSL(p.mode, p.eps, p.steps, device, p.weight, seed=cfg.seed * 1009 + D.rank())
+
+
+def supervised_adversary(cfg, device: torch.device) -> SupervisedAdversary | None:
+    """The ``robustness.finetune`` adversary of a config (None when off), its generator on ``device``."""
+    f = cfg.robustness.finetune
+    if f.mode == "none":
+        return None
+    return SupervisedAdversary(f.mode, f.eps, f.steps, f.trades_beta, cfg.seed, device)
 
 
 def _info_nce(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:

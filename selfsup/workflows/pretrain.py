@@ -41,10 +41,10 @@ def pretrain(config, overrides: list[str] | None = None, resume: bool = False, p
     _, val_idx = train_val_split(len(train_ds), cfg.data.val_fraction, cfg.seed, train_ds.labels)
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, train_ds.channels, len(train_ds), train_ds.images.shape[-1]).to(device)
-    if cfg.train.adversarial == "instance" and not method.pure_forward:
-        raise TrainingError(f"train.adversarial=instance attacks the SSL loss by calling the method repeatedly; "
-                            f"{cfg.method['name']} updates state in its forward (queue / targets): use "
-                            f"train.adversarial=mi, or another method")
+    if cfg.robustness.pretrain.mode == "instance" and not method.pure_forward:
+        raise TrainingError(f"robustness.pretrain.mode=instance attacks the SSL loss by calling the method "
+                            f"repeatedly; {cfg.method['name']} updates state in its forward (queue / targets): use "
+                            f"robustness.pretrain.mode=mi, or another method")
     monitor = [KnnMonitor(train_ds, val_idx, cfg, device)] if train_ds.labels is not None else []
     strategy = adversarial_ssl(cfg, device)
     cfg, budget = resolve_budget(cfg, run, method, train_ds, device, CalibrationPlan(  # train.time_budget → steps
