@@ -40,11 +40,7 @@ WRAP = 118
 """Prose lines of a generated section are wrapped to this width."""
 
 BENCHMARKS = ["throughput", "demo", "gpu", "peers", "methods", "streaming", "robustness", "noisy_labels",
-<<<<<<< HEAD
-              "knn_surrogate", "label_first", "semi_supervised", "memory", "folder_decoding"]
-=======
-              "knn_surrogate", "label_first", "semi_supervised", "memory", "hidden_colour"]
->>>>>>> i34hidden
+              "knn_surrogate", "label_first", "semi_supervised", "memory", "folder_decoding", "hidden_colour"]
 """Every benchmark, in the order of the summary table."""
 MODULES = {"peers": "peers.run"}
 """A benchmark whose module is not ``benchmarks.<name>``."""
