@@ -400,9 +400,10 @@ def verdict(rec: dict) -> str:
 
 def folder_intro(rec: dict) -> str:
     load = rec.get("timings", {}).get("load_average")
-    return (f"The README command on a {rec['small']['images']}-image and a {rec['images']}-image folder, and on the "
-            f"{rec['images']}-image folder with a truncated PNG added (its last error line shown); wall s: the whole "
-            "command, evaluation included" + (f", the host's 1/5/15-min load average at the end being "
+    also = (f", and on the {rec['images']}-image folder with a truncated PNG added (its last error line shown)"
+            if rec.get("broken") else "")
+    return (f"The README command on a {rec['small']['images']}-image and a {rec['images']}-image folder{also}; wall s: "
+            "the whole command, evaluation included" + (f", the host's 1/5/15-min load average at the end being "
                                               f"{'/'.join(f'{x:.1f}' for x in load)}" if load else "") + ":")
 
 
