@@ -40,8 +40,9 @@ MAX_LINE = 200
 WRAP = 118
 """Prose lines of a generated section are wrapped to this width."""
 
-BENCHMARKS = ["throughput", "demo", "gpu", "peers", "methods", "streaming", "robustness", "noisy_labels",
-              "knn_surrogate", "label_first", "semi_supervised", "memory", "folder_decoding"]
+BENCHMARKS = ["throughput", "demo", "eval_speed", "time_budget", "gpu", "peers", "methods", "streaming", "robustness",
+              "noisy_labels", "knn_surrogate", "label_first", "semi_supervised", "memory", "folder_decoding",
+              "million_vectors"]
 """Every benchmark, in the order of the summary table."""
 MODULES = {"peers": "peers.run"}
 """A benchmark whose module is not ``benchmarks.<name>``."""
