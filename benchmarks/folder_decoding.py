@@ -24,7 +24,6 @@ Every child process runs with PYTHONPATH and working directory set to the tree w
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -38,7 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from benchmarks import harness
-from benchmarks.harness import ROOT, md_table
+from benchmarks.harness import ROOT, md_table, old_tree
 from benchmarks.memory import make_folder
 
 OLD = "418339affd02ab894b3ef6864a7bbb356836c36d"  # b722ffc^: folder decoding before selfsup/data/image_reader.py
@@ -200,16 +199,6 @@ def pixel_difference(old: Path, new: Path, files: list[str], oriented: dict[str,
         d = np.abs(b[i].transpose(1, 2, 0).astype(np.int16) - x.astype(np.int16))
         per.append({"file": f, "mean": float(d.mean()), "max": int(d.max()), "exif": oriented.get(f)})
     return {"mean": float(np.mean([p["mean"] for p in per])), "max": max(p["max"] for p in per), "per_photo": per}
-
-
-@contextlib.contextmanager
-def old_tree(ref: str, where: Path):
-    """The code at ``ref`` in a temporary detached worktree (removed afterwards)."""
-    subprocess.run(["git", "worktree", "add", "--detach", str(where), ref], cwd=ROOT, check=True, capture_output=True)
-    try:
-        yield where
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=ROOT, check=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

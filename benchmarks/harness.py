@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -39,8 +40,9 @@ MAX_LINE = 200
 WRAP = 118
 """Prose lines of a generated section are wrapped to this width."""
 
-BENCHMARKS = ["throughput", "demo", "gpu", "peers", "methods", "streaming", "robustness", "noisy_labels",
-              "knn_surrogate", "label_first", "semi_supervised", "memory", "folder_decoding", "hidden_colour"]
+BENCHMARKS = ["throughput", "demo", "eval_speed", "time_budget", "gpu", "peers", "methods", "streaming", "robustness",
+              "noisy_labels", "knn_surrogate", "label_first", "semi_supervised", "memory", "folder_decoding",
+              "hidden_colour", "million_vectors"]
 """Every benchmark, in the order of the summary table."""
 MODULES = {"peers": "peers.run"}
 """A benchmark whose module is not ``benchmarks.<name>``."""
@@ -138,6 +140,17 @@ def git_rev() -> str:
     """The commit a benchmark's numbers come from: HEAD when the process started (a record written at the end of a
     long run must not name a commit made while it ran)."""
     return _STARTED_AT
+
+
+@contextlib.contextmanager
+def old_tree(ref: str, where: Path):
+    """The code at ``ref`` in a temporary detached git worktree at ``where`` (removed afterwards): the "before" side
+    of a benchmark that compares two trees in one invocation."""
+    subprocess.run(["git", "worktree", "add", "--detach", str(where), ref], cwd=ROOT, check=True, capture_output=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=ROOT, check=False)
 
 
 def file_hash(path: Path) -> str:
