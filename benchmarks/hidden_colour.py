@@ -438,7 +438,7 @@ def summary(rec: dict) -> list[dict]:
     leak = compare(runs["leak-correlated"], runs["leak-shuffled"], "knn_raw", n_test)
     if enc is None or leak is None:
         return []
-    return [harness.summary_row("hidden colour under transparency: kNN, class-correlated − shuffled colour",
+    return [harness.summary_row("hidden colour: kNN, class-correlated − shuffled",
                                 f"encoder {100 * enc['diff']:+.2f} pp (2σ {200 * enc['sigma']:.2f})",
                                 f"leak control, raw pixels {100 * leak['diff']:+.2f} pp",
                                 "within noise" if enc["within_noise"] else "outside noise", rec, "hidden_colour")]
