@@ -27,7 +27,6 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -182,7 +181,7 @@ def calibrate(method: SSLMethod, train_ds: ImageDataset, cfg: "Config", device: 
         watch = _Stopwatch(budget, time.perf_counter())
         try:
             fit(twin, train_ds, calib_cfg, device, FitPlan(
-                Path(tmp) / "checkpoints", Path(tmp) / "metrics.jsonl", total_steps=WARMUP + MAX_TIMED,
+                RunDir(tmp).checkpoints, RunDir(tmp).metrics, total_steps=WARMUP + MAX_TIMED,
                 seed=plan.seed, strategy=strategy, callbacks=[watch], progress=False, label="calibration",
                 index_offset=plan.index_offset, batches=batches))
         except _Enough:
