@@ -225,17 +225,18 @@ def sections(rec: dict) -> dict:
 def summary(rec: dict) -> list[dict]:
     if not rec:
         return []
-    a, rows = rec["args"], []
-    for task, claim, recall in (("knn", "top-10 of every vector", "recall@10"), ("pairs", "duplicate pairs", "recall")):
-        c = comparison(rec["results"], task)
-        if c:
-            rows.append(harness.summary_row(
-                f"{claim}, {a['n']:,} × {a['dim']}-d (faiss IVF vs exact)",
-                f"{c['approx_s']:.0f} s, {c['approx_mb']:.0f} MB, {recall} {c['recall']:.3f}",
-                f"exact {c['exact_s']:.0f} s{'*' if c['extrapolated'] else ''}, {c['exact_mb']:.0f} MB",
-                f"{c['speedup']:.1f}× faster" if c["speedup"] >= 1 else f"{1 / c['speedup']:.1f}× slower", rec,
-                "million_vectors"))
-    return rows
+    a = rec["args"]
+    cs = [(name, c) for name, c in (("top-10", comparison(rec["results"], "knn")),
+                                    ("pairs", comparison(rec["results"], "pairs"))) if c]
+    if not cs:
+        return []
+    return [harness.summary_row(
+        f"{a['n']:,} × {a['dim']}-d, {' / '.join(n for n, _ in cs)}: faiss IVF vs exact",
+        " / ".join(f"{c['approx_s']:.0f} s" for _, c in cs) + ", recall " + " / ".join(f"{c['recall']:.3f}"
+                                                                                      for _, c in cs),
+        "exact " + " / ".join(f"{c['exact_s']:.0f} s{'*' if c['extrapolated'] else ''}" for _, c in cs),
+        " / ".join(f"{c['speedup']:.1f}× faster" if c["speedup"] >= 1 else f"{1 / c['speedup']:.1f}× slower"
+                   for _, c in cs), rec, "million_vectors")]
 
 
 BENCH = harness.Benchmark("million_vectors", sections, results=RESULTS, run=run, add_arguments=add_arguments,
