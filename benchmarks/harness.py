@@ -494,8 +494,8 @@ def summary_section(benches: list[Benchmark], md: str) -> str:
             link = f"[{r['section']}]" if title else r["section"]
             rows.append([r["claim"], r["selfsup"], r["other"], r["margin"], r["host"], r["commit"], link])
     return "\n".join(["## Summary", "",
-                      "Each row's figures come from its section's record; ± is the std over seeds where the "
-                      "record has seeds, and a row without it is one run.", "", md_table(SUMMARY_HEADER, rows), "",
+                      "Figures from each section's record; ± is the std over seeds (a row without it: one run).",
+                      "", md_table(SUMMARY_HEADER, rows), "",
                       *links.values()])
 
 

@@ -170,9 +170,9 @@ def summary(rec: dict) -> list[dict]:
     at = min({r["budget_seconds"] for r in ok}, key=lambda s: abs(s - target))  # the 5m budget, or the nearest
     rows = [r for r in ok if r["budget_seconds"] == at]
     return [harness.summary_row(
-        f"seconds used of a {rows[0]['budget']} time budget (1 run per recipe)",
+        f"{rows[0]['budget']} time budget: seconds used (1 run each)",
         ", ".join(f"{r['recipe']} {r['used_seconds']:.0f} s" for r in rows), f"budget {at:.0f} s",
-        ", ".join(f"{r['error_pct']:+.1f} %" for r in rows) + f" (target ±{TARGET_PCT:g} % of {TARGET_BUDGET})",
+        ", ".join(f"{r['error_pct']:+.1f} %" for r in rows) + f" (target ±{TARGET_PCT:g} %)",
         rec, "time_budget")]
 
 

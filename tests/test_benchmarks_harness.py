@@ -134,7 +134,7 @@ def test_benchmarks_have_no_sys_path_edits_and_run_as_modules():
         assert (ROOT / "benchmarks" / f"{name}.py").exists() or (ROOT / "benchmarks" / name / "__main__.py").exists()
 
 
-NOT_YET_MEASURED = {"time_budget"}  # written, first full run to come
+NOT_YET_MEASURED: set[str] = set()  # written, first full run to come
 
 
 @pytest.mark.parametrize("bench", harness.load_benchmarks(), ids=lambda b: b.name)

@@ -105,7 +105,7 @@ def test_time_budget_precision_and_recipes_are_computed_from_the_rows():
     assert "10m demo: too short" in text
     row = tb.summary(rec)[0]
     assert row["selfsup"] == "default 290 s, demo 316 s" and row["other"] == "budget 300 s"
-    assert row["margin"] == "-3.3 %, +5.3 % (target ±5 % of 5m)"
+    assert row["margin"] == "-3.3 %, +5.3 % (target ±5 %)"
     smoke = {**HOST, "subset": 2000, "rows": [_budget_row("2m", "demo", 119.0, 0.5)]}
     assert "was not measured here" in tb.sections(smoke)["time_budget"]
     assert tb.summary(smoke)[0]["other"] == "budget 120 s"  # the budget nearest 5 minutes
@@ -128,12 +128,12 @@ def test_million_vectors_compares_exact_and_ivf_from_the_record():
     assert "the IVF index 80.0 s against exact 4000.0 s (extrapolated), 50.0× faster" in text
     assert "recall@10 0.9712" in text and "pair recall 0.9900" in text and "extrapolated from 1,000 queries" in text
     rows = mv.summary(rec)  # one row: top-10 / pairs
-    assert [r["margin"] for r in rows] == ["50.0× faster / 20.0× faster"]
+    assert [r["margin"] for r in rows] == ["50.0× / 20.0× faster"]
     assert rows[0]["other"] == "exact 4000 s* / 2000 s*" and rows[0]["selfsup"] == "80 s / 100 s, recall 0.971 / 0.990"
     res["knn-approx"]["wall_s"] = 8000.0
-    assert mv.summary(rec)[0]["margin"] == "2.0× slower / 20.0× faster"
+    assert mv.summary(rec)[0]["margin"] == "2.0× slower / 20.0×"
     del res["pairs-exact"]
-    assert mv.summary(rec)[0]["claim"].endswith("top-10: faiss IVF vs exact")
+    assert mv.summary(rec)[0]["claim"].endswith("top-10: IVF vs exact")
     assert "Near-duplicate pairs" not in mv.sections(rec)["million_vectors"]
 
 
