@@ -44,8 +44,9 @@ RESULTS = harness.RESULTS_DIR / "methods.json"
 HEADER = ["config", "backbone", "epochs", "steps", "img/s", "pre-train min at that img/s", "kNN %", "linear %",
           "1 % labels linear %", "10 % labels linear %", "5-way 5-shot %", "digits linear %", "RankMe", "host"]
 LINEAR = HEADER.index("linear %")
-VARIANTS = ["dino_vit", "moco_v3_vit"]
-"""Configs beyond one per method: the ViT backbone for the methods the issue runs on it (MAE's own config is ViT)."""
+VARIANTS = ["dino_vit", "moco_v3_vit", "dinov2", "pmsn"]
+"""Configs beyond one per method: the ViT backbone for the methods the issue runs on it (MAE's, iBOT's, I-JEPA's
+and MSN's own configs are ViT), DINOv2's recipe (DINO + iBOT patch loss + KoLeo) and MSN with PMSN's prior."""
 
 
 def pct(x) -> str:
@@ -285,8 +286,12 @@ def run(args, rec: dict, path: Path) -> dict:
     cal = calibrate(sorted({j[0] for j in jobs}, key=names.index), args, out)
     jobs = [(m, run_name, ov(m, cal[m]), table) for m, run_name, ov, table in jobs]
     jobs.sort(key=lambda j: job_minutes(j[0], j[2], cal[j[0]], args.set))  # cheapest first: a stopped
+    raw_measured = False
     for m, run_name, overrides, table in jobs:                                # invocation keeps the most rows
-        baselines = [] if rec.get("raw") else ["eval.baselines=true"]  # raw pixels: measured once per results file
+        # raw pixels: measured again in every invocation (with its first run), so the table's baseline shares its
+        # host and commit
+        baselines = [] if raw_measured else ["eval.baselines=true"]
+        raw_measured = True
         r = run_method(m, run_name, out, [*overrides, *args.set, "eval.baselines=false", *baselines])
         row = row_from_run(m, r.run_dir, cal[m])
         rec["raw"] = row.pop("raw") or rec.get("raw")
