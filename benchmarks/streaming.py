@@ -1,22 +1,19 @@
 """The streaming study (issue: streaming pre-training) on Fashion-MNIST: every configured sequence × strategy, same
-method and steps per chunk, evaluated after every chunk.
+method and steps per chunk, evaluated after every chunk, with seeds.
 
-    python -m benchmarks.streaming [--kinds instance,random_class] [--set key=value ...]
-    python -m benchmarks.streaming --report-only     # rewrite the sections from the stored results, run nothing
-    python -m benchmarks.streaming --budgets 1,4,16 --seeds 3 --kinds domain,distant_class,far_domain
-                                                     # the budget sweep (section "streaming-sweep")
+    python -m benchmarks.streaming [--budgets 1,4,16] [--seeds 3] [--kinds domain,distant_class,far_domain]
+    python -m benchmarks.streaming --report-only     # rewrite the section from the stored results, run nothing
 
-Runs ``selfsup sequence`` (configs/stream_fmnist.yaml), keeps the per-kind results in
-``benchmarks/results/streaming.json`` (so kinds can be run in separate invocations) and rewrites the "streaming"
-section of BENCHMARKS.md from it (the settings described come from the config and each record's overrides).
+Runs ``selfsup sequence --seeds N`` (configs/stream_fmnist.yaml). A one-seed table is not measured: its gaps are
+within the seeds' spread (an earlier one-seed table disagreed with this sweep at the same setting and seed).
 
-The budget sweep (``--budgets``) multiplies ``stream.chunk_steps`` by each budget and runs ``selfsup sequence
---seeds N`` per budget (run directory ``<out>/sweep_x<B>/``); each (kind, budget) is stored under the results'
-``"sweep"`` key (the other records are kept) and the "streaming-sweep" section is rewritten from all of them: mean ±
-std tables per budget, the joint − sequential gap only where it exceeds twice its std, the CKA to the previous
-chunk, and each strategy's extra storage and compute. ``--stop-cka 0.8`` skips the larger budgets of a sequence
-once sequential's encoder has moved that far (its lowest CKA to the previous chunk, mean over seeds, is below it).
-``--results`` / ``--markdown`` write elsewhere (smoke runs).
+The budget sweep (``--budgets``, default 1: today's budget) multiplies ``stream.chunk_steps`` by each budget and
+runs ``selfsup sequence --seeds N`` per budget (run directory ``<out>/sweep_x<B>/``); each (kind, budget) is stored
+under the results' ``"sweep"`` key (the other records are kept) and the "streaming-sweep" section is rewritten from
+all of them: mean ± std tables per budget, the joint − sequential gap only where it exceeds twice its std, the CKA
+to the previous chunk, and each strategy's extra storage and compute. ``--stop-cka 0.8`` skips the larger budgets of
+a sequence once sequential's encoder has moved that far (its lowest CKA to the previous chunk, mean over seeds, is
+below it). ``--results`` / ``--markdown`` write elsewhere (smoke runs).
 
 ``--merge A.json B.json ...`` joins sweep records run in parts (seeds or strategies on separate cores or machines,
 each with its own ``--results``) into ``--results``, seed by seed
@@ -33,7 +30,7 @@ from benchmarks import harness
 from benchmarks.harness import ROOT
 from selfsup.config import load_config
 from selfsup.streams.continual_metrics import mean_std
-from selfsup.streams.stream_report import GAP_NAMES, seeds_table, sequence_table
+from selfsup.streams.stream_report import GAP_NAMES, seeds_table
 from selfsup.streams.stream_workflow import sequence
 from selfsup.errors import SelfsupError
 from selfsup.streams.stream_workflow import aggregate_study, merge_studies
@@ -42,75 +39,9 @@ RESULTS = harness.RESULTS_DIR / "streaming.json"
 CONFIG = ROOT / "configs" / "stream_fmnist.yaml"
 
 
-def cost_lines(per_kind: dict, n_chunks: int) -> list[str]:
-    out = []
-    for kind, per in per_kind.items():
-        seq = per.get("sequential", {})
-        rep = per.get("replay", {})
-        if not seq or not rep:
-            continue
-        steps = rep["steps"]
-        # re-training jointly after every chunk: with the full budget each time (N x the stream's steps), or with
-        # a budget proportional to the data seen so far (1 + 2 + ... + N chunk budgets)
-        full_budget = n_chunks * steps
-        proportional = steps * (n_chunks + 1) / 2
-        out.append(f"- {kind}: sequential {seq['steps']} steps, replay {steps} steps; re-training jointly after each "
-                   f"of the {n_chunks} chunks costs {full_budget} steps at the same budget per re-training "
-                   f"(replay = {steps / full_budget:.2f} of it, 1/N = {1 / n_chunks:.2f}) or {proportional:.0f} steps "
-                   f"when each re-training's budget grows with the data seen ({steps / proportional:.2f}); extra "
-                   f"storage: replay {rep['retained_bytes'] / 1e6:.2f} MB (the buffer) vs joint "
-                   f"{per.get('joint', {}).get('retained_bytes', 0) / 1e6:.1f} MB (all data).")
-    return out
-
-
-def replay_share(per_kind: dict, buffer_size: int) -> str:
-    """The replay buffer as a share of all the images each stream delivered, from the stored retained bytes
-    (replay keeps the buffer, joint keeps everything)."""
-    parts = []
-    for kind, per in per_kind.items():
-        rep, joint = per.get("replay", {}).get("retained_bytes"), per.get("joint", {}).get("retained_bytes")
-        if rep and joint:
-            parts.append(f"{kind} {100 * rep / joint:.1f} % of {joint * buffer_size / rep:.0f}")
-    return "; ".join(parts)
-
-
 def _rel(path: str) -> str:
     p = Path(path).resolve()
     return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
-
-
-def streaming_section(stored: dict, config: str = str(CONFIG)) -> str | None:
-    """The "streaming" section from the stored records; the settings described are those of the first record's
-    config file and overrides (records without a "config" entry ran the default config)."""
-    if not stored:
-        return None
-    recs = list(stored.values())
-    src = recs[0].get("config") or _rel(config)
-    cfg = load_config(ROOT / src, recs[0].get("overrides", []))
-    results = {k: v["results"] for k, v in stored.items()}
-    n = cfg.sequence.chunks
-    share = replay_share(results, cfg.stream.buffer_size)
-    body = [f"## Streaming pre-training: Fashion-MNIST in {n} chunks, every strategy ({src})", "",
-            f"Method {cfg.method['name']} on a {cfg.model.backbone} (widths {cfg.model.widths}, "
-            f"{cfg.model.convs_per_stage} conv per stage), {cfg.stream.chunk_steps} steps of batch "
-            f"{cfg.train.batch_size} per chunk for every strategy (one warm-up + cosine schedule per chunk); joint = "
-            f"one run from scratch on all {n} chunks with the same total steps; replay buffer "
-            f"{cfg.stream.buffer_size} images" + (f" (of all the images each stream delivered: {share})" if share
-                                                  else "")
-            + f", {100 * cfg.stream.replay_fraction:.0f} % of each batch drawn from it; regularize = "
-            f"{cfg.stream.regularizer.upper()} with λ = {cfg.stream.reg_lambda}; distill = CaSSLe-style predictor to "
-            f"the frozen previous encoder. linear / kNN: probes on {cfg.stream.eval_train_samples} labelled training "
-            f"images, scored on {cfg.stream.eval_test_samples} test images (clean Fashion-MNIST); the per-task matrix "
-            f"R uses a probe per task (its classes, or its domain); digits = linear probe on sklearn digits. gap "
-            f"closed = (strategy − sequential) / (joint − sequential), linear probe.", ""]
-    differ = [k for k, r in stored.items() if r.get("overrides", []) != recs[0].get("overrides", [])]
-    if differ:
-        body[-1:-1] = [f"Settings above: the overrides of {next(iter(stored))}; {', '.join(differ)} ran with "
-                       "other overrides (their commands below)."]
-    body.append("Minutes of each command: " + ", ".join(f"{kind} {rec['wall_minutes_of_command']}"
-                                                           for kind, rec in stored.items()) + ".")
-    body += ["", sequence_table(results), "", "Cost:", *cost_lines(results, n)]
-    return "\n".join(body)
 
 
 SWEEP_KEY = "all_tasks_linear"  # the gap the sweep's conclusions are about: linear probe on every task
@@ -294,9 +225,8 @@ def sweep_section(sweep: dict, threshold: float = 0.8) -> str | None:
 
 
 def sections(stored: dict) -> dict:
-    five = {k: v for k, v in stored.items() if k != "sweep"}  # the budget sweep has its own section
     sweep = stored.get("sweep", {})
-    return {"streaming": (streaming_section(five), five), "streaming-sweep": (sweep_section(sweep), sweep)}
+    return {"streaming-sweep": (sweep_section(sweep), sweep)}
 
 
 def summary(stored: dict) -> list[dict]:
@@ -359,39 +289,18 @@ def merge(stored: dict, parts: list[dict]) -> dict:
 
 def add_arguments(ap) -> None:
     ap.add_argument("--config", default=str(CONFIG))
-    ap.add_argument("--kinds", default=None, help="sequences (default: instance,random_class,distant_class,domain; "
-                    "with --budgets: domain,distant_class,far_domain)")
+    ap.add_argument("--kinds", default="domain,distant_class,far_domain", help="sequences")
     ap.add_argument("--strategies", default="joint,sequential,replay,regularize,distill")
     ap.add_argument("--set", nargs="*", default=[])
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))
-    ap.add_argument("--budgets", default=None, help="the budget sweep: multipliers of stream.chunk_steps, e.g. "
-                    "1,4,16 (default kinds then: domain,distant_class,far_domain)")
-    ap.add_argument("--seeds", type=int, default=1, help="seeds per study (selfsup sequence --seeds)")
+    ap.add_argument("--budgets", default="1", help="multipliers of stream.chunk_steps, e.g. 1,4,16")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per study (selfsup sequence --seeds)")
     ap.add_argument("--stop-cka", type=float, default=None, help="sweep: no larger budget for a sequence once "
                     "sequential's lowest CKA to the previous chunk (mean over seeds) is below this, e.g. 0.8")
 
 
 def run(args, stored: dict, results_path: Path) -> dict:
-    if args.budgets:
-        if args.kinds is None:
-            args.kinds = "domain,distant_class,far_domain"
-        run_sweep(args, stored, results_path)
-        return stored
-    if args.seeds != 1:
-        raise SystemExit("--seeds N: with --budgets (the sweep's section reports mean ± std; use --budgets 1 for "
-                         "today's budget)")
-    if args.kinds is None:
-        args.kinds = "instance,random_class,distant_class,domain"
-    kinds, strategies = args.kinds.split(","), args.strategies.split(",")
-    ov = [f"sequence.kinds={json.dumps(kinds)}", f"sequence.strategies={json.dumps(strategies)}",
-          f"output_dir={args.out}", "name=streaming", *args.set]
-    t0 = time.perf_counter()
-    res = sequence(args.config, ov)
-    wall = time.perf_counter() - t0
-    for kind in kinds:
-        stored[kind] = {"results": res[kind], **harness.stamp(configs=[args.config]),
-                        "wall_minutes_of_command": round(wall / 60, 1), "overrides": args.set,
-                        "config": _rel(args.config)}
+    run_sweep(args, stored, results_path)
     return stored
 
 

@@ -23,6 +23,7 @@ from benchmarks import harness
 from benchmarks.harness import md_table
 from selfsup.augment import build_recipe
 from selfsup.models import SmallCNN
+from selfsup.train.setup import cpu_has_bf16
 from selfsup.workflows import pretrain
 
 PEER = ("Peer figures quoted from ../shared/reference/measured.md, not measured in this run (its first block: a "
@@ -111,8 +112,9 @@ def sections(rec: dict) -> dict:
         f"checkpoints excluded), {rec['steps']} steps per run, first steps included. Forward cost "
         f"{rec['forward_flops'] / 1e6:.1f} MFLOP/image; GFLOP/s = 3 × forward × 2 views × img/s; peak = "
         f"{peak:.0f} GFLOP/s, the highest fp32 matmul (2048×2048) throughput measured in this invocation (before "
-        f"each training run: {len(matmul)} measurements, {min(matmul):.0f}–{peak:.0f} GFLOP/s). The variants ran "
-        "one after the other, not interleaved.",
+        f"each training run: {len(matmul)} measurements, {min(matmul):.0f}–{peak:.0f} GFLOP/s). "
+        + ("The variants ran interleaved: each once in turn, then again." if rec.get("interleaved") else
+           "The variants ran one after the other, not interleaved."),
         "",
         md_table(["variant", "img/s (best)", "img/s (each run)", "GFLOP/s (best)", f"of {peak:.0f} GFLOP/s",
                   "matmul GFLOP/s before each run"] + (["1-min load before each run"] if load else []), rows),
@@ -140,20 +142,20 @@ def add_arguments(ap) -> None:
 def run(args, store: dict, results: Path) -> dict:
     flops = conv_flops(SmallCNN(1, (32, 64, 128)))
     variants = {"channels_last (default)": [], "NCHW": ["train.channels_last=false"]}
+    if cpu_has_bf16():  # bf16 autocast where this CPU computes it natively
+        variants["channels_last + bf16 autocast"] = ["train.amp=auto"]
     tmp = Path(tempfile.mkdtemp())
-    rec = {"steps": args.steps, "forward_flops": flops, "cpus": os.cpu_count(), "variants": []}
+    rec = {"steps": args.steps, "forward_flops": flops, "cpus": os.cpu_count(), "interleaved": True,
+           "variants": [{"name": name, "overrides": ov, "img_s": [], "matmul_gflops": [], "load_1min": []}
+                        for name, ov in variants.items()]}
     try:
-        for k, (name, ov) in enumerate(variants.items()):
-            peak_now, runs, load = [], [], []
-            for i in range(args.repeats):
-                load.append(os.getloadavg()[0])
-                peak_now.append(matmul_gflops())
-                runs.append(run_variant(f"v{k}_{i}", ov, args.steps, tmp)["img_s"])
-            rec["variants"].append({"name": name, "overrides": ov, "img_s": runs, "matmul_gflops": peak_now,
-                                    "load_1min": load})
-            gflops = 3 * flops * 2 * max(runs) / 1e9
-            print(f"{name:28s} best {max(runs):5.0f} img/s (runs {runs})  {gflops:6.1f} GFLOP/s; "
-                  f"matmul before each run {peak_now}", flush=True)
+        for i in range(args.repeats):  # interleaved: every variant once, then again, so a drift hits all alike
+            for k, v in enumerate(rec["variants"]):
+                v["load_1min"].append(os.getloadavg()[0])
+                v["matmul_gflops"].append(matmul_gflops())
+                v["img_s"].append(run_variant(f"v{k}_{i}", v["overrides"], args.steps, tmp)["img_s"])
+                print(f"repeat {i}: {v['name']:30s} {v['img_s'][-1]:5.0f} img/s; matmul before it "
+                      f"{v['matmul_gflops'][-1]:.0f} GFLOP/s", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     rec["augmentation_seconds"] = augmentation_share()

@@ -1,7 +1,10 @@
 """lightly's SimCLR pipeline, run inside the peer environment (benchmarks/peers/env.py makes it; no selfsup import).
 
 The pipeline is lightly 1.6's own, as its examples write it: a torch Dataset of PIL images (LightlyDataset for a
-folder), lightly's SimCLRTransform in DataLoader workers, SimCLRProjectionHead, NTXentLoss, SGD. The backbone is a
+folder), lightly's SimCLRTransform in DataLoader workers, SimCLRProjectionHead, NTXentLoss (or, with --loss dcl,
+lightly's DCLLoss), SGD. Options a plain PyTorch user has, for a level field with selfsup: channels_last, bf16
+autocast (--amp, on the CPU or a GPU), no weight decay on biases and norms (--no-decay-norm), a linear warm-up and
+cosine learning-rate schedule over the run's steps or, with --seconds, over its wall time. The backbone is a
 copy of selfsup's small CNN (same layers, same parameter count: the caller checks) or torchvision's ResNet-18 with
 the CIFAR stem (lightly's CIFAR examples). Prints one JSON line (and writes it to --out): steps, images, seconds of
 training wall time (data wait included, every step counted), img/s, parameter count; with --features-out, the
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import types
@@ -39,7 +43,7 @@ from torch import nn  # noqa: E402
 
 import lightly  # noqa: E402
 from lightly.data import LightlyDataset  # noqa: E402
-from lightly.loss import NTXentLoss  # noqa: E402
+from lightly.loss import DCLLoss, NTXentLoss  # noqa: E402
 from lightly.models.modules import SimCLRProjectionHead  # noqa: E402
 from lightly.transforms import SimCLRTransform  # noqa: E402
 
@@ -88,6 +92,24 @@ class ArrayDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), 0
 
 
+def lr_at(progress: float, base_lr: float, warmup: float) -> float:
+    """Linear warm-up over the first ``warmup`` of the run, then cosine decay to 0 (progress in [0, 1]): selfsup's
+    schedule (selfsup.train.optim.lr_at) as a function of the share of the run done."""
+    if progress < warmup:
+        return base_lr * max(progress, 1e-3) / warmup
+    t = (progress - warmup) / max(1e-9, 1 - warmup)
+    return base_lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_norm: bool) -> list[dict]:
+    """Weight decay on every parameter (lightly's examples), or not on biases and norms (decay_norm false)."""
+    if decay_norm:
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+    ps = list(model.parameters())
+    return [{"params": [p for p in ps if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in ps if p.ndim <= 1], "weight_decay": 0.0}]
+
+
 def features(backbone: nn.Module, images: np.ndarray, device: torch.device, batch: int = 512) -> np.ndarray:
     backbone.eval()
     out = []
@@ -115,11 +137,23 @@ def main():
     ap.add_argument("--steps", type=int, default=0, help="optimizer steps (0: no step limit)")
     ap.add_argument("--seconds", type=float, default=0.0, help="stop after this much training wall time")
     ap.add_argument("--lr", type=float, default=0.12)
+    ap.add_argument("--momentum", type=float, default=0.9)
+    ap.add_argument("--weight-decay", type=float, default=5e-4)
+    ap.add_argument("--no-decay-norm", action="store_true", help="no weight decay on biases and norm parameters")
+    ap.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                    help="cosine: linear warm-up then cosine decay over --steps, or over --seconds of wall time")
+    ap.add_argument("--warmup-fraction", type=float, default=0.0, help="share of the run spent warming up")
+    ap.add_argument("--loss", choices=["ntxent", "dcl"], default="ntxent")
+    ap.add_argument("--proj-hidden", type=int, default=512)
+    ap.add_argument("--proj-dim", type=int, default=128)
     ap.add_argument("--temperature", type=float, default=0.2)
     ap.add_argument("--min-scale", type=float, default=0.4)
+    ap.add_argument("--jitter", type=float, default=None,
+                    help="brightness and contrast jitter strength (grey input: no saturation or hue jitter); "
+                    "default: SimCLRTransform's own")
     ap.add_argument("--blur", type=float, default=0.0)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast (on the CPU or a GPU)")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
@@ -133,8 +167,10 @@ def main():
     torch.manual_seed(a.seed)
     device = torch.device(a.device)
     grey = a.in_ch == 1
+    jitter = {} if a.jitter is None else {"cj_strength": 1.0, "cj_bright": a.jitter, "cj_contrast": a.jitter,
+                                          "cj_sat": 0.0 if grey else a.jitter, "cj_hue": 0.0 if grey else a.jitter / 4}
     transform = SimCLRTransform(input_size=a.size, min_scale=a.min_scale, gaussian_blur=a.blur, vf_prob=0.0,
-                                rr_prob=0.0, normalize=None, random_gray_scale=0.0 if grey else 0.2)
+                                rr_prob=0.0, normalize=None, random_gray_scale=0.0 if grey else 0.2, **jitter)
     if a.npy:
         ds = ArrayDataset(np.load(a.npy, mmap_mode="r"), transform)
     else:
@@ -144,12 +180,12 @@ def main():
                                          pin_memory=device.type == "cuda")
     backbone = (SmallCNN(a.in_ch, [int(w) for w in a.widths.split(",")], a.convs, a.pool) if a.arch == "cnn"
                 else resnet18_cifar(a.in_ch))
-    head = SimCLRProjectionHead(backbone.feat_dim, 512, 128)
+    head = SimCLRProjectionHead(backbone.feat_dim, a.proj_hidden, a.proj_dim)
     model = nn.Sequential(backbone, head).to(device)
     if a.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    crit = NTXentLoss(temperature=a.temperature)
-    opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=5e-4)
+    crit = DCLLoss(temperature=a.temperature) if a.loss == "dcl" else NTXentLoss(temperature=a.temperature)
+    opt = torch.optim.SGD(param_groups(model, a.weight_decay, not a.no_decay_norm), lr=a.lr, momentum=a.momentum)
     model.train()
     steps = images = 0
     t0 = time.perf_counter()
@@ -161,6 +197,10 @@ def main():
             if a.channels_last:
                 x0, x1 = x0.contiguous(memory_format=torch.channels_last), x1.contiguous(
                     memory_format=torch.channels_last)
+            if a.schedule == "cosine":
+                progress = (time.perf_counter() - t0) / a.seconds if a.seconds else steps / a.steps
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(progress, a.lr, a.warmup_fraction)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.amp):
                 loss = crit(model(x0), model(x1))
             opt.zero_grad(set_to_none=True)
