@@ -110,13 +110,13 @@ def sections(rec: dict) -> dict:
         "",
         f"The real training loop (data order, batched augmentation, forward, backward, SGD step; monitoring and "
         f"checkpoints excluded), {rec['steps']} steps per run, first steps included. Forward cost "
-        f"{rec['forward_flops'] / 1e6:.1f} MFLOP/image; GFLOP/s = 3 × forward × 2 views × img/s; peak = "
-        f"{peak:.0f} GFLOP/s, the highest fp32 matmul (2048×2048) throughput measured in this invocation (before "
+        f"{rec['forward_flops'] / 1e6:.1f} MFLOP/image; GFLOP/s = 3 × forward × 2 views × img/s; reference "
+        f"= {peak:.0f} GFLOP/s, the highest fp32 matmul (2048×2048) throughput measured in this invocation (before "
         f"each training run: {len(matmul)} measurements, {min(matmul):.0f}–{peak:.0f} GFLOP/s). "
         + ("The variants ran interleaved: each once in turn, then again." if rec.get("interleaved") else
            "The variants ran one after the other, not interleaved."),
         "",
-        md_table(["variant", "img/s (best)", "img/s (each run)", "GFLOP/s (best)", f"of {peak:.0f} GFLOP/s",
+        md_table(["variant", "img/s (best)", "img/s (each run)", "GFLOP/s (best)", f"vs the matmul's {peak:.0f} GFLOP/s",
                   "matmul GFLOP/s before each run"] + (["1-min load before each run"] if load else []), rows),
         "",
         spread(rec, all_runs, matmul, load),

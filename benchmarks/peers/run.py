@@ -270,13 +270,6 @@ def throughput_lines(t: dict) -> list[str]:
             ratios.append(["selfsup's best vs lightly as its examples run (labelled, not like for like)", "–",
                            f"{best / max(img['lightly_examples']):.2f}×"])
         lines += [md_table(["precision", "selfsup / lightly per seed, mean ± std", "best / best"], ratios), ""]
-        if ph.get("matmul_gflops"):
-            per_img = 3 * ph["forward_flops"] * 2 / 1e9  # backward ≈ 2 × forward, two views per image
-            peak = max(ph["matmul_gflops"])
-            lines += [f"Compute: selfsup's best fp32 run is {per_img * max(img['selfsup']):.0f} GFLOP/s (3 × forward "
-                      f"FLOPs × 2 views × img/s), {100 * per_img * max(img['selfsup']) / peak:.0f} % of the "
-                      f"{peak:.0f} GFLOP/s of a 2048² fp32 matmul measured before each seed's arms; lightly's best "
-                      f"fp32 run, {100 * per_img * max(img['lightly']) / peak:.0f} %.", ""]
     return lines
 
 
