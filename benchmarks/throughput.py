@@ -116,7 +116,7 @@ def sections(rec: dict) -> dict:
         + ("The variants ran interleaved: each once in turn, then again." if rec.get("interleaved") else
            "The variants ran one after the other, not interleaved."),
         "",
-        md_table(["variant", "img/s (best)", "img/s (each run)", "GFLOP/s (best)", f"vs the matmul's {peak:.0f} GFLOP/s",
+        md_table(["variant", "img/s (best)", "img/s (each run)", "GFLOP/s (best)", f"vs matmul {peak:.0f} GFLOP/s",
                   "matmul GFLOP/s before each run"] + (["1-min load before each run"] if load else []), rows),
         "",
         spread(rec, all_runs, matmul, load),
