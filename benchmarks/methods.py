@@ -42,7 +42,8 @@ from selfsup.workflows import pretrain
 
 RESULTS = harness.RESULTS_DIR / "methods.json"
 HEADER = ["config", "backbone", "epochs", "steps", "img/s", "pre-train min at that img/s", "kNN %", "linear %",
-          "1 % labels linear %", "10 % labels linear %", "5-way 5-shot %", "digits linear %", "RankMe", "host"]
+          "1 % labels linear %", "10 % labels linear %", "5-way 5-shot %", "digits linear %", "RankMe", "host",
+          "commit"]
 LINEAR = HEADER.index("linear %")
 VARIANTS = ["dino_vit", "moco_v3_vit", "dinov2", "pmsn"]
 """Configs beyond one per method: the ViT backbone for the methods the issue runs on it (MAE's, iBOT's, I-JEPA's
@@ -77,8 +78,8 @@ def row_from_run(name: str, d: Path, cal: dict) -> dict:
 
 
 def cells(row: dict) -> list[str]:
-    """A row's table cells: the stored ones and its host."""
-    return [*row["cells"], harness.short_host(row)]
+    """A row's table cells: the stored ones, its host and its commit."""
+    return [*row["cells"], harness.short_host(row), str(row.get("commit", "?"))]
 
 
 def calibration_reused(row: dict) -> bool | None:
