@@ -55,10 +55,11 @@ def _arms(values: dict[str, list[float]]) -> dict:
 def test_summary_compares_like_with_like_per_seed():
     store = {"throughput": _arms({"selfsup": [400, 420], "lightly": [200, 300], "selfsup_bf16": [900, 900],
                                   "lightly_bf16": [450, 600], "lightly_examples": [100, 100]})}
-    rows = {r["claim"].split(",")[2].strip(): r for r in peers.summary(store)}
-    # fp32 pairs 2.00 and 1.40: mean 1.70; best/best 420/300
-    assert rows["fp32 both"]["margin"].startswith("1.70 ± 0.42×") and "1.40×" in rows["fp32 both"]["margin"]
-    assert rows["bf16 both"]["margin"].startswith("1.75 ± 0.35×") and "1.50×" in rows["bf16 both"]["margin"]
+    (row,) = peers.summary(store)
+    # fp32 pairs 2.00 and 1.40: mean 1.70 ± 0.42; bf16 pairs 2.00 and 1.50: 1.75 ± 0.35
+    assert "fp32 / bf16 (2 seeds)" in row["claim"]
+    assert row["margin"] == "1.70 ± 0.42× / 1.75 ± 0.35×"
+    assert row["selfsup"] == "410 ± 14 / 900 ± 0 img/s" and row["other"] == "lightly 250 ± 71 / 525 ± 106"
     body = peers.sections(store)["peers"]
     # the labelled "as its examples run" row takes selfsup's best arm (bf16 900) against lightly NCHW fp32 (100)
     assert "9.00×" in body

@@ -307,13 +307,13 @@ def summary(store: dict) -> list[dict]:
     t = store.get("throughput")
     if t and "ram28" in t["phases"]:
         img = {arm: [r["img_s"] for r in runs] for arm, runs in t["phases"]["ram28"]["arms"].items()}
-        for prec, ours, theirs in PAIRS:
-            if ours in img:
-                per = [s / p for s, p in zip(img[ours], img[theirs])]
-                out.append(harness.summary_row(
-                    f"CPU img/s vs lightly, 28 px, {prec} both, level field ({len(per)} seeds)",
-                    f"{fmt(img[ours])} img/s", f"lightly {fmt(img[theirs])} img/s",
-                    f"{fmt(per, 2)}× (best/best {max(img[ours]) / max(img[theirs]):.2f}×)", t, "peers"))
+        pairs = [(prec, ours, theirs) for prec, ours, theirs in PAIRS if ours in img]
+        per = {prec: [s / p for s, p in zip(img[ours], img[theirs])] for prec, ours, theirs in pairs}
+        out.append(harness.summary_row(
+            f"CPU img/s vs lightly, level field, {' / '.join(p for p, _, _ in pairs)} ({len(t['seeds'])} seeds)",
+            " / ".join(fmt(img[ours]) for _, ours, _ in pairs) + " img/s",
+            "lightly " + " / ".join(fmt(img[theirs]) for _, _, theirs in pairs),
+            " / ".join(fmt(per[p], 2) + "×" for p, _, _ in pairs), t, "peers"))
     acc = store.get("accuracy")
     if acc and "lightly_dcl" in acc:
         d = [100 * (s["linear_test"] - p["linear_test"]) for s, p in zip(acc["selfsup"], acc["lightly_dcl"])]
