@@ -311,10 +311,10 @@ def sections(store: dict) -> dict:
 
 def summary(store: dict) -> list[dict]:
     out = []
-    if "suncet" in store:
+    runs = seed_runs(store["suncet"]) if "suncet" in store else {}
+    n = len(runs.get("simclr", []))
+    if n > 1:  # a one-seed reach has no spread to be judged against: no summary row
         p = store["suncet"]
-        runs = seed_runs(p)
-        n = len(runs["simclr"])
         s, u = (mean_curve(runs[k], "low_label_test") for k in ("simclr", "suncet"))
         final = s[-1]
         hit = reach(u, final[2], noise_margin(final[3], max(x[3] for x in u), n))

@@ -104,3 +104,17 @@ def test_suncet_that_never_reaches_is_said_plainly():
     suncet = [{"seed": 0, "steps": 100, "curve": _curve([0.80, 0.81, 0.82, 0.83, 0.84])}]
     text = semi.reach_sentence(semi.mean_curve(simclr, "linear_test"), semi.mean_curve(suncet, "linear_test"), 1)
     assert "does not reach it at any probe" in text and "does not hold" in text
+
+
+def test_suncet_summary_row_needs_a_spread():
+    def part(seeds: int) -> dict:
+        mk = [{"seed": i, "steps": 100, "step_seconds": 10.0, "train_seconds": 12.0,
+               "curve": _curve([0.80, 0.85, 0.885 + d, 0.89 + d, 0.90 + d])} for i, d in
+              enumerate((-0.01, 0.0, 0.01)[:seeds])]
+        return {"suncet": {"epochs": 1, "label_fraction": 0.1, "labelled_per_batch": 40, "commit": "abc",
+                           "machine": "m", "runs": {"simclr": mk, "suncet": mk}}}
+    assert semi.summary(part(1)) == []  # one seed: no spread, no headline
+    (row,) = semi.summary(part(3))
+    # SuNCEt's curve is SimCLR's here: both within noise of the final at 60 %, so the claim holds but cannot separate
+    assert row["selfsup"] == "60 % of the steps" and row["other"] == "SimCLR itself 60 %"
+    assert row["margin"] == "claim ≤ 60 %: holds, not separable"
