@@ -253,7 +253,8 @@ def throughput_lines(t: dict) -> list[str]:
              "seconds of whole training loop, so start-up, first steps, workers starting and selfsup's end-of-loop "
              "kNN monitor and checkpoint cancel on both sides. Arms interleaved, one seed at a time; mean ± std over "
              f"seeds {', '.join(map(str, t['seeds']))}. Same CNN ({t['params']} parameters on grey input, checked on "
-             "both sides), batch, data, threads and 2 workers.", ""]
+             "both sides), batch, data and threads; lightly's PIL transforms run in 2 DataLoader workers, selfsup "
+             "augments the batch tensor in the training process.", ""]
     for name, ph in t["phases"].items():
         img = {arm: [r["img_s"] for r in runs] for arm, runs in ph["arms"].items()}
         rows = [[ARMS[arm][3], ", ".join(f"{x:.0f}" for x in xs), fmt(xs), f"{max(xs):.0f}"]
