@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,6 @@ from benchmarks import harness
 from benchmarks.harness import ROOT, md_table
 from benchmarks.memory import make_folder
 from benchmarks.peers.env import ensure
-from benchmarks.throughput import conv_flops, matmul_gflops
 from selfsup.config import load_config
 from selfsup.data import fashion_mnist
 from selfsup.evaluate.suite import evaluate_run
@@ -132,12 +132,8 @@ def throughput(a, py: Path, tmp: Path) -> dict:
     for name in ["ram28", *(["folder96"] if a.folder else [])]:
         ov, peer_args, ch, (short, long) = phase_settings(name, a, tmp)
         want = params(SmallCNN(ch, tuple(CNN["widths"]), pool=CNN["pool"]))
-        size = 28 if name == "ram28" else 96
-        ph = rec["phases"][name] = {"steps": [short, long], "matmul_gflops": [], "arms": {k: [] for k in arms},
-                                    "forward_flops": conv_flops(SmallCNN(ch, tuple(CNN["widths"]), pool=CNN["pool"]),
-                                                                size, ch)}
+        ph = rec["phases"][name] = {"steps": [short, long], "arms": {k: [] for k in arms}}
         for seed in rec["seeds"]:
-            ph["matmul_gflops"].append(matmul_gflops())
             for arm in arms:
                 side, amp, cl, _ = ARMS[arm]
                 runs = []
@@ -216,7 +212,7 @@ def accuracy(a, py: Path, tmp: Path) -> dict:
 
 def run(args, store: dict, path: Path) -> dict:
     py = ensure()
-    tmp = Path(tempfile.mkdtemp())
+    tmp = Path(tempfile.mkdtemp())  # removed at the end; kept when a phase failed, to look at
     if not args.accuracy_only:
         t = throughput(args, py, tmp)
         store["throughput"] = {**t, **harness.stamp(seeds=t["seeds"]), "cpus": os.cpu_count()}
@@ -224,6 +220,7 @@ def run(args, store: dict, path: Path) -> dict:
     if args.accuracy or args.accuracy_only:
         acc = accuracy(args, py, tmp)
         store["accuracy"] = {**acc, **harness.stamp(configs=[DEMO], seeds=acc["seeds"])}
+    shutil.rmtree(tmp, ignore_errors=True)
     for old in ("ram28", "folder96", "command", "commit", "machine", "accuracy_command", "accuracy_commit",
                 "accuracy_machine", "params", "bf16_cpu", "lightly_version", "peer_torch", "cpus", "dependencies"):
         store.pop(old, None)  # the record of the unlevel version of this benchmark
