@@ -121,7 +121,8 @@ def command() -> str:
     """This process's command line, in its ``python -m benchmarks.<name>`` form."""
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
-    prog = f"-m {spec.name}" if spec and spec.name else os.path.relpath(sys.argv[0], ROOT)
+    name = spec and spec.name and spec.name.removesuffix(".__main__")  # `-m pkg` runs pkg.__main__
+    prog = f"-m {name}" if name else os.path.relpath(sys.argv[0], ROOT)
     return " ".join(["python", prog, *sys.argv[1:]])
 
 

@@ -27,6 +27,7 @@ second table ("wallclock" in the results file).
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import shutil
 import sys
@@ -126,13 +127,38 @@ def hosts_sentence(rows: list[dict]) -> str:
             "rows of one host (the host column).")
 
 
+def overrides(row: dict) -> list[str]:
+    """The ``--set`` overrides a row ran with on top of its config (stored, or read from its command)."""
+    if "overrides" in row:
+        return list(row["overrides"])
+    words = row.get("command", "").split()
+    if "--set" not in words:
+        return []
+    rest = words[words.index("--set") + 1:]
+    return list(itertools.takewhile(lambda w: not w.startswith("--"), rest))
+
+
+def overrides_sentence(rows: list[dict]) -> str:
+    """The overrides every row shares, or a warning that rows ran with different ones; empty when none has any."""
+    groups = sorted({" ".join(overrides(r)) for r in rows})
+    if groups == [""]:
+        return ""
+    if len(groups) == 1:
+        return f"Every row ran with `--set {groups[0]}` on top of its config."
+    named = "; ".join(f"`{g}`" if g else "none" for g in groups)
+    return (f"**The rows ran with {len(groups)} different sets of overrides** ({named}; each row's command names "
+            "its own).")
+
+
 def table_lines(rec: dict, title: str, header: list[str], notes: list[str]) -> list[str]:
     """One table (a title, its settings, the rows, computed sentences)."""
     names = ordered(rec)
     if not names:
         return [title, "", "No rows measured yet."]
     rows = [cells(rec["rows"][m]) for m in names]
-    body = [title, "", *notes, hosts_sentence([rec["rows"][m] for m in names]), "", md_table(header, rows)]
+    kept = [rec["rows"][m] for m in names]
+    said = [x for x in (hosts_sentence(kept), overrides_sentence(kept)) if x]
+    body = [title, "", *notes, *said, "", md_table(header, rows)]
     raw = rec.get("raw")
     if raw:
         body += ["", f"Raw pixels through the same code: kNN {100 * raw['knn_test']:.2f} %, "
@@ -313,7 +339,7 @@ def run(args, rec: dict, path: Path) -> dict:
         baselines = [] if raw_measured else ["eval.baselines=true"]
         raw_measured = True
         r = run_method(m, run_name, out, [*overrides, *args.set, "eval.baselines=false", *baselines])
-        row = row_from_run(m, r.run_dir, cal[m])
+        row = {**row_from_run(m, r.run_dir, cal[m]), "overrides": list(args.set)}
         rec["raw"] = row.pop("raw") or rec.get("raw")
         table["rows"][m] = row
         print(" | ".join(row["cells"]), flush=True)

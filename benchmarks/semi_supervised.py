@@ -184,9 +184,42 @@ def mean_curve(runs: list[dict], key: str) -> list[tuple[int, float, float, floa
     return [(st, share[st], *harness.mean_std(v)) for st, v in sorted(by_step.items())]
 
 
-def reach(curve: list[tuple], target: float, margin: float) -> tuple | None:
-    """The first probed point of a mean curve at least ``target`` less ``margin``."""
-    return next((p for p in curve if p[2] >= target - margin), None)
+def paired_gaps(simclr: list[dict], suncet: list[dict], key: str) -> list[tuple[int, float, float]]:
+    """(step, mean, std) over seeds of SuNCEt − SimCLR at each probed step, paired by seed (the two runs of a seed
+    share their batch composition and probe steps)."""
+    other = {r["seed"]: {x["step"]: x[key] for x in r["curve"]} for r in suncet}
+    by_step: dict[int, list[float]] = {}
+    for r in simclr:
+        for x in r["curve"]:
+            if x["step"] in other.get(r["seed"], {}):
+                by_step.setdefault(x["step"], []).append(other[r["seed"]][x["step"]] - x[key])
+    return [(st, *harness.mean_std(v)) for st, v in sorted(by_step.items())]
+
+
+def separable(gaps: list[tuple[int, float, float]], n: int) -> bool:
+    """Whether the paired gap is beyond two standard errors (either way) at any probe."""
+    return n > 1 and any(abs(m) > 2 * sd / n ** 0.5 for _, m, sd in gaps)
+
+
+def separation_sentence(gaps: list[tuple[int, float, float]], n: int) -> str:
+    """At how many probes the paired gap is beyond two standard errors, either way; none: said plainly."""
+    if n < 2 or not gaps:
+        return "One seed: the gap between the runs has no spread to be judged against."
+    se = [2 * sd / n ** 0.5 for _, _, sd in gaps]
+    ahead = sum(m - e > 0 for (_, m, _), e in zip(gaps, se))
+    behind = sum(m + e < 0 for (_, m, _), e in zip(gaps, se))
+    text = (f"Paired by seed, SuNCEt − SimCLR at equal steps runs from {100 * min(g[1] for g in gaps):+.2f} to "
+            f"{100 * max(g[1] for g in gaps):+.2f} points over the {len(gaps)} probes; beyond two standard errors "
+            f"SuNCEt is ahead at {ahead} and behind at {behind}")
+    if ahead == behind == 0:
+        return text + ": at this budget Fashion-MNIST cannot separate the two runs."
+    return text + "."
+
+
+def reach(curve: list[tuple], final: tuple, n: int) -> tuple | None:
+    """The first probed point of a mean curve within noise of ``final`` (a mean curve's point): its mean at least
+    ``final``'s less two standard errors of the difference, from that point's spread and ``final``'s."""
+    return next((p for p in curve if p[2] >= final[2] - noise_margin(final[3], p[3], n)), None)
 
 
 def noise_margin(a_std: float, b_std: float, n: int) -> float:
@@ -246,12 +279,18 @@ def suncet_lines(part: dict) -> list[str]:
                      f"SuNCEt {frac}-label %"], rows), "",
            "![accuracy vs steps](benchmarks/results/suncet_curves.png)", ""]
     for key, what in (("linear_test", "All-labels probe"), ("low_label_test", f"{frac}-label probe")):
-        out.append(f"- {what}: " + reach_sentence(curves[("simclr", key)], curves[("suncet", key)], n))
-    step_s = {name: harness.mean_std([r.get("step_seconds", r["train_seconds"]) for r in rs])[0]
+        out.append(f"- {what}: " + reach_sentence(curves[("simclr", key)], curves[("suncet", key)], n) + " "
+                   + separation_sentence(paired_gaps(runs["simclr"], runs["suncet"], key), n))
+    step_s = {name: harness.mean_std([r.get("step_seconds", r["train_seconds"]) for r in rs])
               for name, rs in runs.items()}
-    out.append(f"- Step time alone (probes excluded), mean over seeds: SimCLR+SuNCEt {step_s['suncet']:.0f} s, "
-               f"SimCLR {step_s['simclr']:.0f} s for the same {simclr[0]['steps']} steps of the same images; at "
-               f"equal time SuNCEt has {step_s['simclr'] / step_s['suncet']:.2f}× SimCLR's steps.")
+
+    def secs(name: str) -> str:
+        m, sd = step_s[name]
+        return f"{m:.0f} ± {sd:.0f} s" if n > 1 else f"{m:.0f} s"
+
+    out.append(f"- Step time alone (probes excluded){', mean ± std over seeds' if n > 1 else ''}: SimCLR+SuNCEt "
+               f"{secs('suncet')}, SimCLR {secs('simclr')} for the same {simclr[0]['steps']} steps of the same "
+               f"images; at equal time SuNCEt has {step_s['simclr'][0] / step_s['suncet'][0]:.2f}× SimCLR's steps.")
     return out
 
 
@@ -261,8 +300,7 @@ def reach_sentence(simclr: list[tuple], suncet: list[tuple], n: int) -> str:
     final = simclr[-1]
     total = final[0]
     noise = f"within two standard errors over {n} seeds" if n > 1 else "one seed, no spread measured"
-    hit_s = reach(suncet, final[2], noise_margin(final[3], max(p[3] for p in suncet), n))
-    own = reach(simclr, final[2], noise_margin(final[3], max(p[3] for p in simclr), n))
+    hit_s, own = reach(suncet, final, n), reach(simclr, final, n)
     head = f"SimCLR's final {100 * final[2]:.2f} % (step {total}); "
     if hit_s is None:
         return head + f"SimCLR+SuNCEt does not reach it at any probe ({noise}): the ≤ 60 % claim does not hold here."
@@ -282,7 +320,8 @@ def sections(store: dict) -> dict:
         p = store["suncet"]
         plot_suncet(p)
         body += [f"### SimCLR vs SimCLR+SuNCEt, {p['label_fraction']:.0%} labels", "",
-                 f"Both runs: configs/suncet_fmnist.yaml's backbone and schedule ({p['epochs']:g} epochs), "
+                 f"Both runs: configs/suncet_fmnist.yaml's backbone and schedule ({p['epochs']:g} "
+                 f"epoch{'' if p['epochs'] == 1 else 's'}), "
                  f"{p['labelled_per_batch']} class-balanced labelled images in each batch of the same size; SimCLR "
                  f"ignores their labels. Test accuracy of linear probes on the frozen encoder.", "",
                  *suncet_lines(p), ""]
@@ -317,13 +356,15 @@ def summary(store: dict) -> list[dict]:
         p = store["suncet"]
         s, u = (mean_curve(runs[k], "low_label_test") for k in ("simclr", "suncet"))
         final = s[-1]
-        hit = reach(u, final[2], noise_margin(final[3], max(x[3] for x in u), n))
-        own = reach(s, final[2], noise_margin(final[3], max(x[3] for x in s), n))
+        hit = reach(u, final, n)
+        own = reach(s, final, n)
+        gaps = paired_gaps(runs["simclr"], runs["suncet"], "low_label_test")
         out.append(harness.summary_row(
             f"SuNCEt: steps to SimCLR's final {p['label_fraction']:.0%}-label probe ({n} seed{'s' * (n > 1)})",
             "never" if hit is None else f"{100 * hit[1]:.0f} % of the steps", f"SimCLR itself {100 * own[1]:.0f} %",
             f"claim ≤ 60 %: {'holds' if hit and hit[1] <= CLAIM_SHARE + 1e-9 else 'does not hold'}"
-            + (", not separable" if own[1] <= CLAIM_SHARE + 1e-9 else ""), p, "semi-supervised"))
+            + (", not separable" if own[1] <= CLAIM_SHARE + 1e-9 or not separable(gaps, n) else ""), p,
+            "semi-supervised"))
     if "supcon" in store:
         p = store["supcon"]
         s, c = p["supcon"]["linear_test"], p["ce"]["test_acc_last"]

@@ -177,3 +177,15 @@ def test_benchmarks_md_is_readable():
     assert keys <= generated
     outside = re.sub(r"<!-- ([\w.-]+) -->.*?<!-- /\1 -->", "", text, flags=re.S)
     assert outside.strip() == harness.HEADER.strip()
+
+
+def test_the_command_of_a_package_run_with_dash_m_names_the_package(monkeypatch):
+    import importlib.machinery
+    import types
+    main = types.ModuleType("__main__")
+    main.__spec__ = importlib.machinery.ModuleSpec("benchmarks.peers.__main__", None)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.setattr(sys, "argv", ["/x/benchmarks/peers/__main__.py", "--seeds", "3"])
+    assert harness.command() == "python -m benchmarks.peers --seeds 3"
+    main.__spec__ = importlib.machinery.ModuleSpec("benchmarks.methods", None)
+    assert harness.command() == "python -m benchmarks.methods --seeds 3"

@@ -99,6 +99,36 @@ def test_suncet_reach_is_judged_against_the_seeds_spread():
     assert "step 60" in one and "no spread measured" in one
 
 
+def test_suncet_reach_uses_the_spread_at_that_probe_not_the_widest_one():
+    simclr = [{"seed": i, "steps": 100, "curve": _curve([0.80, 0.85, 0.88, 0.89, 0.90 + d])}
+              for i, d in enumerate((-0.01, 0.0, 0.01))]
+    # SuNCEt: 0.885 at 20 % with no spread across seeds, and a noisy 0.90 ± 0.03 at 40 %
+    suncet = [{"seed": i, "steps": 100, "curve": _curve([0.885, 0.90 + d, 0.90, 0.90, 0.90])}
+              for i, d in enumerate((-0.03, 0.0, 0.03))]
+    s, u = semi.mean_curve(simclr, "linear_test"), semi.mean_curve(suncet, "linear_test")
+    # at 20 % the margin is 2·sqrt((0.01² + 0²)/3) = 0.0115 and 0.885 < 0.90 − 0.0115; the widest spread (0.03)
+    # would have let it through (margin 0.0365)
+    assert semi.reach(u, s[-1], 3)[0] == 40
+    assert "reaches it at step 40 (40 %" in semi.reach_sentence(s, u, 3)
+
+
+def test_suncet_gap_is_paired_by_seed_and_judged_per_probe():
+    # seed-to-seed swings of ±0.02 that both runs share: unpaired they would hide a steady +0.01 gap
+    simclr = [{"seed": i, "steps": 100, "curve": _curve([0.80 + d, 0.85 + d, 0.88 + d, 0.89 + d, 0.90 + d])}
+              for i, d in enumerate((-0.02, 0.0, 0.02))]
+    suncet = [{"seed": i, "steps": 100, "curve": _curve([0.80 + d, 0.85 + d, 0.88 + d + e, 0.89 + d + e,
+                                                         0.90 + d])}
+              for i, (d, e) in enumerate(((-0.02, 0.009), (0.0, 0.010), (0.02, 0.011)))]
+    gaps = semi.paired_gaps(simclr, suncet, "linear_test")
+    assert [g[0] for g in gaps] == [20, 40, 60, 80, 100]
+    assert gaps[2][1] == pytest.approx(0.01) and gaps[2][2] == pytest.approx(0.001)
+    text = semi.separation_sentence(gaps, 3)
+    assert "ahead at 2 and behind at 0" in text and "cannot separate" not in text
+    same = semi.separation_sentence(semi.paired_gaps(simclr, simclr, "linear_test"), 3)
+    assert "ahead at 0 and behind at 0" in same and "cannot separate" in same
+    assert semi.separable(gaps, 3) and not semi.separable(semi.paired_gaps(simclr, simclr, "linear_test"), 3)
+
+
 def test_suncet_that_never_reaches_is_said_plainly():
     simclr = [{"seed": 0, "steps": 100, "curve": _curve([0.80, 0.85, 0.88, 0.89, 0.90])}]
     suncet = [{"seed": 0, "steps": 100, "curve": _curve([0.80, 0.81, 0.82, 0.83, 0.84])}]
