@@ -249,7 +249,9 @@ def plot_suncet(part: dict) -> None:
         ax.set_ylabel("test accuracy % (mean ± std over seeds)")
         ax.set_title(title)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Fashion-MNIST, {part['epochs']:g} epochs, {len(runs['simclr'])} seed(s), batch composition "
+    n = len(runs["simclr"])
+    fig.suptitle(f"Fashion-MNIST, {part['epochs']:g} epoch{'' if part['epochs'] == 1 else 's'}, {n} "
+                 f"seed{'' if n == 1 else 's'}, batch composition "
                  "identical for both runs")
     fig.tight_layout()
     fig.savefig(FIGURE, dpi=110)
