@@ -342,7 +342,8 @@ def sections(store: dict) -> dict:
         names = {"scratch": "from scratch", "simclr": "from the SimCLR encoder", "suncet": "from the SuNCEt encoder"}
         body += [f"### Fine-tuning with {p['label_fraction']:.0%} of the labels ({p['epochs']:g} epochs)", "",
                  "The whole network is trained with cross-entropy on the class-balanced labelled subset (the one "
-                 "SuNCEt saw).", "",
+                 "SuNCEt saw), one run each, starting from the first seed's SimCLR and SuNCEt encoders of the suncet "
+                 "part run before it.", "",
                  md_table(["initialisation", "test accuracy % (last epoch)", "at best val epoch %", "train min"],
                           [[names.get(n, n), f"{100 * r['test_acc_last']:.2f}",
                             f"{100 * r['test_acc_at_best_val']:.2f}", f"{r['train_seconds'] / 60:.1f}"]
