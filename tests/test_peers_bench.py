@@ -65,6 +65,16 @@ def test_summary_compares_like_with_like_per_seed():
     assert "9.00×" in body
 
 
+def test_the_folder_phase_gets_its_own_summary_row():
+    store = {"throughput": _arms({"selfsup": [400, 420], "lightly": [200, 300]})}
+    folder = _arms({"selfsup": [30, 40], "lightly": [40, 40]})["phases"]["ram28"]
+    store["throughput"]["phases"]["folder96"] = folder
+    ram, jpeg = peers.summary(store)
+    assert "level field" in ram["claim"] and "JPEG folder" in jpeg["claim"] and "fp32 (2 seeds)" in jpeg["claim"]
+    # folder pairs 0.75 and 1.00: mean 0.88 ± 0.18, from the folder's arms, not the 28 px ones
+    assert jpeg["margin"] == "0.88 ± 0.18×" and jpeg["selfsup"] == "35 ± 7 img/s"
+
+
 def test_accuracy_margin_is_paired_by_seed():
     acc = {"seeds": [0, 1, 2], "seconds": [100, 101, 99], "readout": 4, "commit": "abc", "machine": "m",
            "selfsup_steps": [900] * 3, "lightly_steps": [500] * 3,

@@ -303,12 +303,14 @@ def sections(store: dict) -> dict:
 def summary(store: dict) -> list[dict]:
     out = []
     t = store.get("throughput")
-    if t and "ram28" in t["phases"]:
-        img = {arm: [r["img_s"] for r in runs] for arm, runs in t["phases"]["ram28"]["arms"].items()}
+    for phase, what in (("ram28", "CPU img/s vs lightly, level field"), ("folder96", "same, 96 px JPEG folder")):
+        if not t or phase not in t["phases"]:
+            continue
+        img = {arm: [r["img_s"] for r in runs] for arm, runs in t["phases"][phase]["arms"].items()}
         pairs = [(prec, ours, theirs) for prec, ours, theirs in PAIRS if ours in img]
         per = {prec: [s / p for s, p in zip(img[ours], img[theirs])] for prec, ours, theirs in pairs}
         out.append(harness.summary_row(
-            f"CPU img/s vs lightly, level field, {' / '.join(p for p, _, _ in pairs)} ({len(t['seeds'])} seeds)",
+            f"{what}, {' / '.join(p for p, _, _ in pairs)} ({len(t['seeds'])} seeds)",
             " / ".join(fmt(img[ours]) for _, ours, _ in pairs) + " img/s",
             "lightly " + " / ".join(fmt(img[theirs]) for _, _, theirs in pairs),
             " / ".join(fmt(per[p], 2) + "×" for p, _, _ in pairs), t, "peers"))
