@@ -196,18 +196,25 @@ def paired_gaps(simclr: list[dict], suncet: list[dict], key: str) -> list[tuple[
     return [(st, *harness.mean_std(v)) for st, v in sorted(by_step.items())]
 
 
+def beyond_noise(gaps: list[tuple[int, float, float]], n: int) -> tuple[int, int]:
+    """(ahead, behind): the probes at which the paired gap is beyond two standard errors above / below zero."""
+    if n < 2:
+        return 0, 0
+    ahead = sum(m - 2 * sd / n ** 0.5 > 0 for _, m, sd in gaps)
+    behind = sum(m + 2 * sd / n ** 0.5 < 0 for _, m, sd in gaps)
+    return ahead, behind
+
+
 def separable(gaps: list[tuple[int, float, float]], n: int) -> bool:
     """Whether the paired gap is beyond two standard errors (either way) at any probe."""
-    return n > 1 and any(abs(m) > 2 * sd / n ** 0.5 for _, m, sd in gaps)
+    return sum(beyond_noise(gaps, n)) > 0
 
 
 def separation_sentence(gaps: list[tuple[int, float, float]], n: int) -> str:
     """At how many probes the paired gap is beyond two standard errors, either way; none: said plainly."""
     if n < 2 or not gaps:
         return "One seed: the gap between the runs has no spread to be judged against."
-    se = [2 * sd / n ** 0.5 for _, _, sd in gaps]
-    ahead = sum(m - e > 0 for (_, m, _), e in zip(gaps, se))
-    behind = sum(m + e < 0 for (_, m, _), e in zip(gaps, se))
+    ahead, behind = beyond_noise(gaps, n)
     text = (f"Paired by seed, SuNCEt − SimCLR at equal steps runs from {100 * min(g[1] for g in gaps):+.2f} to "
             f"{100 * max(g[1] for g in gaps):+.2f} points over the {len(gaps)} probes; beyond two standard errors "
             f"SuNCEt is ahead at {ahead} and behind at {behind}")
