@@ -127,7 +127,7 @@ def hosts_sentence(rows: list[dict]) -> str:
             "rows of one host (the host column).")
 
 
-def overrides(row: dict) -> list[str]:
+def row_overrides(row: dict) -> list[str]:
     """The ``--set`` overrides a row ran with on top of its config (stored, or read from its command)."""
     if "overrides" in row:
         return list(row["overrides"])
@@ -140,7 +140,7 @@ def overrides(row: dict) -> list[str]:
 
 def overrides_sentence(rows: list[dict]) -> str:
     """The overrides every row shares, or a warning that rows ran with different ones; empty when none has any."""
-    groups = sorted({" ".join(overrides(r)) for r in rows})
+    groups = sorted({" ".join(row_overrides(r)) for r in rows})
     if groups == [""]:
         return ""
     if len(groups) == 1:

@@ -3,10 +3,12 @@
 opening with the summary table, no line over 200 characters. No benchmark measures anything here."""
 from __future__ import annotations
 
+import importlib.machinery
 import json
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -180,8 +182,6 @@ def test_benchmarks_md_is_readable():
 
 
 def test_the_command_of_a_package_run_with_dash_m_names_the_package(monkeypatch):
-    import importlib.machinery
-    import types
     main = types.ModuleType("__main__")
     main.__spec__ = importlib.machinery.ModuleSpec("benchmarks.peers.__main__", None)
     monkeypatch.setitem(sys.modules, "__main__", main)

@@ -9,10 +9,10 @@ def _row(command: str, **extra) -> dict:
 
 
 def test_overrides_are_read_from_the_record_or_else_from_the_command():
-    assert methods.overrides(_row("python -m benchmarks.methods --epochs 1")) == []
-    assert methods.overrides(_row("python -m benchmarks.methods --epochs 1 --set train.amp=auto a=1 --methods x")) \
+    assert methods.row_overrides(_row("python -m benchmarks.methods --epochs 1")) == []
+    assert methods.row_overrides(_row("python -m benchmarks.methods --epochs 1 --set train.amp=auto a=1 --methods x")) \
         == ["train.amp=auto", "a=1"]
-    assert methods.overrides(_row("python -m benchmarks.methods --set b=2", overrides=["train.amp=auto"])) \
+    assert methods.row_overrides(_row("python -m benchmarks.methods --set b=2", overrides=["train.amp=auto"])) \
         == ["train.amp=auto"]
 
 
